@@ -1,0 +1,106 @@
+"""The profile bundle: measured per-phase latencies, written by the executor, read by the simulator.
+
+Schema version 1 (JSON object)::
+
+    {
+      "schema_version": 1,
+      "kind": "spdsim.profile",
+      "hardware": {"name": "nvidia-h100", "gpu": "NVIDIA H100 80GB HBM3", "driver": "...",
+                   "copy_bandwidth_gbps": 3020.0, "count": 1},
+      "model": {ModelShape fields: name, num_layers, hidden_size, ...},
+      "dtype": "bfloat16",
+      "software": {"torch": "2.11.0", "transformers": "5.17.0", "cuda": "13.0", "python": "3.12"},
+      "date": "2026-11-22",
+      "source": "executor/profile.py random:qwen3-4b",
+      "phases": {
+        "<phase>": [ {<coordinates...>, "median_us": float, "p10_us": float, "p90_us": float, "samples": int}, ... ]
+      }
+    }
+
+Phases and their numeric coordinates (every coordinate present in every entry of that phase):
+
+=================  ==========================================  ==============================================
+phase              coordinates                                 what is timed
+=================  ==========================================  ==============================================
+``layers``         layers, query_tokens, kv_len                ``layers`` consecutive decoder layers (a stage)
+``embed``          query_tokens                                token embedding
+``head``           query_tokens                                final norm + lm_head + greedy verify
+``ar_step``        kv_len                                      one whole AR decode step (embed..sample)
+``drafter``        spec_layers, query_tokens, kv_len           SPD PDM forward (aggr + L_s layers + lm_head)
+``chain_draft``    draft_layers, kv_len                        one serial chain-drafter pass (EAGLE-3 style)
+``p2p``            bytes                                       point-to-point hidden-state send
+``cycle_fixed``    num_stages                                  serial per-cycle cost outside the phases above
+=================  ==========================================  ==============================================
+
+A reader interpolates linearly along each coordinate between measured points and refuses (a ``ProfileError``
+naming the phase and coordinate range) to extrapolate outside them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+PROFILE_KIND = "spdsim.profile"
+PHASE_COORDINATES: dict[str, tuple[str, ...]] = {
+    "layers": ("layers", "query_tokens", "kv_len"),
+    "embed": ("query_tokens",),
+    "head": ("query_tokens",),
+    "ar_step": ("kv_len",),
+    "drafter": ("spec_layers", "query_tokens", "kv_len"),
+    "chain_draft": ("draft_layers", "kv_len"),
+    "p2p": ("bytes",),
+    "cycle_fixed": ("num_stages",),
+}
+STAT_FIELDS = ("median_us", "p10_us", "p90_us", "samples")
+REQUIRED_TOP = ("schema_version", "kind", "hardware", "model", "dtype", "software", "date", "phases")
+
+
+class ProfileError(ValueError):
+    """A profile file that does not follow the schema; the message names the field."""
+
+
+def validate_profile(data: Any) -> dict[str, Any]:
+    """Check a parsed profile against schema v1 and return it unchanged."""
+    if not isinstance(data, dict):
+        raise ProfileError("profile: top level must be a JSON object")
+    for key in REQUIRED_TOP:
+        if key not in data:
+            raise ProfileError(f"profile: missing field '{key}'")
+    if data["kind"] != PROFILE_KIND:
+        raise ProfileError(f"profile.kind: expected '{PROFILE_KIND}', got {data['kind']!r}")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise ProfileError(
+            f"profile.schema_version: this spdsim reads version {SCHEMA_VERSION}, got {data['schema_version']!r}"
+        )
+    phases = data["phases"]
+    if not isinstance(phases, dict) or not phases:
+        raise ProfileError("profile.phases: must be a non-empty object")
+    for phase, entries in phases.items():
+        if phase not in PHASE_COORDINATES:
+            raise ProfileError(f"profile.phases: unknown phase '{phase}' (allowed: {', '.join(PHASE_COORDINATES)})")
+        if not isinstance(entries, list) or not entries:
+            raise ProfileError(f"profile.phases.{phase}: must be a non-empty list")
+        for i, entry in enumerate(entries):
+            for key in PHASE_COORDINATES[phase] + STAT_FIELDS:
+                value = entry.get(key) if isinstance(entry, dict) else None
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                    raise ProfileError(f"profile.phases.{phase}[{i}].{key}: missing or not a finite number")
+                if value < 0:
+                    raise ProfileError(f"profile.phases.{phase}[{i}].{key}: negative ({value})")
+    return data
+
+
+def load_profile(path: str | Path) -> dict[str, Any]:
+    """Read and validate a profile JSON file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProfileError(f"profile: no such file '{path}'")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ProfileError(f"profile: '{path}' is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    return validate_profile(data)
