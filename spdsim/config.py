@@ -105,7 +105,9 @@ class MethodSpec:
     drafter_placement: str = "own-gpu"
     draft_tokens: int = 3  # K for chain / parallel methods
     draft_layers: int = 1  # drafter depth for eagle3/mtp/dflash/peagle heads, or the draft model's layers
-    draft_model_layers_fraction: float = 0.0  # classic draft model as a fraction of the target (0 = use draft_layers)
+    draft_model_layers_fraction: float = (
+        0.0  # classic draft model as a fraction of the target (0 = use draft_layers)
+    )
     tensor_parallel: int = 1
     stop_threshold: float = 0.3  # SpecDec++ h
     k_min: int = 2

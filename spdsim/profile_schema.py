@@ -43,6 +43,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from spdsim.errors import SpdsimError
+
 SCHEMA_VERSION = 1
 PROFILE_KIND = "spdsim.profile"
 PHASE_COORDINATES: dict[str, tuple[str, ...]] = {
@@ -59,7 +61,7 @@ STAT_FIELDS = ("median_us", "p10_us", "p90_us", "samples")
 REQUIRED_TOP = ("schema_version", "kind", "hardware", "model", "dtype", "software", "date", "phases")
 
 
-class ProfileError(ValueError):
+class ProfileError(SpdsimError):
     """A profile file that does not follow the schema; the message names the field."""
 
 
@@ -81,7 +83,9 @@ def validate_profile(data: Any) -> dict[str, Any]:
         raise ProfileError("profile.phases: must be a non-empty object")
     for phase, entries in phases.items():
         if phase not in PHASE_COORDINATES:
-            raise ProfileError(f"profile.phases: unknown phase '{phase}' (allowed: {', '.join(PHASE_COORDINATES)})")
+            raise ProfileError(
+                f"profile.phases: unknown phase '{phase}' (allowed: {', '.join(PHASE_COORDINATES)})"
+            )
         if not isinstance(entries, list) or not entries:
             raise ProfileError(f"profile.phases.{phase}: must be a non-empty list")
         for i, entry in enumerate(entries):
