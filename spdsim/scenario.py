@@ -1,0 +1,542 @@
+"""Scenario files (TOML or JSON) -> validated Scenarios: the boundary where user input is checked.
+
+A scenario file holds the fields of :class:`spdsim.config.Scenario` (``model`` and ``hardware`` may name an
+embedded profile, ``acceptance.preset`` an embedded acceptance preset) and optionally ``[[runs]]``: variants
+compared side by side, each deep-merged onto the base (a run's ``acceptance`` table replaces the base's
+wholesale, so a preset never leaks into a run that states its own acceptance). ``--set key.sub=value``
+overrides apply to every run after merging; explicit acceptance keys win over the preset's values.
+A run directory's ``config.json`` is itself a scenario file, so any run can be reproduced from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import typing
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from spdsim.config import (
+    ACCEPTANCE_KINDS,
+    DRAFTER_PLACEMENTS,
+    LATENCY_KINDS,
+    METHODS,
+    AcceptanceSpec,
+    Hardware,
+    LatencySpec,
+    MethodSpec,
+    ModelShape,
+    Overheads,
+    Scenario,
+    Workload,
+)
+from spdsim.errors import SpdsimError
+from spdsim.presets import AcceptancePreset, get_hardware, get_model, get_preset, load_presets
+from spdsim.profile_schema import load_profile
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+FILE_KEYS = ("name", "description", "runs", "label")
+TRACE_COLUMNS = (
+    "prompt_id",
+    "verify_index",
+    "position",
+    "method",
+    "draft_index",
+    "state",
+    "width",
+    "drafted_token",
+    "target_token",
+    "accepted",
+)
+PIPELINE_METHODS = ("spd", "ppsd")
+_SECTIONS = {
+    "method": MethodSpec,
+    "model": ModelShape,
+    "hardware": Hardware,
+    "latency": LatencySpec,
+    "acceptance": AcceptanceSpec,
+    "overheads": Overheads,
+    "workload": Workload,
+}
+
+
+@dataclass(frozen=True)
+class NamedScenario:
+    """One run of a comparison: a label for tables and file rows, and its validated Scenario."""
+
+    label: str
+    scenario: Scenario
+
+
+def default_scenario_path() -> Path:
+    return Path(__file__).parent / "scenarios" / "default.toml"
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_scenario_file(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML or JSON scenario file into a plain dict (no validation yet)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpdsimError(f"scenario: no such file '{path}'")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        elif path.suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            raise SpdsimError(f"scenario: '{path}' must end in .toml or .json")
+    except json.JSONDecodeError as exc:
+        raise SpdsimError(f"scenario: '{path}' is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpdsimError(f"scenario: '{path}' is not valid TOML ({exc})") from None
+    if not isinstance(data, dict):
+        raise SpdsimError(f"scenario: '{path}' must hold a table/object at the top level")
+    return data
+
+
+def parse_value(text: str) -> Any:
+    """Value of a ``--set`` override: JSON literal, comma list, or a bare string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    if text.lower() in ("nan", "inf", "-inf"):
+        return float(text)
+    if "," in text:
+        return [parse_value(part.strip()) for part in text.split(",") if part.strip()]
+    return text
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``method.num_stages=16`` -> (["method", "num_stages"], 16)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise SpdsimError(f"--set: expected KEY=VALUE such as method.num_stages=16, got {text!r}")
+    return key.strip().split("."), parse_value(value.strip())
+
+
+def set_path(raw: dict[str, Any], keys: list[str], value: Any) -> None:
+    """Set a dotted key in a scenario dict, expanding embedded model/hardware names on the way."""
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if isinstance(child, str) and depth == 0 and key in ("model", "hardware"):
+            child = _expand_named(key, child)
+        if child is None:
+            child = {}
+        if not isinstance(child, dict):
+            raise SpdsimError(f"--set {'.'.join(keys)}: '{'.'.join(keys[: depth + 1])}' is not a table")
+        node[key] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """A copy of ``raw`` with every ``KEY=VALUE`` override set."""
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        keys, value = parse_override(text)
+        set_path(raw, keys, value)
+    return raw
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in over.items():
+        if key != "acceptance" and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def expand_runs(raw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, scenario dict) for every ``[[runs]]`` entry merged onto the base; the base alone if none."""
+    allowed = {f.name for f in fields(Scenario)} | set(FILE_KEYS)
+    for key in raw:
+        if key not in allowed:
+            raise SpdsimError(f"scenario: unknown field '{key}' (allowed: {', '.join(sorted(allowed))})")
+    base = {k: v for k, v in raw.items() if k not in FILE_KEYS}
+    runs = raw.get("runs") or [{}]
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise SpdsimError("scenario.runs: must be a list of tables")
+    expanded = []
+    for run in runs:
+        label = run.get("label", raw.get("label", ""))
+        if not isinstance(label, str):
+            raise SpdsimError("scenario.runs.label: must be a string")
+        expanded.append((label, _deep_merge(base, {k: v for k, v in run.items() if k != "label"})))
+    return expanded
+
+
+# ------------------------------------------------------------------------------------------- resolution
+
+
+def _expand_named(section: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    shape = get_model(value) if section == "model" else get_hardware(value)
+    data = {f.name: getattr(shape, f.name) for f in fields(shape)}
+    return data
+
+
+def resolve_acceptance(acceptance: dict[str, Any], presets: dict[str, AcceptancePreset]) -> dict[str, Any]:
+    """Preset values first, explicit keys on top; the preset name stays as provenance."""
+    name = acceptance.get("preset", "")
+    if not name:
+        if acceptance.get("kind") == "preset":
+            raise SpdsimError("acceptance.preset: kind 'preset' needs a preset name (see `spdsim list`)")
+        return acceptance
+    if not isinstance(name, str):
+        raise SpdsimError("acceptance.preset: must be a preset name")
+    preset = get_preset(name, presets)
+    merged = dict(preset.acceptance)
+    merged.update({k: v for k, v in acceptance.items() if not (k == "kind" and v == "preset")})
+    merged.setdefault("kind", "iid")
+    return merged
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise SpdsimError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise SpdsimError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise SpdsimError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise SpdsimError(f"{where}: expected a string, got {value!r}")
+        return value
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise SpdsimError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    return value
+
+
+def _build_section(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise SpdsimError(f"{where}: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in hints:
+            raise SpdsimError(f"{where}.{key}: unknown field (allowed: {', '.join(names)})")
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    missing = [
+        f.name
+        for f in fields(cls)
+        if f.name not in kwargs and f.default is MISSING and f.default_factory is MISSING
+    ]
+    if missing:
+        raise SpdsimError(f"{where}: missing field(s) {', '.join(missing)}")
+    return cls(**kwargs)
+
+
+def build_scenario(raw: dict[str, Any], presets: dict[str, AcceptancePreset] | None = None) -> Scenario:
+    """Scenario dataclasses from one run's dict: names resolved, types checked, values validated."""
+    presets = load_presets() if presets is None else presets
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in FILE_KEYS:
+            continue
+        if key == "seed":
+            kwargs["seed"] = _coerce(value, int, "seed")
+            continue
+        if key not in _SECTIONS:
+            allowed = ", ".join([*_SECTIONS, "seed"])
+            raise SpdsimError(f"scenario: unknown field '{key}' (allowed: {allowed})")
+        if value is None and key in ("model", "hardware"):
+            continue
+        value = _expand_named(key, value)
+        if key == "acceptance" and isinstance(value, dict):
+            value = resolve_acceptance(value, presets)
+        kwargs[key] = _build_section(_SECTIONS[key], value, key)
+    return validate_scenario(Scenario(**kwargs))
+
+
+# ------------------------------------------------------------------------------------------- validation
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise SpdsimError(message)
+
+
+def _finite_nonneg(value: float, where: str) -> None:
+    _check(math.isfinite(value) and value >= 0, f"{where}: must be a finite number >= 0 (got {value})")
+
+
+def _unit_interval(value: float, where: str) -> None:
+    _check(math.isfinite(value) and 0.0 <= value <= 1.0, f"{where}: must be in [0, 1] (got {value})")
+
+
+def _validate_method(method: MethodSpec, model: ModelShape | None) -> None:
+    _check(
+        method.name in METHODS, f"method.name: unknown method '{method.name}' (allowed: {', '.join(METHODS)})"
+    )
+    _check(method.num_stages >= 1, f"method.num_stages: must be >= 1 (got {method.num_stages})")
+    for name in ("draft_tokens", "tensor_parallel", "k_min", "spec_layers", "draft_layers"):
+        value = getattr(method, name)
+        floor = 0 if name == "spec_layers" else 1
+        _check(value >= floor, f"method.{name}: must be >= {floor} (got {value})")
+    _check(method.k_max >= method.k_min, f"method.k_max: must be >= method.k_min = {method.k_min}")
+    _unit_interval(method.stop_threshold, "method.stop_threshold")
+    _unit_interval(method.draft_model_layers_fraction, "method.draft_model_layers_fraction")
+    _check(
+        method.drafter_placement in DRAFTER_PLACEMENTS,
+        f"method.drafter_placement: unknown placement '{method.drafter_placement}' "
+        f"(allowed: {', '.join(DRAFTER_PLACEMENTS)})",
+    )
+    _check(method.exit_layer >= 0, f"method.exit_layer: must be >= 0 (got {method.exit_layer})")
+    if method.name not in PIPELINE_METHODS:
+        return
+    n = method.num_stages
+    layers = model.num_layers if model is not None else None
+    if method.stage_layers:
+        _check(
+            len(method.stage_layers) == n,
+            f"method.stage_layers: has {len(method.stage_layers)} entries; method.num_stages is {n}",
+        )
+        _check(all(v >= 1 for v in method.stage_layers), "method.stage_layers: every stage needs >= 1 layer")
+        if layers is not None:
+            _check(
+                sum(method.stage_layers) == layers,
+                f"method.stage_layers: sums to {sum(method.stage_layers)}; must sum to model.num_layers = {layers}",
+            )
+    elif layers is not None:
+        _check(n <= layers, f"method.num_stages: {n} exceeds model.num_layers = {layers}")
+        _check(
+            layers % n == 0,
+            f"method.num_stages: {n} does not divide model.num_layers = {layers}; "
+            f"give method.stage_layers ({n} layer counts summing to {layers})",
+        )
+
+
+def _validate_acceptance(acc: AcceptanceSpec) -> None:
+    _check(
+        acc.kind in ACCEPTANCE_KINDS and acc.kind != "preset",
+        f"acceptance.kind: unknown kind '{acc.kind}' (allowed: {', '.join(k for k in ACCEPTANCE_KINDS)})",
+    )
+    for name in ("alpha", "alpha_saturated", "alpha_refill", "inner_alpha"):
+        _unit_interval(getattr(acc, name), f"acceptance.{name}")
+    _finite_nonneg(acc.head_noise, "acceptance.head_noise")
+    for i, rate in enumerate(acc.rates):
+        _unit_interval(rate, f"acceptance.rates[{i}]")
+    _check(
+        all(a >= b for a, b in zip(acc.rates, acc.rates[1:], strict=False)),
+        "acceptance.rates: unconditional per-position rates r_k must be non-increasing",
+    )
+    if acc.kind == "positional":
+        _check(bool(acc.rates), "acceptance.rates: kind 'positional' needs at least one rate")
+    if acc.kind == "trace":
+        validate_trace_file(acc.trace_path)
+
+
+def validate_trace_file(path: str) -> None:
+    """Check an acceptance trace (CSV/Parquet) has the contract's columns and 0/1 ``accepted``."""
+    where = "acceptance.trace_path"
+    _check(bool(path), f"{where}: kind 'trace' needs a CSV or Parquet file")
+    file = Path(path)
+    _check(file.is_file(), f"{where}: no such file '{path}'")
+    _check(file.suffix in (".csv", ".parquet"), f"{where}: '{path}' must end in .csv or .parquet")
+    import pandas as pd  # only when a trace is used: keeps `spdsim simulate` start-up fast
+
+    try:
+        frame = pd.read_parquet(file) if file.suffix == ".parquet" else pd.read_csv(file)
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a malformed user file
+        raise SpdsimError(f"{where}: cannot read '{path}' ({type(exc).__name__})") from None
+    missing = [c for c in TRACE_COLUMNS if c not in frame.columns]
+    _check(
+        not missing,
+        f"{where}: '{path}' lacks column '{missing[0] if missing else ''}' "
+        f"(needs {', '.join(TRACE_COLUMNS)})",
+    )
+    _check(len(frame) > 0, f"{where}: '{path}' has no rows")
+    _check(bool(frame["accepted"].isin([0, 1]).all()), f"{where}: column 'accepted' must hold only 0 or 1")
+
+
+def _validate_latency(lat: LatencySpec, scenario: Scenario) -> None:
+    _check(
+        lat.kind in LATENCY_KINDS,
+        f"latency.kind: unknown kind '{lat.kind}' (allowed: {', '.join(LATENCY_KINDS)})",
+    )
+    for f in fields(lat):
+        if f.name.endswith("_ns"):
+            value = getattr(lat, f.name)
+            _check(value >= 0, f"latency.{f.name}: must be >= 0 ns (got {value})")
+    if lat.kind == "constant":
+        _check(
+            lat.layer_ns > 0,
+            f"latency.layer_ns: kind 'constant' needs a positive per-layer time (got {lat.layer_ns})",
+        )
+    if lat.kind == "roofline":
+        _check(
+            scenario.model is not None,
+            "model: latency.kind 'roofline' needs a model shape (see `spdsim list`)",
+        )
+        _check(scenario.hardware is not None, "hardware: latency.kind 'roofline' needs a hardware profile")
+    if lat.kind in ("measured", "fitted"):
+        _check(bool(lat.profile_path), f"latency.profile_path: kind '{lat.kind}' needs a profile bundle JSON")
+        load_profile(lat.profile_path)
+
+
+def validate_scenario(scenario: Scenario) -> Scenario:
+    """Raise SpdsimError naming the first bad field and its allowed values; return the scenario unchanged."""
+    _validate_method(scenario.method, scenario.model)
+    _validate_acceptance(scenario.acceptance)
+    _validate_latency(scenario.latency, scenario)
+    over = scenario.overheads
+    for f in fields(over):
+        value = getattr(over, f.name)
+        _finite_nonneg(value, f"overheads.{f.name}")
+    _check(
+        over.drafter_contention >= 1.0,
+        f"overheads.drafter_contention: must be >= 1 (got {over.drafter_contention})",
+    )
+    if scenario.model is not None:
+        for f in fields(scenario.model):
+            value = getattr(scenario.model, f.name)
+            if isinstance(value, int) and not isinstance(value, bool) and f.name != "linear_attention_layers":
+                _check(value >= 1, f"model.{f.name}: must be >= 1 (got {value})")
+    if scenario.hardware is not None:
+        hw = scenario.hardware
+        for f in fields(hw):
+            value = getattr(hw, f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                _finite_nonneg(value, f"hardware.{f.name}")
+        _check(hw.mem_bandwidth_gbps > 0, "hardware.mem_bandwidth_gbps: must be > 0")
+        _check(hw.peak_tflops > 0, "hardware.peak_tflops: must be > 0")
+        _check(0 < hw.bandwidth_efficiency <= 1, "hardware.bandwidth_efficiency: must be in (0, 1]")
+        _check(0 < hw.flops_efficiency <= 1, "hardware.flops_efficiency: must be in (0, 1]")
+    work = scenario.workload
+    _check(work.new_tokens >= 1, f"workload.new_tokens: must be >= 1 (got {work.new_tokens})")
+    _check(work.num_requests >= 1, f"workload.num_requests: must be >= 1 (got {work.num_requests})")
+    _check(work.prompt_tokens >= 0, f"workload.prompt_tokens: must be >= 0 (got {work.prompt_tokens})")
+    return scenario
+
+
+def _default_label(method: MethodSpec) -> str:
+    name = method.name
+    if name == "spd":
+        label = f"spd-n{method.num_stages}-l{method.spec_layers}"
+        return label + ("-colocated" if method.drafter_placement == "stage0" else "")
+    if name == "ppsd":
+        return f"ppsd-n{method.num_stages}"
+    if name == "ar":
+        return "ar" if method.tensor_parallel == 1 else f"ar-tp{method.tensor_parallel}"
+    if name == "specdecpp":
+        return f"specdecpp-h{method.stop_threshold:g}"
+    label = f"{name}-k{method.draft_tokens}"
+    return label + (f"-tp{method.tensor_parallel}" if method.tensor_parallel > 1 else "")
+
+
+def _apply_acceptance_preset(run: dict[str, Any], preset: AcceptancePreset) -> None:
+    run["acceptance"] = {"preset": preset.name}
+    method = run.setdefault("method", {})
+    method.update({k: v for k, v in preset.method.items()})
+
+
+def load_runs(
+    paths: list[str | Path] | tuple[str | Path, ...] = (),
+    overrides: list[str] | tuple[str, ...] = (),
+    acceptance: str | None = None,
+    profile: str | None = None,
+    methods: list[str] | tuple[str, ...] = (),
+    preset_dirs: tuple[str | Path, ...] = (),
+) -> list[NamedScenario]:
+    """Everything the CLI needs: files (or the embedded default) -> labelled, validated Scenarios.
+
+    Order: merge runs, ``--method`` selection, ``--acceptance`` preset (applied to runs of the preset's method,
+    with the method knobs it was measured at), ``--profile``, then ``--set`` overrides, then validation.
+    """
+    presets = load_presets(preset_dirs)
+    files = list(paths) or [default_scenario_path()]
+    labelled: list[tuple[str, dict[str, Any]]] = []
+    for path in files:
+        runs = expand_runs(read_scenario_file(path))
+        if len(files) > 1:
+            runs = [(f"{Path(path).stem}:{label}" if label else "", run) for label, run in runs]
+        labelled.extend(runs)
+    if methods:
+        labelled = _select_methods(labelled, methods)
+    if acceptance:
+        preset = get_preset(acceptance, presets)
+        targets = [
+            run for _, run in labelled if run.get("method", {}).get("name", "spd") == preset.method["name"]
+        ]
+        _check(
+            bool(targets),
+            f"--acceptance: preset '{acceptance}' is for method '{preset.method['name']}', which no run uses",
+        )
+        for run in targets:
+            _apply_acceptance_preset(run, preset)
+    if profile:
+        bundle = load_profile(profile)
+        for _, run in labelled:
+            run["latency"] = {**run.get("latency", {}), "kind": "measured", "profile_path": str(profile)}
+            run["model"] = {
+                k: v for k, v in bundle["model"].items() if k in {f.name for f in fields(ModelShape)}
+            }
+    named = []
+    for label, run in labelled:
+        run = apply_overrides(run, overrides)
+        scenario = build_scenario(run, presets)
+        named.append(NamedScenario(label or _default_label(scenario.method), scenario))
+    return _unique_labels(named)
+
+
+def _select_methods(labelled: list[tuple[str, dict[str, Any]]], methods: tuple[str, ...] | list[str]):
+    selected = []
+    for wanted in methods:
+        matches = [
+            (label, run)
+            for label, run in labelled
+            if wanted in (label, run.get("method", {}).get("name", "spd"))
+        ]
+        if not matches:
+            _check(wanted in METHODS, f"--method: unknown method '{wanted}' (allowed: {', '.join(METHODS)})")
+            label, run = labelled[0]
+            run = copy.deepcopy(run)
+            run["method"] = {**run.get("method", {}), "name": wanted}
+            matches = [("", run)]
+        selected.extend((label, copy.deepcopy(run)) for label, run in matches)
+    return selected
+
+
+def _unique_labels(named: list[NamedScenario]) -> list[NamedScenario]:
+    seen: dict[str, int] = {}
+    unique = []
+    for item in named:
+        count = seen.get(item.label, 0) + 1
+        seen[item.label] = count
+        unique.append(item if count == 1 else NamedScenario(f"{item.label}#{count}", item.scenario))
+    return unique
+
+
+def scenario_to_run_dict(label: str, scenario: Scenario) -> dict[str, Any]:
+    """A fully resolved run entry (what ``config.json`` stores under ``runs``)."""
+    from spdsim.config import to_dict
+
+    return {"label": label, **to_dict(scenario)}
