@@ -1,0 +1,226 @@
+"""Building blocks shared by the draft heads: a Qwen3-style decoder layer (QK-norm, full attention, base rotary)
+with HF parameter names, and a small preallocated KV cache with crop.
+
+The layer is our own compact module rather than transformers' class so that heads can run against a cache that
+keeps only a prefix of the rows they compute (SPD's transient in-flight rows) and with explicit structural masks
+(training). Its parameter names and shapes are exactly those of `Qwen3DecoderLayer`, so checkpoints interchange.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spdsim.errors import SpdsimError
+
+SUPPORTED_BASE_FAMILIES = ("qwen3", "llama")
+# Families the reference v11 loader accepts but this executor does not run (MoE / gated-attention bases).
+REFERENCE_ONLY_FAMILIES = ("qwen3_moe", "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text")
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """Dimensions of one full-size decoder layer of the base architecture."""
+
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rms_norm_eps: float
+    attention_bias: bool = False
+
+    @staticmethod
+    def from_base_config(config) -> LayerShape:
+        check_base_family(config)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return LayerShape(
+            hidden_size=config.hidden_size,
+            num_heads=config.num_attention_heads,
+            num_kv_heads=config.num_key_value_heads or config.num_attention_heads,
+            head_dim=head_dim,
+            intermediate_size=config.intermediate_size,
+            rms_norm_eps=config.rms_norm_eps,
+            attention_bias=bool(getattr(config, "attention_bias", False)),
+        )
+
+
+def check_base_family(config) -> None:
+    """One-line error for a base model this executor cannot attach a head to."""
+    model_type = getattr(config, "model_type", None)
+    if model_type in SUPPORTED_BASE_FAMILIES:
+        return
+    if model_type in REFERENCE_ONLY_FAMILIES:
+        raise SpdsimError(
+            f"base model_type {model_type!r} is a v11 family this executor does not run; "
+            f"supported: {', '.join(SUPPORTED_BASE_FAMILIES)}"
+        )
+    raise SpdsimError(
+        f"base model_type {model_type!r} is not a supported base family; "
+        f"supported: {', '.join(SUPPORTED_BASE_FAMILIES)}"
+    )
+
+
+def base_rotary(config) -> nn.Module:
+    """The base family's own rotary module (its inv_freq buffers are non-persistent: no state_dict keys)."""
+    check_base_family(config)
+    if config.model_type == "llama":
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+        return LlamaRotaryEmbedding(config)
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
+
+    return Qwen3RotaryEmbedding(config)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Qwen3/Llama RMSNorm (x̂·w), computed in float32 like transformers."""
+    dtype = x.dtype
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, heads, T, hd]; cos/sin: [B, T, hd]."""
+    return x * cos.unsqueeze(1) + _rotate_half(x) * sin.unsqueeze(1)
+
+
+class HeadKVCache:
+    """Per-layer K/V for a head, preallocated and grown on demand; `length` rows are committed.
+
+    A forward writes its rows after the committed prefix and then commits only `keep` of them, so rows that
+    must be recomputed next step (SPD in-flight tokens, EAGLE rows built from the head's own hidden) never
+    enter the prefix.
+    """
+
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, device, dtype, capacity: int = 256):
+        shape = (num_layers, 1, num_kv_heads, capacity, head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def ensure_capacity(self, needed: int) -> None:
+        capacity = self.keys.shape[3]
+        if needed <= capacity:
+            return
+        new_capacity = max(needed, 2 * capacity)
+        pad = (0, 0, 0, new_capacity - capacity)
+        self.keys = F.pad(self.keys, pad)
+        self.values = F.pad(self.values, pad)
+
+    def crop(self, length: int) -> None:
+        """Drop committed rows at index >= length (rollback after a rejection)."""
+        self.length = min(self.length, length)
+
+
+class DecoderLayer(nn.Module):
+    """Qwen3DecoderLayer-equivalent (QK-norm, full attention); `q_in` lets EAGLE-3 feed a 2H attention input."""
+
+    def __init__(self, shape: LayerShape, attn_input_size: int | None = None):
+        super().__init__()
+        in_size = attn_input_size or shape.hidden_size
+        self.shape = shape
+        self.input_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
+        self.self_attn = _Attention(shape, in_size)
+        self.mlp = _MLP(shape)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        layer_index: int = 0,
+        cache: HeadKVCache | None = None,
+        attn_mask: torch.Tensor | None = None,
+        attn_input: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """hidden: [B, T, H] residual stream; attn_input (already normed) replaces norm(hidden) if given."""
+        normed = self.input_layernorm(hidden) if attn_input is None else attn_input
+        hidden = hidden + self.self_attn(normed, cos_sin, layer_index, cache, attn_mask)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class _MLP(nn.Module):
+    def __init__(self, shape: LayerShape):
+        super().__init__()
+        self.gate_proj = nn.Linear(shape.hidden_size, shape.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(shape.hidden_size, shape.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(shape.intermediate_size, shape.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class _Attention(nn.Module):
+    def __init__(self, shape: LayerShape, in_size: int):
+        super().__init__()
+        s = shape
+        self.num_heads, self.num_kv_heads, self.head_dim = s.num_heads, s.num_kv_heads, s.head_dim
+        self.q_proj = nn.Linear(in_size, s.num_heads * s.head_dim, bias=s.attention_bias)
+        self.k_proj = nn.Linear(in_size, s.num_kv_heads * s.head_dim, bias=s.attention_bias)
+        self.v_proj = nn.Linear(in_size, s.num_kv_heads * s.head_dim, bias=s.attention_bias)
+        self.o_proj = nn.Linear(s.num_heads * s.head_dim, s.hidden_size, bias=s.attention_bias)
+        self.q_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
+        self.k_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
+
+    def forward(self, x, cos_sin, layer_index, cache, attn_mask):
+        batch, steps, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(batch, steps, self.num_heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(batch, steps, self.num_kv_heads, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(x).view(batch, steps, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = cos_sin
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            start = cache.length
+            cache.ensure_capacity(start + steps)
+            cache.keys[layer_index, :, :, start : start + steps] = k
+            cache.values[layer_index, :, :, start : start + steps] = v
+            k = cache.keys[layer_index, :, :, : start + steps]
+            v = cache.values[layer_index, :, :, : start + steps]
+            if attn_mask is None and steps > 1:
+                attn_mask = causal_mask(steps, start, x.device)
+        elif attn_mask is None and steps > 1:
+            attn_mask = causal_mask(steps, 0, x.device)
+        groups = self.num_heads // self.num_kv_heads
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, steps, -1))
+
+
+def causal_mask(steps: int, prefix: int, device) -> torch.Tensor:
+    """Boolean [steps, prefix+steps]: new row i sees the whole prefix and new rows <= i."""
+    cols = torch.arange(prefix + steps, device=device)
+    rows = torch.arange(steps, device=device) + prefix
+    return cols[None, :] <= rows[:, None]
+
+
+def init_linear_weights(module: nn.Module, std: float = 0.02) -> None:
+    """N(0, std) for every Linear (biases zero), RMSNorm weights to one — the HF init of these families."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            nn.init.normal_(sub.weight, std=std)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+        elif isinstance(sub, RMSNorm):
+            nn.init.ones_(sub.weight)

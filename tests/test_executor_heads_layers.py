@@ -1,0 +1,59 @@
+"""The heads' decoder layer is numerically transformers' Qwen3DecoderLayer, and its KV cache crops exactly."""
+
+import torch
+from transformers import Qwen3Config
+from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer, Qwen3RotaryEmbedding
+
+from executor.heads.layers import DecoderLayer, HeadKVCache, LayerShape, init_linear_weights
+
+
+def tiny():
+    config = Qwen3Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+    )
+    config._attn_implementation = "sdpa"
+    return config
+
+
+def test_layer_matches_transformers_qwen3_decoder_layer():
+    torch.manual_seed(0)
+    config = tiny()
+    ours = DecoderLayer(LayerShape.from_base_config(config))
+    init_linear_weights(ours)
+    for p in ours.parameters():
+        p.data.add_(0.1 * torch.randn_like(p))
+    theirs = Qwen3DecoderLayer(config, layer_idx=0)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    rotary = Qwen3RotaryEmbedding(config)
+    x = torch.randn(1, 7, 32)
+    positions = torch.arange(3, 10)[None]
+    cos_sin = rotary(x, positions)
+    mask = torch.full((7, 7), float("-inf")).triu(1)[None, None]
+    expected = theirs(x, attention_mask=mask, position_ids=positions, position_embeddings=cos_sin)
+    torch.testing.assert_close(ours(x, cos_sin), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cached_incremental_equals_full_and_crop_rolls_back():
+    torch.manual_seed(1)
+    config = tiny()
+    layer = DecoderLayer(LayerShape.from_base_config(config))
+    init_linear_weights(layer)
+    rotary = Qwen3RotaryEmbedding(config)
+    x = torch.randn(1, 6, 32)
+    positions = torch.arange(6)[None]
+    full = layer(x, rotary(x, positions))
+    cache = HeadKVCache(1, 2, 8, "cpu", torch.float32, capacity=2)  # forces growth
+    first = layer(x[:, :4], rotary(x[:, :4], positions[:, :4]), 0, cache)
+    cache.length = 4
+    wrong = torch.randn(1, 2, 32)
+    layer(wrong, rotary(wrong, positions[:, 4:]), 0, cache)
+    cache.length = 6
+    cache.crop(4)  # reject the two wrong rows
+    rest = layer(x[:, 4:], rotary(x[:, 4:], positions[:, 4:]), 0, cache)
+    torch.testing.assert_close(torch.cat([first, rest], 1), full, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,219 @@
+"""SPD v11 head: published checkpoint format (reference/spd.md §2.4, §2.6), A(d) tables, strict loading."""
+
+import pytest
+import torch
+from transformers import GPT2Config, LlamaConfig, Qwen3Config
+
+from executor.heads.checkpoint import load_spd_checkpoint, save_spd_checkpoint
+from executor.heads.spd_v11 import (
+    SpdHeadConfig,
+    SpeculationModuleV11,
+    aggregation_tables,
+    default_aggr_feature_bound,
+)
+from spdsim.errors import SpdsimError
+
+H, NH, KV, HD, FFN, V, L = 32, 4, 2, 8, 48, 64, 4
+
+
+def qwen3_config(hidden=H):
+    return Qwen3Config(
+        vocab_size=V,
+        hidden_size=hidden,
+        intermediate_size=FFN,
+        num_hidden_layers=L,
+        num_attention_heads=NH,
+        num_key_value_heads=KV,
+        head_dim=HD,
+        max_position_embeddings=512,
+    )
+
+
+def llama_config(hidden=H):
+    return LlamaConfig(
+        vocab_size=V,
+        hidden_size=hidden,
+        intermediate_size=FFN,
+        num_hidden_layers=L,
+        num_attention_heads=NH,
+        num_key_value_heads=KV,
+        max_position_embeddings=512,
+    )
+
+
+DRAFT_IDS = [1, 3, 4, 9, 17, 30, 31, 40, 63]
+
+
+def hand_built_checkpoint(model_type="qwen3", version=11, num_stages=2, spec_layers=1, hidden=H):
+    """A checkpoint dict written from the documented key/shape table, not by our writer."""
+    bound = [0, 2, 3]
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    state = {f"aggr_projs.{a}.weight": rand(hidden, (a + 1) * hidden) for a in range(len(bound))}
+    state["lm_head.weight"] = rand(len(DRAFT_IDS), hidden)
+    for j in range(spec_layers):
+        p = f"spec_layers.{j}."
+        state[p + "input_layernorm.weight"] = rand(hidden)
+        state[p + "post_attention_layernorm.weight"] = rand(hidden)
+        state[p + "self_attn.q_proj.weight"] = rand(NH * HD, hidden)
+        state[p + "self_attn.k_proj.weight"] = rand(KV * HD, hidden)
+        state[p + "self_attn.v_proj.weight"] = rand(KV * HD, hidden)
+        state[p + "self_attn.o_proj.weight"] = rand(hidden, NH * HD)
+        state[p + "self_attn.q_norm.weight"] = rand(HD)
+        state[p + "self_attn.k_norm.weight"] = rand(HD)
+        state[p + "mlp.gate_proj.weight"] = rand(FFN, hidden)
+        state[p + "mlp.up_proj.weight"] = rand(FFN, hidden)
+        state[p + "mlp.down_proj.weight"] = rand(hidden, FFN)
+    config = {
+        "hidden_size": hidden,
+        "vocab_size": V,
+        "model_type": model_type,
+        "base_model_path": "tiny",
+        "draft_vocab_size": len(DRAFT_IDS),
+        "num_stages": num_stages,
+        "num_spec_layers": spec_layers,
+        "version": version,
+        "trained_with_use_deepest": True,
+        "aggr_feature_bound": bound,
+        "num_aggr_types": len(bound),
+        "spec_init_from_base_layers": False,
+        "draft_token_ids": DRAFT_IDS,
+        "spec_intermediate_size_fallback": 9216,
+    }
+    return {"state_dict": state, "config": config}
+
+
+def test_hand_built_checkpoint_loads_with_strict_keys_and_draft_id_order():
+    ckpt = hand_built_checkpoint()
+    module = load_spd_checkpoint(ckpt, qwen3_config())
+    assert set(module.state_dict()) == set(ckpt["state_dict"])
+    for key, tensor in ckpt["state_dict"].items():
+        assert torch.equal(module.state_dict()[key], tensor), key
+    assert module.aggr_of_depth == (0, 1, 2)  # bound 0,2,3 with 2 layers per stage: d=1 -> 2, d=2 -> 4
+    # lm_head row i is token draft_token_ids[i]: a hidden state aligned with row 5 drafts token 30.
+    hidden = torch.zeros(1, H)
+    with torch.no_grad():
+        module.lm_head.weight.zero_()
+        module.lm_head.weight[5] = 1.0
+        logits = module.draft_logits(hidden + 1.0)
+    assert module.to_full_ids(logits.argmax(-1)).item() == DRAFT_IDS[5] == 30
+    full = module.full_vocab_logits(logits)
+    assert full.shape[-1] == V and torch.isinf(full[0, 0]) and full[0, 30] == logits[0, 5]
+
+
+@pytest.mark.parametrize("make_config", [qwen3_config, llama_config])
+def test_round_trip_save_load_is_exact(tmp_path, make_config):
+    base = make_config()
+    head = SpdHeadConfig.build(
+        base, num_stages=2, num_spec_layers=2, aggr_feature_bound="0,2,4", draft_token_ids=DRAFT_IDS
+    )
+    module = SpeculationModuleV11(base, head).to(torch.bfloat16)
+    norm = torch.rand(H) + 0.5
+    module.attach_base(norm)
+    path = tmp_path / "head.pt"
+    save_spd_checkpoint(module, base, path)
+    raw = torch.load(path, weights_only=True)
+    assert set(raw) == {"state_dict", "config"}
+    assert raw["config"]["version"] == 11 and raw["config"]["model_type"] == base.model_type
+    assert raw["config"]["draft_token_ids"] == DRAFT_IDS and raw["config"]["aggr_feature_bound"] == [0, 2, 4]
+    assert not any(k == "norm.weight" or "rotary" in k or "draft_token_ids" in k for k in raw["state_dict"])
+    assert raw["state_dict"]["spec_layers.1.self_attn.q_norm.weight"].shape == (HD,)
+    assert raw["state_dict"]["aggr_projs.2.weight"].shape == (H, 3 * H)
+    loaded = load_spd_checkpoint(path, base, final_norm_weight=norm)
+    assert loaded.lm_head.weight.dtype == torch.bfloat16
+    for key, tensor in module.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], tensor), key
+    rows = torch.randn(1, 3, H, dtype=torch.bfloat16)
+    positions = torch.tensor([5, 6, 7])
+    out_a = module.decode(rows, positions, module.new_cache(), keep=1)
+    out_b = loaded.decode(rows, positions, loaded.new_cache(), keep=1)
+    assert torch.equal(out_a, out_b)
+
+
+@pytest.mark.parametrize("version,word", [(10, "paper-v1"), (12, "uneven-split")])
+def test_versions_10_and_12_are_refused_with_the_reason(version, word):
+    with pytest.raises(SpdsimError, match=word):
+        load_spd_checkpoint(hand_built_checkpoint(version=version), qwen3_config())
+
+
+def test_wrong_hidden_size_is_refused():
+    with pytest.raises(SpdsimError, match="hidden_size 48 does not match .* 32"):
+        load_spd_checkpoint(hand_built_checkpoint(hidden=48), qwen3_config())
+
+
+def test_missing_and_unexpected_keys_are_refused():
+    ckpt = hand_built_checkpoint()
+    del ckpt["state_dict"]["spec_layers.0.self_attn.k_norm.weight"]
+    with pytest.raises(SpdsimError, match="missing 1 key.*k_norm"):
+        load_spd_checkpoint(ckpt, qwen3_config())
+    ckpt = hand_built_checkpoint()
+    ckpt["state_dict"]["norm.weight"] = torch.ones(H)  # the base final norm must not be stored
+    with pytest.raises(SpdsimError, match="unexpected .*norm.weight"):
+        load_spd_checkpoint(ckpt, qwen3_config())
+    ckpt = hand_built_checkpoint()
+    ckpt["state_dict"]["aggr_projs.1.weight"] = torch.zeros(H, 3 * H)
+    with pytest.raises(SpdsimError, match=r"aggr_projs.1.weight has shape \[32, 96\]"):
+        load_spd_checkpoint(ckpt, qwen3_config())
+
+
+def test_base_of_another_family_is_refused():
+    with pytest.raises(SpdsimError, match="trained on a 'qwen3' base.*'llama'"):
+        load_spd_checkpoint(hand_built_checkpoint(model_type="qwen3"), llama_config())
+    gpt2 = GPT2Config(n_embd=H, n_layer=L, n_head=NH, vocab_size=V)
+    with pytest.raises(SpdsimError, match="'gpt2' is not a supported base family"):
+        load_spd_checkpoint(hand_built_checkpoint(model_type="gpt2"), gpt2)
+
+
+def test_not_a_checkpoint_dict(tmp_path):
+    with pytest.raises(SpdsimError, match="does not exist"):
+        load_spd_checkpoint(tmp_path / "none.pt", qwen3_config())
+    with pytest.raises(SpdsimError, match='"state_dict" and "config"'):
+        load_spd_checkpoint({"weights": {}}, qwen3_config())
+
+
+class _Shape:
+    def __init__(self, layers):
+        self.num_hidden_layers = layers
+        self.vocab_size = 10
+
+
+@pytest.mark.parametrize(
+    "n,bound,aggr,min_depth",
+    [  # rows of the reference table (spd.md §2.1, L = 32)
+        (4, "0,8,16,24,31", (0, 1, 2, 3, 4), (0, 1, 2, 3, 4)),
+        (8, "0,8,16,24,31", (0, 0, 1, 1, 2, 2, 3, 3, 4), (0, 2, 4, 6, 8)),
+        (4, "auto", (0, 1, 1, 2, 4), (0, 1, 3, 5, 4)),
+        (8, "auto", (0, 1, 1, 2, 2, 2, 3, 3, 4), (0, 1, 3, 6, 8)),
+        (16, "auto", (0, 1, 1, 2, 2, 2) + (3,) * 10 + (4,), (0, 1, 3, 6, 16)),
+    ],
+)
+def test_depth_to_aggregation_tables_match_the_reference(n, bound, aggr, min_depth):
+    head = SpdHeadConfig.build(_Shape(32), num_stages=n, num_spec_layers=1, aggr_feature_bound=bound)
+    assert aggregation_tables(head) == (aggr, min_depth)
+
+
+def test_auto_bound_and_bad_splits():
+    assert default_aggr_feature_bound(32, 4) == (0, 8, 24, 31, 32)
+    with pytest.raises(SpdsimError, match="does not divide"):
+        SpdHeadConfig.build(_Shape(30), num_stages=4, num_spec_layers=1)
+    head = SpdHeadConfig.build(_Shape(30), num_stages=4, num_spec_layers=1, stage_layers=[9, 7, 7, 7])
+    assert head.stage_layers == (9, 7, 7, 7)
+    with pytest.raises(SpdsimError, match="summing to 30"):
+        SpdHeadConfig.build(_Shape(30), num_stages=4, num_spec_layers=1, stage_layers=[9, 7, 7, 6])
+    with pytest.raises(SpdsimError, match="aggr_feature_bound"):
+        SpdHeadConfig.build(_Shape(32), num_stages=4, num_spec_layers=1, aggr_feature_bound="0,8,8")
+
+
+def test_uneven_split_is_saved_as_stage_layers(tmp_path):
+    base = qwen3_config()
+    head = SpdHeadConfig.build(
+        base, num_stages=3, num_spec_layers=1, stage_layers=[2, 1, 1], aggr_feature_bound="0,2,3"
+    )
+    module = SpeculationModuleV11(base, head)
+    assert module.aggr_of_depth == (0, 1, 2, 2)
+    save_spd_checkpoint(module, base, tmp_path / "h.pt")
+    loaded = load_spd_checkpoint(tmp_path / "h.pt", base)
+    assert loaded.head_config.stage_layers == (2, 1, 1)
