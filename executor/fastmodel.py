@@ -1,0 +1,436 @@
+"""Compact decoder for the Llama / Qwen2 / Qwen3 families, built for decode speed (gpt-fast spirit).
+
+transformers stays the loader and the numerical reference; this module holds the same weights fused
+(QKV in one matrix, gate/up in one matrix), runs every decoder layer through one pure function that
+``torch.compile`` can compile once for all layers, and attends over a fixed window of the static KV cache
+with position masking, so every step has static shapes and can be captured in a CUDA graph.
+
+API used by the schedules and heads (keep stable):
+``embed(tokens)``, ``forward_layers(hidden, positions, start_layer, end_layer, cache, collect=(), kv_len=None)``,
+``final_norm(hidden)``, ``lm_head(normed)``, ``head(hidden)``, ``forward(tokens, positions, cache)``,
+``new_cache(max_len)``. Hidden-state index convention (HF): h_0 = embedding output, h_k = output of layer k-1,
+pre final norm.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from executor.cache import KVCache
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a dense decoder; everything the fast path needs, nothing else."""
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    tie_word_embeddings: bool
+    qk_norm: bool
+    attention_bias: bool
+    max_position_embeddings: int
+    # Llama-3.1 frequency scaling: (factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)
+    rope_llama3: tuple[float, float, float, int] | None = None
+
+    @classmethod
+    def from_hf(cls, hf_config: Any) -> ModelConfig:
+        """Read a transformers config (v4 ``rope_theta/rope_scaling`` or v5 ``rope_parameters``)."""
+        model_type = hf_config.model_type
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"model_type '{model_type}' is not supported by the fast decoder "
+                f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+            )
+        rope = dict(getattr(hf_config, "rope_parameters", None) or {})
+        legacy = getattr(hf_config, "rope_scaling", None) or {}
+        rope = {**legacy, **rope}
+        theta = rope.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "llama3"):
+            raise ValueError(
+                f"rope_type '{rope_type}' is not supported by the fast decoder (default, llama3)"
+            )
+        llama3 = None
+        if rope_type == "llama3":
+            llama3 = (
+                float(rope["factor"]),
+                float(rope["low_freq_factor"]),
+                float(rope["high_freq_factor"]),
+                int(rope["original_max_position_embeddings"]),
+            )
+        head_dim = (
+            getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+        )
+        return cls(
+            model_type=model_type,
+            vocab_size=hf_config.vocab_size,
+            hidden_size=hf_config.hidden_size,
+            intermediate_size=hf_config.intermediate_size,
+            num_layers=hf_config.num_hidden_layers,
+            num_heads=hf_config.num_attention_heads,
+            num_kv_heads=hf_config.num_key_value_heads or hf_config.num_attention_heads,
+            head_dim=head_dim,
+            rms_norm_eps=float(hf_config.rms_norm_eps),
+            rope_theta=float(theta),
+            tie_word_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
+            qk_norm=model_type == "qwen3",
+            attention_bias=bool(getattr(hf_config, "attention_bias", model_type == "qwen2")),
+            max_position_embeddings=int(getattr(hf_config, "max_position_embeddings", 4096)),
+            rope_llama3=llama3,
+        )
+
+    def num_parameters(self) -> int:
+        h, i, hd = self.hidden_size, self.intermediate_size, self.head_dim
+        attn = h * (self.num_heads + 2 * self.num_kv_heads) * hd + self.num_heads * hd * h
+        layer = attn + 3 * h * i + 2 * h + (2 * hd if self.qk_norm else 0)
+        embed = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * layer + embed + h
+
+    def decode_weight_bytes(self, element_size: int) -> int:
+        """Weight bytes one decode step must read: all layers, lm_head, final norm, one embedding row."""
+        h = self.hidden_size
+        layers_and_head = self.num_parameters() - self.vocab_size * h * (0 if self.tie_word_embeddings else 1)
+        return (layers_and_head + h) * element_size
+
+
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies (float32), with the Llama-3.1 smooth scaling when the config asks for it."""
+    exponents = torch.arange(0, cfg.head_dim, 2, dtype=torch.int64).float() / cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta**exponents)
+    if cfg.rope_llama3 is None:
+        return inv_freq
+    factor, low_ff, high_ff, original_max = cfg.rope_llama3
+    low_freq_wavelen = original_max / low_ff
+    high_freq_wavelen = original_max / high_ff
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (original_max / wavelen - low_ff) / (high_ff - low_ff)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+class LayerWeights(NamedTuple):
+    """One decoder layer's tensors in fused layout (the arguments of ``decoder_layer``)."""
+
+    input_norm: torch.Tensor  # [H]
+    qkv: torch.Tensor  # [(nh + 2 kv) hd, H]
+    qkv_bias: torch.Tensor | None  # [(nh + 2 kv) hd]
+    q_norm: torch.Tensor | None  # [hd]
+    k_norm: torch.Tensor | None  # [hd]
+    o_proj: torch.Tensor  # [H, nh hd]
+    post_norm: torch.Tensor  # [H]
+    gate_up: torch.Tensor  # [2 I, H]
+    down: torch.Tensor  # [H, I]
+
+
+class LayerShape(NamedTuple):
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    eps: float
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm computed in float32, scaled in the input dtype (the HF Llama/Qwen convention)."""
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def decoder_layer(
+    x: torch.Tensor,
+    w: LayerWeights,
+    shape: LayerShape,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    mask: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+) -> torch.Tensor:
+    """One pre-norm decoder layer on ``x [B, T, H]``; writes K/V of ``positions`` into the cache in place.
+
+    ``k_cache``/``v_cache`` are ``[B, kv, W, hd]`` windows (views) of the layer's cache; ``mask [T, W]`` is the
+    additive position mask (0 where slot <= query position, -inf elsewhere); ``cos``/``sin`` are ``[T, hd]``.
+    """
+    nh, kv, hd = shape.num_heads, shape.num_kv_heads, shape.head_dim
+    bsz, t, _ = x.shape
+    window = k_cache.shape[2]
+    group = nh // kv
+
+    qkv = F.linear(rms_norm(x, w.input_norm, shape.eps), w.qkv, w.qkv_bias)
+    q, k, v = qkv.split((nh * hd, kv * hd, kv * hd), dim=-1)
+    q = q.view(bsz, t, nh, hd)
+    k = k.view(bsz, t, kv, hd)
+    v = v.view(bsz, t, kv, hd)
+    if w.q_norm is not None:
+        q = rms_norm(q, w.q_norm, shape.eps)
+        k = rms_norm(k, w.k_norm, shape.eps)
+    cos_b = cos.to(x.dtype)[None, :, None, :]
+    sin_b = sin.to(x.dtype)[None, :, None, :]
+    q = apply_rope(q, cos_b, sin_b)
+    k = apply_rope(k, cos_b, sin_b)
+    k_cache.index_copy_(2, positions, k.transpose(1, 2))
+    v_cache.index_copy_(2, positions, v.transpose(1, 2))
+
+    # Grouped-query attention without repeating K/V: queries of one KV group are stacked along the row axis.
+    q = q.permute(0, 2, 1, 3).reshape(bsz, kv, group * t, hd)
+    scores = torch.matmul(q, k_cache.transpose(2, 3)) * (hd**-0.5)
+    scores = scores.view(bsz, kv, group, t, window) + mask
+    probs = torch.softmax(scores.float(), dim=-1).to(x.dtype).view(bsz, kv, group * t, window)
+    attn = torch.matmul(probs, v_cache).view(bsz, nh, t, hd).transpose(1, 2).reshape(bsz, t, nh * hd)
+    x = x + F.linear(attn, w.o_proj)
+
+    gate, up = F.linear(rms_norm(x, w.post_norm, shape.eps), w.gate_up).chunk(2, dim=-1)
+    return x + F.linear(F.silu(gate) * up, w.down)
+
+
+class _Layer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        h, hd = cfg.hidden_size, cfg.head_dim
+        qkv_rows = (cfg.num_heads + 2 * cfg.num_kv_heads) * hd
+        self.input_norm = nn.Parameter(torch.ones(h), requires_grad=False)
+        self.qkv = nn.Parameter(torch.empty(qkv_rows, h), requires_grad=False)
+        self.qkv_bias = (
+            nn.Parameter(torch.zeros(qkv_rows), requires_grad=False) if cfg.attention_bias else None
+        )
+        self.q_norm = nn.Parameter(torch.ones(hd), requires_grad=False) if cfg.qk_norm else None
+        self.k_norm = nn.Parameter(torch.ones(hd), requires_grad=False) if cfg.qk_norm else None
+        self.o_proj = nn.Parameter(torch.empty(h, cfg.num_heads * hd), requires_grad=False)
+        self.post_norm = nn.Parameter(torch.ones(h), requires_grad=False)
+        self.gate_up = nn.Parameter(torch.empty(2 * cfg.intermediate_size, h), requires_grad=False)
+        self.down = nn.Parameter(torch.empty(h, cfg.intermediate_size), requires_grad=False)
+
+    def weights(self) -> LayerWeights:
+        return LayerWeights(
+            self.input_norm,
+            self.qkv,
+            self.qkv_bias,
+            self.q_norm,
+            self.k_norm,
+            self.o_proj,
+            self.post_norm,
+            self.gate_up,
+            self.down,
+        )
+
+
+class FastModel(nn.Module):
+    """Decoder with fused weights and a static-shape step; see the module docstring for the API."""
+
+    def __init__(self, cfg: ModelConfig, max_seq_len: int = 4096) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.max_seq_len = max_seq_len
+        self.shape = LayerShape(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps)
+        self.embed_tokens = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size), requires_grad=False)
+        self.layers = nn.ModuleList(_Layer(cfg) for _ in range(cfg.num_layers))
+        self.norm = nn.Parameter(torch.ones(cfg.hidden_size), requires_grad=False)
+        self.lm_head_weight = (
+            None
+            if cfg.tie_word_embeddings
+            else nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size), requires_grad=False)
+        )
+        freqs = torch.arange(max_seq_len, dtype=torch.float32)[:, None] * rope_inv_freq(cfg)[None, :]
+        angles = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("rope_cos", angles.cos(), persistent=False)
+        self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        self._layer_fn: Callable[..., torch.Tensor] = decoder_layer
+        self._layer_weights: list[LayerWeights] | None = None
+
+    # -- construction ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_hf(
+        cls,
+        hf_model: nn.Module,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        max_seq_len: int = 4096,
+    ) -> FastModel:
+        """Build from a transformers ``*ForCausalLM`` (its config and state_dict)."""
+        cfg = ModelConfig.from_hf(hf_model.config)
+        state = hf_model.state_dict()
+        some = state["model.embed_tokens.weight"]
+        model = cls.from_state_dict(
+            cfg, state, device=device or some.device, dtype=dtype or some.dtype, max_seq_len=max_seq_len
+        )
+        return model
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        cfg: ModelConfig,
+        state: dict[str, torch.Tensor],
+        *,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        max_seq_len: int = 4096,
+    ) -> FastModel:
+        """Fuse HF-named tensors (``model.layers.{i}.self_attn.q_proj.weight`` ...) into the fast layout."""
+        with torch.device("meta"):
+            model = cls(cfg, max_seq_len=max_seq_len)
+        model.rope_cos = model.rope_sin = None  # rebuilt below on the real device
+
+        def take(name: str) -> torch.Tensor:
+            return state[name].to(device=device, dtype=dtype)
+
+        def fuse(*names: str) -> torch.Tensor:
+            return torch.cat([state[n].to(device=device, dtype=dtype) for n in names], dim=0)
+
+        def param(t: torch.Tensor) -> nn.Parameter:
+            return nn.Parameter(t.contiguous(), requires_grad=False)
+
+        model.embed_tokens = param(take("model.embed_tokens.weight"))
+        model.norm = param(take("model.norm.weight"))
+        if not cfg.tie_word_embeddings:
+            model.lm_head_weight = param(take("lm_head.weight"))
+        for i, layer in enumerate(model.layers):
+            p = f"model.layers.{i}."
+            layer.input_norm = param(take(p + "input_layernorm.weight"))
+            layer.post_norm = param(take(p + "post_attention_layernorm.weight"))
+            attn = p + "self_attn."
+            layer.qkv = param(fuse(attn + "q_proj.weight", attn + "k_proj.weight", attn + "v_proj.weight"))
+            layer.o_proj = param(take(attn + "o_proj.weight"))
+            if cfg.attention_bias:
+                layer.qkv_bias = param(fuse(attn + "q_proj.bias", attn + "k_proj.bias", attn + "v_proj.bias"))
+            if cfg.qk_norm:
+                layer.q_norm = param(take(attn + "q_norm.weight"))
+                layer.k_norm = param(take(attn + "k_norm.weight"))
+            layer.gate_up = param(fuse(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"))
+            layer.down = param(take(p + "mlp.down_proj.weight"))
+        freqs = torch.arange(max_seq_len, dtype=torch.float32, device=device)[:, None]
+        angles = freqs * rope_inv_freq(cfg).to(device)[None, :]
+        angles = torch.cat((angles, angles), dim=-1)
+        model.rope_cos = angles.cos()
+        model.rope_sin = angles.sin()
+        return model
+
+    def compile_layers(self, mode: str | None = None) -> None:
+        """Compile the layer function once (all layers share its code: same shapes, weights are arguments)."""
+        self._layer_fn = torch.compile(decoder_layer, mode=mode, dynamic=False, fullgraph=True)
+
+    # -- properties -----------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.dtype
+
+    @property
+    def num_layers(self) -> int:
+        return self.cfg.num_layers
+
+    def new_cache(self, max_len: int | None = None, batch_size: int = 1) -> KVCache:
+        max_len = max_len or self.max_seq_len
+        if max_len > self.max_seq_len:
+            raise ValueError(f"cache max_len {max_len} exceeds the model's max_seq_len {self.max_seq_len}")
+        return KVCache(
+            self.cfg.num_layers,
+            self.cfg.num_kv_heads,
+            self.cfg.head_dim,
+            max_len,
+            batch_size=batch_size,
+            device=self.device,
+            dtype=self.dtype,
+        )
+
+    def layer_weights(self, index: int) -> LayerWeights:
+        if self._layer_weights is None:
+            self._layer_weights = [layer.weights() for layer in self.layers]
+        return self._layer_weights[index]
+
+    # -- the API --------------------------------------------------------------------------------------------
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[B, T]`` -> hidden ``[B, T, H]`` (h_0)."""
+        return F.embedding(tokens, self.embed_tokens)
+
+    def forward_layers(
+        self,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        start_layer: int,
+        end_layer: int,
+        cache: KVCache,
+        collect: Iterable[int] = (),
+        kv_len: int | None = None,
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Run decoder layers [start_layer, end_layer) on ``hidden [B, T, H]`` at absolute ``positions [T]``.
+
+        Writes K/V of those positions into the cache and attends over slots ``<= position`` within the first
+        ``kv_len`` slots (default: the whole cache; must exceed the largest position). Returns the output hidden
+        state and ``{k: h_k}`` for the requested HF hidden-state indices k with start_layer <= k <= end_layer
+        (k == start_layer is the input; others are ignored).
+        """
+        window = cache.max_len if kv_len is None else kv_len
+        wanted = set(collect)
+        collected: dict[int, torch.Tensor] = {}
+        if start_layer in wanted:
+            collected[start_layer] = hidden
+        cos = self.rope_cos[positions]
+        sin = self.rope_sin[positions]
+        slots = torch.arange(window, device=positions.device)
+        mask = torch.where(slots[None, :] <= positions[:, None], 0.0, float("-inf")).to(torch.float32)
+        for i in cache.layer_range(start_layer, end_layer):
+            hidden = self._layer_fn(
+                hidden,
+                self.layer_weights(i),
+                self.shape,
+                cos,
+                sin,
+                positions,
+                mask,
+                cache.keys[i][:, :, :window],
+                cache.values[i][:, :, :window],
+            )
+            if i + 1 in wanted:
+                collected[i + 1] = hidden
+        cache.note_written(start_layer, end_layer, positions)
+        return hidden, collected
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        return rms_norm(hidden, self.norm, self.cfg.rms_norm_eps)
+
+    def lm_head(self, normed: torch.Tensor) -> torch.Tensor:
+        weight = self.embed_tokens if self.lm_head_weight is None else self.lm_head_weight
+        return F.linear(normed, weight)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm + lm_head; logits in float32 ``[B, T, V]``."""
+        return self.lm_head(self.final_norm(hidden)).float()
+
+    def forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, kv_len: int | None = None
+    ) -> torch.Tensor:
+        """Whole model: tokens ``[B, T]`` at ``positions [T]`` -> logits ``[B, T, V]`` (float32)."""
+        hidden, _ = self.forward_layers(
+            self.embed(tokens), positions, 0, self.num_layers, cache, kv_len=kv_len
+        )
+        return self.head(hidden)
