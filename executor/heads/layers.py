@@ -224,3 +224,40 @@ def init_linear_weights(module: nn.Module, std: float = 0.02) -> None:
                 nn.init.zeros_(sub.bias)
         elif isinstance(sub, RMSNorm):
             nn.init.ones_(sub.weight)
+
+
+def base_config_of(model) -> object:
+    """A transformers config for a fast model (its `cfg`), or the object itself if it already is one."""
+    cfg = getattr(model, "cfg", model)
+    if hasattr(cfg, "num_hidden_layers"):
+        return cfg
+    from transformers import LlamaConfig, Qwen3Config
+
+    if cfg.model_type not in SUPPORTED_BASE_FAMILIES:
+        check_base_family(cfg)
+    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_llama3 is not None:
+        factor, low, high, original = cfg.rope_llama3
+        rope = {
+            "rope_type": "llama3",
+            "rope_theta": cfg.rope_theta,
+            "factor": factor,
+            "low_freq_factor": low,
+            "high_freq_factor": high,
+            "original_max_position_embeddings": original,
+        }
+    config_class = LlamaConfig if cfg.model_type == "llama" else Qwen3Config
+    return config_class(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim,
+        rms_norm_eps=cfg.rms_norm_eps,
+        max_position_embeddings=cfg.max_position_embeddings,
+        attention_bias=cfg.attention_bias,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        rope_parameters=rope,
+    )

@@ -1,0 +1,322 @@
+"""What every schedule shares: decode options, lossless verification (F0), synthetic acceptance, phase timers,
+and the per-prompt / per-run result objects.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from spdsim.errors import SpdsimError
+
+TRACE_COLUMNS = (
+    "prompt_id",
+    "verify_index",
+    "position",
+    "method",
+    "draft_index",
+    "state",
+    "width",
+    "drafted_token",
+    "target_token",
+    "accepted",
+)
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Per-run decoding knobs. `synthetic_alpha`: replace each draft by the target's own greedy token with this
+    probability (else by a token that differs from it), for timing runs with random weights (T = 0 only)."""
+
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    seed: int = 0
+    synthetic_alpha: float | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    kv_margin: int = 64
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise SpdsimError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.temperature >= 0.0:
+            raise SpdsimError(f"temperature must be >= 0, got {self.temperature}")
+        if self.synthetic_alpha is not None:
+            if not 0.0 <= self.synthetic_alpha <= 1.0:
+                raise SpdsimError(f"synthetic_alpha must lie in [0, 1], got {self.synthetic_alpha}")
+            if self.temperature > 0:
+                raise SpdsimError(
+                    "synthetic acceptance needs temperature 0 (it replays the target's greedy tokens)"
+                )
+
+    def prompt_seed(self, prompt_index: int) -> int:
+        return self.seed + prompt_index * 1_000_003
+
+
+@dataclass(frozen=True)
+class CycleTiming:
+    """One decode-loop iteration: SPD state ("fill", "refill", "saturated") or "chain"; phase -> microseconds."""
+
+    index: int
+    state: str
+    tokens: int
+    phases_us: dict[str, float]
+
+
+@dataclass(frozen=True)
+class PromptRun:
+    prompt_id: str
+    prompt_tokens: int
+    tokens: tuple[int, ...]  # generated tokens, the prefill token first
+    token_times_us: tuple[float, ...]  # commit time of each token since the prompt's prefill started
+    cycles: tuple[CycleTiming, ...]
+    trace: tuple[dict, ...]
+    verifications: int
+    accepted: int
+
+    @property
+    def decode_steps(self) -> int:
+        return len(self.cycles)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    method: str
+    config: dict
+    prompts: tuple[PromptRun, ...]
+    device: str
+
+    @property
+    def decode_tokens(self) -> int:
+        """Tokens produced by decode loops (the prefill token of each prompt excluded)."""
+        return sum(len(p.tokens) - 1 for p in self.prompts)
+
+    @property
+    def tokens_per_cycle(self) -> float:
+        """ρ: decode tokens per decode-loop iteration (SPD cycle, chain iteration, AR step)."""
+        steps = sum(p.decode_steps for p in self.prompts)
+        return self.decode_tokens / steps if steps else float("nan")
+
+    @property
+    def acceptance_length(self) -> float:
+        """Tokens per verification, bonus included (vLLM); SPD: one per verification, so see equivalent_length."""
+        verifications = sum(p.verifications for p in self.prompts)
+        return self.decode_tokens / verifications if verifications else float("nan")
+
+    @property
+    def acceptance_rate(self) -> float:
+        drafted = sum(len(p.trace) for p in self.prompts)
+        return sum(p.accepted for p in self.prompts) / drafted if drafted else float("nan")
+
+    @property
+    def decode_seconds(self) -> float:
+        return sum((p.token_times_us[-1] - p.token_times_us[0]) / 1e6 for p in self.prompts)
+
+    def summary(self) -> dict:
+        width = self.config.get("stages") or self.config.get("k") or 1
+        seconds = self.decode_seconds
+        summary = {
+            "method": self.method,
+            "device": self.device,
+            "prompts": len(self.prompts),
+            "decode_tokens": self.decode_tokens,
+            "decode_seconds": seconds,
+            "tokens_per_s": self.decode_tokens / seconds if seconds > 0 else None,
+            "tpot_ms": 1e3 * seconds / self.decode_tokens if self.decode_tokens else None,
+            "tokens_per_cycle": self.tokens_per_cycle,
+            "acceptance_rate": self.acceptance_rate,
+            "mean_acceptance_length": self.acceptance_length,
+            "verifications": sum(p.verifications for p in self.prompts),
+            "accepted": sum(p.accepted for p in self.prompts),
+        }
+        if self.method == "spd":
+            summary["equivalent_acceptance_length"] = width * self.tokens_per_cycle
+        return summary
+
+
+@dataclass
+class PromptRecorder:
+    """Mutable accumulator while one prompt decodes; `freeze` gives the immutable PromptRun."""
+
+    prompt_id: str
+    prompt_tokens: int
+    method: str
+    start: float = field(default_factory=time.perf_counter)
+    tokens: list[int] = field(default_factory=list)
+    times_us: list[float] = field(default_factory=list)
+    cycles: list[tuple[int, str, int]] = field(default_factory=list)
+    trace: list[dict] = field(default_factory=list)
+    verifications: int = 0
+    accepted: int = 0
+
+    def commit(self, token: int) -> None:
+        self.tokens.append(int(token))
+        self.times_us.append((time.perf_counter() - self.start) * 1e6)
+
+    def log_verification(self, rows: list[tuple[int, int, int, int, int]], state: str, width: int) -> None:
+        """rows: (position, draft_index, drafted, target, accepted) for every draft this verification checked."""
+        for position, draft_index, drafted, target, accepted in rows:
+            self.trace.append(
+                {
+                    "prompt_id": self.prompt_id,
+                    "verify_index": self.verifications,
+                    "position": int(position),
+                    "method": self.method,
+                    "draft_index": int(draft_index),
+                    "state": state,
+                    "width": int(width),
+                    "drafted_token": int(drafted),
+                    "target_token": int(target),
+                    "accepted": int(accepted),
+                }
+            )
+            self.accepted += int(accepted)
+        self.verifications += 1
+
+    def freeze(self, timer: PhaseTimer) -> PromptRun:
+        phases = timer.resolve()
+        cycles = tuple(
+            CycleTiming(index, state, tokens, phases.get(index, {})) for index, state, tokens in self.cycles
+        )
+        return PromptRun(
+            self.prompt_id,
+            self.prompt_tokens,
+            tuple(self.tokens),
+            tuple(self.times_us),
+            cycles,
+            tuple(self.trace),
+            self.verifications,
+            self.accepted,
+        )
+
+
+class PhaseTimer:
+    """Per-cycle phase intervals: CUDA events recorded on the phase's stream on a GPU (no sync until `resolve`),
+    perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self._marks: list[tuple[int, str, object, object]] = []
+
+    @contextmanager
+    def phase(self, cycle: int, name: str, stream=None):
+        if not self.cuda:
+            start = time.perf_counter()
+            yield
+            self._marks.append((cycle, name, start, time.perf_counter()))
+            return
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+        self._marks.append((cycle, name, start, end))
+
+    def resolve(self) -> dict[int, dict[str, float]]:
+        if self.cuda:
+            torch.cuda.synchronize()
+        out: dict[int, dict[str, float]] = {}
+        for cycle, name, start, end in self._marks:
+            elapsed = start.elapsed_time(end) * 1e3 if self.cuda else (end - start) * 1e6
+            out.setdefault(cycle, {})[name] = out.get(cycle, {}).get(name, 0.0) + elapsed
+        return out
+
+
+class Verifier:
+    """Lossless verification (reference/baselines.md F0) with a per-prompt seeded generator."""
+
+    def __init__(self, temperature: float, seed: int, device: torch.device):
+        self.temperature = temperature
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Sampling distribution of float32 logits [..., V] at this temperature."""
+        return torch.softmax(logits.float() / self.temperature, dim=-1)
+
+    def sample(self, logits: torch.Tensor) -> tuple[int, torch.Tensor | None]:
+        """(token, its distribution q or None when greedy) from logits [V]."""
+        if self.greedy:
+            return int(logits.argmax()), None
+        probs = self.probs(logits)
+        return int(torch.multinomial(probs, 1, generator=self.generator)), probs
+
+    def check(
+        self, target_logits: torch.Tensor, draft: int, draft_probs: torch.Tensor | None
+    ) -> tuple[bool, int]:
+        """(accepted, emitted token): the draft, or the target's replacement drawn from norm(max(0, p − q))."""
+        if self.greedy:
+            target = int(target_logits.argmax())
+            return target == draft, target
+        p = self.probs(target_logits)
+        q = draft_probs
+        ratio = p[draft] / q[draft].clamp_min(1e-30)
+        u = torch.rand((), generator=self.generator, device=p.device)
+        if bool(u < ratio):
+            return True, draft
+        residual = (p - q).clamp_min(0.0)
+        total = residual.sum()
+        residual = residual / total if bool(total > 0) else p
+        return False, int(torch.multinomial(residual, 1, generator=self.generator))
+
+
+class SyntheticDrafts:
+    """Draft replacement for synthetic acceptance: with probability α the target's own greedy token at that
+    position (from a greedy reference decode), else a different token; one seeded draw per draft made."""
+
+    def __init__(self, alpha: float, reference: list[int], prompt_len: int, vocab_size: int, seed: int):
+        self.alpha = alpha
+        self.reference = reference  # greedy tokens at positions prompt_len, prompt_len + 1, ...
+        self.prompt_len = prompt_len
+        self.vocab_size = vocab_size
+        self.rng = np.random.default_rng(seed)
+
+    def replace(self, position: int) -> int:
+        index = position - self.prompt_len
+        target = self.reference[index] if index < len(self.reference) else 0
+        if self.rng.random() < self.alpha:
+            return target
+        return int((target + 1 + self.rng.integers(self.vocab_size - 1)) % self.vocab_size)
+
+
+def make_streams(device: torch.device, count: int) -> list:
+    """One CUDA stream per concurrent unit on a GPU; None (the default stream, i.e. serial) on the CPU."""
+    if device.type == "cuda":
+        return [torch.cuda.Stream(device=device) for _ in range(count)]
+    return [None] * count
+
+
+def stream_context(stream):
+    return torch.cuda.stream(stream) if stream is not None else nullcontext()
+
+
+def is_stop(token: int, options: DecodeOptions) -> bool:
+    return token in options.stop_token_ids
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prompt_id: str
+    tokens: tuple[int, ...]
+
+
+def as_prompts(prompts) -> list[Prompt]:
+    """Accept Prompt objects, (id, tokens) pairs or bare token lists (ids "0", "1", …)."""
+    out = []
+    for index, item in enumerate(prompts):
+        if isinstance(item, Prompt):
+            out.append(item)
+        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            out.append(Prompt(item[0], tuple(int(t) for t in item[1])))
+        else:
+            out.append(Prompt(str(index), tuple(int(t) for t in item)))
+        if not out[-1].tokens:
+            raise SpdsimError(f"prompt {out[-1].prompt_id!r} is empty")
+    return out
