@@ -79,6 +79,7 @@ class LatencySpec:
     draft_step_ns: int = 0  # one serial drafter pass (chain methods), one token
     pdm_ns: int = 0  # SPD drafter (PDM) forward, whole module
     per_query_token_ns: int = 0  # extra cost per additional query token in a verify pass (constant model)
+    little_step_ns: int = 0  # cascade: one pass of the little model (constant model; 0 = from layer_ns)
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ class Workload:
     prompt_tokens: int = 128
     new_tokens: int = 512
     num_requests: int = 4
+    prefill_ns: int = 0  # fixed cost before each request's decode (prefill itself is not simulated)
 
 
 @dataclass(frozen=True)

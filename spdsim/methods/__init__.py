@@ -1,0 +1,47 @@
+"""Schedules, one module per family; ``METHODS`` maps a method name to its description, GPU count and schedule.
+
+Each schedule is ``run_request(env, context, request, streams)``: a SimPy process generator that decodes one
+request's ``workload.new_tokens`` tokens, yields one timeout per iteration and records commits, verifications
+and resource busy spans in ``context.recorder``. Cost builders shared with the closed forms live beside them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from spdsim.config import Scenario
+from spdsim.errors import SpdsimError
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    family: str  # "ar" | "chain" | "adaptive" | "parallel" | "pipeline"
+    gpus: Callable[[Scenario], int]
+    run_request: Callable[..., Generator[Any, Any, None]]
+
+    @property
+    def pipeline(self) -> bool:
+        """SPD-style pipelines: one token per verification, tokens per cycle ρ."""
+        return self.family == "pipeline"
+
+
+def _registry() -> dict[str, Method]:
+    from spdsim.methods import adaptive, ar, chain, parallel, pipeline
+
+    methods = (ar.METHOD, *chain.METHODS, *adaptive.METHODS, *parallel.METHODS, *pipeline.METHODS)
+    return {method.name: method for method in methods}
+
+
+METHODS: dict[str, Method] = _registry()
+
+
+def get_method(name: str) -> Method:
+    """The registered method ``name``; unknown names raise a one-line SpdsimError listing the allowed ones."""
+    method = METHODS.get(name)
+    if method is None:
+        raise SpdsimError(f"method.name: unknown '{name}' (allowed: {', '.join(METHODS)})")
+    return method

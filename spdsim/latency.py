@@ -1,0 +1,419 @@
+"""Latency models: how long each phase of a schedule takes, in integer nanoseconds.
+
+Every method prices its schedule with the same few primitives (embedding, ``layers`` decoder layers over
+``query_tokens`` query tokens against ``kv_len`` cached positions, final norm + lm_head, drafters, links), so
+the four kinds below are interchangeable:
+
+* ``constant``  — the ``LatencySpec.*_ns`` fields as given (tests, ideal models);
+* ``roofline``  — max(bytes / bandwidth, FLOPs / peak) with efficiency factors, from a ModelShape and Hardware;
+* ``measured``  — a profile bundle (``spdsim.profile_schema``) interpolated linearly, never extrapolated;
+* ``fitted``    — a few coefficients per phase (from the profile's optional ``"fit"`` key, or least squares
+  over its tables); extrapolates by design.
+
+``kv_len`` may be an int or an integer numpy array (methods price a whole request at once); the result then
+has the same shape. Results are integer nanoseconds (``int`` or ``int64`` arrays).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from spdsim.config import Hardware, LatencySpec, ModelShape, Scenario
+from spdsim.errors import SpdsimError
+from spdsim.profile_schema import PHASE_COORDINATES, ProfileError, load_profile
+
+KvLen = int | np.ndarray
+
+
+def _to_ns(value: Any) -> Any:
+    """Round float nanoseconds onto the integer clock (scalars stay Python ints)."""
+    if isinstance(value, np.ndarray):
+        return np.rint(value).astype(np.int64)
+    return int(math.floor(float(value) + 0.5))
+
+
+class LatencyModel:
+    """Phase latencies of one scenario. Subclasses implement the primitives; the composites live here."""
+
+    def __init__(self, shape: ModelShape | None, hardware: Hardware | None, spec: LatencySpec):
+        self.shape = shape
+        self.hardware = hardware
+        self.spec = spec
+
+    # --- primitives (subclasses) -------------------------------------------------------------------------
+    def embed_ns(self, query_tokens: int = 1) -> int:
+        raise NotImplementedError
+
+    def layers_ns(self, layers: int, query_tokens: int, kv_len: KvLen, tp: int = 1) -> Any:
+        """``layers`` consecutive target decoder layers (one stage), tensor-parallel over ``tp`` GPUs."""
+        raise NotImplementedError
+
+    def head_ns(self, query_tokens: int = 1) -> int:
+        """Final norm + lm_head + greedy verify/sampling of ``query_tokens`` positions."""
+        raise NotImplementedError
+
+    def pdm_ns(self, spec_layers: int, query_tokens: int, kv_len: KvLen) -> Any:
+        """SPD drafter (PDM): aggregation + ``spec_layers`` full decoder layers + draft lm_head (one row)."""
+        raise NotImplementedError
+
+    def chain_draft_ns(self, draft_layers: int, kv_len: KvLen) -> Any:
+        """One serial pass of a head-style chain drafter (EAGLE-3 / MTP): its layers + its lm_head, one token."""
+        raise NotImplementedError
+
+    def p2p_ns(self, num_bytes: int) -> int:
+        """One point-to-point send of ``num_bytes`` (hidden state between stages)."""
+        raise NotImplementedError
+
+    def cycle_fixed_ns(self, num_stages: int) -> int:
+        """Measured serial per-cycle cost outside the phases (0 unless a profile says otherwise)."""
+        return 0
+
+    # --- composites --------------------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        if self.shape is None:
+            raise SpdsimError("scenario.model: a model shape is required to split layers")
+        return self.shape.num_layers
+
+    def hidden_bytes(self, query_tokens: int = 1) -> int:
+        """Bytes of ``query_tokens`` hidden states (what a stage sends downstream)."""
+        if self.shape is None:
+            return 0
+        return query_tokens * self.shape.hidden_size * self.shape.dtype_bytes
+
+    def allreduce_ns(self, num_bytes: int, tp: int) -> int:
+        """Ring all-reduce of ``num_bytes`` over ``tp`` GPUs: latency + 2(tp-1)/tp · bytes / link bandwidth."""
+        if tp <= 1:
+            return 0
+        hw = self.hardware
+        if hw is None:
+            raise SpdsimError("scenario.hardware: required for tensor parallelism (all-reduce cost)")
+        transfer_ns = 0.0
+        if hw.p2p_bandwidth_gbps > 0:
+            transfer_ns = 2.0 * (tp - 1) / tp * num_bytes / hw.p2p_bandwidth_gbps  # GB/s == B/ns
+        return _to_ns(hw.allreduce_latency_ns + transfer_ns)
+
+    def target_ns(self, query_tokens: int, kv_len: KvLen, tp: int = 1) -> Any:
+        """One whole target forward: embedding + all layers + head (an AR step, or a verify pass)."""
+        return (
+            self.embed_ns(query_tokens)
+            + self.layers_ns(self.num_layers, query_tokens, kv_len, tp)
+            + self.head_ns(query_tokens)
+        )
+
+    def draft_model_ns(self, layers: int, query_tokens: int, kv_len: KvLen) -> Any:
+        """A separate smaller LM with the target's layer shape and ``layers`` layers (classic draft model)."""
+        return self.embed_ns(query_tokens) + self.layers_ns(layers, query_tokens, kv_len) + self.head_ns(1)
+
+    def little_model_ns(self, layers: int, query_tokens: int, kv_len: KvLen) -> Any:
+        """The cascade's smallest model (little -> draft -> target)."""
+        return self.draft_model_ns(layers, query_tokens, kv_len)
+
+    def parallel_draft_ns(self, draft_layers: int, query_tokens: int, kv_len: KvLen) -> Any:
+        """One parallel-drafting pass (DFlash block / P-EAGLE slots) over ``query_tokens`` query rows."""
+        return self.layers_ns(draft_layers, query_tokens, kv_len) + self.head_ns(query_tokens)
+
+
+class ConstantLatency(LatencyModel):
+    """The ``LatencySpec.*_ns`` constants; ``layer_ns`` is per layer, ``per_query_token_ns`` per extra query."""
+
+    def embed_ns(self, query_tokens: int = 1) -> int:
+        return self.spec.embed_ns
+
+    def layers_ns(self, layers: int, query_tokens: int, kv_len: KvLen, tp: int = 1) -> Any:
+        extra = 0.0
+        if query_tokens > 1 and self.spec.per_query_token_ns:
+            extra = (query_tokens - 1) * self.spec.per_query_token_ns * layers / self._layers_for_scaling()
+        value = _to_ns(layers * self.spec.layer_ns / tp + extra) + self._tp_allreduce(
+            layers, query_tokens, tp
+        )
+        return _broadcast(value, kv_len)
+
+    def head_ns(self, query_tokens: int = 1) -> int:
+        return self.spec.head_ns
+
+    def pdm_ns(self, spec_layers: int, query_tokens: int, kv_len: KvLen) -> Any:
+        return _broadcast(self.spec.pdm_ns, kv_len)
+
+    def chain_draft_ns(self, draft_layers: int, kv_len: KvLen) -> Any:
+        return _broadcast(self.spec.draft_step_ns, kv_len)
+
+    def draft_model_ns(self, layers: int, query_tokens: int, kv_len: KvLen) -> Any:
+        if self.spec.draft_step_ns <= 0:
+            return super().draft_model_ns(layers, query_tokens, kv_len)
+        extra = (query_tokens - 1) * self.spec.per_query_token_ns * layers / self._layers_for_scaling()
+        return _broadcast(_to_ns(self.spec.draft_step_ns + extra), kv_len)
+
+    def little_model_ns(self, layers: int, query_tokens: int, kv_len: KvLen) -> Any:
+        if self.spec.little_step_ns <= 0:
+            return LatencyModel.draft_model_ns(self, layers, query_tokens, kv_len)
+        return _broadcast(self.spec.little_step_ns, kv_len)
+
+    def parallel_draft_ns(self, draft_layers: int, query_tokens: int, kv_len: KvLen) -> Any:
+        extra = (query_tokens - 1) * self.spec.per_query_token_ns * draft_layers / self._layers_for_scaling()
+        return _broadcast(_to_ns(self.spec.draft_step_ns + extra), kv_len)
+
+    def p2p_ns(self, num_bytes: int) -> int:
+        return 0
+
+    def _layers_for_scaling(self) -> int:
+        return self.shape.num_layers if self.shape is not None else 1
+
+    def _tp_allreduce(self, layers: int, query_tokens: int, tp: int) -> int:
+        if tp <= 1:
+            return 0
+        return 2 * layers * self.allreduce_ns(self.hidden_bytes(query_tokens), tp)
+
+
+class RooflineLatency(LatencyModel):
+    """Batch-1 decode roofline: weight + KV bytes over bandwidth vs FLOPs over peak, plus launch overhead."""
+
+    def __init__(self, shape: ModelShape, hardware: Hardware, spec: LatencySpec):
+        super().__init__(shape, hardware, spec)
+        s = shape
+        attn_out = s.num_attention_heads * s.head_dim
+        kv_out = s.num_kv_heads * s.head_dim
+        self._layer_params = s.hidden_size * (attn_out + 2 * kv_out) + attn_out * s.hidden_size
+        self._layer_params += 3 * s.hidden_size * s.intermediate_size
+        full = max(s.num_layers - s.linear_attention_layers, 0)
+        self._full_attention_share = full / s.num_layers
+        self._kv_bytes_per_position = 2 * kv_out * s.dtype_bytes  # one full-attention layer, K and V
+        self._linear_state_bytes = s.num_attention_heads * s.head_dim * s.head_dim * s.dtype_bytes
+        self._bytes_per_ns = hardware.mem_bandwidth_gbps * hardware.bandwidth_efficiency  # GB/s == B/ns
+        self._flops_per_ns = hardware.peak_tflops * 1e3 * hardware.flops_efficiency  # TFLOP/s == 1e3 FLOP/ns
+
+    def _roof_ns(self, bytes_moved: Any, flops: Any) -> Any:
+        return np.maximum(bytes_moved / self._bytes_per_ns, flops / self._flops_per_ns)
+
+    def embed_ns(self, query_tokens: int = 1) -> int:
+        s = self.shape
+        return _to_ns(query_tokens * s.hidden_size * s.dtype_bytes / self._bytes_per_ns) + self._overhead(1)
+
+    def layers_ns(self, layers: int, query_tokens: int, kv_len: KvLen, tp: int = 1) -> Any:
+        s = self.shape
+        kv = np.asarray(kv_len, dtype=np.float64)
+        weight_bytes = self._layer_params * s.dtype_bytes
+        state_bytes = (
+            self._full_attention_share * kv * self._kv_bytes_per_position
+            + (1.0 - self._full_attention_share) * self._linear_state_bytes
+        )
+        attention_flops = 4.0 * query_tokens * kv * s.num_attention_heads * s.head_dim
+        flops = 2.0 * query_tokens * self._layer_params + self._full_attention_share * attention_flops
+        per_layer = self._roof_ns((weight_bytes + state_bytes) / tp, flops / tp)
+        total = layers * per_layer + self._overhead(layers)
+        if tp > 1:
+            total = total + 2 * layers * self.allreduce_ns(self.hidden_bytes(query_tokens), tp)
+        return _to_ns(total) if isinstance(kv_len, np.ndarray) else _to_ns(float(total))
+
+    def head_ns(self, query_tokens: int = 1) -> int:
+        s = self.shape
+        params = s.hidden_size * s.vocab_size
+        value = self._roof_ns(params * s.dtype_bytes, 2.0 * query_tokens * params)
+        return _to_ns(float(value)) + self._overhead(1)
+
+    def pdm_ns(self, spec_layers: int, query_tokens: int, kv_len: KvLen) -> Any:
+        return self.layers_ns(spec_layers, query_tokens, kv_len) + self.head_ns(1)
+
+    def chain_draft_ns(self, draft_layers: int, kv_len: KvLen) -> Any:
+        return self.layers_ns(draft_layers, 1, kv_len) + self.head_ns(1)
+
+    def p2p_ns(self, num_bytes: int) -> int:
+        hw = self.hardware
+        transfer = num_bytes / hw.p2p_bandwidth_gbps if hw.p2p_bandwidth_gbps > 0 else 0.0
+        return _to_ns(hw.p2p_latency_ns + transfer)
+
+    def _overhead(self, layers: int) -> int:
+        return layers * self.hardware.kernel_overhead_ns
+
+
+class MeasuredLatency(LatencyModel):
+    """A profile bundle's per-phase medians, interpolated linearly per coordinate; outside the grid: error."""
+
+    def __init__(self, shape: ModelShape | None, hardware: Hardware | None, spec: LatencySpec, profile: dict):
+        super().__init__(shape, hardware, spec)
+        self._tables = {phase: _GridTable(phase, entries) for phase, entries in profile["phases"].items()}
+
+    def _table(self, phase: str) -> _GridTable:
+        table = self._tables.get(phase)
+        if table is None:
+            raise ProfileError(
+                f"profile.phases: this scenario needs phase '{phase}', which the profile lacks"
+            )
+        return table
+
+    def embed_ns(self, query_tokens: int = 1) -> int:
+        return self._table("embed").lookup_ns(query_tokens=query_tokens)
+
+    def layers_ns(self, layers: int, query_tokens: int, kv_len: KvLen, tp: int = 1) -> Any:
+        if tp > 1:
+            raise ProfileError(
+                "profile: measured tables hold one GPU; tensor parallelism needs kind 'roofline'"
+            )
+        return self._table("layers").lookup_ns(layers=layers, query_tokens=query_tokens, kv_len=kv_len)
+
+    def head_ns(self, query_tokens: int = 1) -> int:
+        return self._table("head").lookup_ns(query_tokens=query_tokens)
+
+    def pdm_ns(self, spec_layers: int, query_tokens: int, kv_len: KvLen) -> Any:
+        return self._table("drafter").lookup_ns(
+            spec_layers=spec_layers, query_tokens=query_tokens, kv_len=kv_len
+        )
+
+    def chain_draft_ns(self, draft_layers: int, kv_len: KvLen) -> Any:
+        return self._table("chain_draft").lookup_ns(draft_layers=draft_layers, kv_len=kv_len)
+
+    def p2p_ns(self, num_bytes: int) -> int:
+        if "p2p" not in self._tables:
+            return 0 if self.hardware is None else _to_ns(self.hardware.p2p_latency_ns)
+        return self._table("p2p").lookup_ns(bytes=num_bytes)
+
+    def cycle_fixed_ns(self, num_stages: int) -> int:
+        if "cycle_fixed" not in self._tables:
+            return 0
+        return self._table("cycle_fixed").lookup_ns(num_stages=num_stages)
+
+
+# Terms of the few-coefficient fit per phase; "a*b" is the product of two coordinates, "1" the intercept.
+FIT_TERMS: dict[str, tuple[str, ...]] = {
+    "layers": ("1", "layers", "layers*kv_len", "layers*query_tokens"),
+    "embed": ("1", "query_tokens"),
+    "head": ("1", "query_tokens"),
+    "ar_step": ("1", "kv_len"),
+    "drafter": ("1", "spec_layers", "spec_layers*kv_len", "query_tokens"),
+    "chain_draft": ("1", "draft_layers", "draft_layers*kv_len"),
+    "p2p": ("1", "bytes"),
+    "cycle_fixed": ("1", "num_stages"),
+}
+
+
+class FittedLatency(MeasuredLatency):
+    """Linear-in-coefficients fit per phase (µs); coefficients from ``profile["fit"]`` or least squares."""
+
+    def __init__(self, shape: ModelShape | None, hardware: Hardware | None, spec: LatencySpec, profile: dict):
+        LatencyModel.__init__(self, shape, hardware, spec)
+        given = profile.get("fit") or {}
+        self._tables = {}
+        for phase, entries in profile["phases"].items():
+            coefficients = given.get(phase) or fit_phase(phase, entries)
+            self._tables[phase] = _FitTable(phase, coefficients)
+        for phase, coefficients in given.items():
+            if phase not in self._tables:
+                self._tables[phase] = _FitTable(phase, coefficients)
+
+
+def fit_phase(phase: str, entries: list[dict]) -> dict[str, float]:
+    """Least-squares coefficients (µs) of FIT_TERMS[phase] over a phase's measured medians."""
+    terms = FIT_TERMS[phase]
+    design = np.array([[_term_value(term, entry) for term in terms] for entry in entries], dtype=np.float64)
+    target = np.array([entry["median_us"] for entry in entries], dtype=np.float64)
+    solution, *_ = np.linalg.lstsq(design, target, rcond=None)
+    return {term: float(value) for term, value in zip(terms, solution)}
+
+
+def _term_value(term: str, coords: dict[str, Any]) -> Any:
+    if term == "1":
+        return 1.0
+    value: Any = 1.0
+    for name in term.split("*"):
+        value = value * np.asarray(coords[name], dtype=np.float64)
+    return value
+
+
+class _FitTable:
+    def __init__(self, phase: str, coefficients: dict[str, float]):
+        unknown = set(coefficients) - set(FIT_TERMS.get(phase, ()))
+        if phase not in FIT_TERMS or unknown:
+            raise ProfileError(f"profile.fit.{phase}: unknown phase or terms {sorted(unknown)}")
+        self.coefficients = coefficients
+
+    def lookup_ns(self, **coords: Any) -> Any:
+        total: Any = 0.0
+        for term, coefficient in self.coefficients.items():
+            total = total + coefficient * _term_value(term, coords)
+        return (
+            _to_ns(np.maximum(np.asarray(total) * 1e3, 0.0))
+            if isinstance(total, np.ndarray)
+            else _to_ns(max(float(total) * 1e3, 0.0))
+        )
+
+
+class _GridTable:
+    """Medians on the cartesian grid of a phase's coordinates; multilinear interpolation inside it."""
+
+    def __init__(self, phase: str, entries: list[dict]):
+        self.phase = phase
+        self.coords = PHASE_COORDINATES[phase]
+        self.axes = [np.array(sorted({float(e[c]) for e in entries})) for c in self.coords]
+        values = np.full([len(axis) for axis in self.axes], np.nan)
+        for entry in entries:
+            index = tuple(
+                int(np.searchsorted(axis, float(entry[c]))) for axis, c in zip(self.axes, self.coords)
+            )
+            values[index] = entry["median_us"] * 1e3
+        if np.isnan(values).any():
+            raise ProfileError(
+                f"profile.phases.{phase}: entries must cover the full grid of {', '.join(self.coords)}"
+            )
+        self.values_ns = values
+
+    def lookup_ns(self, **coords: Any) -> Any:
+        for name, axis in zip(self.coords, self.axes):
+            query = np.asarray(coords[name], dtype=np.float64)
+            if query.size and (query.min() < axis[0] or query.max() > axis[-1]):
+                raise ProfileError(
+                    f"profile.phases.{self.phase}: {name}={_fmt_range(query)} outside the measured range "
+                    f"[{axis[0]:g}, {axis[-1]:g}] (no extrapolation)"
+                )
+        return _to_ns(self._interpolate(self.values_ns, 0, coords))
+
+    def _interpolate(self, values: np.ndarray, depth: int, coords: dict[str, Any]) -> Any:
+        axis = self.axes[depth]
+        query = coords[self.coords[depth]]
+        if depth == len(self.coords) - 1:
+            result = np.interp(np.asarray(query, dtype=np.float64), axis, values)
+            return result if isinstance(query, np.ndarray) else float(result)
+        position = float(query)
+        upper = int(np.searchsorted(axis, position, side="left"))
+        if upper == 0 or axis[upper] == position:
+            return self._interpolate(values[upper], depth + 1, coords)
+        weight = (position - axis[upper - 1]) / (axis[upper] - axis[upper - 1])
+        low = self._interpolate(values[upper - 1], depth + 1, coords)
+        high = self._interpolate(values[upper], depth + 1, coords)
+        return low + weight * (high - low)
+
+
+def _fmt_range(query: np.ndarray) -> str:
+    if query.size == 1:
+        return f"{float(query.reshape(-1)[0]):g}"
+    return f"[{query.min():g}, {query.max():g}]"
+
+
+def _broadcast(value: int, kv_len: KvLen) -> Any:
+    if isinstance(kv_len, np.ndarray):
+        return np.full(kv_len.shape, value, dtype=np.int64)
+    return value
+
+
+def build_latency_model(scenario: Scenario) -> LatencyModel:
+    """The latency model a scenario asks for (``scenario.latency.kind``)."""
+    spec = scenario.latency
+    kind = spec.kind
+    if kind == "constant":
+        return ConstantLatency(scenario.model, scenario.hardware, spec)
+    if kind == "roofline":
+        if scenario.model is None or scenario.hardware is None:
+            raise SpdsimError("latency.kind 'roofline' needs scenario.model and scenario.hardware")
+        return RooflineLatency(scenario.model, scenario.hardware, spec)
+    if kind in ("measured", "fitted"):
+        if not spec.profile_path:
+            raise SpdsimError(f"latency.profile_path: required for latency kind '{kind}'")
+        profile = load_profile(spec.profile_path)
+        shape = scenario.model
+        if shape is None:
+            shape = ModelShape(**profile["model"])
+        cls = MeasuredLatency if kind == "measured" else FittedLatency
+        return cls(shape, scenario.hardware, spec, profile)
+    raise SpdsimError(f"latency.kind: unknown '{kind}' (allowed: constant, roofline, measured, fitted)")

@@ -1,0 +1,103 @@
+"""Serial chain speculative decoding: K draft passes, then one target verify of K+1 tokens (baselines.md F2).
+
+``draft-model`` is a separate smaller LM (Leviathan), ``eagle3`` a one-layer head with its own lm_head,
+``mtp`` one multi-token-prediction layer reused K times. The same loop serves parallel drafting (one pass).
+"""
+
+from __future__ import annotations
+
+from spdsim.methods import Method
+from spdsim.methods.common import (
+    VerifyTable,
+    draft_model_layers,
+    gpu_resources,
+    kv_lengths,
+    serial_overheads_ns,
+)
+from spdsim.result import BUSY, COMM, DRAFT
+
+
+def chain_draft_pass_ns(scenario, latency) -> list[int]:
+    """One serial draft pass per committed count, for draft-model / eagle3 / mtp (and specdecpp's draft LM)."""
+    kv = kv_lengths(scenario)
+    name = scenario.method.name
+    if name in ("draft-model", "specdecpp"):
+        return latency.draft_model_ns(draft_model_layers(scenario), 1, kv).tolist()
+    layers = 1 if name == "mtp" else scenario.method.draft_layers
+    return latency.chain_draft_ns(layers, kv).tolist()
+
+
+def run_draft_verify(env, context, request, streams, pass_ns, passes, drafted):
+    """Draft-then-verify loop: ``passes`` drafter passes of ``pass_ns[c]``, verify of ``drafted``+1 tokens."""
+    scenario = context.scenario
+    recorder = context.recorder
+    jitter = streams.jitter
+    stream = context.acceptance.stream(streams.acceptance, request, drafted)
+    verify_ns = VerifyTable(scenario, context.latency)(drafted + 1)
+    control_ns, serial_ns = serial_overheads_ns(scenario, context.latency, with_verify=True)
+    resources = gpu_resources(scenario.method.tensor_parallel)
+    new_tokens = scenario.workload.new_tokens
+    committed = 0
+    iteration = 0
+    while committed < new_tokens:
+        start = int(env.now)
+        control = jitter.apply(control_ns)
+        draft_spans = [jitter.apply(pass_ns[committed]) for _ in range(passes)]
+        verify = jitter.apply(verify_ns[committed])
+        serial = jitter.apply(serial_ns)
+        yield env.timeout(control + sum(draft_spans) + verify + serial)
+        now = int(env.now)
+        if recorder.record_intervals:
+            cursor = start
+            recorder.interval(resources[0], cursor, cursor + control, COMM, "control", request, iteration)
+            cursor += control
+            for span in draft_spans:
+                recorder.interval(resources[0], cursor, cursor + span, DRAFT, "draft", request, iteration)
+                cursor += span
+            for resource in resources:
+                recorder.interval(resource, cursor, cursor + verify, BUSY, "verify", request, iteration)
+            cursor += verify
+            recorder.interval(resources[0], cursor, cursor + serial, BUSY, "sample", request, iteration)
+        accepted = stream.chain_accepted(drafted)
+        recorder.verification(request, iteration, now, drafted, accepted, "chain")
+        emit = min(accepted + 1, new_tokens - committed)
+        for offset in range(emit):
+            recorder.commit(request, committed + offset, now, iteration, offset < accepted)
+        committed += emit
+        iteration += 1
+    recorder.iterations += iteration
+
+
+def run_request(env, context, request, streams):
+    draft_tokens = context.scenario.method.draft_tokens
+    pass_ns = chain_draft_pass_ns(context.scenario, context.latency)
+    yield from run_draft_verify(env, context, request, streams, pass_ns, draft_tokens, draft_tokens)
+
+
+def _tp_gpus(scenario) -> int:
+    return max(scenario.method.tensor_parallel, 1)
+
+
+METHODS = (
+    Method(
+        "draft-model",
+        "classic SD (Leviathan): a smaller LM drafts K tokens serially, the target verifies K+1",
+        "chain",
+        _tp_gpus,
+        run_request,
+    ),
+    Method(
+        "eagle3",
+        "EAGLE-3 chain (vLLM): a one-layer head over fused target features drafts K tokens serially",
+        "chain",
+        _tp_gpus,
+        run_request,
+    ),
+    Method(
+        "mtp",
+        "multi-token prediction: one MTP layer reused K times, then verify K+1",
+        "chain",
+        _tp_gpus,
+        run_request,
+    ),
+)

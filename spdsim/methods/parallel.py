@@ -1,0 +1,45 @@
+"""Parallel drafting: one drafter pass proposes a whole block, then verify K+1 (baselines.md F3).
+
+``dflash``: a block of K+1 query rows (the bonus token plus K masks) through ``draft_layers`` layers and the
+target's lm_head; ``peagle``: K slots in one pass. The pass cost grows only weakly with K (query rows).
+"""
+
+from __future__ import annotations
+
+from spdsim.methods import Method
+from spdsim.methods.chain import run_draft_verify
+from spdsim.methods.common import kv_lengths
+
+
+def parallel_pass_ns(scenario, latency) -> list[int]:
+    method = scenario.method
+    rows = method.draft_tokens + 1 if method.name == "dflash" else method.draft_tokens
+    return latency.parallel_draft_ns(method.draft_layers, rows, kv_lengths(scenario)).tolist()
+
+
+def run_request(env, context, request, streams):
+    pass_ns = parallel_pass_ns(context.scenario, context.latency)
+    drafted = context.scenario.method.draft_tokens
+    yield from run_draft_verify(env, context, request, streams, pass_ns, 1, drafted)
+
+
+def _tp_gpus(scenario) -> int:
+    return max(scenario.method.tensor_parallel, 1)
+
+
+METHODS = (
+    Method(
+        "dflash",
+        "DFlash: one non-causal drafter pass over a block drafts K tokens, verify K+1",
+        "parallel",
+        _tp_gpus,
+        run_request,
+    ),
+    Method(
+        "peagle",
+        "P-EAGLE: one EAGLE-style pass fills K mask slots in parallel, verify K+1",
+        "parallel",
+        _tp_gpus,
+        run_request,
+    ),
+)

@@ -1,0 +1,261 @@
+"""Pipelined speculation: SPD and PPSD (DESIGN.md §3, spd.md §1, baselines.md §5.11).
+
+The target's L layers are split into n stages. A cycle is
+
+    control + max(active members) + [verify: head + sampling, saturated cycles only] + fixed per-cycle costs
+
+where the members are each active stage's forward (+ its hidden-state send) and the drafter (anchor gather +
+PDM). With the drafter on stage 0's GPU (``drafter_placement = "stage0"``) stage 0 runs its forward and the PDM
+back to back, slowed by ``drafter_contention``. Start-up and every rejection cost n-1 fill/refill cycles in
+which only the stages that hold a token run and nothing is verified; a rejection flushes the in-flight tokens
+(their earlier stage work is relabelled FLUSHED). Every verification commits one token.
+
+PPSD: the drafter is the target's own early-exit path (first ``exit_layer`` layers + an exit head), so it runs
+on stage 0's GPU after (and reusing) the stage-0 layers it shares; no extra GPU.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from spdsim.errors import SpdsimError
+from spdsim.methods import Method
+from spdsim.methods.common import kv_lengths, serial_overheads_ns
+from spdsim.result import BUSY, COMM, DRAFT, FLUSHED
+
+
+def stage_layer_counts(scenario) -> tuple[int, ...]:
+    """Layers per stage: the explicit list, or an even split of L into n."""
+    method = scenario.method
+    if method.stage_layers:
+        return tuple(method.stage_layers)
+    if scenario.model is None:
+        raise SpdsimError("scenario.model: SPD needs a model shape to split layers into stages")
+    num_layers, stages = scenario.model.num_layers, method.num_stages
+    if stages < 1 or num_layers % stages:
+        raise SpdsimError(
+            f"method.num_stages: {stages} does not divide the model's {num_layers} layers; give method.stage_layers"
+        )
+    return (num_layers // stages,) * stages
+
+
+@dataclass(frozen=True)
+class PipelineCosts:
+    """Member and serial costs of every cycle kind, per committed count c (int ns; lists for speed).
+
+    ``forward_ns[s][c]``: stage s's busy time (stage 0 includes embedding, and the co-located drafter's work
+    when placed there); ``send_ns``: hidden-state send after each stage; ``drafter_ns[c]``: the separate drafter
+    member (gather + PDM), empty when the drafter shares stage 0; ``cycle_ns[a][c]``: the whole cycle with
+    ``a`` active stages (a = n: saturated, with verify).
+    """
+
+    num_stages: int
+    forward_ns: tuple[list[int], ...]
+    stage0_draft_ns: list[int]  # drafter work serialized on stage 0 (stage0 placement / PPSD), else zeros
+    send_ns: int
+    gather_ns: int
+    drafter_ns: list[int]  # separate drafter member (own GPU): PDM only; empty when on stage 0
+    control_ns: int
+    verify_ns: int  # head + sampling of a saturated cycle
+    fixed_ns: int
+    cycle_ns: tuple[list[int], ...]  # index a = 1..n (index 0 unused)
+
+
+def pipeline_costs(scenario, latency) -> PipelineCosts:
+    method = scenario.method
+    overheads = scenario.overheads
+    counts = stage_layer_counts(scenario)
+    stages = len(counts)
+    kv = kv_lengths(scenario)
+    tp = max(method.tensor_parallel, 1)
+    forwards = [np.asarray(latency.layers_ns(layers, 1, kv, tp), dtype=np.int64) for layers in counts]
+    forwards[0] = forwards[0] + latency.embed_ns(1)
+    own_drafter = method.name == "spd" and method.drafter_placement == "own-gpu"
+    if method.name == "spd":
+        draft = np.asarray(latency.pdm_ns(method.spec_layers, stages + 1, kv), dtype=np.int64)
+    else:
+        draft = np.full(kv.shape, _early_exit_extra_ns(scenario, latency, counts[0], kv), dtype=np.int64)
+    if own_drafter:
+        stage0_draft = np.zeros(kv.shape, dtype=np.int64)
+    else:
+        contention = overheads.drafter_contention
+        slowed0 = np.rint(forwards[0] * contention).astype(np.int64)
+        stage0_draft = np.rint((forwards[0] + draft) * contention).astype(np.int64) - slowed0
+        forwards[0] = slowed0
+    send = latency.p2p_ns(latency.hidden_bytes(1)) + overheads.p2p_ns
+    gather = overheads.gather_ns if method.name == "spd" else 0
+    control, fixed = serial_overheads_ns(scenario, latency, with_verify=False)
+    verify = latency.head_ns(1) + overheads.sampling_ns
+    stage_members = [f + send for f in forwards]
+    stage_members[0] = stage_members[0] + stage0_draft + (0 if own_drafter else gather)
+    drafter_member = draft + gather if own_drafter else np.zeros(kv.shape, dtype=np.int64)
+    cycles = [[]]
+    running_max = drafter_member
+    for active in range(1, stages + 1):
+        running_max = np.maximum(running_max, stage_members[active - 1])
+        total = control + running_max + fixed + (verify if active == stages else 0)
+        cycles.append(total.tolist())
+    return PipelineCosts(
+        num_stages=stages,
+        forward_ns=tuple(f.tolist() for f in forwards),
+        stage0_draft_ns=stage0_draft.tolist(),
+        send_ns=int(send),
+        gather_ns=int(gather),
+        drafter_ns=draft.tolist() if own_drafter else [],
+        control_ns=int(control),
+        verify_ns=int(verify),
+        fixed_ns=int(fixed),
+        cycle_ns=tuple(cycles),
+    )
+
+
+def _early_exit_extra_ns(scenario, latency, stage0_layers: int, kv) -> np.ndarray:
+    """PPSD drafter work beyond stage 0's own layers: the exit head (+ layers past stage 0 if the exit is deeper)."""
+    exit_layer = scenario.method.exit_layer or stage0_layers
+    extra_layers = max(exit_layer - stage0_layers, 0)
+    extra = latency.head_ns(1)
+    if extra_layers:
+        return np.asarray(latency.layers_ns(extra_layers, 1, kv), dtype=np.int64) + extra
+    return extra
+
+
+def run_request(env, context, request, streams):
+    scenario = context.scenario
+    costs = pipeline_costs(scenario, context.latency)
+    stages = costs.num_stages
+    recorder = context.recorder
+    jitter = streams.jitter
+    record = recorder.record_intervals
+    exact = not jitter.enabled and not record
+    stream = context.acceptance.stream(streams.acceptance, request, 1)
+    cycle_ns = costs.cycle_ns
+    new_tokens = scenario.workload.new_tokens
+    history: deque = deque(maxlen=max(stages - 1, 1))
+    committed = cycle = 0
+    active = 1  # the prefill token enters stage 0: n-1 fill cycles first
+    after_refill = True
+    timeout = env.timeout
+    while committed < new_tokens:
+        if exact:
+            yield timeout(cycle_ns[active][committed])
+        else:
+            start = int(env.now)
+            duration, spans = _cycle_spans(costs, active, committed, jitter)
+            yield timeout(duration)
+            if record:
+                history.append(_record_cycle(recorder, spans, start, request, cycle))
+        cycle += 1
+        if active < stages:
+            active += 1
+            continue
+        accepted = stream.spd_accept(after_refill)
+        now = int(env.now)
+        recorder.verification(
+            request, cycle - 1, now, 1, int(accepted), "refill" if after_refill else "saturated"
+        )
+        recorder.commit(request, committed, now, cycle - 1, accepted)
+        committed += 1
+        after_refill = not accepted
+        if not accepted and committed < new_tokens:
+            if record:
+                _flush(recorder, history, stages)
+            history.clear()
+            active = 1
+    recorder.iterations += cycle
+
+
+def _cycle_spans(costs: PipelineCosts, active: int, c: int, jitter):
+    """Jittered phase spans of one cycle and its total length (the cycle waits for its slowest member)."""
+    apply = jitter.apply
+    control = apply(costs.control_ns)
+    stage_spans = []
+    slowest = 0
+    for s in range(active):
+        forward = apply(costs.forward_ns[s][c])
+        draft = apply(costs.stage0_draft_ns[c]) if s == 0 else 0
+        gather = costs.gather_ns if s == 0 and not costs.drafter_ns else 0
+        send = apply(costs.send_ns)
+        stage_spans.append((forward, draft, gather, send))
+        slowest = max(slowest, gather + forward + draft + send)
+    drafter = None
+    if costs.drafter_ns:
+        drafter = (apply(costs.gather_ns), apply(costs.drafter_ns[c]))
+        slowest = max(slowest, drafter[0] + drafter[1])
+    verify = apply(costs.verify_ns) if active == costs.num_stages else 0
+    fixed = apply(costs.fixed_ns)
+    return control + slowest + verify + fixed, (control, stage_spans, drafter, slowest, verify, fixed)
+
+
+def _record_cycle(recorder, spans, start, request, cycle):
+    """Record one cycle's spans; returns (stage forward indices, drafter index) for a later flush."""
+    control, stage_spans, drafter, slowest, verify, fixed = spans
+    interval = recorder.interval
+    interval("controller", start, start + control, COMM, "control", request, cycle)
+    begin = start + control
+    forward_indices = []
+    drafter_index = -1
+    for s, (forward, draft, gather, send) in enumerate(stage_spans):
+        resource = f"stage{s}"
+        cursor = begin
+        interval(resource, cursor, cursor + gather, COMM, "gather", request, cycle)
+        cursor += gather
+        forward_indices.append(interval(resource, cursor, cursor + forward, BUSY, "forward", request, cycle))
+        cursor += forward
+        if draft:
+            drafter_index = interval(resource, cursor, cursor + draft, DRAFT, "draft", request, cycle)
+            cursor += draft
+        interval(resource, cursor, cursor + send, COMM, "send", request, cycle)
+    if drafter is not None:
+        gather, pdm = drafter
+        interval("drafter", begin, begin + gather, COMM, "gather", request, cycle)
+        drafter_index = interval(
+            "drafter", begin + gather, begin + gather + pdm, DRAFT, "pdm", request, cycle
+        )
+    end = begin + slowest
+    interval("controller", end, end + verify, BUSY, "verify", request, cycle)
+    interval("controller", end + verify, end + verify + fixed, COMM, "sync", request, cycle)
+    return forward_indices, drafter_index
+
+
+def _flush(recorder, history, stages):
+    """Relabel the work of tokens discarded by a rejection: stage s of the cycle j back, s <= n-2-j."""
+    for back, (forward_indices, drafter_index) in enumerate(reversed(history)):
+        if back > stages - 2:
+            break
+        for s, index in enumerate(forward_indices):
+            if s <= stages - 2 - back:
+                recorder.relabel(index, FLUSHED)
+        recorder.relabel(drafter_index, FLUSHED)
+
+
+def spd_gpus(scenario) -> int:
+    method = scenario.method
+    stages = len(method.stage_layers) if method.stage_layers else method.num_stages
+    return stages * max(method.tensor_parallel, 1) + (1 if method.drafter_placement == "own-gpu" else 0)
+
+
+def ppsd_gpus(scenario) -> int:
+    method = scenario.method
+    stages = len(method.stage_layers) if method.stage_layers else method.num_stages
+    return stages * max(method.tensor_parallel, 1)
+
+
+METHODS = (
+    Method(
+        "spd",
+        "Speculative Pipeline Decoding: n pipeline stages, a PDM drafts one token per cycle (own GPU or stage 0)",
+        "pipeline",
+        spd_gpus,
+        run_request,
+    ),
+    Method(
+        "ppsd",
+        "pipeline-parallel early-exit self-speculation: an SPD-like pipeline drafting with its own early exit",
+        "pipeline",
+        ppsd_gpus,
+        run_request,
+    ),
+)
