@@ -248,3 +248,39 @@ def get_preset(name: str, presets: dict[str, AcceptancePreset] | None = None) ->
     raise SpdsimError(
         f"acceptance.preset: unknown preset '{name}' (allowed: {', '.join(near[:12])}; see `spdsim list`)"
     )
+
+
+# -------------------------------------------------------------------------------------------------- catalog
+
+CATALOG_SECTIONS = ("methods", "hardware", "models", "presets")
+
+
+def catalog(section: str) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """(headers, rows) describing one section of what is embedded, for `spdsim list`."""
+    if section == "methods":
+        from spdsim.methods import METHODS as REGISTRY
+
+        return ("method", "family", "description"), [
+            (m.name, m.family, m.description) for m in REGISTRY.values()
+        ]
+    if section == "hardware":
+        rows = []
+        for name in hardware_names():
+            hw = get_hardware(name)
+            rows.append((name, f"{hw.mem_bandwidth_gbps:g} GB/s, {hw.peak_tflops:g} TFLOPS", hw.source))
+        return ("hardware", "bandwidth, peak", "source"), rows
+    if section == "models":
+        rows = []
+        for name in model_names():
+            m = get_model(name)
+            shape = f"L={m.num_layers} H={m.hidden_size} V={m.vocab_size}"
+            rows.append((name, shape, model_source(name)))
+        return ("model", "shape", "source"), rows
+    if section == "presets":
+        rows = []
+        for preset in load_presets().values():
+            acc = preset.acceptance
+            value = f"r={list(acc['rates'])}" if acc.get("rates") else f"alpha={acc.get('alpha', '-')}"
+            rows.append((preset.name, value, preset.source))
+        return ("preset", "acceptance", "source"), rows
+    raise SpdsimError(f"list: unknown section '{section}' (allowed: {', '.join(CATALOG_SECTIONS)})")

@@ -42,18 +42,6 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 FILE_KEYS = ("name", "description", "runs", "label")
-TRACE_COLUMNS = (
-    "prompt_id",
-    "verify_index",
-    "position",
-    "method",
-    "draft_index",
-    "state",
-    "width",
-    "drafted_token",
-    "target_token",
-    "accepted",
-)
 PIPELINE_METHODS = ("spd", "ppsd")
 _SECTIONS = {
     "method": MethodSpec,
@@ -355,26 +343,11 @@ def _validate_acceptance(acc: AcceptanceSpec) -> None:
 
 
 def validate_trace_file(path: str) -> None:
-    """Check an acceptance trace (CSV/Parquet) has the contract's columns and 0/1 ``accepted``."""
-    where = "acceptance.trace_path"
-    _check(bool(path), f"{where}: kind 'trace' needs a CSV or Parquet file")
-    file = Path(path)
-    _check(file.is_file(), f"{where}: no such file '{path}'")
-    _check(file.suffix in (".csv", ".parquet"), f"{where}: '{path}' must end in .csv or .parquet")
-    import pandas as pd  # only when a trace is used: keeps `spdsim simulate` start-up fast
+    """Check an acceptance trace (CSV/Parquet) against the trace contract before any run starts."""
+    _check(bool(path), "acceptance.trace_path: kind 'trace' needs a CSV or Parquet file")
+    from spdsim.acceptance import load_trace  # deferred: pandas only when a trace is used
 
-    try:
-        frame = pd.read_parquet(file) if file.suffix == ".parquet" else pd.read_csv(file)
-    except Exception as exc:  # noqa: BLE001 - any parser failure is a malformed user file
-        raise SpdsimError(f"{where}: cannot read '{path}' ({type(exc).__name__})") from None
-    missing = [c for c in TRACE_COLUMNS if c not in frame.columns]
-    _check(
-        not missing,
-        f"{where}: '{path}' lacks column '{missing[0] if missing else ''}' "
-        f"(needs {', '.join(TRACE_COLUMNS)})",
-    )
-    _check(len(frame) > 0, f"{where}: '{path}' has no rows")
-    _check(bool(frame["accepted"].isin([0, 1]).all()), f"{where}: column 'accepted' must hold only 0 or 1")
+    load_trace(path)
 
 
 def _validate_latency(lat: LatencySpec, scenario: Scenario) -> None:
@@ -437,7 +410,7 @@ def validate_scenario(scenario: Scenario) -> Scenario:
     return scenario
 
 
-def _default_label(method: MethodSpec) -> str:
+def default_label(method: MethodSpec) -> str:
     name = method.name
     if name == "spd":
         label = f"spd-n{method.num_stages}-l{method.spec_layers}"
@@ -503,7 +476,7 @@ def load_runs(
     for label, run in labelled:
         run = apply_overrides(run, overrides)
         scenario = build_scenario(run, presets)
-        named.append(NamedScenario(label or _default_label(scenario.method), scenario))
+        named.append(NamedScenario(label or default_label(scenario.method), scenario))
     return _unique_labels(named)
 
 

@@ -1,0 +1,176 @@
+"""The run directory: config.json, tokens.csv, summary.json and trace.json, written atomically.
+
+Everything is built in a temporary sibling directory and renamed into place at the end, so a failure never
+leaves a half-written run directory. Contents are deterministic (no timestamps, sorted keys), so the same
+scenario gives byte-identical files. ``config.json`` is a scenario file: ``spdsim simulate config.json``
+reproduces the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from spdsim import __version__
+from spdsim.compare import RunOutcome
+from spdsim.errors import SpdsimError
+from spdsim.plots import resource_order
+from spdsim.scenario import NamedScenario, scenario_to_run_dict
+
+RUN_FILES = ("config.json", "tokens.csv", "summary.json", "trace.json")
+TOKEN_COLUMNS = ("method", "request", "index", "commit_time_us", "iteration", "from_draft")
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(_finite(data), indent=2, sort_keys=True, allow_nan=False, default=_jsonable) + "\n"
+
+
+def _finite(data: Any) -> Any:
+    """NaN/inf (e.g. rho of a non-pipeline method) become null: strict JSON readers reject NaN."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def config_document(runs: list[NamedScenario], name: str) -> dict[str, Any]:
+    """The resolved scenario(s): a scenario file whose runs are complete (no names, no presets to resolve)."""
+    return {
+        "name": name,
+        "description": f"resolved by spdsim {__version__}",
+        "runs": [scenario_to_run_dict(run.label, run.scenario) for run in runs],
+    }
+
+
+def default_run_dir(runs: list[NamedScenario], name: str, root: str | Path = "runs") -> Path:
+    """``runs/<name>-<hash of the resolved config>``: deterministic, and distinct for distinct scenarios."""
+    digest = hashlib.sha256(_dumps(config_document(runs, name)).encode()).hexdigest()[:10]
+    return Path(root) / f"{name}-{digest}"
+
+
+def _us(time_ns: int) -> str:
+    return f"{time_ns / 1000:.3f}"
+
+
+def tokens_csv(outcomes: list[RunOutcome]) -> str:
+    """Per-token rows of every run: method (run label), request, index, commit_time_us, iteration, from_draft."""
+    lines = [",".join(TOKEN_COLUMNS)]
+    for outcome in outcomes:
+        label = _csv_field(outcome.label)
+        for t in outcome.result.tokens:
+            lines.append(
+                f"{label},{t.request},{t.index},{_us(t.commit_ns)},{t.iteration},{int(t.from_draft)}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _csv_field(text: str) -> str:
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n') else text
+
+
+def summary_document(outcomes: list[RunOutcome]) -> dict[str, Any]:
+    return {"spdsim_version": __version__, "runs": [outcome.summary for outcome in outcomes]}
+
+
+def chrome_trace(outcomes: list[RunOutcome]) -> str:
+    """Chrome trace event JSON (Perfetto): one pid per run, one tid per resource, "X" spans in microseconds."""
+    events: list[str] = []
+    for pid, outcome in enumerate(outcomes, start=1):
+        events.append(_meta("process_name", pid, 0, outcome.label))
+        events.append(
+            json.dumps({"name": "process_sort_index", "ph": "M", "pid": pid, "args": {"sort_index": pid}})
+        )
+        tids: dict[str, int] = {}
+        for interval in outcome.result.intervals:
+            if interval.resource not in tids:
+                tids[interval.resource] = len(tids) + 1
+        for order, resource in enumerate(sorted(tids, key=resource_order)):
+            tid = tids[resource]
+            events.append(_meta("thread_name", pid, tid, resource))
+            sort = {
+                "name": "thread_sort_index",
+                "ph": "M",
+                "pid": pid,
+                "tid": tid,
+                "args": {"sort_index": order},
+            }
+            events.append(json.dumps(sort))
+        for iv in outcome.result.intervals:
+            events.append(
+                f'{{"name":{json.dumps(iv.label)},"cat":"{iv.kind}","ph":"X","ts":{_us(iv.start_ns)},'
+                f'"dur":{_us(iv.end_ns - iv.start_ns)},"pid":{pid},"tid":{tids[iv.resource]},'
+                f'"args":{{"request":{iv.request},"iteration":{iv.iteration}}}}}'
+            )
+    return '{"displayTimeUnit":"ms","traceEvents":[\n' + ",\n".join(events) + "\n]}\n"
+
+
+def _meta(kind: str, pid: int, tid: int, name: str) -> str:
+    return json.dumps({"name": kind, "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}})
+
+
+def write_atomically(out_dir: str | Path, writers: dict[str, Callable[[], str]]) -> Path:
+    """Create ``out_dir`` with one file per writer; build in a temporary sibling, then rename into place."""
+    out_dir = Path(out_dir)
+    parent = out_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SpdsimError(f"--out: '{out_dir}' exists and is not a directory")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
+    try:
+        for filename, write in writers.items():
+            (staging / filename).write_text(write())
+        if out_dir.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=parent))
+            out_dir.rename(retired / "previous")
+            staging.rename(out_dir)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def write_run_dir(out_dir: str | Path, outcomes: list[RunOutcome], name: str) -> Path:
+    """The four run files for ``outcomes`` (see module docstring)."""
+    runs = [NamedScenario(o.label, o.scenario) for o in outcomes]
+    return write_atomically(
+        out_dir,
+        {
+            "config.json": lambda: _dumps(config_document(runs, name)),
+            "tokens.csv": lambda: tokens_csv(outcomes),
+            "summary.json": lambda: _dumps(summary_document(outcomes)),
+            "trace.json": lambda: chrome_trace(outcomes),
+        },
+    )
+
+
+def run_config_path(target: str | Path) -> Path:
+    """The scenario file behind a run directory (its config.json), or ``target`` itself if it is a file."""
+    target = Path(target)
+    if target.is_dir():
+        config = target / "config.json"
+        if not config.is_file():
+            raise SpdsimError(f"run directory '{target}' has no config.json")
+        return config
+    if not target.exists():
+        raise SpdsimError(f"no such run directory or scenario file '{target}'")
+    return target

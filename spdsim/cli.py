@@ -1,0 +1,223 @@
+"""The ``spdsim`` command line: a thin typer layer over the library.
+
+Usage:
+    spdsim simulate                                   # the embedded default: SPD n=8 vs AR and the baselines
+    spdsim simulate my.toml --set method.num_stages=16 --out runs/mine
+    spdsim compare --method spd --method eagle3 --set acceptance.alpha=0.9
+    spdsim sweep my.toml --grid method.num_stages=2,4,8,16 --grid acceptance.alpha=0.5:0.95:10 --out s.csv
+    spdsim timeline runs/mine --out timeline.png --method spd
+    spdsim list presets
+
+User mistakes end with one line ``error: <field>: <what is allowed>`` and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+
+from spdsim.errors import SpdsimError
+
+app = typer.Typer(
+    name="spdsim",
+    help="Simulate Speculative Pipeline Decoding and speculative-decoding baselines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+try:  # the executor extra is optional; its CLI module must not import torch at import time
+    from executor.cli import app as _executor_app
+except ImportError:
+    _executor_app = None
+if _executor_app is not None:
+    app.add_typer(_executor_app, name="exec", help="Run schedules for real on a GPU (executor extra).")
+
+ScenarioArg = Annotated[
+    Path | None, typer.Argument(help="Scenario file (TOML/JSON) or run directory; default: embedded default.")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override KEY=VALUE, e.g. method.num_stages=16 (repeatable)."),
+]
+ProfileOpt = Annotated[
+    Path | None, typer.Option("--profile", help="Profile bundle JSON (measured latencies).")
+]
+AcceptanceOpt = Annotated[
+    str | None,
+    typer.Option("--acceptance", help="Acceptance preset for runs of its method (see `spdsim list`)."),
+]
+
+
+def _console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=160 if not stderr else None)
+
+
+def user_errors(command):
+    """Turn SpdsimError into one line on stderr and exit code 2 (also under typer's CliRunner)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except SpdsimError as exc:
+            _console(stderr=True).print(f"error: {exc}", markup=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _scenario_paths(targets: list[Path] | None) -> list[Path]:
+    from spdsim.artifacts import run_config_path
+
+    return [run_config_path(t) for t in targets or []]
+
+
+def _run_name(paths: list[Path]) -> str:
+    if not paths:
+        return "default"
+    stem = paths[0].parent.name if paths[0].name == "config.json" else paths[0].stem
+    return stem if len(paths) == 1 else f"{stem}-and-{len(paths) - 1}"
+
+
+def _simulate_and_report(paths, overrides, profile, acceptance, methods, out, write_default: bool) -> None:
+    from spdsim.artifacts import default_run_dir, write_run_dir
+    from spdsim.compare import describe_setting, render_table, simulate_runs
+    from spdsim.scenario import load_runs
+
+    runs = load_runs(paths, overrides or (), acceptance, str(profile) if profile else None, methods or ())
+    outcomes = simulate_runs(runs)
+    console = _console()
+    console.print(render_table(outcomes, title=describe_setting(outcomes)))
+    name = _run_name(paths)
+    if out is None and write_default:
+        out = default_run_dir(runs, name)
+    if out is not None:
+        written = write_run_dir(out, outcomes, name)
+        console.print(f"run directory: {written}", markup=False)
+
+
+@app.command()
+@user_errors
+def simulate(
+    scenario: ScenarioArg = None,
+    set_: SetOpt = None,
+    profile: ProfileOpt = None,
+    acceptance: AcceptanceOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (default: runs/<name>-<hash>).")
+    ] = None,
+) -> None:
+    """Simulate a scenario (all its runs), print the comparison table and write a run directory."""
+    paths = _scenario_paths([scenario] if scenario else None)
+    _simulate_and_report(paths, set_, profile, acceptance, None, out, write_default=True)
+
+
+@app.command()
+@user_errors
+def compare(
+    scenarios: Annotated[list[Path] | None, typer.Argument(help="Scenario files or run directories.")] = None,
+    method: Annotated[
+        list[str] | None, typer.Option("--method", help="Keep runs of this method or label (repeatable).")
+    ] = None,
+    set_: SetOpt = None,
+    profile: ProfileOpt = None,
+    acceptance: AcceptanceOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Also write a run directory.")] = None,
+) -> None:
+    """Compare methods or configurations side by side, each against AR on the same hardware."""
+    _simulate_and_report(
+        _scenario_paths(scenarios), set_, profile, acceptance, method, out, write_default=False
+    )
+
+
+@app.command()
+@user_errors
+def sweep(
+    scenario: Annotated[Path, typer.Argument(help="Scenario file (its runs are swept together).")],
+    grid: Annotated[
+        list[str] | None, typer.Option("--grid", help="KEY=v1,v2,... or KEY=start:stop:count (repeatable).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output table: .csv or .parquet.")] = None,
+    set_: SetOpt = None,
+    workers: Annotated[int, typer.Option("--workers", help="Processes (0: one per CPU core).")] = 0,
+) -> None:
+    """Simulate every point of a grid over scenario fields and write one row per point and run."""
+    from spdsim.sweep import run_sweep, write_table
+
+    if out is None:
+        raise SpdsimError("--out: give the output table, FILE.csv or FILE.parquet")
+    if not grid:
+        raise SpdsimError("--grid: give at least one KEY=VALUES axis, e.g. method.num_stages=2,4,8,16")
+    paths = _scenario_paths([scenario])
+    frame = run_sweep(paths[0], grid, overrides=set_ or (), workers=workers, progress=True)
+    write_table(frame, out)
+    _console().print(f"{len(frame)} rows -> {out}", markup=False)
+
+
+@app.command()
+@user_errors
+def timeline(
+    target: Annotated[Path, typer.Argument(help="Run directory or scenario file.")],
+    out: Annotated[Path, typer.Option("--out", help="Picture: .png or .svg.")],
+    method: Annotated[
+        str | None, typer.Option("--method", help="Run label or method (default: first pipeline).")
+    ] = None,
+    window_ms: Annotated[
+        str | None, typer.Option("--window-ms", help="START:END or LENGTH in ms from the first decode step.")
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Draw a run's schedule as a Gantt chart (resources x time; busy, bubble, flushed, comm, draft)."""
+    from spdsim.plots import parse_window_ms, pick_run, plot_timeline
+    from spdsim.scenario import load_runs
+
+    if out.suffix not in (".png", ".svg"):
+        raise SpdsimError(f"--out: '{out}' must end in .png or .svg")
+    window = parse_window_ms(window_ms)
+    run = pick_run(load_runs(_scenario_paths([target]), set_ or ()), method)
+    from spdsim.engine import simulate
+
+    plot_timeline(simulate(run.scenario), out, window_ms=window, title=run.label)
+    _console().print(f"timeline of {run.label} -> {out}", markup=False)
+
+
+@app.command("list")
+@user_errors
+def list_(
+    what: Annotated[
+        str | None, typer.Argument(help="methods | hardware | models | presets (default: all).")
+    ] = None,
+) -> None:
+    """List methods, hardware profiles, model shapes and acceptance presets with their sources."""
+    from rich.table import Table
+
+    from spdsim.presets import CATALOG_SECTIONS, catalog
+
+    for section in CATALOG_SECTIONS if what is None else (what,):
+        headers, rows = catalog(section)
+        table = Table(title=section, header_style="bold", show_lines=False)
+        for header in headers:
+            table.add_column(header, overflow="fold", max_width=90 if header == "source" else None)
+        for row in rows:
+            table.add_row(*row)
+        _console().print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: click usage errors become one line and exit code 2, like SpdsimError."""
+    try:
+        code = app(args=argv, prog_name="spdsim", standalone_mode=False)
+    except (SpdsimError, click.UsageError, click.BadParameter, click.FileError) as exc:
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        _console(stderr=True).print(f"error: {' '.join(message.split())}", markup=False)
+        sys.exit(2)
+    except click.Abort:
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
