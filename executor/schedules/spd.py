@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from executor.schedules.ar import cache_length, greedy_reference, prefill, window
+from executor.schedules.base import cache_length, greedy_reference, prefill, window
 from executor.schedules.common import (
     DecodeOptions,
     PhaseTimer,

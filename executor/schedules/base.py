@@ -1,0 +1,50 @@
+"""Pieces the speculative schedules share on top of the fast model: cache sizing, attention windows, a prefill
+that also returns anchor features, and the target's greedy reference continuation (synthetic acceptance)."""
+
+from __future__ import annotations
+
+import torch
+
+from executor.cache import kv_bucket
+from executor.schedules.common import DecodeOptions
+
+
+def cache_length(model, prompt_len: int, options: DecodeOptions, lookahead: int = 0) -> int:
+    needed = prompt_len + options.max_new_tokens + lookahead + options.kv_margin
+    return min(needed, model.max_seq_len)
+
+
+def window(cache, last_position: int) -> int:
+    """Attention window of a step whose largest position is `last_position` (the AR schedule's buckets, so
+    every schedule computes bit-identical logits to AR for the same token at the same position)."""
+    return kv_bucket(last_position + 1, cache.max_len)
+
+
+def prefill(model, tokens: list[int], cache, collect=()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Whole prompt through all layers; returns (last-position logits [V], collected features [1, T, H])."""
+    ids = torch.tensor([tokens], device=model.device)
+    positions = torch.arange(len(tokens), device=model.device)
+    hidden, feats = model.forward_layers(
+        model.embed(ids),
+        positions,
+        0,
+        model.num_layers,
+        cache,
+        collect=collect,
+        kv_len=window(cache, len(tokens) - 1),
+    )
+    return model.head(hidden[:, -1:])[0, 0], feats
+
+
+def greedy_reference(model, tokens: list[int], num_tokens: int) -> list[int]:
+    """The target's greedy continuation of `tokens` (eager, one token per step)."""
+    cache = model.new_cache(cache_length(model, len(tokens), DecodeOptions(max_new_tokens=num_tokens)))
+    logits, _ = prefill(model, tokens, cache)
+    out = [int(logits.argmax())]
+    while len(out) < num_tokens:
+        position = len(tokens) + len(out) - 1
+        ids = torch.tensor([[out[-1]]], device=model.device)
+        positions = torch.tensor([position], device=model.device)
+        logits = model.forward(ids, positions, cache, kv_len=window(cache, position))[0, 0]
+        out.append(int(logits.argmax()))
+    return out
