@@ -1,0 +1,18 @@
+"""Real decode loops (AR, SPD, chain SD) over the fast model; `run_method` is the one entry point the CLI uses."""
+
+from __future__ import annotations
+
+METHODS = ("ar", "spd", "draft-model", "eagle3")
+
+
+def run_method(name: str, model, prompts, **opts):
+    """Decode `prompts` with method `name`; returns a `RunResult` (write it with `executor.rundir.write_run_dir`).
+
+    Common options: max_new_tokens, temperature, seed, synthetic_alpha, stop_token_ids.
+    spd: stages, stage_layers, spec_layers (1), aggr_feature_bound ("auto"), head (v11 checkpoint; else an
+    untrained drafter seeded from `seed`). draft-model: draft_model (a FastModel), k. eagle3: head (checkpoint
+    from `save_eagle3`; else untrained), k.
+    """
+    from executor.schedules.dispatch import dispatch
+
+    return dispatch(name, model, prompts, opts)

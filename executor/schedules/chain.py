@@ -163,9 +163,9 @@ def _run_prompt(model, drafter_kind, drafter, prompt, index, options: DecodeOpti
         else:
             source.rollback(committed)
         before = len(record.tokens)
-        for token in emitted:
+        for i, token in enumerate(emitted):
             if len(record.tokens) < options.max_new_tokens and not is_stop(record.tokens[-1], options):
-                record.commit(token)
+                record.commit(token, cycle, i < accepted_count)
         record.cycles.append((cycle, "chain", len(record.tokens) - before))
     return record.freeze(timer)
 

@@ -72,6 +72,8 @@ class PromptRun:
     prompt_tokens: int
     tokens: tuple[int, ...]  # generated tokens, the prefill token first
     token_times_us: tuple[float, ...]  # commit time of each token since the prompt's prefill started
+    token_cycles: tuple[int, ...]  # decode-loop iteration that committed the token (-1: prefill)
+    token_from_draft: tuple[bool, ...]  # an accepted draft (True) or the target's own token
     cycles: tuple[CycleTiming, ...]
     trace: tuple[dict, ...]
     verifications: int
@@ -134,7 +136,21 @@ class RunResult:
         }
         if self.method == "spd":
             summary["equivalent_acceptance_length"] = width * self.tokens_per_cycle
+        summary["phase_median_us"] = self.phase_medians_us()
         return summary
+
+    def phase_medians_us(self) -> dict[str, dict[str, float]]:
+        """Median time of every phase, per cycle state ("all" pools the states)."""
+        samples: dict[str, dict[str, list[float]]] = {}
+        for run in self.prompts:
+            for cycle in run.cycles:
+                for name, value in cycle.phases_us.items():
+                    samples.setdefault(name, {}).setdefault(cycle.state, []).append(value)
+                    samples[name].setdefault("all", []).append(value)
+        return {
+            name: {state: float(np.median(values)) for state, values in sorted(by_state.items())}
+            for name, by_state in sorted(samples.items())
+        }
 
 
 @dataclass
@@ -147,14 +163,18 @@ class PromptRecorder:
     start: float = field(default_factory=time.perf_counter)
     tokens: list[int] = field(default_factory=list)
     times_us: list[float] = field(default_factory=list)
+    token_cycles: list[int] = field(default_factory=list)
+    token_from_draft: list[bool] = field(default_factory=list)
     cycles: list[tuple[int, str, int]] = field(default_factory=list)
     trace: list[dict] = field(default_factory=list)
     verifications: int = 0
     accepted: int = 0
 
-    def commit(self, token: int) -> None:
+    def commit(self, token: int, cycle: int = -1, from_draft: bool = False) -> None:
         self.tokens.append(int(token))
         self.times_us.append((time.perf_counter() - self.start) * 1e6)
+        self.token_cycles.append(cycle)
+        self.token_from_draft.append(bool(from_draft))
 
     def log_verification(self, rows: list[tuple[int, int, int, int, int]], state: str, width: int) -> None:
         """rows: (position, draft_index, drafted, target, accepted) for every draft this verification checked."""
@@ -186,6 +206,8 @@ class PromptRecorder:
             self.prompt_tokens,
             tuple(self.tokens),
             tuple(self.times_us),
+            tuple(self.token_cycles),
+            tuple(self.token_from_draft),
             cycles,
             tuple(self.trace),
             self.verifications,

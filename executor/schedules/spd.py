@@ -150,7 +150,7 @@ class _SpdDecoder:
                 verify_state = "refill" if first_after_refill else "saturated"
                 row = (candidate.position, 1, candidate.token, token, int(accepted))
                 record.log_verification([row], verify_state, n)
-                record.commit(token)
+                record.commit(token, cycle, accepted)
                 emitted = 1
                 pending = exiting
                 if accepted:

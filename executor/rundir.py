@@ -1,0 +1,121 @@
+"""Run directory of a measured executor run: config.json, tokens.csv, summary.json, trace.csv (the acceptance
+TRACE format of the team brief, which spdsim's trace replay reads as is) and cycles.csv (per-cycle phase times).
+
+Written atomically (built in a temporary sibling, renamed into place): no half-written directory on failure.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from executor.schedules.common import TRACE_COLUMNS, RunResult
+from spdsim.artifacts import write_atomically
+from spdsim.errors import SpdsimError
+
+TOKEN_COLUMNS = (
+    "method",
+    "request",
+    "prompt_id",
+    "index",
+    "token",
+    "commit_time_us",
+    "iteration",
+    "from_draft",
+)
+RUN_FILES = ("config.json", "tokens.csv", "summary.json", "trace.csv", "cycles.csv")
+
+
+def _json(data) -> str:
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def _csv(header, rows) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def tokens_csv(result: RunResult) -> str:
+    rows = []
+    for request, run in enumerate(result.prompts):
+        for index, token in enumerate(run.tokens):
+            rows.append(
+                (
+                    result.method,
+                    request,
+                    run.prompt_id,
+                    index,
+                    token,
+                    f"{run.token_times_us[index]:.3f}",
+                    run.token_cycles[index],
+                    int(run.token_from_draft[index]),
+                )
+            )
+    return _csv(TOKEN_COLUMNS, rows)
+
+
+def trace_rows(result: RunResult) -> list[dict]:
+    return [row for run in result.prompts for row in run.trace]
+
+
+def trace_csv(result: RunResult) -> str:
+    return _csv(TRACE_COLUMNS, ([row[c] for c in TRACE_COLUMNS] for row in trace_rows(result)))
+
+
+def cycles_csv(result: RunResult) -> str:
+    """One row per decode-loop iteration; one `<phase>_us` column per phase seen in the run (empty if absent)."""
+    phases = sorted({name for run in result.prompts for cycle in run.cycles for name in cycle.phases_us})
+    header = ("request", "prompt_id", "cycle", "state", "tokens", *(f"{p}_us" for p in phases))
+    rows = []
+    for request, run in enumerate(result.prompts):
+        for cycle in run.cycles:
+            times = [f"{cycle.phases_us[p]:.3f}" if p in cycle.phases_us else "" for p in phases]
+            rows.append((request, run.prompt_id, cycle.index, cycle.state, cycle.tokens, *times))
+    return _csv(header, rows)
+
+
+def write_trace(result: RunResult, path: str | Path) -> Path:
+    """The acceptance trace alone, as CSV or (by suffix .parquet) Parquet."""
+    path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pandas as pd
+
+        frame = pd.DataFrame(trace_rows(result), columns=list(TRACE_COLUMNS))
+        tmp = path.with_name(path.name + ".tmp")
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(path)
+    elif path.suffix.lower() == ".csv":
+        path.write_text(trace_csv(result))
+    else:
+        raise SpdsimError(f"trace file {str(path)!r} must end in .csv or .parquet")
+    return path
+
+
+def write_run_dir(result: RunResult, out_dir: str | Path, extra_config: dict | None = None) -> Path:
+    """Write the five run files for `result` into `out_dir` (replacing an existing run directory)."""
+    config = {**result.config, "device": result.device, **(extra_config or {})}
+    return write_atomically(
+        out_dir,
+        {
+            "config.json": lambda: _json(config),
+            "tokens.csv": lambda: tokens_csv(result),
+            "summary.json": lambda: _json(result.summary()),
+            "trace.csv": lambda: trace_csv(result),
+            "cycles.csv": lambda: cycles_csv(result),
+        },
+    )

@@ -1,0 +1,115 @@
+"""Builds drafters and options for `run_method` (kept out of `__init__` so importing the package stays light)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+
+from executor.heads.checkpoint import load_spd_checkpoint
+from executor.heads.eagle3 import Eagle3Head, Eagle3HeadConfig, load_eagle3
+from executor.heads.layers import base_config_of
+from executor.heads.spd_v11 import SpdHeadConfig, SpeculationModuleV11
+from executor.schedules import METHODS
+from executor.schedules.chain import run_chain
+from executor.schedules.common import CycleTiming, DecodeOptions, PromptRun, RunResult, as_prompts
+from executor.schedules.spd import run_spd
+from executor.stages import split_layers
+from spdsim.errors import SpdsimError
+
+_OPTION_FIELDS = ("max_new_tokens", "temperature", "seed", "synthetic_alpha", "stop_token_ids")
+
+
+def dispatch(name: str, model, prompts, opts: dict) -> RunResult:
+    opts = dict(opts)
+    fields = {key: opts.pop(key) for key in _OPTION_FIELDS if key in opts}
+    fields["stop_token_ids"] = tuple(fields.get("stop_token_ids") or ())
+    options = DecodeOptions(**fields)
+    if name == "ar":
+        result = run_ar(model, prompts, options, use_graphs=opts.pop("use_graphs", True))
+    elif name == "spd":
+        result = _spd(model, prompts, options, opts)
+    elif name == "draft-model":
+        draft = opts.pop("draft_model", None)
+        if draft is None:
+            raise SpdsimError("method draft-model needs a draft model (draft_model=...)")
+        result = run_chain(model, draft, prompts, "draft-model", int(opts.pop("k", 3)), options)
+    elif name == "eagle3":
+        head = _eagle3_head(model, opts.pop("head", None), options.seed)
+        result = run_chain(model, head, prompts, "eagle3", int(opts.pop("k", 3)), options)
+    else:
+        raise SpdsimError(f"method {name!r} unknown (allowed: {', '.join(METHODS)})")
+    if opts:
+        raise SpdsimError(f"options {sorted(opts)} do not apply to method {name!r}")
+    return result
+
+
+def _spd(model, prompts, options: DecodeOptions, opts: dict) -> RunResult:
+    stage_layers = opts.pop("stage_layers", None)
+    split = split_layers(model.num_layers, opts.pop("stages", None), stage_layers)
+    head_path = opts.pop("head", None)
+    base = base_config_of(model)
+    spec_layers = opts.pop("spec_layers", 1)
+    bound = opts.pop("aggr_feature_bound", "auto")
+    if head_path is not None:
+        drafter = load_spd_checkpoint(head_path, base, final_norm_weight=model.norm.detach().cpu())
+    else:
+        head = SpdHeadConfig.build(
+            base,
+            num_stages=split.num_stages,
+            num_spec_layers=int(spec_layers),
+            aggr_feature_bound=bound,
+            stage_layers=split.layer_counts,
+        )
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+            torch.manual_seed(options.seed)
+            drafter = SpeculationModuleV11(base, head)
+        lm_head = model.embed_tokens if model.lm_head_weight is None else model.lm_head_weight
+        drafter.attach_base(model.norm.detach().cpu().float(), lm_head.detach().cpu().float())
+    drafter = drafter.to(device=model.device, dtype=model.dtype).eval()
+    return run_spd(model, drafter, prompts, split, options)
+
+
+def _eagle3_head(model, head_path, seed: int) -> Eagle3Head:
+    base = base_config_of(model)
+    if head_path is not None:
+        head = load_eagle3(head_path, base)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            head = Eagle3Head(base, Eagle3HeadConfig.build(base))
+    return head.to(device=model.device, dtype=model.dtype).eval()
+
+
+def run_ar(model, prompts, options: DecodeOptions, use_graphs: bool = True) -> RunResult:
+    """The AR schedule of `executor.schedules.ar` (graph-captured on a GPU), as a RunResult."""
+    from executor.schedules.ar import GenerationConfig, SamplingConfig, generate_ar
+
+    options.validate()
+    runs = []
+    for index, prompt in enumerate(as_prompts(prompts)):
+        sampling = SamplingConfig(temperature=options.temperature, seed=options.prompt_seed(index))
+        gen = GenerationConfig(options.max_new_tokens, sampling, options.stop_token_ids, use_graphs)
+        out = generate_ar(model, prompt.tokens, gen)
+        times, elapsed = [], out.prefill_us
+        times.append(elapsed)
+        for step_us in out.step_us:
+            elapsed += step_us
+            times.append(elapsed)
+        cycles = tuple(CycleTiming(i, "ar", 1, {"step": us}) for i, us in enumerate(out.step_us))
+        runs.append(
+            PromptRun(
+                prompt.prompt_id,
+                len(prompt.tokens),
+                out.tokens,
+                tuple(times),
+                (-1, *range(len(out.step_us))),
+                (False,) * len(out.tokens),
+                cycles,
+                (),
+                0,
+                0,
+            )
+        )
+    config = {"method": "ar", **asdict(options)}
+    return RunResult("ar", config, tuple(runs), str(model.device))
