@@ -52,23 +52,29 @@ class Prediction:
     speedup: float | None = None  # vs AR on one GPU with the same latency model
 
 
-def predict(scenario: Scenario) -> Prediction:
-    """The closed form of ``scenario.method.name``."""
+def predict(scenario: Scenario, *, realized: AcceptanceSpec | None = None) -> Prediction:
+    """The closed form of ``scenario.method.name``.
+
+    ``realized``: acceptance outcomes as a run realised them (``spdsim.metrics.empirical_acceptance``); the
+    verification outcomes then follow it while policies (the SpecDec++ head's p̂) keep the scenario's model.
+    This separates timing error from acceptance sampling noise (tests, validation).
+    """
     method = get_method(scenario.method.name)
     latency = build_latency_model(scenario)
     acceptance = _expected_acceptance(build_acceptance_model(scenario.acceptance))
+    outcomes = acceptance if realized is None else _expected_acceptance(build_acceptance_model(realized))
     family = method.family
     name = scenario.method.name
     if family == "ar":
         figures = _ar(scenario, latency)
     elif family == "pipeline":
-        figures = _pipeline(scenario, latency, acceptance)
+        figures = _pipeline(scenario, latency, outcomes)
     elif name == "specdecpp":
-        figures = _specdecpp(scenario, latency, acceptance)
+        figures = _specdecpp(scenario, latency, acceptance, outcomes)
     elif name == "cascade":
-        figures = _cascade(scenario, latency, acceptance)
+        figures = _cascade(scenario, latency, acceptance, outcomes)
     else:
-        figures = _fixed_chain(scenario, latency, acceptance, family == "parallel")
+        figures = _fixed_chain(scenario, latency, outcomes, family == "parallel")
     tokens_per_iteration, iteration_ns, acceptance_length, rho, n_rho = figures
     tokens_per_s = tokens_per_iteration * NS_PER_S / iteration_ns
     ar_scenario = replace(scenario, method=replace(scenario.method, name="ar", tensor_parallel=1))
@@ -151,7 +157,7 @@ def stop_length_distribution(
         increments = -np.logaddexp(0.0, -(logit(conditional[k - 1]) + sigma * nodes))  # log sigmoid
         moved = np.zeros(grid_points)
         crossed = 0.0
-        for increment, weight in zip(increments, weights):
+        for increment, weight in zip(increments, weights, strict=True):
             position = (grid - threshold + increment) / step
             below = position < 0
             crossed += weight * mass[below].sum()
@@ -207,9 +213,9 @@ def _adaptive_setup(scenario, acceptance):
     return k_min, k_max, stop
 
 
-def _specdecpp(scenario, latency, acceptance):
+def _specdecpp(scenario, latency, acceptance, outcomes):
     k_min, k_max, stop = _adaptive_setup(scenario, acceptance)
-    survival = acceptance.survival(k_max)
+    survival = outcomes.survival(k_max)
     pass_ns = _mean_cost(chain_draft_pass_ns(scenario, latency), scenario)
     control_ns, serial_ns = serial_overheads_ns(scenario, latency, with_verify=True)
     verify = VerifyTable(scenario, latency)
@@ -222,7 +228,7 @@ def _specdecpp(scenario, latency, acceptance):
     return tokens, time, tokens, None, None
 
 
-def _cascade(scenario, latency, acceptance):
+def _cascade(scenario, latency, acceptance, outcomes):
     k_min, k_max, outer_stop = _adaptive_setup(scenario, acceptance)
     inner_alpha = scenario.acceptance.inner_alpha
     inner_model = AcceptanceModel("iid", inner_alpha, (), inner_alpha, inner_alpha)
@@ -247,7 +253,7 @@ def _cascade(scenario, latency, acceptance):
     renewal[0] = 1.0
     for m in range(1, k_max + 1):
         renewal[m] = sum(tokens_pmf[t] * renewal[m - t] for t in range(1, min(m, k_max + 1) + 1))
-    survival = acceptance.survival(k_max)
+    survival = outcomes.survival(k_max)
     control_ns, serial_ns = serial_overheads_ns(scenario, latency, with_verify=True)
     verify = VerifyTable(scenario, latency)
     tokens = time = 0.0

@@ -310,7 +310,7 @@ def fit_phase(phase: str, entries: list[dict]) -> dict[str, float]:
     design = np.array([[_term_value(term, entry) for term in terms] for entry in entries], dtype=np.float64)
     target = np.array([entry["median_us"] for entry in entries], dtype=np.float64)
     solution, *_ = np.linalg.lstsq(design, target, rcond=None)
-    return {term: float(value) for term, value in zip(terms, solution)}
+    return {term: float(value) for term, value in zip(terms, solution, strict=True)}
 
 
 def _term_value(term: str, coords: dict[str, Any]) -> Any:
@@ -350,7 +350,8 @@ class _GridTable:
         values = np.full([len(axis) for axis in self.axes], np.nan)
         for entry in entries:
             index = tuple(
-                int(np.searchsorted(axis, float(entry[c]))) for axis, c in zip(self.axes, self.coords)
+                int(np.searchsorted(axis, float(entry[c])))
+                for axis, c in zip(self.axes, self.coords, strict=True)
             )
             values[index] = entry["median_us"] * 1e3
         if np.isnan(values).any():
@@ -360,7 +361,7 @@ class _GridTable:
         self.values_ns = values
 
     def lookup_ns(self, **coords: Any) -> Any:
-        for name, axis in zip(self.coords, self.axes):
+        for name, axis in zip(self.coords, self.axes, strict=True):
             query = np.asarray(coords[name], dtype=np.float64)
             if query.size and (query.min() < axis[0] or query.max() > axis[-1]):
                 raise ProfileError(

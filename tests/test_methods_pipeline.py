@@ -1,0 +1,176 @@
+"""SPD / PPSD schedule: event log of a small run, ideal reduction, placement, flush and bubbles."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from sim_scenarios import ideal
+
+from spdsim.analytic import predict, spd_rho
+from spdsim.config import (
+    AcceptanceSpec,
+    LatencySpec,
+    MethodSpec,
+    ModelShape,
+    Overheads,
+    Scenario,
+    Workload,
+)
+from spdsim.engine import simulate
+from spdsim.errors import SpdsimError
+from spdsim.methods import get_method
+from spdsim.methods.pipeline import stage_layer_counts
+from spdsim.metrics import summarize
+from spdsim.result import FLUSHED
+
+THREE_LAYERS = ModelShape("three", 3, 64, 2, 1, 32, 128, 100)
+
+
+def _write_spd_trace(path, outcomes):
+    lines = [
+        "prompt_id,verify_index,position,method,draft_index,state,width,drafted_token,target_token,accepted"
+    ]
+    for i, accepted in enumerate(outcomes):
+        lines.append(f"p0,{i},{10 + i},spd,1,saturated,3,5,{5 if accepted else 6},{accepted}")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _small_spd(trace_path):
+    return Scenario(
+        method=MethodSpec(name="spd", num_stages=3, spec_layers=1),
+        model=THREE_LAYERS,
+        latency=LatencySpec(kind="constant", layer_ns=100, pdm_ns=50, head_ns=10),
+        acceptance=AcceptanceSpec(kind="trace", trace_path=trace_path),
+        overheads=Overheads(control_ns=5),
+        workload=Workload(prompt_tokens=8, new_tokens=4, num_requests=1),
+    )
+
+
+def test_event_log_of_n3_run_with_a_reject(tmp_path):
+    """n = 3: two fill cycles, accept, reject (flush: 3 stage forwards + 2 drafts), two refill cycles, accepts."""
+    result = simulate(_small_spd(_write_spd_trace(tmp_path / "t.csv", [1, 0, 1, 1])))
+    log = sorted(
+        [(i.start_ns, f"{i.resource} {i.label} {i.kind} c{i.iteration}") for i in result.intervals]
+        + [
+            (v.time_ns, f"verify {v.state} {'accept' if v.accepted else 'reject'}")
+            for v in result.verifications
+        ]
+        + [(t.commit_ns, f"commit {t.index}") for t in result.tokens]
+    )
+    cycle_starts = [0, 105, 210, 325, 440, 545, 650, 765]  # fill 105, fill 105, verify 115, ..., refill 105
+    assert [time for time, what in log if what.startswith("controller control")] == cycle_starts
+    stage0 = [(time, what) for time, what in log if what.startswith("stage0")]
+    assert stage0 == [
+        (5, "stage0 forward busy c0"),
+        (110, "stage0 forward busy c1"),
+        (215, "stage0 forward flushed c2"),
+        (330, "stage0 forward flushed c3"),
+        (445, "stage0 forward busy c4"),
+        (550, "stage0 forward busy c5"),
+        (655, "stage0 forward busy c6"),
+        (770, "stage0 forward busy c7"),
+    ]
+    assert [(time, what) for time, what in log if what.startswith(("verify", "commit"))] == [
+        (325, "commit 0"),
+        (325, "verify refill accept"),
+        (440, "commit 1"),
+        (440, "verify saturated reject"),
+        (765, "commit 2"),
+        (765, "verify refill accept"),
+        (880, "commit 3"),
+        (880, "verify saturated accept"),
+    ]
+    flushed = sorted((i.iteration, i.resource) for i in result.intervals if i.kind == FLUSHED)
+    assert flushed == [(2, "drafter"), (2, "stage0"), (3, "drafter"), (3, "stage0"), (3, "stage1")]
+    stages_per_cycle = [
+        sum(1 for i in result.intervals if i.iteration == c and i.label == "forward") for c in range(8)
+    ]
+    assert stages_per_cycle == [1, 2, 3, 3, 1, 2, 3, 3]
+    assert result.end_ns == 880 and result.iterations == 8
+
+
+@pytest.mark.parametrize("stages", [2, 4, 8, 16])
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0])
+def test_ideal_pipeline_reduces_exactly_to_rho(alpha, stages):
+    """Zero overheads, balanced stages of T/n, PDM <= a stage: cycles = (n-1)(1+R) + N, S = n·ρ exactly."""
+    scenario = ideal("spd", alpha, stages, new_tokens=300, requests=1)
+    result = simulate(scenario, record_intervals=False)
+    rejections = sum(1 for v in result.verifications[:-1] if not v.accepted)
+    assert result.iterations == (stages - 1) * (1 + rejections) + 300
+    ar = simulate(replace(scenario, method=replace(scenario.method, name="ar")), record_intervals=False)
+    speedup = summarize(result, ar)["speedup"]
+    assert speedup == pytest.approx(stages * 300 / result.iterations, rel=1e-12)
+    if alpha in (0.0, 1.0):
+        assert predict(scenario).rho == pytest.approx(300 / result.iterations, rel=1e-12)
+        assert predict(scenario).rho == pytest.approx(spd_rho(alpha, stages), rel=0.06)
+
+
+def test_bubble_fraction_when_every_draft_is_rejected():
+    """α = 0: each token needs n cycles with 1..n stages active, so the stages idle (n-1)/(2n) of the time."""
+    stages = 4
+    result = simulate(ideal("spd", 0.0, stages, new_tokens=50, requests=1))
+    assert summarize(result)["bubble_fraction"] == pytest.approx((stages - 1) / (2 * stages), rel=1e-12)
+
+
+def test_drafter_on_stage0_serializes_and_saves_a_gpu():
+    base = ideal("spd", 1.0, 4, new_tokens=200, requests=1)
+    stage_ns = 8 * 1_000
+    own = simulate(base, record_intervals=False)
+    shared_method = replace(base.method, drafter_placement="stage0")
+    shared = simulate(replace(base, method=shared_method), record_intervals=False)
+    assert (
+        get_method("spd").gpus(base) == 5 and get_method("spd").gpus(replace(base, method=shared_method)) == 4
+    )
+    steady = (
+        own.tokens[-1].commit_ns - own.tokens[-2].commit_ns,
+        shared.tokens[-1].commit_ns - shared.tokens[-2].commit_ns,
+    )
+    assert steady == (stage_ns, stage_ns + 1_000)  # own GPU: hidden; stage 0: forward + PDM back to back
+    slowed = replace(base, method=shared_method, overheads=Overheads(drafter_contention=1.5))
+    result = simulate(slowed, record_intervals=False)
+    assert result.tokens[-1].commit_ns - result.tokens[-2].commit_ns == int(1.5 * (stage_ns + 1_000))
+    assert predict(slowed).iteration_ns == pytest.approx(1.5 * 9_000, rel=1e-9)
+
+
+def test_slow_drafter_sits_on_the_critical_path():
+    scenario = ideal("spd", 1.0, 8, new_tokens=100, requests=1)
+    slow = replace(scenario, latency=replace(scenario.latency, pdm_ns=7_000))
+    result = simulate(slow, record_intervals=False)
+    assert result.tokens[-1].commit_ns - result.tokens[-2].commit_ns == 7_000
+    assert predict(slow).iteration_ns == pytest.approx(7_000)
+
+
+def test_overheads_add_to_the_cycle():
+    overheads = Overheads(control_ns=300, p2p_ns=200, gather_ns=100, fixed_cycle_ns=50, sampling_ns=25)
+    scenario = replace(ideal("spd", 1.0, 4, new_tokens=50, requests=1), overheads=overheads)
+    scenario = replace(scenario, latency=replace(scenario.latency, embed_ns=400, head_ns=70))
+    result = simulate(scenario)
+    # saturated cycle: control + (stage0: embed + 8 layers + send) + head + sampling + fixed
+    expected = 300 + (400 + 8_000 + 200) + 70 + 25 + 50
+    assert result.tokens[-1].commit_ns - result.tokens[-2].commit_ns == expected
+    assert predict(scenario).tokens_per_s == pytest.approx(summarize(result)["tokens_per_s"], rel=0.02)
+
+
+def test_ppsd_drafts_with_its_early_exit_on_stage0():
+    scenario = replace(ideal("ppsd", 1.0, 4, new_tokens=50, requests=1))
+    scenario = replace(scenario, latency=replace(scenario.latency, head_ns=500))
+    result = simulate(scenario, record_intervals=False)
+    assert get_method("ppsd").gpus(scenario) == 4
+    # stage 0 runs its 8 layers then the exit head; the last stage's head verifies after the barrier
+    assert result.tokens[-1].commit_ns - result.tokens[-2].commit_ns == 8_000 + 500 + 500
+    deeper = replace(scenario, method=replace(scenario.method, exit_layer=10))
+    result = simulate(deeper, record_intervals=False)
+    assert result.tokens[-1].commit_ns - result.tokens[-2].commit_ns == 8_000 + 2_000 + 500 + 500
+
+
+def test_stage_split_even_or_explicit():
+    scenario = ideal("spd", width=4)
+    assert stage_layer_counts(scenario) == (8, 8, 8, 8)
+    uneven = replace(scenario, method=replace(scenario.method, stage_layers=(10, 8, 8, 6)))
+    assert stage_layer_counts(uneven) == (10, 8, 8, 6)
+    result = simulate(replace(uneven, acceptance=AcceptanceSpec(alpha=1.0)), record_intervals=False)
+    assert result.tokens[-1].commit_ns - result.tokens[-2].commit_ns == 10_000
+    with pytest.raises(SpdsimError, match="num_stages"):
+        stage_layer_counts(replace(scenario, method=replace(scenario.method, num_stages=5)))
