@@ -24,6 +24,7 @@ from spdsim.plots import resource_order
 from spdsim.scenario import NamedScenario, scenario_to_run_dict
 
 RUN_FILES = ("config.json", "tokens.csv", "summary.json", "trace.json")
+TRACE_REQUESTS = 1
 TOKEN_COLUMNS = ("method", "request", "index", "commit_time_us", "iteration", "from_draft")
 
 
@@ -89,33 +90,31 @@ def summary_document(outcomes: list[RunOutcome]) -> dict[str, Any]:
     return {"spdsim_version": __version__, "runs": [outcome.summary for outcome in outcomes]}
 
 
-def chrome_trace(outcomes: list[RunOutcome]) -> str:
-    """Chrome trace event JSON (Perfetto): one pid per run, one tid per resource, "X" spans in microseconds."""
+def chrome_trace(outcomes: list[RunOutcome], requests: int = TRACE_REQUESTS) -> str:
+    """Chrome trace event JSON (Perfetto): one pid per run, one tid per resource, "X" spans in microseconds.
+
+    Only the first ``requests`` request(s) of each run are traced: later requests repeat the same schedule, and
+    a trace of all of them is tens of MB (tokens.csv keeps every token of every request).
+    """
     events: list[str] = []
     for pid, outcome in enumerate(outcomes, start=1):
         events.append(_meta("process_name", pid, 0, outcome.label))
         events.append(
             json.dumps({"name": "process_sort_index", "ph": "M", "pid": pid, "args": {"sort_index": pid}})
         )
+        intervals = [iv for iv in outcome.result.intervals if iv.request < requests]
         tids: dict[str, int] = {}
-        for interval in outcome.result.intervals:
-            if interval.resource not in tids:
-                tids[interval.resource] = len(tids) + 1
-        for order, resource in enumerate(sorted(tids, key=resource_order)):
-            tid = tids[resource]
-            events.append(_meta("thread_name", pid, tid, resource))
-            sort = {
-                "name": "thread_sort_index",
-                "ph": "M",
-                "pid": pid,
-                "tid": tid,
-                "args": {"sort_index": order},
-            }
-            events.append(json.dumps(sort))
-        for iv in outcome.result.intervals:
+        for resource in sorted({iv.resource for iv in intervals}, key=resource_order):
+            tids[resource] = len(tids) + 1
+            events.append(_meta("thread_name", pid, tids[resource], resource))
+            sort = {"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": tids[resource]}
+            events.append(json.dumps({**sort, "args": {"sort_index": tids[resource]}}))
+        names: dict[str, str] = {}
+        for iv in intervals:
+            name = names.get(iv.label) or names.setdefault(iv.label, json.dumps(iv.label))
             events.append(
-                f'{{"name":{json.dumps(iv.label)},"cat":"{iv.kind}","ph":"X","ts":{_us(iv.start_ns)},'
-                f'"dur":{_us(iv.end_ns - iv.start_ns)},"pid":{pid},"tid":{tids[iv.resource]},'
+                f'{{"name":{name},"cat":"{iv.kind}","ph":"X","ts":{iv.start_ns / 1000:.3f},'
+                f'"dur":{(iv.end_ns - iv.start_ns) / 1000:.3f},"pid":{pid},"tid":{tids[iv.resource]},'
                 f'"args":{{"request":{iv.request},"iteration":{iv.iteration}}}}}'
             )
     return '{"displayTimeUnit":"ms","traceEvents":[\n' + ",\n".join(events) + "\n]}\n"
@@ -133,6 +132,7 @@ def write_atomically(out_dir: str | Path, writers: dict[str, Callable[[], str]])
     if out_dir.exists() and not out_dir.is_dir():
         raise SpdsimError(f"--out: '{out_dir}' exists and is not a directory")
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a run directory is an ordinary one
     try:
         for filename, write in writers.items():
             (staging / filename).write_text(write())

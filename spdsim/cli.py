@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 
@@ -55,8 +54,8 @@ AcceptanceOpt = Annotated[
 ]
 
 
-def _console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=160 if not stderr else None)
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=False, width=160)
 
 
 def user_errors(command):
@@ -67,7 +66,7 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except SpdsimError as exc:
-            _console(stderr=True).print(f"error: {exc}", markup=False)
+            typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -214,10 +213,14 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: click usage errors become one line and exit code 2, like SpdsimError."""
     try:
         code = app(args=argv, prog_name="spdsim", standalone_mode=False)
-    except (SpdsimError, click.UsageError, click.BadParameter, click.FileError) as exc:
-        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
-        _console(stderr=True).print(f"error: {' '.join(message.split())}", markup=False)
-        sys.exit(2)
-    except click.Abort:
+    except typer.Abort:
         sys.exit(1)
+    except (
+        SpdsimError,
+        typer.TyperException,
+    ) as exc:  # TyperException: typer's (vendored click) usage errors
+        message = " ".join((exc.format_message() if hasattr(exc, "format_message") else str(exc)).split())
+        if message:  # empty after no_args_is_help, which already printed the help
+            typer.echo(f"error: {message}", err=True)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)

@@ -129,19 +129,13 @@ def plot_timeline(
         plt.Line2D([], [], marker="v", linestyle="", color="#2a7a3b", label="token: accepted draft")
     )
     handles.append(plt.Line2D([], [], marker="o", linestyle="", color="#222222", label="token: target's own"))
-    ax.legend(
-        handles=handles,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.16 - 0.5 / (len(rows) + 1)),
-        ncol=7,
-        frameon=False,
-    )
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9)
     scenario = result.scenario
     subtitle = f"{scenario.method.name}, {result.gpus} GPU(s)"
     if scenario.model is not None and scenario.hardware is not None:
         subtitle += f", {scenario.model.name} on {scenario.hardware.name}"
     ax.set_title(f"{title or scenario.method.name}: {subtitle}", loc="left")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.45 / fig.get_figheight(), 1, 1))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=130, metadata={"Software": None} if out.suffix == ".png" else {"Date": None})

@@ -171,7 +171,7 @@ def sweep_tasks(
     records = []
     for (point, label, scenario), row in zip(tasks, rows[len(baselines) :], strict=True):
         base = baseline_tps[baseline_scenario(scenario)]
-        record = {**point, "label": label, **row}
+        record = {**point, "label": label, **{k: float("nan") if v is None else v for k, v in row.items()}}
         record["speedup"] = row["tokens_per_s"] / base if base > 0 else float("nan")
         records.append(record)
     return pd.DataFrame.from_records(records)

@@ -1,0 +1,231 @@
+"""Every command through typer's CliRunner, every bad input, determinism, and no torch import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from spdsim.cli import app, main
+
+runner = CliRunner()
+SMALL = ["--set", "workload.new_tokens=48", "--set", "workload.num_requests=1"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_simulate_default_prints_the_table_and_writes_the_run_directory(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("simulate", *SMALL, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    for header in ("run", "GPUs", "tokens/s", "TPOT ms", "speedup", "mean AL", "rho", "n*rho", "bubble"):
+        assert header in result.stdout
+    for label in ("spd-n8-l3", "eagle3-k3", "eagle3-k7", "ar-tp8", "dflash-k15", "ppsd-n8", "cascade"):
+        assert label in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "summary.json",
+        "tokens.csv",
+        "trace.json",
+    ]
+    summary = json.loads((out / "summary.json").read_text())["runs"]
+    by_label = {row["label"]: row for row in summary}
+    assert by_label["ar"]["speedup"] == pytest.approx(1.0)
+    assert by_label["spd-n8-l3"]["gpus"] == 9 and by_label["spd-n8-l3"]["rho"] > 0
+    tokens = pd.read_csv(out / "tokens.csv")
+    assert list(tokens.columns) == ["method", "request", "index", "commit_time_us", "iteration", "from_draft"]
+    assert (tokens.groupby("method").size() == 48).all()
+    trace = json.loads((out / "trace.json").read_text())
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert spans and all(e["dur"] > 0 for e in spans)
+    names = {e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "process_name"}
+    assert names == set(by_label)
+
+
+def test_same_scenario_gives_byte_identical_files(tmp_path):
+    for name in ("a", "b"):
+        assert (
+            invoke(
+                "simulate", *SMALL, "--set", "overheads.jitter_cv=0.1", "--out", str(tmp_path / name)
+            ).exit_code
+            == 0
+        )
+    for filename in ("config.json", "tokens.csv", "summary.json", "trace.json"):
+        assert (tmp_path / "a" / filename).read_bytes() == (tmp_path / "b" / filename).read_bytes(), filename
+
+
+def test_a_run_directory_reproduces_itself(tmp_path):
+    assert invoke("simulate", *SMALL, "--out", str(tmp_path / "first")).exit_code == 0
+    result = invoke("simulate", str(tmp_path / "first"), "--out", str(tmp_path / "again"))
+    assert result.exit_code == 0, result.output
+    first, again = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("first", "again"))
+    assert first == again
+
+
+def test_default_run_directory_name_is_deterministic(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert invoke("simulate", *SMALL).exit_code == 0
+    assert invoke("simulate", *SMALL).exit_code == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.startswith("default-")
+    assert not [p for p in (tmp_path / "runs").iterdir() if p.name.startswith(".")]
+
+
+def test_compare_selects_methods_and_files(tmp_path):
+    result = invoke(
+        "compare", "--method", "spd", "--method", "eagle3", *SMALL, "--set", "acceptance.alpha=0.9"
+    )
+    assert result.exit_code == 0, result.output
+    assert "spd-n8-l3" in result.stdout and "eagle3-k7" in result.stdout and "dflash" not in result.stdout
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text(
+        'model = "qwen3.5-4b"\nhardware = "h100"\nlabel = "spd"\n[workload]\nnew_tokens = 32\nnum_requests = 1\n'
+    )
+    b.write_text(a.read_text().replace("h100", "h200"))
+    result = invoke("compare", str(a), str(b), "--out", str(tmp_path / "cmp"))
+    assert result.exit_code == 0, result.output
+    assert "a:spd" in result.stdout and "b:spd" in result.stdout and "h200" in result.stdout
+    assert (tmp_path / "cmp" / "summary.json").is_file()
+
+
+def test_sweep_writes_one_row_per_point_in_grid_order(tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(
+        'model = "qwen3.5-4b"\nhardware = "h100"\n[workload]\nnew_tokens = 32\nnum_requests = 1\n'
+    )
+    out = tmp_path / "sweep.csv"
+    args = ["sweep", str(scenario), "--grid", "method.num_stages=2,4", "--grid", "acceptance.alpha=0.5:0.9:3"]
+    result = invoke(*args, "--out", str(out), "--workers", "1")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out)
+    assert list(zip(frame["method.num_stages"], frame["acceptance.alpha"], strict=True)) == [
+        (2, 0.5),
+        (2, 0.7),
+        (2, 0.9),
+        (4, 0.5),
+        (4, 0.7),
+        (4, 0.9),
+    ]
+    assert (frame["speedup"] > 0).all()
+    result = invoke(*args, "--out", str(tmp_path / "sweep.parquet"), "--workers", "2")
+    assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "sweep.parquet"), frame, check_dtype=False)
+
+
+def test_timeline_from_run_directory_and_scenario(tmp_path):
+    assert invoke("simulate", *SMALL, "--out", str(tmp_path / "run")).exit_code == 0
+    result = invoke("timeline", str(tmp_path / "run"), "--out", str(tmp_path / "t.png"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    result = invoke(
+        "timeline",
+        str(tmp_path / "run" / "config.json"),
+        "--out",
+        str(tmp_path / "t.svg"),
+        "--method",
+        "eagle3-k3",
+        "--window-ms",
+        "0:5",
+    )
+    assert result.exit_code == 0, result.output
+    assert "<svg" in (tmp_path / "t.svg").read_text()[:400]
+
+
+def test_list_shows_every_section_with_sources():
+    result = invoke("list")
+    assert result.exit_code == 0, result.output
+    for text in (
+        "methods",
+        "hardware",
+        "models",
+        "presets",
+        "h100",
+        "qwen3.5-4b/humaneval/spd-n8-l3",
+        "source",
+    ):
+        assert text in result.stdout
+    assert invoke("list", "presets").exit_code == 0
+
+
+BAD = [
+    (["simulate", "--set", "method.name=medusa"], "method.name: unknown method 'medusa'"),
+    (["simulate", "--set", "hardware=a100"], "hardware: unknown hardware 'a100' (allowed: h100, h200)"),
+    (["simulate", "--acceptance", "qwen3.5-4b/overall/nope"], "acceptance.preset: unknown preset"),
+    (["simulate", "--set", "acceptance.alpha=1.2"], "acceptance.alpha: must be in [0, 1]"),
+    (["simulate", "--set", "method.num_stages=0"], "method.num_stages: must be >= 1"),
+    (
+        ["simulate", "--set", "method.num_stages=6"],
+        "method.num_stages: 6 does not divide model.num_layers = 32",
+    ),
+    (["simulate", "--set", "method.stage_layers=4,4,4,4,4,4,4,3"], "method.stage_layers: sums to 31"),
+    (
+        ["simulate", "--set", "latency.kind=constant", "--set", "latency.layer_ns=-1"],
+        "latency.layer_ns: must be >= 0",
+    ),
+    (["simulate", "--set", "overheads.control_ns=nan"], "overheads.control_ns: expected an integer, got nan"),
+    (["simulate", "--set", "overheads.jitter_cv=nan"], "overheads.jitter_cv: must be a finite number >= 0"),
+    (["simulate", "/nonexistent/scenario.toml"], "no such run directory or scenario file"),
+    (["simulate", "--profile", "/nonexistent/bundle.json"], "profile: no such file"),
+    (["list", "gpus"], "list: unknown section 'gpus'"),
+    (
+        ["sweep", "MISSING.toml", "--grid", "seed=1,2", "--out", "x.csv"],
+        "no such run directory or scenario file",
+    ),
+    (["timeline", "MISSING", "--out", "x.png"], "no such run directory or scenario file"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD)
+def test_bad_input_exits_2_with_one_line_and_no_run_directory(tmp_path, args, message):
+    out = tmp_path / "out"
+    result = invoke(*args, *(["--out", str(out)] if args[0] == "simulate" else []))
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.output
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_malformed_files_through_the_cli(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("method = {name = ")
+    result = invoke("simulate", str(bad), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "is not valid TOML" in result.stderr
+    trace = tmp_path / "trace.csv"
+    trace.write_text("prompt_id,verify_index\np,0\n")
+    result = invoke("simulate", "--set", "acceptance.kind=trace", "--set", f"acceptance.trace_path={trace}")
+    assert result.exit_code == 2 and "missing column" in result.stderr
+    result = invoke("sweep", str(bad), "--grid", "seed=1", "--out", str(tmp_path / "s.txt"))
+    assert result.exit_code == 2
+    result = invoke("timeline", str(tmp_path), "--out", str(tmp_path / "t.gif"))
+    assert result.exit_code == 2 and "must end in .png or .svg" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_main_turns_usage_errors_into_one_line_exit_2(capsys):
+    for argv in (["simulate", "--bogus"], ["frobnicate"], ["sweep"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), err
+
+
+def test_simulate_never_imports_torch(tmp_path):
+    code = (
+        "import sys\n"
+        "from spdsim.cli import main\n"
+        "try:\n"
+        f"    main(['simulate', '--set', 'workload.new_tokens=16', '--out', {str(tmp_path / 'run')!r}])\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "assert 'torch' not in sys.modules, 'spdsim imported torch'\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
