@@ -333,6 +333,9 @@ class FastModel(nn.Module):
 
     def compile_layers(self, mode: str | None = None) -> None:
         """Compile the layer function once (all layers share its code: same shapes, weights are arguments)."""
+        # One static-shape compile per (query tokens, KV window) class; stage/verify/profile grids need more
+        # than dynamo's default limit of 8.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self._layer_fn = torch.compile(decoder_layer, mode=mode, dynamic=False, fullgraph=True)
 
     # -- properties -----------------------------------------------------------------------------------------

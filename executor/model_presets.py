@@ -75,6 +75,46 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Tiny shapes of the two families for tests and CPU dry runs (not published models).
+_TINY: dict[str, Any] = {
+    "vocab_size": 320,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "hidden_act": "silu",
+    "max_position_embeddings": 2048,
+    "initializer_range": 0.2,
+    "bos_token_id": 257,
+    "eos_token_id": 256,
+    "pad_token_id": 256,
+}
+PRESETS["tiny-qwen3"] = {
+    **_TINY,
+    "model_type": "qwen3",
+    "architectures": ["Qwen3ForCausalLM"],
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": True,
+}
+PRESETS["tiny-llama"] = {
+    **_TINY,
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": False,
+    "rope_scaling": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    },
+}
+
 # Presets whose architecture the fast decoder cannot run, with the reason (one line each).
 UNSUPPORTED: dict[str, str] = {
     "qwen3.5-4b": "random:qwen3.5-4b: Qwen3.5's Gated DeltaNet linear-attention layers are not supported by the "

@@ -1,0 +1,206 @@
+"""``spdsim exec``: run real decoding on a GPU (or the CPU) and write profile bundles.
+
+Torch and transformers are imported inside the commands, so ``spdsim --help`` stays fast and torch-free.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from spdsim.errors import SpdsimError
+
+app = typer.Typer(
+    help="Real PyTorch executor: decode with AR / SPD / chain SD, profile phases.", no_args_is_help=True
+)
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SpdsimError("device: cuda requested but no CUDA device is available (use --device cpu)")
+    if name not in ("cuda", "cpu"):
+        raise SpdsimError(f"device: unknown '{name}' (allowed: auto, cuda, cpu)")
+    return name
+
+
+@app.command()
+def run(
+    model: str = typer.Option(
+        "random:qwen3-4b", help="random:<preset>, smollm2-135m, a .gguf file or HF dir"
+    ),
+    method: str = typer.Option("ar", help="ar, spd, draft-model, eagle3"),
+    prompts: str = typer.Option("mt_bench", help="comma list of mt_bench, humaneval, gsm8k"),
+    limit: int = typer.Option(4, min=1, help="prompts per dataset"),
+    max_new_tokens: int = typer.Option(64, min=1),
+    temperature: float = typer.Option(0.0, min=0.0),
+    stages: int = typer.Option(None, help="SPD: number of pipeline stages"),
+    stage_layers: str = typer.Option(None, help="SPD: explicit per-stage layer counts, e.g. 8,8,7,7"),
+    k: int = typer.Option(None, help="chain SD: draft length K"),
+    head: Path = typer.Option(None, help="SPD / EAGLE-3 head checkpoint"),
+    draft_model: str = typer.Option(None, help="draft-model: the draft model spec"),
+    synthetic_alpha: float = typer.Option(None, help="timing runs: accept a draft with this probability"),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float32"),
+    device: str = typer.Option("auto"),
+    seed: int = typer.Option(0),
+    graphs: bool = typer.Option(True, help="capture steps in CUDA graphs (GPU)"),
+    compile_layers: bool = typer.Option(False, "--compile", help="torch.compile the decoder layer (GPU)"),
+    out: Path = typer.Option(None, help="write a run directory (tokens, trace, cycles, summary)"),
+) -> None:
+    """Decode real prompts and print tokens/s, per-phase timings and the lossless check."""
+    try:
+        _run(**locals())
+    except SpdsimError as exc:
+        _fail(exc)
+
+
+def _run(**kw) -> None:
+    from executor.models import load_fast_model
+    from executor.prompts import load_prompts
+    from executor.schedules import METHODS, run_method
+    from executor.stages import parse_stage_layers
+
+    if kw["method"] not in METHODS:
+        raise SpdsimError(f"method: unknown '{kw['method']}' (allowed: {', '.join(METHODS)})")
+    device = _device(kw["device"])
+    dtype = kw["dtype"] if kw["dtype"] != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    fast, loaded = load_fast_model(kw["model"], device=device, dtype=dtype, seed=kw["seed"])
+    if kw["compile_layers"] and device == "cuda":
+        fast.compile_layers()
+    prompt_set = load_prompts(kw["prompts"], loaded.tokenizer, limit=kw["limit"])
+    opts: dict = {
+        "max_new_tokens": kw["max_new_tokens"],
+        "temperature": kw["temperature"],
+        "seed": kw["seed"],
+        "stop_token_ids": _stop_ids(loaded.tokenizer),
+    }
+    if kw["synthetic_alpha"] is not None:
+        opts["synthetic_alpha"] = kw["synthetic_alpha"]
+    if kw["method"] == "ar":
+        opts["use_graphs"] = kw["graphs"]
+    if kw["stages"] is not None:
+        opts["stages"] = kw["stages"]
+    if kw["stage_layers"]:
+        opts["stage_layers"] = parse_stage_layers(kw["stage_layers"])
+    if kw["k"] is not None:
+        opts["k"] = kw["k"]
+    if kw["head"] is not None:
+        opts["head"] = kw["head"]
+    if kw["draft_model"]:
+        opts["draft_model"], _ = load_fast_model(
+            kw["draft_model"], device=device, dtype=dtype, seed=kw["seed"] + 1
+        )
+    result = run_method(kw["method"], fast, [(p.prompt_id, p.token_ids) for p in prompt_set], **opts)
+    _print_summary(result, loaded.tokenizer)
+    if kw["out"] is not None:
+        from executor.rundir import write_run_dir
+
+        path = write_run_dir(
+            result, kw["out"], {"model": kw["model"], "prompts": kw["prompts"], "dtype": dtype}
+        )
+        typer.echo(f"run directory: {path}")
+
+
+def _stop_ids(tokenizer) -> tuple[int, ...]:
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        return ()
+    return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+
+
+def _print_summary(result, tokenizer) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    summary = result.summary()
+    table = Table(title=f"{result.method} on {result.device}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            continue
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    for phase, by_state in result.phase_medians_us().items():
+        for state, median_us in by_state.items():
+            table.add_row(f"phase {phase} [{state}] median us", f"{median_us:.1f}")
+    console = Console()
+    console.print(table)
+    first = result.prompts[0]
+    console.print(f"[bold]{first.prompt_id}[/bold]: {tokenizer.decode(list(first.tokens))[:300]!r}")
+
+
+@app.command()
+def profile(
+    model: str = typer.Option("random:qwen3-4b"),
+    out: Path = typer.Option(None, help="bundle path (default studies/results/profiles/<model>_<gpu>.json)"),
+    dtype: str = typer.Option("auto"),
+    device: str = typer.Option("auto"),
+    kv_lens: str = typer.Option("256,1024,4096", help="comma list of live KV lengths"),
+    query_tokens: str = typer.Option("1,4,8", help="comma list of new tokens per layer-stage forward"),
+    iters: int = typer.Option(50, min=3),
+    compile_layers: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the layer (GPU)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Microbenchmark every phase and write a profile bundle that `spdsim simulate --profile` reads."""
+    try:
+        _profile(**locals())
+    except SpdsimError as exc:
+        _fail(exc)
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise SpdsimError(f"{name}: expected comma-separated integers, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise SpdsimError(f"{name}: expected positive integers, got '{text}'")
+    return values
+
+
+def _profile(**kw) -> None:
+    from executor.models import load_fast_model
+    from executor.profile import (
+        ProfileGrid,
+        build_bundle,
+        hardware_info,
+        measure_copy_bandwidth_gbps,
+        profile_phases,
+        write_bundle,
+    )
+
+    kv_lens = _ints(kw["kv_lens"], "kv_lens")
+    query_tokens = _ints(kw["query_tokens"], "query_tokens")
+    device = _device(kw["device"])
+    dtype = kw["dtype"] if kw["dtype"] != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    fast, _ = load_fast_model(
+        kw["model"], device=device, dtype=dtype, seed=kw["seed"], max_seq_len=max(kv_lens)
+    )
+    if max(query_tokens) > min(kv_lens):
+        raise SpdsimError("query_tokens: the largest must not exceed the smallest kv_len")
+    if kw["compile_layers"] and device == "cuda":
+        fast.compile_layers()
+    grid = ProfileGrid(kv_lens=kv_lens, query_tokens=query_tokens, iters=kw["iters"])
+    copy_gbps = measure_copy_bandwidth_gbps(device, nbytes=(1 << 30) if device == "cuda" else 1 << 26)
+    hardware = hardware_info(device, copy_gbps)
+    phases = profile_phases(fast, grid, progress=typer.echo)
+    bundle = build_bundle(
+        model_name=kw["model"],
+        model=fast,
+        phases=phases,
+        hardware=hardware,
+        source=f"executor/profile.py {kw['model']}",
+    )
+    tag = hardware["name"].replace("nvidia-", "")
+    default = Path("studies/results/profiles") / f"{kw['model'].replace(':', '-')}_{tag}.json"
+    path = write_bundle(kw["out"] or default, bundle)
+    typer.echo(f"profile bundle: {path}")

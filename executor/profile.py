@@ -1,0 +1,261 @@
+"""Microbenchmarks of the executor's phases -> a profile bundle (``spdsim/profile_schema.py``, schema v1).
+
+Every phase is timed as the simulator uses it: a stage of ``layers`` consecutive decoder layers on ``query_tokens``
+new tokens with ``kv_len`` live cache positions, the embedding, final norm + lm_head + greedy verify, a whole AR
+step, and a device-to-device copy of a hidden state (the one-GPU stand-in for a point-to-point send). On a GPU
+each phase runs as a captured CUDA graph (compiled layers when asked), timed with CUDA events after warm-up.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import subprocess
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from executor.cache import KVCache
+from executor.fastmodel import FastModel
+from executor.graphs import GraphedStep
+from executor.stages import split_layers, uneven_counts
+from executor.timing import TimingStats, time_callable
+from spdsim.config import ModelShape
+from spdsim.profile_schema import PROFILE_KIND, SCHEMA_VERSION, validate_profile
+
+
+@dataclass(frozen=True)
+class ProfileGrid:
+    """Coordinates to measure; stage sizes come from splitting the model into each of ``stage_counts``."""
+
+    stage_counts: tuple[int, ...] = (1, 2, 4, 8)
+    query_tokens: tuple[int, ...] = (1, 4, 8)
+    kv_lens: tuple[int, ...] = (256, 1024, 4096)
+    head_query_tokens: tuple[int, ...] = tuple(range(1, 10))
+    warmup: int = 5
+    iters: int = 50
+
+
+def stage_layer_counts(num_layers: int, stage_counts: tuple[int, ...]) -> list[int]:
+    """Distinct per-stage layer counts over the requested splits (uneven splits give two sizes)."""
+    counts: set[int] = set()
+    for n in stage_counts:
+        if n <= num_layers:
+            split = (
+                uneven_counts(num_layers, n) if num_layers % n else split_layers(num_layers, n).layer_counts
+            )
+            counts.update(split)
+    return sorted(counts, reverse=True)
+
+
+def model_shape(name: str, model: FastModel) -> dict[str, Any]:
+    cfg = model.cfg
+    shape = ModelShape(
+        name=name,
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.hidden_size,
+        num_attention_heads=cfg.num_heads,
+        num_kv_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim,
+        intermediate_size=cfg.intermediate_size,
+        vocab_size=cfg.vocab_size,
+        tied_embeddings=cfg.tie_word_embeddings,
+        dtype_bytes=model.embed_tokens.element_size(),
+    )
+    return asdict(shape)
+
+
+def measure_copy_bandwidth_gbps(device: torch.device | str, nbytes: int = 1 << 30, iters: int = 20) -> float:
+    """Device-to-device copy bandwidth, counting bytes read plus bytes written (GB/s, 1e9)."""
+    src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    stats = time_callable(lambda: dst.copy_(src), device=device, warmup=3, iters=iters)
+    return 2 * nbytes / (stats.median_us * 1e-6) / 1e9
+
+
+def gpu_driver() -> str:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def hardware_info(device: torch.device | str, copy_bandwidth_gbps: float) -> dict[str, Any]:
+    device = torch.device(device)
+    if device.type == "cuda":
+        gpu = torch.cuda.get_device_name(device)
+        name = "nvidia-" + gpu.lower().replace("nvidia ", "").split()[0]
+        driver = gpu_driver()
+    else:
+        gpu, name, driver = platform.processor() or platform.machine(), "cpu", "none"
+    return {
+        "name": name,
+        "gpu": gpu,
+        "driver": driver,
+        "copy_bandwidth_gbps": copy_bandwidth_gbps,
+        "count": 1,
+    }
+
+
+def software_info() -> dict[str, str]:
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda": str(torch.version.cuda),
+        "python": platform.python_version(),
+    }
+
+
+class PhaseTimer:
+    """Times fixed-shape callables: captured as CUDA graphs on a GPU, eager on the CPU."""
+
+    def __init__(self, device: torch.device, grid: ProfileGrid, use_graphs: bool = True) -> None:
+        self.device = device
+        self.grid = grid
+        self.use_graphs = use_graphs and device.type == "cuda"
+        self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+
+    def time(self, fn: Callable[..., Any], *inputs: torch.Tensor) -> TimingStats:
+        if self.use_graphs:
+            step = GraphedStep(fn, inputs, pool=self.pool)
+            stats = time_callable(
+                step.graph.replay, device=self.device, warmup=self.grid.warmup, iters=self.grid.iters
+            )
+            del step
+            return stats
+        return time_callable(
+            lambda: fn(*inputs), device=self.device, warmup=self.grid.warmup, iters=self.grid.iters
+        )
+
+
+def _hidden(model: FastModel, query_tokens: int) -> torch.Tensor:
+    return torch.randn(1, query_tokens, model.cfg.hidden_size, device=model.device, dtype=model.dtype)
+
+
+def _positions(model: FastModel, kv_len: int, query_tokens: int) -> torch.Tensor:
+    """The newest ``query_tokens`` positions of a ``kv_len``-long context: the live KV is exactly ``kv_len``."""
+    return torch.arange(kv_len - query_tokens, kv_len, device=model.device)
+
+
+def _entry(coords: dict[str, int], stats: TimingStats) -> dict[str, Any]:
+    return {**coords, **stats.to_dict()}
+
+
+@torch.inference_mode()
+def profile_phases(
+    model: FastModel,
+    grid: ProfileGrid,
+    *,
+    use_graphs: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Measure every phase over the grid; the cache is filled with random K/V so attention reads real data."""
+    report = progress or (lambda _msg: None)
+    timer = PhaseTimer(model.device, grid, use_graphs)
+    cache: KVCache = model.new_cache(max(grid.kv_lens))
+    for keys, values in zip(cache.keys, cache.values, strict=True):
+        keys.normal_()
+        values.normal_()
+    cfg = model.cfg
+    phases: dict[str, list[dict[str, Any]]] = {
+        "layers": [],
+        "embed": [],
+        "head": [],
+        "ar_step": [],
+        "p2p": [],
+    }
+
+    for query_tokens in grid.query_tokens:
+        for kv_len in grid.kv_lens:
+            for layers in stage_layer_counts(cfg.num_layers, grid.stage_counts):
+
+                def stage(hidden: torch.Tensor, positions: torch.Tensor, _n: int = layers, _w: int = kv_len):
+                    return model.forward_layers(hidden, positions, 0, _n, cache, kv_len=_w)[0]
+
+                stats = timer.time(
+                    stage, _hidden(model, query_tokens), _positions(model, kv_len, query_tokens)
+                )
+                phases["layers"].append(
+                    _entry({"layers": layers, "query_tokens": query_tokens, "kv_len": kv_len}, stats)
+                )
+                report(f"layers={layers} q={query_tokens} kv={kv_len}: {stats.median_us:.1f} us")
+
+    for kv_len in grid.kv_lens:
+
+        def ar_step(token: torch.Tensor, position: torch.Tensor, _w: int = kv_len) -> torch.Tensor:
+            hidden, _ = model.forward_layers(
+                model.embed(token), position, 0, cfg.num_layers, cache, kv_len=_w
+            )
+            return model.head(hidden)[:, -1].argmax(dim=-1)
+
+        token = torch.randint(0, cfg.vocab_size, (1, 1), device=model.device)
+        stats = timer.time(ar_step, token, _positions(model, kv_len, 1))
+        phases["ar_step"].append(_entry({"kv_len": kv_len}, stats))
+        report(f"ar_step kv={kv_len}: {stats.median_us:.1f} us")
+
+    def verify(hidden: torch.Tensor, drafted: torch.Tensor) -> torch.Tensor:
+        predicted = model.head(hidden).argmax(dim=-1)
+        matches = (predicted[:, :-1] == drafted).to(torch.int32)
+        return matches.cumprod(dim=-1).sum(dim=-1)
+
+    for query_tokens in grid.head_query_tokens:
+        drafted = torch.randint(0, cfg.vocab_size, (1, query_tokens - 1), device=model.device)
+        stats = timer.time(verify, _hidden(model, query_tokens), drafted)
+        phases["head"].append(_entry({"query_tokens": query_tokens}, stats))
+        tokens = torch.randint(0, cfg.vocab_size, (1, query_tokens), device=model.device)
+        stats = timer.time(model.embed, tokens)
+        phases["embed"].append(_entry({"query_tokens": query_tokens}, stats))
+        src = _hidden(model, query_tokens)
+        dst = torch.empty_like(src)
+        stats = time_callable(
+            lambda _d=dst, _s=src: _d.copy_(_s), device=model.device, warmup=grid.warmup, iters=grid.iters
+        )
+        phases["p2p"].append(_entry({"bytes": src.numel() * src.element_size()}, stats))
+        report(f"head/embed/p2p q={query_tokens}: {phases['head'][-1]['median_us']:.1f} us")
+    return phases
+
+
+def build_bundle(
+    *,
+    model_name: str,
+    model: FastModel,
+    phases: dict[str, list[dict[str, Any]]],
+    hardware: dict[str, Any],
+    source: str,
+    date: str | None = None,
+) -> dict[str, Any]:
+    """Assemble and validate a schema-v1 profile bundle."""
+    bundle = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": PROFILE_KIND,
+        "hardware": hardware,
+        "model": model_shape(model_name, model),
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "software": software_info(),
+        "date": date or datetime.date.today().isoformat(),
+        "source": source,
+        "phases": phases,
+    }
+    return validate_profile(bundle)
+
+
+def write_bundle(path: str | Path, bundle: dict[str, Any]) -> Path:
+    """Write atomically (temp file + rename) so a failed run leaves no half-written profile."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(path.suffix + ".part")
+    staging.write_text(json.dumps(bundle, indent=1) + "\n")
+    staging.replace(path)
+    return path
