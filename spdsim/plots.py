@@ -68,6 +68,26 @@ def _default_window_ns(result: Result, origin_ns: int) -> tuple[int, int]:
     return origin_ns, max(ends) if ends else result.end_ns
 
 
+def timeline_window_ns(result: Result, window_ms: tuple[float, float] | None) -> tuple[int, int]:
+    """Absolute [start, end) in ns: ``window_ms`` after the first decode step, or the first 30 iterations."""
+    origin_ns = result.request_start_ns[0] if result.request_start_ns else 0
+    if window_ms is None:
+        return _default_window_ns(result, origin_ns)
+    return origin_ns + int(window_ms[0] * 1e6), origin_ns + int(window_ms[1] * 1e6)
+
+
+def timeline_spans(result: Result, start_ns: int, end_ns: int) -> dict[str, dict[str, list[tuple[int, int]]]]:
+    """resource -> kind -> [(start_ns, duration_ns)] clipped to the window (what the Gantt chart draws)."""
+    spans: dict[str, dict[str, list[tuple[int, int]]]] = {}
+    for resource in sorted({iv.resource for iv in result.intervals}, key=resource_order):
+        spans[resource] = {kind: [] for kind in KIND_STYLE}
+    for iv in result.intervals:
+        if iv.end_ns > start_ns and iv.start_ns < end_ns:
+            begin, finish = max(iv.start_ns, start_ns), min(iv.end_ns, end_ns)
+            spans[iv.resource].setdefault(iv.kind, []).append((begin, finish - begin))
+    return spans
+
+
 def plot_timeline(
     result: Result,
     out: str | Path,
@@ -81,16 +101,14 @@ def plot_timeline(
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
+    if not result.intervals:
+        raise SpdsimError(
+            "timeline: the run recorded no busy intervals (simulate with record_intervals=True)"
+        )
     origin_ns = result.request_start_ns[0] if result.request_start_ns else 0
-    if window_ms is None:
-        start_ns, end_ns = _default_window_ns(result, origin_ns)
-    else:
-        start_ns, end_ns = origin_ns + int(window_ms[0] * 1e6), origin_ns + int(window_ms[1] * 1e6)
-    shown = [iv for iv in result.intervals if iv.end_ns > start_ns and iv.start_ns < end_ns]
-    resources = sorted({iv.resource for iv in result.intervals}, key=resource_order)
-    if not resources:
-        raise SpdsimError("timeline: the run recorded no busy intervals")
-    rows = {name: i for i, name in enumerate(reversed(resources))}
+    start_ns, end_ns = timeline_window_ns(result, window_ms)
+    spans = timeline_spans(result, start_ns, end_ns)
+    rows = {name: i for i, name in enumerate(reversed(list(spans)))}
     commits_row = len(rows)
 
     def ms(t_ns: float) -> float:
@@ -99,18 +117,14 @@ def plot_timeline(
     fig, ax = plt.subplots(figsize=(14, 1.6 + 0.42 * (len(rows) + 1)))
     for y in rows.values():
         ax.broken_barh(
-            [(ms(start_ns), ms(end_ns) - ms(start_ns))], (y - 0.4, 0.8), color=BUBBLE_COLOR, zorder=1
+            [(ms(start_ns), (end_ns - start_ns) / 1e6)], (y - 0.4, 0.8), color=BUBBLE_COLOR, zorder=1
         )
     for zorder, (kind, (color, _)) in enumerate(KIND_STYLE.items(), start=2):
         for resource, y in rows.items():
-            spans = [
-                (ms(max(iv.start_ns, start_ns)), (min(iv.end_ns, end_ns) - max(iv.start_ns, start_ns)) / 1e6)
-                for iv in shown
-                if iv.kind == kind and iv.resource == resource
-            ]
-            if spans:
+            bars = [(ms(begin), width / 1e6) for begin, width in spans[resource].get(kind, [])]
+            if bars:
                 ax.broken_barh(
-                    spans, (y - 0.4, 0.8), facecolor=color, edgecolor="white", linewidth=0.4, zorder=zorder
+                    bars, (y - 0.4, 0.8), facecolor=color, edgecolor="white", linewidth=0.4, zorder=zorder
                 )
     commits = [t for t in result.tokens if start_ns <= t.commit_ns <= end_ns]
     drafted = [ms(t.commit_ns) for t in commits if t.from_draft]
