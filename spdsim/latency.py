@@ -17,6 +17,7 @@ has the same shape. Results are integer nanoseconds (``int`` or ``int64`` arrays
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -398,6 +399,20 @@ def _broadcast(value: int, kv_len: KvLen) -> Any:
     return value
 
 
+def _profile_shape(profile: dict) -> ModelShape:
+    """The model shape a profile was measured on (its ``model`` object holds ModelShape fields)."""
+    model = profile["model"]
+    names = {f.name for f in fields(ModelShape)}
+    if not isinstance(model, dict):
+        raise ProfileError("profile.model: must be an object of ModelShape fields")
+    try:
+        return ModelShape(**{key: value for key, value in model.items() if key in names})
+    except TypeError:
+        raise ProfileError(
+            f"profile.model: needs the ModelShape fields ({', '.join(sorted(names))})"
+        ) from None
+
+
 def build_latency_model(scenario: Scenario) -> LatencyModel:
     """The latency model a scenario asks for (``scenario.latency.kind``)."""
     spec = scenario.latency
@@ -412,9 +427,7 @@ def build_latency_model(scenario: Scenario) -> LatencyModel:
         if not spec.profile_path:
             raise SpdsimError(f"latency.profile_path: required for latency kind '{kind}'")
         profile = load_profile(spec.profile_path)
-        shape = scenario.model
-        if shape is None:
-            shape = ModelShape(**profile["model"])
+        shape = scenario.model if scenario.model is not None else _profile_shape(profile)
         cls = MeasuredLatency if kind == "measured" else FittedLatency
         return cls(shape, scenario.hardware, spec, profile)
     raise SpdsimError(f"latency.kind: unknown '{kind}' (allowed: constant, roofline, measured, fitted)")

@@ -1,0 +1,195 @@
+"""Latency models: constant, roofline, measured (interpolated, no extrapolation) and fitted."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+
+import numpy as np
+import pytest
+from sim_scenarios import H100, QWEN35_4B_SHAPE, TOY_SHAPE
+
+from spdsim.config import Hardware, LatencySpec, ModelShape, Scenario
+from spdsim.errors import SpdsimError
+from spdsim.latency import build_latency_model, fit_phase
+from spdsim.profile_schema import ProfileError
+
+LLAMA_8B = ModelShape("llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256)
+
+
+def _constant(**fields):
+    return build_latency_model(
+        Scenario(model=TOY_SHAPE, hardware=H100, latency=LatencySpec(kind="constant", **fields))
+    )
+
+
+def test_constant_model_prices_layers_and_query_tokens():
+    latency = _constant(layer_ns=1_000, embed_ns=50, head_ns=300, per_query_token_ns=320, draft_step_ns=700)
+    assert latency.layers_ns(8, 1, 100) == 8_000
+    assert latency.target_ns(1, 100) == 50 + 32_000 + 300
+    assert latency.target_ns(4, 100) == 50 + 32_000 + 3 * 320 + 300  # per extra query token, whole model
+    kv = np.arange(5)
+    assert latency.layers_ns(2, 1, kv).tolist() == [2_000] * 5
+    assert latency.chain_draft_ns(1, kv).tolist() == [700] * 5
+    assert latency.draft_model_ns(8, 1, 0) == 700
+    assert _constant(layer_ns=1_000, head_ns=300).draft_model_ns(8, 1, 0) == 8_300  # from the layer constants
+
+
+def test_roofline_is_memory_bound_at_batch_one():
+    latency = build_latency_model(
+        Scenario(model=LLAMA_8B, hardware=H100, latency=LatencySpec(kind="roofline"))
+    )
+    s = LLAMA_8B
+    params = s.hidden_size * (s.num_attention_heads * s.head_dim + 2 * s.num_kv_heads * s.head_dim)
+    params += s.num_attention_heads * s.head_dim * s.hidden_size + 3 * s.hidden_size * s.intermediate_size
+    kv_bytes = 2 * s.num_kv_heads * s.head_dim * 2 * 1_000
+    bytes_per_ns = H100.mem_bandwidth_gbps * H100.bandwidth_efficiency
+    assert latency.layers_ns(1, 1, 1_000) == round((params * 2 + kv_bytes) / bytes_per_ns)
+    # the whole 8B step: ~16 GB of weights at 0.85 x 3.02 TB/s is about 6 ms
+    assert 5.5e6 < latency.target_ns(1, 1_000) < 7e6
+    # longer context costs more; more query tokens cost (almost) nothing until compute-bound
+    assert latency.layers_ns(32, 1, 8_000) > latency.layers_ns(32, 1, 1_000)
+    assert latency.layers_ns(32, 8, 1_000) == latency.layers_ns(32, 1, 1_000)
+    assert latency.layers_ns(32, 4_096, 1_000) > 10 * latency.layers_ns(32, 1, 1_000)
+    kv = np.array([1_000, 8_000])
+    assert latency.layers_ns(4, 1, kv).tolist() == [
+        latency.layers_ns(4, 1, 1_000),
+        latency.layers_ns(4, 1, 8_000),
+    ]
+
+
+def test_roofline_tensor_parallel_divides_and_pays_allreduce():
+    hardware = replace(H100, allreduce_latency_ns=20_000, p2p_bandwidth_gbps=450.0)
+    latency = build_latency_model(
+        Scenario(model=LLAMA_8B, hardware=hardware, latency=LatencySpec(kind="roofline"))
+    )
+    single = latency.layers_ns(32, 1, 1_000)
+    allreduce = latency.allreduce_ns(LLAMA_8B.hidden_size * 2, 4)
+    assert allreduce == round(20_000 + 2 * 3 / 4 * LLAMA_8B.hidden_size * 2 / 450.0)
+    assert latency.layers_ns(32, 1, 1_000, tp=4) == pytest.approx(single / 4 + 2 * 32 * allreduce, abs=2)
+    assert latency.allreduce_ns(1_000, 1) == 0
+
+
+def test_roofline_linear_attention_layers_have_no_growing_kv():
+    all_linear = replace(QWEN35_4B_SHAPE, linear_attention_layers=32)
+    latency = build_latency_model(
+        Scenario(model=all_linear, hardware=H100, latency=LatencySpec(kind="roofline"))
+    )
+    assert latency.layers_ns(8, 1, 100) == latency.layers_ns(8, 1, 100_000)
+
+
+def test_roofline_needs_shape_and_hardware():
+    with pytest.raises(SpdsimError, match="roofline"):
+        build_latency_model(Scenario(model=None, hardware=H100, latency=LatencySpec(kind="roofline")))
+    with pytest.raises(SpdsimError, match="latency.kind"):
+        build_latency_model(Scenario(model=TOY_SHAPE, hardware=H100, latency=LatencySpec(kind="magic")))
+    with pytest.raises(SpdsimError, match="profile_path"):
+        build_latency_model(Scenario(model=TOY_SHAPE, latency=LatencySpec(kind="measured")))
+
+
+def _entry(median_us, **coords):
+    return {
+        **coords,
+        "median_us": median_us,
+        "p10_us": median_us * 0.9,
+        "p90_us": median_us * 1.1,
+        "samples": 20,
+    }
+
+
+def _profile(tmp_path, phases, fit=None):
+    data = {
+        "schema_version": 1,
+        "kind": "spdsim.profile",
+        "hardware": {"name": "test-gpu"},
+        "model": asdict(TOY_SHAPE),
+        "dtype": "bfloat16",
+        "software": {},
+        "date": "2026-11-22",
+        "phases": phases,
+    }
+    if fit is not None:
+        data["fit"] = fit
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def _layers_table():
+    # per layer: 10 µs, +1 µs per 1k cached positions, +0.25 µs per extra query token
+    return [
+        _entry(layers * (10 + kv / 1_000 + 0.25 * (q - 1)), layers=layers, query_tokens=q, kv_len=kv)
+        for layers in (2, 4, 8)
+        for q in (1, 4)
+        for kv in (0, 1_000, 4_000)
+    ]
+
+
+def _measured(tmp_path, kind="measured", fit=None, scenario_model=True):
+    phases = {
+        "layers": _layers_table(),
+        "embed": [_entry(3.0, query_tokens=1), _entry(5.0, query_tokens=8)],
+        "head": [_entry(40.0, query_tokens=1), _entry(48.0, query_tokens=9)],
+    }
+    spec = LatencySpec(kind=kind, profile_path=_profile(tmp_path, phases, fit))
+    return build_latency_model(Scenario(model=TOY_SHAPE if scenario_model else None, latency=spec))
+
+
+def test_measured_interpolates_linearly_inside_the_grid(tmp_path):
+    latency = _measured(tmp_path)
+    assert latency.layers_ns(4, 1, 1_000) == 44_000  # a grid point
+    assert latency.layers_ns(4, 1, 2_500) == 50_000  # between kv points
+    assert latency.layers_ns(3, 1, 0) == 30_000  # between layer counts
+    assert latency.layers_ns(6, 1, 0) == 60_000
+    assert latency.layers_ns(4, 2, 0) == 41_000  # between query-token counts (40 us at q=1, 43 us at q=4)
+    assert latency.layers_ns(4, 1, np.array([0, 500, 4_000])).tolist() == [40_000, 42_000, 56_000]
+    assert latency.embed_ns(1) == 3_000 and latency.head_ns(5) == 44_000
+    assert _measured(tmp_path, scenario_model=False).shape == TOY_SHAPE
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda m: m.layers_ns(4, 1, 5_000),
+            r"phases.layers: kv_len=5000 outside the measured range \[0, 4000\]",
+        ),
+        (lambda m: m.layers_ns(16, 1, 0), r"phases.layers: layers=16 outside the measured range \[2, 8\]"),
+        (lambda m: m.layers_ns(4, 1, np.array([0, 9_000])), r"kv_len=\[0, 9000\] outside"),
+        (lambda m: m.head_ns(16), r"phases.head: query_tokens=16 outside"),
+        (lambda m: m.pdm_ns(2, 9, 0), r"needs phase 'drafter'"),
+        (lambda m: m.layers_ns(4, 1, 0, tp=2), r"tensor parallelism"),
+    ],
+)
+def test_measured_refuses_to_extrapolate(tmp_path, call, message):
+    with pytest.raises(ProfileError, match=message):
+        call(_measured(tmp_path))
+
+
+def test_measured_needs_a_full_grid(tmp_path):
+    phases = {"layers": _layers_table()[:-1]}
+    spec = LatencySpec(kind="measured", profile_path=_profile(tmp_path, phases))
+    with pytest.raises(ProfileError, match="full grid"):
+        build_latency_model(Scenario(model=TOY_SHAPE, latency=spec))
+
+
+def test_fitted_recovers_the_coefficients_and_extrapolates(tmp_path):
+    coefficients = fit_phase("layers", _layers_table())
+    assert coefficients["layers"] == pytest.approx(9.75)
+    assert coefficients["layers*kv_len"] == pytest.approx(1e-3)
+    assert coefficients["layers*query_tokens"] == pytest.approx(0.25)
+    assert coefficients["1"] == pytest.approx(0.0, abs=1e-9)
+    latency = _measured(tmp_path, kind="fitted")
+    assert latency.layers_ns(16, 1, 10_000) == 16 * 20_000  # beyond the grid: the fit extrapolates
+    given = _measured(tmp_path, kind="fitted", fit={"layers": {"1": 1.0, "layers": 2.0}})
+    assert given.layers_ns(100, 1, 0) == 201_000
+    with pytest.raises(ProfileError, match="profile.fit.layers"):
+        _measured(tmp_path, kind="fitted", fit={"layers": {"bogus": 1.0}})
+
+
+def test_p2p_and_hardware_links():
+    link = Hardware("x", 1000.0, 100.0, p2p_latency_ns=5_000, p2p_bandwidth_gbps=50.0)
+    latency = build_latency_model(
+        Scenario(model=TOY_SHAPE, hardware=link, latency=LatencySpec(kind="roofline"))
+    )
+    assert latency.p2p_ns(latency.hidden_bytes(1)) == 5_000 + round(256 * 2 / 50.0)
