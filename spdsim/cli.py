@@ -146,6 +146,10 @@ def sweep(
     out: Annotated[Path | None, typer.Option("--out", help="Output table: .csv or .parquet.")] = None,
     set_: SetOpt = None,
     workers: Annotated[int, typer.Option("--workers", help="Processes (0: one per CPU core).")] = 0,
+    scheduler: Annotated[
+        str | None,
+        typer.Option("--scheduler", help="Dask scheduler address (tcp://host:8786): run on that cluster."),
+    ] = None,
 ) -> None:
     """Simulate every point of a grid over scenario fields and write one row per point and run."""
     from spdsim.sweep import run_sweep, write_table
@@ -155,7 +159,9 @@ def sweep(
     if not grid:
         raise SpdsimError("--grid: give at least one KEY=VALUES axis, e.g. method.num_stages=2,4,8,16")
     paths = _scenario_paths([scenario])
-    frame = run_sweep(paths[0], grid, overrides=set_ or (), workers=workers, progress=True)
+    frame = run_sweep(
+        paths[0], grid, overrides=set_ or (), workers=workers, progress=True, scheduler=scheduler
+    )
     write_table(frame, out)
     _console().print(f"{len(frame)} rows -> {out}", markup=False)
 
@@ -185,6 +191,82 @@ def timeline(
 
     plot_timeline(simulate(run.scenario), out, window_ms=window, title=run.label)
     _console().print(f"timeline of {run.label} -> {out}", markup=False)
+
+
+@app.command()
+@user_errors
+def optimize(
+    scenario: ScenarioArg = None,
+    acceptance: AcceptanceOpt = None,
+    set_: SetOpt = None,
+    max_gpus: Annotated[int, typer.Option("--max-gpus", help="GPU budget (0: no limit).")] = 0,
+    stages: Annotated[str, typer.Option("--stages", help="Pipeline depths n: LOW:HIGH or a list.")] = "2:16",
+    spec_layers: Annotated[
+        str, typer.Option("--spec-layers", help="Drafter depths L_s: LOW:HIGH or a list.")
+    ] = "1:6",
+    alpha_model: Annotated[
+        str,
+        typer.Option(
+            "--alpha-model", help="fixed: the scenario's alpha; fit: alpha(n, L_s) from SPD presets."
+        ),
+    ] = "fixed",
+    finalists: Annotated[
+        int, typer.Option("--finalists", help="Designs simulated after closed-form pruning.")
+    ] = 10,
+    workers: Annotated[int, typer.Option("--workers", help="Processes (0: one per CPU core).")] = 1,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Also write the finalists: .csv or .parquet.")
+    ] = None,
+) -> None:
+    """Search SPD designs (n, L_s, stage split, drafter placement) for the scenario's hardware, model, acceptance."""
+    import pandas as pd
+
+    from spdsim.optimize import (
+        Design,
+        SearchSpace,
+        load_base_scenario,
+        parse_int_range,
+        render_result,
+        search,
+    )
+    from spdsim.sweep import write_table
+
+    if max_gpus < 0 or max_gpus == 1:
+        raise SpdsimError(f"--max-gpus: SPD needs at least 2 GPUs, or 0 for no limit (got {max_gpus})")
+    if out is not None and out.suffix not in (".csv", ".parquet"):
+        raise SpdsimError(f"--out: '{out}' must end in .csv or .parquet")
+    space = SearchSpace(
+        stages=parse_int_range(stages, "--stages"),
+        spec_layers=parse_int_range(spec_layers, "--spec-layers"),
+        max_gpus=max_gpus,
+    )
+    paths = _scenario_paths([scenario] if scenario else None)
+    base = load_base_scenario(str(paths[0]) if paths else None, set_ or (), acceptance)
+    result = search(
+        base,
+        space,
+        alpha_model=alpha_model,
+        finalists=finalists,
+        reference=Design(8, 3, "even", "own-gpu"),
+        workers=workers,
+    )
+    console = _console()
+    title = f"{base.model.name if base.model else '-'} on {base.hardware.name if base.hardware else '-'}, "
+    title += (
+        f"acceptance {base.acceptance.preset or base.acceptance.kind}; AR {result.ar_tokens_per_s:,.1f} tok/s"
+    )
+    console.print(title, markup=False)
+    console.print(render_result(result, finalists))
+    best = result.best
+    console.print(
+        f"best: {best.design.label} ({best.gpus} GPUs), {best.simulated_speedup:.2f}x over AR; "
+        f"{len(result.candidates)} designs priced, {len(result.finalists)} simulated; "
+        "ref = the SPD authors' n=8, L_s=3 on its own GPU",
+        markup=False,
+    )
+    if out is not None:
+        write_table(pd.DataFrame.from_records(result.finalist_rows()), out)
+        console.print(f"finalists -> {out}", markup=False)
 
 
 @app.command("list")

@@ -99,15 +99,23 @@ def _simulate_chunk(chunk: list[tuple[int, Scenario]]) -> list[tuple[int, dict[s
 
 
 def simulate_many(
-    scenarios: Sequence[Scenario], workers: int = 0, progress: bool = False
+    scenarios: Sequence[Scenario], workers: int = 0, progress: bool = False, scheduler: str | None = None
 ) -> list[dict[str, Any]]:
-    """simulate_row for each scenario, over ``workers`` processes (0: one per core; 1: in this process)."""
+    """simulate_row for each scenario, over ``workers`` processes (0: one per core; 1: in this process).
+
+    ``scheduler``: address of a Dask distributed scheduler; the same chunks then run on that cluster instead.
+    """
     workers = workers or os.cpu_count() or 1
     indexed = list(enumerate(scenarios))
     chunks = [indexed[i : i + _CHUNK] for i in range(0, len(indexed), _CHUNK)]
     rows: list[dict[str, Any] | None] = [None] * len(indexed)
     with _progress(progress, len(indexed)) as advance:
-        if workers == 1 or len(chunks) <= 1:
+        if scheduler:
+            from spdsim.dask_backend import run_chunks_on_dask
+
+            for index, row in run_chunks_on_dask(scheduler, _simulate_chunk, chunks, advance):
+                rows[index] = row
+        elif workers == 1 or len(chunks) <= 1:
             for chunk in chunks:
                 for index, row in _simulate_chunk(chunk):
                     rows[index] = row
@@ -160,13 +168,16 @@ class _progress:
 
 
 def sweep_tasks(
-    tasks: Sequence[tuple[dict[str, Any], str, Scenario]], workers: int = 0, progress: bool = False
+    tasks: Sequence[tuple[dict[str, Any], str, Scenario]],
+    workers: int = 0,
+    progress: bool = False,
+    scheduler: str | None = None,
 ):
     """A DataFrame with one row per task: the point's values, the run label, metrics, speedup vs AR."""
     import pandas as pd
 
     baselines = list(dict.fromkeys(baseline_scenario(scenario) for _, _, scenario in tasks))
-    rows = simulate_many([*baselines, *(scenario for _, _, scenario in tasks)], workers, progress)
+    rows = simulate_many([*baselines, *(scenario for _, _, scenario in tasks)], workers, progress, scheduler)
     baseline_tps = {b: row["tokens_per_s"] for b, row in zip(baselines, rows[: len(baselines)], strict=True)}
     records = []
     for (point, label, scenario), row in zip(tasks, rows[len(baselines) :], strict=True):
@@ -178,10 +189,16 @@ def sweep_tasks(
 
 
 def run_sweep(
-    path: str | Path, grid: Sequence[str], overrides: Sequence[str] = (), workers: int = 0, progress=False
+    path: str | Path,
+    grid: Sequence[str],
+    overrides: Sequence[str] = (),
+    workers: int = 0,
+    progress=False,
+    scheduler: str | None = None,
 ):
-    """Sweep a scenario file over ``--grid`` axes (see parse_grid)."""
-    return sweep_tasks(build_tasks(read_scenario_file(path), grid, overrides), workers, progress)
+    """Sweep a scenario file over ``--grid`` axes (see parse_grid); ``scheduler``: a Dask scheduler address."""
+    tasks = build_tasks(read_scenario_file(path), grid, overrides)
+    return sweep_tasks(tasks, workers, progress, scheduler)
 
 
 def write_table(frame, out: str | Path) -> Path:
