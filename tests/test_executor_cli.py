@@ -1,0 +1,66 @@
+"""`spdsim exec` commands through typer's CliRunner on tiny models (CPU)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from executor.cli import app
+
+
+def test_cli_module_does_not_import_torch() -> None:
+    code = "import sys, executor.cli; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_run_ar_prints_summary() -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--model",
+            "random:tiny-qwen3",
+            "--prompts",
+            "gsm8k",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "6",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "tokens_per_s" in result.output
+
+
+def test_profile_writes_a_bundle(tmp_path: Path) -> None:
+    out = tmp_path / "bundle.json"
+    args = [
+        "profile",
+        "--model",
+        "random:tiny-llama",
+        "--kv-lens",
+        "16",
+        "--query-tokens",
+        "1",
+        "--iters",
+        "3",
+    ]
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["kind"] == "spdsim.profile"
+
+
+def test_bad_inputs_exit_2_with_one_line() -> None:
+    for args in (
+        ["run", "--model", "random:qwen3.5-4b"],
+        ["run", "--model", "random:tiny-qwen3", "--method", "medusa"],
+        ["run", "--model", "random:tiny-qwen3", "--prompts", "mmlu"],
+        ["profile", "--model", "random:tiny-qwen3", "--kv-lens", "a,b"],
+    ):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.output.strip().count("\n") == 0 and result.output.startswith("error:")

@@ -1,0 +1,71 @@
+"""Profile bundles: schema-valid, covering the grid, readable by the simulator's loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from executor.fastmodel import FastModel
+from executor.models import load_model
+from executor.profile import (
+    ProfileGrid,
+    build_bundle,
+    hardware_info,
+    profile_phases,
+    stage_layer_counts,
+    write_bundle,
+)
+from executor.timing import TimingStats
+from spdsim.profile_schema import PHASE_COORDINATES, load_profile
+
+
+def test_stage_layer_counts_of_a_36_layer_model() -> None:
+    assert stage_layer_counts(36, (1, 2, 4, 8)) == [36, 18, 9, 5, 4]
+    assert stage_layer_counts(30, (2, 4)) == [15, 8, 7]
+
+
+def test_timing_stats_quantiles() -> None:
+    stats = TimingStats.from_samples([float(v) for v in range(1, 12)])
+    assert (stats.median_us, stats.p10_us, stats.p90_us, stats.samples) == (6.0, 2.0, 10.0, 11)
+
+
+def test_bundle_from_a_cpu_profile_loads_in_the_simulator(tmp_path: Path) -> None:
+    model = FastModel.from_hf(load_model("random:tiny-llama").hf_model, max_seq_len=64)
+    grid = ProfileGrid(
+        stage_counts=(1, 2, 4),
+        query_tokens=(1, 2),
+        kv_lens=(16, 32),
+        head_query_tokens=(1, 3),
+        warmup=1,
+        iters=3,
+    )
+    phases = profile_phases(model, grid)
+    bundle = build_bundle(
+        model_name="random:tiny-llama",
+        model=model,
+        phases=phases,
+        hardware=hardware_info("cpu", 10.0),
+        source="test",
+    )
+    loaded = load_profile(write_bundle(tmp_path / "p.json", bundle))
+    assert loaded["model"]["num_layers"] == 4 and loaded["dtype"] == "float32"
+    layers = loaded["phases"]["layers"]
+    assert {(e["layers"], e["query_tokens"], e["kv_len"]) for e in layers} == {
+        (n, q, kv) for n in (4, 2, 1) for q in (1, 2) for kv in (16, 32)
+    }
+    assert [e["query_tokens"] for e in loaded["phases"]["head"]] == [1, 3]
+    for phase, entries in loaded["phases"].items():
+        assert phase in PHASE_COORDINATES
+        assert all(e["p10_us"] <= e["median_us"] <= e["p90_us"] and e["samples"] == 3 for e in entries)
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_bundle_rejects_what_the_schema_rejects() -> None:
+    model = FastModel.from_hf(load_model("random:tiny-qwen3").hf_model, max_seq_len=64)
+    from spdsim.profile_schema import ProfileError
+
+    with pytest.raises(ProfileError):
+        build_bundle(
+            model_name="x", model=model, phases={}, hardware=hardware_info("cpu", 1.0), source="test"
+        )
