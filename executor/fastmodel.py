@@ -335,7 +335,9 @@ class FastModel(nn.Module):
         """Compile the layer function once (all layers share its code: same shapes, weights are arguments)."""
         # One static-shape compile per (query tokens, KV window) class; stage/verify/profile grids need more
         # than dynamo's default limit of 8.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        config = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, limit, max(getattr(config, limit), 64))
         self._layer_fn = torch.compile(decoder_layer, mode=mode, dynamic=False, fullgraph=True)
 
     # -- properties -----------------------------------------------------------------------------------------
