@@ -204,3 +204,7 @@ def _profile(**kw) -> None:
     default = Path("studies/results/profiles") / f"{kw['model'].replace(':', '-')}_{tag}.json"
     path = write_bundle(kw["out"] or default, bundle)
     typer.echo(f"profile bundle: {path}")
+
+
+if __name__ == "__main__":
+    app()
