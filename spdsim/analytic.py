@@ -276,7 +276,7 @@ def _pipeline(scenario, latency, acceptance):
     new_tokens = scenario.workload.new_tokens
     alpha_saturated, alpha_refill = acceptance.spd_alphas()
     cycles = [np.asarray(c, dtype=np.float64) for c in costs.cycle_ns]
-    refill_ns = sum(cycles[a] for a in range(1, stages)) if stages > 1 else np.zeros(new_tokens + 1)
+    refill_ns = np.asarray(costs.refill_total_ns, dtype=np.float64)
     # P(verification c follows a fill/refill): p_0 = 1, p_{c+1} = P(reject at c)
     after_refill = np.empty(new_tokens + 1)
     after_refill[0] = 1.0

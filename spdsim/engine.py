@@ -57,13 +57,14 @@ class Recorder:
 
 
 class Jitter:
-    """Lognormal latency multipliers with mean 1 and the scenario's coefficient of variation."""
+    """Lognormal latency multipliers with mean 1 and the scenario's coefficient of variation (prefetched)."""
 
     def __init__(self, rng: np.random.Generator, cv: float):
         self.enabled = cv > 0
         self._rng = rng
         self._sigma = float(np.sqrt(np.log1p(cv * cv))) if self.enabled else 0.0
         self._mu = -0.5 * self._sigma**2
+        self._factors: list[float] = []
 
     def factors(self, shape: tuple[int, ...]) -> np.ndarray:
         """Multipliers of the given shape (all ones when jitter is off)."""
@@ -75,7 +76,9 @@ class Jitter:
         """One jittered phase latency (integer ns)."""
         if not self.enabled or latency_ns <= 0:
             return latency_ns
-        return int(latency_ns * self._rng.lognormal(self._mu, self._sigma) + 0.5)
+        if not self._factors:
+            self._factors = self._rng.lognormal(self._mu, self._sigma, size=_CHUNK).tolist()
+        return int(latency_ns * self._factors.pop() + 0.5)
 
 
 @dataclass(frozen=True)

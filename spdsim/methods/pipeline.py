@@ -62,6 +62,7 @@ class PipelineCosts:
     verify_ns: int  # head + sampling of a saturated cycle
     fixed_ns: int
     cycle_ns: tuple[list[int], ...]  # index a = 1..n (index 0 unused)
+    refill_total_ns: list[int]  # the n-1 fill/refill cycles back to back (a = 1..n-1)
 
 
 def pipeline_costs(scenario, latency) -> PipelineCosts:
@@ -94,10 +95,13 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
     drafter_member = draft + gather if own_drafter else np.zeros(kv.shape, dtype=np.int64)
     cycles = [[]]
     running_max = drafter_member
+    refill_total = np.zeros(kv.shape, dtype=np.int64)
     for active in range(1, stages + 1):
         running_max = np.maximum(running_max, stage_members[active - 1])
         total = control + running_max + fixed + (verify if active == stages else 0)
         cycles.append(total.tolist())
+        if active < stages:
+            refill_total += total
     return PipelineCosts(
         num_stages=stages,
         forward_ns=tuple(f.tolist() for f in forwards),
@@ -109,6 +113,7 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
         verify_ns=int(verify),
         fixed_ns=int(fixed),
         cycle_ns=tuple(cycles),
+        refill_total_ns=refill_total.tolist(),
     )
 
 
@@ -125,28 +130,26 @@ def _early_exit_extra_ns(scenario, latency, stage0_layers: int, kv) -> np.ndarra
 def run_request(env, context, request, streams):
     scenario = context.scenario
     costs = pipeline_costs(scenario, context.latency)
-    stages = costs.num_stages
     recorder = context.recorder
     jitter = streams.jitter
-    record = recorder.record_intervals
-    exact = not jitter.enabled and not record
     stream = context.acceptance.stream(streams.acceptance, request, 1)
-    cycle_ns = costs.cycle_ns
     new_tokens = scenario.workload.new_tokens
+    if not jitter.enabled and not recorder.record_intervals:
+        yield from _run_deterministic(env, recorder, stream, costs, request, new_tokens)
+        return
+    stages = costs.num_stages
+    record = recorder.record_intervals
     history: deque = deque(maxlen=max(stages - 1, 1))
     committed = cycle = 0
     active = 1  # the prefill token enters stage 0: n-1 fill cycles first
     after_refill = True
     timeout = env.timeout
     while committed < new_tokens:
-        if exact:
-            yield timeout(cycle_ns[active][committed])
-        else:
-            start = int(env.now)
-            duration, spans = _cycle_spans(costs, active, committed, jitter)
-            yield timeout(duration)
-            if record:
-                history.append(_record_cycle(recorder, spans, start, request, cycle))
+        start = int(env.now)
+        duration, spans = _cycle_spans(costs, active, committed, jitter)
+        yield timeout(duration)
+        if record:
+            history.append(_record_cycle(recorder, spans, start, request, cycle))
         cycle += 1
         if active < stages:
             active += 1
@@ -164,6 +167,38 @@ def run_request(env, context, request, streams):
                 _flush(recorder, history, stages)
             history.clear()
             active = 1
+    recorder.iterations += cycle
+
+
+def _run_deterministic(env, recorder, stream, costs: PipelineCosts, request, new_tokens):
+    """Fixed latencies, no interval recording: the silent fill/refill cycles (nothing commits, nothing is
+    recorded) are folded into the timeout of the verify cycle that follows them; one event per token."""
+    stages = costs.num_stages
+    saturated = costs.cycle_ns[stages]
+    refill_total = costs.refill_total_ns
+    timeout = env.timeout
+    verification = recorder.verification
+    commit = recorder.commit
+    accept = stream.spd_accept
+    committed = 0
+    cycle = stages - 1  # index of the first verify cycle, after n-1 fill cycles
+    pending = refill_total[0]
+    after_refill = True
+    while committed < new_tokens:
+        yield timeout(pending + saturated[committed])
+        accepted = accept(after_refill)
+        now = env.now
+        verification(request, cycle, now, 1, int(accepted), "refill" if after_refill else "saturated")
+        commit(request, committed, now, cycle, accepted)
+        committed += 1
+        cycle += 1
+        if accepted or committed == new_tokens:
+            pending = 0
+            after_refill = False
+        else:
+            pending = refill_total[committed]
+            cycle += stages - 1
+            after_refill = True
     recorder.iterations += cycle
 
 
