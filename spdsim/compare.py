@@ -91,12 +91,14 @@ def format_cell(value: Any, pattern: str) -> str:
 def render_table(outcomes: list[RunOutcome], title: str = ""):
     """A rich Table of the summaries (pipeline-only columns show '-' for other methods)."""
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title or None, header_style="bold")
+    table = Table(title=Text(title) if title else None, header_style="bold")
     for key, header, _ in TABLE_COLUMNS:
         table.add_column(header, justify="left" if key == "label" else "right", no_wrap=True)
     for outcome in outcomes:
-        table.add_row(*(format_cell(outcome.summary.get(key), pattern) for key, _, pattern in TABLE_COLUMNS))
+        cells = (format_cell(outcome.summary.get(key), pattern) for key, _, pattern in TABLE_COLUMNS)
+        table.add_row(*(Text(cell) for cell in cells))  # Text: labels like "x [roofline]" are not markup
     return table
 
 

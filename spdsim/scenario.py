@@ -33,7 +33,7 @@ from spdsim.config import (
     Workload,
 )
 from spdsim.errors import SpdsimError
-from spdsim.presets import AcceptancePreset, get_hardware, get_model, get_preset, load_presets
+from spdsim.presets import AcceptancePreset, get_hardware, get_model, get_preset, load_presets, model_names
 from spdsim.profile_schema import load_profile
 
 try:
@@ -426,9 +426,13 @@ def default_label(method: MethodSpec) -> str:
 
 
 def _apply_acceptance_preset(run: dict[str, Any], preset: AcceptancePreset) -> None:
+    """The preset's acceptance, the method knobs it was measured at and, if embedded, its model's shape."""
     run["acceptance"] = {"preset": preset.name}
     method = run.setdefault("method", {})
     method.update({k: v for k, v in preset.method.items()})
+    model = preset.name.split("/", 1)[0]
+    if model in model_names():
+        run["model"] = model
 
 
 def load_runs(
@@ -457,27 +461,43 @@ def load_runs(
     if acceptance:
         preset = get_preset(acceptance, presets)
         targets = [
-            run for _, run in labelled if run.get("method", {}).get("name", "spd") == preset.method["name"]
+            i
+            for i, (_, run) in enumerate(labelled)
+            if run.get("method", {}).get("name", "spd") == preset.method["name"]
         ]
         _check(
             bool(targets),
             f"--acceptance: preset '{acceptance}' is for method '{preset.method['name']}', which no run uses",
         )
-        for run in targets:
-            _apply_acceptance_preset(run, preset)
+        for index in targets:
+            _apply_acceptance_preset(labelled[index][1], preset)
+            labelled[index] = ("", labelled[index][1])  # its knobs changed: label it afresh
     if profile:
-        bundle = load_profile(profile)
-        for _, run in labelled:
-            run["latency"] = {**run.get("latency", {}), "kind": "measured", "profile_path": str(profile)}
-            run["model"] = {
-                k: v for k, v in bundle["model"].items() if k in {f.name for f in fields(ModelShape)}
-            }
+        labelled = _apply_profile(labelled, profile)
     named = []
     for label, run in labelled:
         run = apply_overrides(run, overrides)
         scenario = build_scenario(run, presets)
         named.append(NamedScenario(label or default_label(scenario.method), scenario))
     return _unique_labels(named)
+
+
+def _apply_profile(
+    labelled: list[tuple[str, dict[str, Any]]], profile: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """Measured latencies (and the measured model's shape) for every run; a profile holds one GPU, so
+    tensor-parallel runs keep the roofline (of the same shape) and say so in their label."""
+    bundle = load_profile(profile)
+    shape = {k: v for k, v in bundle["model"].items() if k in {f.name for f in fields(ModelShape)}}
+    updated = []
+    for label, run in labelled:
+        run["model"] = dict(shape)
+        if run.get("method", {}).get("tensor_parallel", 1) > 1:
+            label = f"{label or default_label(_build_section(MethodSpec, run.get('method', {}), 'method'))} [roofline]"
+        else:
+            run["latency"] = {**run.get("latency", {}), "kind": "measured", "profile_path": str(profile)}
+        updated.append((label, run))
+    return updated
 
 
 def _select_methods(labelled: list[tuple[str, dict[str, Any]]], methods: tuple[str, ...] | list[str]):

@@ -229,3 +229,75 @@ def test_simulate_never_imports_torch(tmp_path):
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
+
+
+def _roofline_profile(path):
+    """A schema-v1 bundle tabulating the default roofline (linear in kv_len, so interpolation is exact)."""
+    from spdsim.latency import build_latency_model
+    from spdsim.scenario import load_runs
+
+    scenario = load_runs(methods=["spd"])[0].scenario
+    lat = build_latency_model(scenario)
+
+    def entry(ns, **coords):
+        return {**coords, "median_us": ns / 1000, "p10_us": ns / 1000, "p90_us": ns / 1000, "samples": 1}
+
+    phases = {
+        "layers": [
+            entry(int(lat.layers_ns(layers, q, kv)), layers=layers, query_tokens=q, kv_len=kv)
+            for layers in (1, 4, 32)
+            for q in (1, 16)
+            for kv in (0, 4096)
+        ],
+        "embed": [entry(lat.embed_ns(q), query_tokens=q) for q in (1, 16)],
+        "head": [entry(lat.head_ns(q), query_tokens=q) for q in (1, 16)],
+        "drafter": [
+            entry(int(lat.pdm_ns(s, q, kv)), spec_layers=s, query_tokens=q, kv_len=kv)
+            for s in (1, 4)
+            for q in (1, 17)
+            for kv in (0, 4096)
+        ],
+        "chain_draft": [
+            entry(int(lat.chain_draft_ns(d, kv)), draft_layers=d, kv_len=kv)
+            for d in (1, 8)
+            for kv in (0, 4096)
+        ],
+    }
+    model = {name: getattr(scenario.model, name) for name in scenario.model.__dataclass_fields__}
+    bundle = {
+        "schema_version": 1,
+        "kind": "spdsim.profile",
+        "hardware": {"name": "h100"},
+        "model": model,
+        "dtype": "bfloat16",
+        "software": {},
+        "date": "2026-11-22",
+        "source": "test: the roofline tabulated",
+        "phases": phases,
+    }
+    path.write_text(json.dumps(bundle))
+    return path
+
+
+def test_profile_bundle_drives_the_latency(tmp_path):
+    profile = _roofline_profile(tmp_path / "bundle.json")
+    args = ["compare", "--method", "spd", "--method", "ar", *SMALL]
+    result = invoke(*args, "--profile", str(profile), "--out", str(tmp_path / "measured"))
+    assert result.exit_code == 0, result.output
+    assert "ar-tp8 [roofline]" in result.stdout
+    assert invoke(*args, "--out", str(tmp_path / "roofline")).exit_code == 0
+    config = json.loads((tmp_path / "measured" / "config.json").read_text())
+    kinds = {run["label"]: run["latency"]["kind"] for run in config["runs"]}
+    assert kinds == {"spd-n8-l3": "measured", "ar": "measured", "ar-tp8 [roofline]": "roofline"}
+    measured, roofline = (
+        {r["label"]: r for r in json.loads((tmp_path / d / "summary.json").read_text())["runs"]}
+        for d in ("measured", "roofline")
+    )
+    for label in ("spd-n8-l3", "ar"):
+        assert measured[label]["tokens_per_s"] == pytest.approx(roofline[label]["tokens_per_s"], rel=1e-3)
+
+
+def test_acceptance_preset_of_another_model_switches_the_shape(tmp_path):
+    result = invoke("compare", "--method", "spd", *SMALL, "--acceptance", "qwen3.5-9b/humaneval/spd-n16-l2")
+    assert result.exit_code == 0, result.output
+    assert "spd-n16-l2" in result.stdout and "qwen3.5-9b on h100" in result.stdout
