@@ -1,0 +1,166 @@
+"""Point-to-point plumbing of the multi-process SPD: the control word, deadline-bounded waits, rank naming.
+
+Every receive and collective is issued asynchronously and then polled against a deadline, so a dead or stuck peer
+ends the run with one line naming the rank instead of a hang. The control word is a fixed-size int64 tensor
+broadcast by the controller at the start of every cycle (reference/spd.md §6: GO / DISCARD + crop / SHUTDOWN).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+# Control ops.
+OP_GO = 1  # one decode cycle: stages 0..active-1 forward their token
+OP_PREFILL = 2  # a new prompt: its ids follow in a second broadcast of `prompt_len` int64
+OP_END_PROMPT = 3  # the prompt is done: stages send their per-cycle timings and reset their caches
+OP_SHUTDOWN = 4
+CONTROL_FIELDS = ("op", "cycle", "active", "crop_len", "token", "position", "prompt_len", "cache_len")
+NO_CROP = -1
+
+
+class DistributedError(RuntimeError):
+    """A rank died, stalled or failed; the message is one line naming the rank."""
+
+
+@dataclass(frozen=True)
+class Control:
+    """One cycle's instruction. Stage s (< active) runs the token at ``position - s``; stage 0 embeds ``token``.
+    ``crop_len`` >= 0: discard in-flight work and crop every stage's KV cache to that length first."""
+
+    op: int
+    cycle: int = 0
+    active: int = 0
+    crop_len: int = NO_CROP
+    token: int = 0
+    position: int = 0
+    prompt_len: int = 0
+    cache_len: int = 0  # PREFILL: KV cache length every stage allocates (the same for all prompts of a run)
+
+    def encode(self, device: torch.device) -> torch.Tensor:
+        return torch.tensor(
+            [getattr(self, name) for name in CONTROL_FIELDS], dtype=torch.int64, device=device
+        )
+
+    @staticmethod
+    def decode(tensor: torch.Tensor) -> Control:
+        return Control(*tensor.tolist())
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Who is who: the controller's rank, and the rank of each stage (the controller may hold stage 0)."""
+
+    num_stages: int
+    colocated: (
+        bool  # controller and stage 0 share rank 0 (n ranks); else the controller is rank 0 (n+1 ranks)
+    )
+
+    @property
+    def world_size(self) -> int:
+        return self.num_stages if self.colocated else self.num_stages + 1
+
+    @property
+    def controller(self) -> int:
+        return 0
+
+    def stage_rank(self, stage: int) -> int:
+        return stage if self.colocated else stage + 1
+
+    def stage_of_rank(self, rank: int) -> int | None:
+        stage = rank if self.colocated else rank - 1
+        return stage if 0 <= stage < self.num_stages else None
+
+    def name(self, rank: int) -> str:
+        stage = self.stage_of_rank(rank)
+        if rank == self.controller and (stage is None or self.colocated):
+            return f"rank {rank} (controller{' + stage 0' if self.colocated else ''})"
+        return f"rank {rank} (stage {stage})"
+
+
+class Link:
+    """This rank's view of the process group: async sends/receives and deadline-bounded waits."""
+
+    def __init__(
+        self, rank: int, roles: Roles, device: torch.device, timeout_s: float, idle_timeout_s: float
+    ):
+        self.rank = rank
+        self.roles = roles
+        self.device = device
+        self.timeout_s = timeout_s
+        self.idle_timeout_s = idle_timeout_s  # stages waiting for the next prompt
+        self._pending_sends: list[tuple[object, int, torch.Tensor]] = []
+
+    def wait(self, work, peer: int, what: str, idle: bool = False) -> None:
+        """Block until ``work`` completes or the deadline passes; errors name ``peer``.
+
+        gloo: ``Work.wait(timeout)`` (its p2p works never report completion to ``is_completed``); NCCL: poll
+        ``is_completed`` (a plain ``wait`` only orders streams, it does not block the host)."""
+        limit = self.idle_timeout_s if idle else self.timeout_s
+        try:
+            if self.device.type == "cuda":
+                deadline = time.monotonic() + limit
+                spins = 0
+                while not work.is_completed():
+                    if time.monotonic() > deadline:
+                        raise TimeoutError
+                    spins += 1
+                    time.sleep(0 if spins < 2000 else 1e-4)
+                work.wait()
+            else:
+                work.wait(timeout=timedelta(seconds=limit))
+        except Exception as exc:  # a timeout or a broken connection: say which peer it was
+            text = " ".join(str(exc).split())
+            if isinstance(exc, TimeoutError) or "timed out" in text.lower() or "timeout" in text.lower():
+                raise DistributedError(
+                    f"{self.roles.name(self.rank)}: no answer from {self.roles.name(peer)} within "
+                    f"{limit:g} s ({what})"
+                ) from None
+            raise DistributedError(
+                f"{self.roles.name(self.rank)}: lost {self.roles.name(peer)} ({what}): {text[:160]}"
+            ) from None
+
+    def broadcast_control(self, control: Control | None, idle: bool = False) -> Control:
+        """The controller sends ``control``; the others receive it (deadline-bounded; ``idle``: between prompts)."""
+        tensor = (
+            control.encode(self.device)
+            if control is not None
+            else torch.empty(len(CONTROL_FIELDS), dtype=torch.int64, device=self.device)
+        )
+        work = dist.broadcast(tensor, src=self.roles.controller, async_op=True)
+        self.wait(work, self.roles.controller, "control broadcast", idle)
+        return control if control is not None else Control.decode(tensor)
+
+    def broadcast_ids(self, ids: torch.Tensor | None, length: int) -> torch.Tensor:
+        tensor = ids if ids is not None else torch.empty(length, dtype=torch.int64, device=self.device)
+        work = dist.broadcast(tensor, src=self.roles.controller, async_op=True)
+        self.wait(work, self.roles.controller, "prompt broadcast")
+        return tensor
+
+    def exchange(self, sends: list[tuple[torch.Tensor, int]], recvs: list[tuple[torch.Tensor, int]]) -> list:
+        """Post sends and receives together (one NCCL group: no ordering deadlock); returns receive handles.
+
+        Send handles are kept and awaited by ``flush_sends`` (the tensors stay referenced until then)."""
+        ops = [dist.P2POp(dist.isend, tensor, peer) for tensor, peer in sends]
+        ops += [dist.P2POp(dist.irecv, tensor, peer) for tensor, peer in recvs]
+        if not ops:
+            return []
+        works = dist.batch_isend_irecv(ops)
+        if len(works) != len(ops):  # NCCL may return one work for the whole group
+            works = works * len(ops) if len(works) == 1 else works
+        for (tensor, peer), work in zip(sends, works[: len(sends)], strict=True):
+            self._pending_sends.append((work, peer, tensor))
+        return [(work, peer) for work, (_, peer) in zip(works[len(sends) :], recvs, strict=True)]
+
+    def wait_recvs(self, handles: list, what: str) -> None:
+        for work, peer in handles:
+            self.wait(work, peer, what)
+
+    def flush_sends(self, what: str = "send") -> None:
+        for work, peer, _tensor in self._pending_sends:
+            self.wait(work, peer, what)
+        self._pending_sends.clear()

@@ -1,0 +1,316 @@
+"""Launch the multi-process SPD without torchrun: one spawned process per rank on 127.0.0.1 and a free port.
+
+NCCL with one GPU per rank when enough GPUs are visible, gloo on the CPU otherwise; the same code path. The
+parent watches its children: a rank that dies (or reports an error) ends the run with one line naming it, and the
+other ranks are stopped. Ranks bound every wait by ``timeout_s``, so a stuck rank is named by its peers.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from executor.distributed.comm import DistributedError, Link, Roles
+from executor.schedules.common import DecodeOptions, RunResult, as_prompts
+from spdsim.errors import SpdsimError
+
+BACKENDS = ("auto", "nccl", "gloo")
+FAULTS = ("kill", "stall")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """How every rank builds the same model: a model spec (``random:<preset>``, ``smollm2-135m``, a path), or
+    ``config:<qwen3|llama>`` with ``hf_config`` fields for tiny test models; the same seed gives the same weights."""
+
+    spec: str
+    dtype: str = "float32"
+    seed: int = 0
+    max_seq_len: int = 4096
+    hf_config: tuple[tuple[str, Any], ...] = ()
+
+    def build(self, device):
+        import torch
+
+        if not self.spec.startswith("config:"):
+            from executor.models import load_fast_model
+
+            model, loaded = load_fast_model(
+                self.spec, device=device, dtype=self.dtype, seed=self.seed, max_seq_len=self.max_seq_len
+            )
+            del loaded
+            return model
+        from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+        from executor.fastmodel import FastModel
+        from executor.models import _torch_dtype
+
+        family = self.spec.split(":", 1)[1]
+        config_cls, model_cls = (
+            (Qwen3Config, Qwen3ForCausalLM) if family == "qwen3" else (LlamaConfig, LlamaForCausalLM)
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            hf = model_cls(config_cls(**dict(self.hf_config))).eval()
+        return FastModel.from_hf(
+            hf, device=device, dtype=_torch_dtype(self.dtype), max_seq_len=self.max_seq_len
+        )
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    """Pipeline shape, placement and robustness knobs of one distributed run."""
+
+    num_stages: int = 2
+    stage_layers: tuple[int, ...] | None = None
+    colocated: bool = True  # drafter + verification on stage 0's rank (n ranks); else its own rank (n+1)
+    backend: str = "auto"
+    timeout_s: float = 60.0  # any one wait inside a run
+    idle_timeout_s: float = 900.0  # stages waiting for the next prompt (controller loading, AR baseline, ...)
+    spec_layers: int = 1
+    aggr_feature_bound: str = "auto"
+    head: str | None = None  # v11 checkpoint; None: an untrained drafter seeded from the job's seed
+    use_graphs: bool = True  # CUDA graphs for stage steps (GPU only)
+    with_ar: bool = False  # also decode the prompts with AR on the controller's device (same session)
+    fault: tuple[str, int, int] | None = None  # ("kill" | "stall", rank, cycle): fault injection for tests
+
+    @property
+    def roles(self) -> Roles:
+        stages = len(self.stage_layers) if self.stage_layers else self.num_stages
+        return Roles(stages, self.colocated)
+
+
+@dataclass(frozen=True)
+class DistributedRun:
+    ar: RunResult | None
+    spd: tuple[RunResult, ...]
+    world_size: int
+    backend: str
+    extra: dict = field(default_factory=dict)
+
+
+def pick_backend(requested: str, world_size: int) -> str:
+    import torch
+
+    if requested not in BACKENDS:
+        raise SpdsimError(f"backend: unknown '{requested}' (allowed: {', '.join(BACKENDS)})")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if requested == "nccl" and gpus < world_size:
+        raise SpdsimError(f"backend nccl: {world_size} ranks need {world_size} GPUs, {gpus} visible")
+    if requested == "auto":
+        return "nccl" if gpus >= world_size else "gloo"
+    return requested
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_distributed(
+    source: ModelSource, prompts, config: DistributedConfig, jobs: list[DecodeOptions]
+) -> DistributedRun:
+    """Decode ``prompts`` once per job (e.g. one per synthetic α) on a freshly launched process group."""
+    import torch.multiprocessing as mp
+
+    roles = config.roles
+    if roles.num_stages < 2:
+        raise SpdsimError(f"stages: the distributed pipeline needs n >= 2, got {roles.num_stages}")
+    if config.fault is not None and config.fault[0] not in FAULTS:
+        raise SpdsimError(f"fault: unknown '{config.fault[0]}' (allowed: {', '.join(FAULTS)})")
+    for job in jobs:
+        job.validate()
+    prompt_list = as_prompts(prompts)
+    backend = pick_backend(config.backend, roles.world_size)
+    port = free_port()
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    processes = []
+    for rank in range(roles.world_size):
+        args = (rank, port, backend, source, prompt_list, config, list(jobs), results)
+        process = context.Process(target=_rank_main, args=args, daemon=True)
+        process.start()
+        processes.append(process)
+    try:
+        payload = _supervise(processes, results, roles)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGKILL)
+            process.join(timeout=5)
+    return DistributedRun(payload["ar"], tuple(payload["spd"]), roles.world_size, backend)
+
+
+def _supervise(processes, results, roles: Roles) -> dict:
+    """Wait for the controller's payload; the first death or error ends the run with one line."""
+    payload = None
+    errors: list[str] = []
+    deaths: list[str] = []
+    first_failure = None
+    while True:
+        try:
+            kind, rank, body = results.get(timeout=0.05)
+            if kind == "result":
+                payload = body
+            elif kind == "error":
+                errors.append(body)
+                first_failure = first_failure or time.monotonic()
+        except queue.Empty:
+            pass
+        for rank, process in enumerate(processes):
+            code = process.exitcode
+            if code not in (None, 0) and not any(roles.name(rank) in d for d in deaths):
+                how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+                deaths.append(f"{roles.name(rank)} died ({how})")
+                first_failure = first_failure or time.monotonic()
+        if first_failure is not None and time.monotonic() - first_failure > 0.5:
+            killed = [d for d in deaths if "signal" in d]
+            raise DistributedError((killed or errors or deaths)[0])
+        if payload is not None and all(p.exitcode == 0 for p in processes):
+            return payload
+
+
+def _rank_main(rank, port, backend, source, prompts, config, jobs, results) -> None:
+    """Entry point of one rank (a spawned process)."""
+    import torch
+    import torch.distributed as dist
+
+    roles = config.roles
+    try:
+        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+        os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+        if backend == "nccl":
+            device = torch.device("cuda", rank)
+            torch.cuda.set_device(device)
+        else:
+            device = torch.device("cpu")
+            torch.set_num_threads(1)
+        dist.init_process_group(
+            backend,
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=roles.world_size,
+            timeout=timedelta(seconds=max(config.idle_timeout_s, config.timeout_s) + 60),
+        )
+        link = Link(rank, roles, device, config.timeout_s, config.idle_timeout_s)
+        payload = _serve(rank, roles, link, source, prompts, config, jobs, device)
+        results.put(("result" if payload is not None else "done", rank, payload))
+        dist.destroy_process_group()
+    except DistributedError as exc:
+        _fail(results, rank, str(exc))
+    except Exception as exc:  # anything else: one line naming the rank, the traceback on stderr
+        traceback.print_exc()
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        _fail(results, rank, f"{roles.name(rank)} failed: {message}")
+
+
+def _fail(results, rank: int, message: str) -> None:
+    """Report and leave at once (a broken process group can hang in its destructors)."""
+    results.put(("error", rank, message))
+    results.close()
+    results.join_thread()
+    os._exit(1)
+
+
+def _serve(rank, roles, link, source, prompts, config, jobs, device):
+    import torch
+
+    from executor.distributed.controller import Controller, run_cache_length
+    from executor.distributed.worker import StageRunner, stage_anchors, worker_loop
+    from executor.stages import split_layers
+
+    with torch.inference_mode():
+        model = source.build(device)
+        split = split_layers(model.num_layers, roles.num_stages, config.stage_layers)
+        seed = jobs[0].seed if jobs else 0
+        anchors = _anchor_indices(model, split, config, seed)
+        stage = roles.stage_of_rank(rank)
+        runner = None
+        if stage is not None:
+            runner = StageRunner(
+                model, split, stage, stage_anchors(anchors, split, stage), link, config.use_graphs
+            )
+        if rank != roles.controller:
+            worker_loop(runner, config.fault if config.fault and config.fault[1] == rank else None)
+            return None
+        drafter = build_drafter(model, split, config, seed)
+        controller = Controller(model, drafter, split, link, runner)
+        ar = None
+        if config.with_ar:
+            from executor.schedules.dispatch import run_ar
+
+            base = dict(asdict(jobs[0]), synthetic_alpha=None)
+            ar = run_ar(model, prompts, DecodeOptions(**base), use_graphs=config.use_graphs)
+        runs = []
+        for job in jobs:
+            cache_len = run_cache_length(model, prompts, job, split.num_stages)
+            prompt_runs = tuple(
+                controller.run_prompt(prompt, index, job, cache_len) for index, prompt in enumerate(prompts)
+            )
+            runs.append(
+                RunResult("spd", _run_config(split, drafter, config, job, roles), prompt_runs, str(device))
+            )
+        controller.shutdown()
+        return {"ar": ar, "spd": runs}
+
+
+def _anchor_indices(model, split, config, seed) -> tuple[int, ...]:
+    return build_drafter(model, split, config, seed, meta=True)
+
+
+def build_drafter(model, split, config: DistributedConfig, seed: int, meta: bool = False):
+    """The v11 drafter the run uses (loaded, or untrained and seeded); ``meta``: only its anchor indices."""
+    import torch
+
+    from executor.heads.checkpoint import load_spd_checkpoint
+    from executor.heads.layers import base_config_of
+    from executor.heads.spd_v11 import SpdHeadConfig, SpeculationModuleV11
+
+    base = base_config_of(model)
+    if config.head is not None:
+        drafter = load_spd_checkpoint(config.head, base, final_norm_weight=model.norm.detach().cpu())
+        if meta:
+            return drafter.anchor_indices
+    else:
+        head = SpdHeadConfig.build(
+            base,
+            num_stages=split.num_stages,
+            num_spec_layers=int(config.spec_layers),
+            aggr_feature_bound=config.aggr_feature_bound,
+            stage_layers=split.layer_counts,
+        )
+        if meta:
+            return head.aggr_feature_bound
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            drafter = SpeculationModuleV11(base, head)
+        lm_head = model.embed_tokens if model.lm_head_weight is None else model.lm_head_weight
+        drafter.attach_base(model.norm.detach().cpu().float(), lm_head.detach().cpu().float())
+    from executor.schedules.spd import check_drafter
+
+    drafter = drafter.to(device=model.device, dtype=model.dtype).eval()
+    check_drafter(model, drafter, split)
+    return drafter
+
+
+def _run_config(split, drafter, config: DistributedConfig, job: DecodeOptions, roles: Roles) -> dict:
+    head = drafter.head_config
+    return {
+        "method": "spd",
+        "stages": split.num_stages,
+        "stage_layers": list(split.layer_counts),
+        "spec_layers": head.num_spec_layers,
+        "aggr_feature_bound": list(head.aggr_feature_bound),
+        "distributed": True,
+        "drafter": "colocated" if config.colocated else "own",
+        "world_size": roles.world_size,
+        **asdict(job),
+    }
