@@ -32,15 +32,30 @@ class Recorder:
         self.intervals: list[list] = []
         self.verifications: list[tuple] = []
         self.iterations = 0
+        self.busy_ns: dict[str, int] = {}  # totals kept by schedules that skip interval recording
 
     def interval(
         self, resource: str, start_ns: int, end_ns: int, kind: str, label: str, request: int, iteration: int
     ) -> int:
-        """Record a busy span (skipped when empty or not recording); returns its index for a later relabel."""
-        if not self.record_intervals or end_ns <= start_ns:
+        """Record a busy span (skipped when empty; only totalled when not recording); returns its index for a
+        later relabel, or -1."""
+        if end_ns <= start_ns:
+            return -1
+        if not self.record_intervals:
+            self.add_busy(resource, end_ns - start_ns)
             return -1
         self.intervals.append([resource, start_ns, end_ns, kind, label, request, iteration])
         return len(self.intervals) - 1
+
+    def add_busy(self, resource: str, duration_ns: int) -> None:
+        self.busy_ns[resource] = self.busy_ns.get(resource, 0) + duration_ns
+
+    def resource_busy(self) -> tuple[tuple[str, int], ...]:
+        """Busy totals per resource: from the recorded intervals, else from the schedules' running totals."""
+        totals = dict(self.busy_ns)
+        for resource, start_ns, end_ns, *_ in self.intervals:
+            totals[resource] = totals.get(resource, 0) + end_ns - start_ns
+        return tuple(sorted(totals.items()))
 
     def relabel(self, index: int, kind: str) -> None:
         """Change a recorded span's kind (e.g. to FLUSHED when its token is discarded)."""
@@ -148,4 +163,5 @@ def simulate(scenario: Scenario, *, record_intervals: bool = True) -> Result:
         gpus=method.gpus(scenario),
         end_ns=int(env.now),
         request_start_ns=tuple(starts),
+        resource_busy_ns=recorder.resource_busy(),
     )

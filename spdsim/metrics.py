@@ -68,26 +68,28 @@ def num_stages(result: Result) -> int:
 
 
 def bubble_fraction(result: Result) -> float | None:
-    """1 - mean busy fraction of the pipeline stages over decode time (None without recorded intervals)."""
-    if not result.intervals:
+    """1 - mean busy fraction of the pipeline stages over decode time (None without busy data)."""
+    busy = dict(result.resource_busy_ns) if result.resource_busy_ns else _busy_from_intervals(result)
+    if not busy:
         return None
-    busy = defaultdict(int)
-    for interval in result.intervals:
-        if interval.resource.startswith("stage"):
-            busy[interval.resource] += interval.end_ns - interval.start_ns
     stages = num_stages(result)
     duration_ns = decode_ns(result)
-    mean_busy = sum(busy[f"stage{s}"] for s in range(stages)) / (stages * duration_ns)
+    mean_busy = sum(busy.get(f"stage{s}", 0) for s in range(stages)) / (stages * duration_ns)
     return 1.0 - mean_busy
 
 
 def stage_busy_fractions(result: Result) -> dict[str, float]:
-    """Busy fraction of every recorded resource over decode time."""
-    busy = defaultdict(int)
-    for interval in result.intervals:
-        busy[interval.resource] += interval.end_ns - interval.start_ns
+    """Busy fraction of every resource over decode time."""
+    busy = dict(result.resource_busy_ns) if result.resource_busy_ns else _busy_from_intervals(result)
     duration_ns = decode_ns(result)
     return {resource: busy[resource] / duration_ns for resource in sorted(busy)}
+
+
+def _busy_from_intervals(result: Result) -> dict[str, int]:
+    busy: dict[str, int] = defaultdict(int)
+    for interval in result.intervals:
+        busy[interval.resource] += interval.end_ns - interval.start_ns
+    return dict(busy)
 
 
 def per_token_rows(result: Result) -> list[dict[str, Any]]:

@@ -62,3 +62,5 @@ class Result:
     gpus: int  # GPUs the method occupies
     end_ns: int
     request_start_ns: tuple[int, ...]  # decode start of each request (after prefill)
+    # total busy time per resource, sorted by name; filled even when intervals are not recorded (pipelines)
+    resource_busy_ns: tuple[tuple[str, int], ...] = ()

@@ -174,3 +174,17 @@ def test_stage_split_even_or_explicit():
     assert result.tokens[-1].commit_ns - result.tokens[-2].commit_ns == 10_000
     with pytest.raises(SpdsimError, match="num_stages"):
         stage_layer_counts(replace(scenario, method=replace(scenario.method, num_stages=5)))
+
+
+@pytest.mark.parametrize("placement", ["own-gpu", "stage0"])
+@pytest.mark.parametrize(("name", "alpha", "stages"), [("spd", 0.7, 4), ("spd", 0.3, 8), ("ppsd", 0.8, 2)])
+def test_busy_totals_without_intervals_equal_the_recorded_ones(name, alpha, stages, placement):
+    """The deterministic fast path keeps per-resource busy totals that match the interval record exactly."""
+    scenario = ideal(name, alpha, stages, new_tokens=120, requests=2, drafter_placement=placement)
+    overheads = Overheads(control_ns=70, p2p_ns=30, gather_ns=20, fixed_cycle_ns=10, drafter_contention=1.25)
+    scenario = replace(scenario, overheads=overheads, latency=replace(scenario.latency, embed_ns=300))
+    recorded, fast = simulate(scenario), simulate(scenario, record_intervals=False)
+    assert fast.tokens == recorded.tokens and fast.iterations == recorded.iterations
+    assert fast.resource_busy_ns == recorded.resource_busy_ns
+    jittered = replace(scenario, overheads=replace(overheads, jitter_cv=0.3))
+    assert simulate(jittered, record_intervals=False).resource_busy_ns == simulate(jittered).resource_busy_ns

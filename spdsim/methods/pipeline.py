@@ -148,8 +148,7 @@ def run_request(env, context, request, streams):
         start = int(env.now)
         duration, spans = _cycle_spans(costs, active, committed, jitter)
         yield timeout(duration)
-        if record:
-            history.append(_record_cycle(recorder, spans, start, request, cycle))
+        history.append(_record_cycle(recorder, spans, start, request, cycle))
         cycle += 1
         if active < stages:
             active += 1
@@ -184,6 +183,7 @@ def _run_deterministic(env, recorder, stream, costs: PipelineCosts, request, new
     cycle = stages - 1  # index of the first verify cycle, after n-1 fill cycles
     pending = refill_total[0]
     after_refill = True
+    refills_at = [0]  # committed counts at which a fill/refill block ran
     while committed < new_tokens:
         yield timeout(pending + saturated[committed])
         accepted = accept(after_refill)
@@ -197,9 +197,38 @@ def _run_deterministic(env, recorder, stream, costs: PipelineCosts, request, new
             after_refill = False
         else:
             pending = refill_total[committed]
+            refills_at.append(committed)
             cycle += stages - 1
             after_refill = True
     recorder.iterations += cycle
+    _add_busy_totals(recorder, costs, new_tokens, refills_at)
+
+
+def _add_busy_totals(recorder, costs: PipelineCosts, new_tokens: int, refills_at: list[int]) -> None:
+    """Busy time per resource of a deterministic run: every stage works in each verify cycle; in a
+    fill/refill block stage s works in n-1-s of the n-1 cycles; the drafter works in every cycle."""
+    stages = costs.num_stages
+    refills = np.asarray(refills_at, dtype=np.int64)
+    own_drafter = bool(costs.drafter_ns)
+    for s in range(stages):
+        member = np.asarray(costs.forward_ns[s], dtype=np.int64) + costs.send_ns
+        if s == 0:
+            member = (
+                member
+                + np.asarray(costs.stage0_draft_ns, dtype=np.int64)
+                + (0 if own_drafter else costs.gather_ns)
+            )
+        total = int(member[:new_tokens].sum()) + (stages - 1 - s) * int(member[refills].sum())
+        recorder.add_busy(f"stage{s}", total)
+    if own_drafter:
+        member = np.asarray(costs.drafter_ns, dtype=np.int64) + costs.gather_ns
+        drafter = int(member[:new_tokens].sum()) + (stages - 1) * int(member[refills].sum())
+        if drafter:
+            recorder.add_busy("drafter", drafter)
+    cycles = new_tokens + (stages - 1) * len(refills_at)
+    controller = cycles * (costs.control_ns + costs.fixed_ns) + new_tokens * costs.verify_ns
+    if controller:
+        recorder.add_busy("controller", controller)
 
 
 def _cycle_spans(costs: PipelineCosts, active: int, c: int, jitter):
