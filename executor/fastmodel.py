@@ -26,6 +26,9 @@ from torch import nn
 from executor.cache import KVCache
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+# Forwards of more new tokens than this (prefill) run the eager layer even after compile_layers(): every prompt
+# length would otherwise be one more static-shape compile.
+COMPILED_MAX_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -260,7 +263,7 @@ class FastModel(nn.Module):
         angles = torch.cat((freqs, freqs), dim=-1)
         self.register_buffer("rope_cos", angles.cos(), persistent=False)
         self.register_buffer("rope_sin", angles.sin(), persistent=False)
-        self._layer_fn: Callable[..., torch.Tensor] = decoder_layer
+        self._compiled_fn: Callable[..., torch.Tensor] | None = None
         self._layer_weights: list[LayerWeights] | None = None
 
     # -- construction ---------------------------------------------------------------------------------------
@@ -338,7 +341,10 @@ class FastModel(nn.Module):
         config = torch._dynamo.config
         limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
         setattr(config, limit, max(getattr(config, limit), 64))
-        self._layer_fn = torch.compile(decoder_layer, mode=mode, dynamic=False, fullgraph=True)
+        self._compiled_fn = torch.compile(decoder_layer, mode=mode, dynamic=False, fullgraph=True)
+
+    def uncompile_layers(self) -> None:
+        self._compiled_fn = None
 
     # -- properties -----------------------------------------------------------------------------------------
     @property
@@ -403,8 +409,10 @@ class FastModel(nn.Module):
         sin = self.rope_sin[positions]
         slots = torch.arange(window, device=positions.device)
         mask = torch.where(slots[None, :] <= positions[:, None], 0.0, float("-inf")).to(torch.float32)
+        small = hidden.shape[1] <= COMPILED_MAX_TOKENS
+        layer_fn = self._compiled_fn if self._compiled_fn is not None and small else decoder_layer
         for i in cache.layer_range(start_layer, end_layer):
-            hidden = self._layer_fn(
+            hidden = layer_fn(
                 hidden,
                 self.layer_weights(i),
                 self.shape,

@@ -125,11 +125,12 @@ class PhaseTimer:
         self.device = device
         self.grid = grid
         self.use_graphs = use_graphs and device.type == "cuda"
-        self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
 
     def time(self, fn: Callable[..., Any], *inputs: torch.Tensor) -> TimingStats:
         if self.use_graphs:
-            step = GraphedStep(fn, inputs, pool=self.pool)
+            # A private pool per graph: capturing into a shared pool after an earlier graph of it was freed trips
+            # an allocator assertion (seen on torch 2.11).
+            step = GraphedStep(fn, inputs)
             stats = time_callable(
                 step.graph.replay, device=self.device, warmup=self.grid.warmup, iters=self.grid.iters
             )

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from executor.cache import kv_bucket  # noqa: E402
-from executor.fastmodel import FastModel, decoder_layer  # noqa: E402
+from executor.fastmodel import FastModel  # noqa: E402
 from executor.graphs import GraphCache, GraphedStep  # noqa: E402
 from executor.models import load_model  # noqa: E402
 from executor.profile import (  # noqa: E402
@@ -184,7 +184,8 @@ def markdown(report: dict) -> str:
         "",
         f"Fast vs HF logits (bf16, 64-token prompt): relative L2 error {report.get('logit_rel_err', float('nan')):.2e}.",
         "",
-        f"## Per-stage latency (one token, CUDA graph, kv_len {report['fixed_kv_len']})",
+        f"## Per-stage latency (one token, CUDA graph, kv_len {report['fixed_kv_len']}; "
+        f"layers as in '{report.get('stage_variant', '')}')",
         "",
         "| n | stage | layers | median (us) | p10 (us) | p90 (us) |",
         "|---|---|---|---|---|---|",
@@ -202,6 +203,18 @@ def markdown(report: dict) -> str:
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, hardware: dict, out_dir: Path) -> Path:
+    """Rewritten after every variant, so a run cut short still leaves its figures."""
+    gpu_tag = hardware["name"].replace("nvidia-", "")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"bench_executor_ar_{gpu_tag}.json").write_text(
+        json.dumps(report, indent=1, default=str) + "\n"
+    )
+    path = out_dir / f"bench_executor_ar_{gpu_tag}.md"
+    path.write_text(markdown(report))
+    return path
 
 
 def main() -> int:
@@ -285,7 +298,7 @@ def main() -> int:
     for name, graphs, mode in variants:
         try:
             torch._dynamo.reset()
-            model._layer_fn = decoder_layer
+            model.uncompile_layers()
             started = time.perf_counter()
             if mode is not None:
                 model.compile_layers(None if mode == "default" else mode)
@@ -296,7 +309,10 @@ def main() -> int:
         except Exception as exc:  # noqa: BLE001
             traceback.print_exc()
             ar_rows.append({"variant": name, "error": repr(exc)[:300]})
+        report["ar"] = ar_rows
+        write_report(report, hardware, Path(args.out_dir))
     report["ar"] = ar_rows
+    report["stage_variant"] = next((r["variant"] for r in reversed(ar_rows) if "error" not in r), "")
     try:
         report["stages"] = stage_latencies(model, fixed_kv)
         report["head_verify"] = head_verify_latencies(model)

@@ -90,13 +90,16 @@ def test_smollm2_logits_match_transformers() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("spec", PRESETS)
 def test_gpu_bf16_and_compiled_layers_match(spec: str) -> None:
+    """bf16 error of the fast model (eager and compiled) stays within twice HF's own bf16 error vs float32."""
     fast, hf = _pair(spec, device="cuda", dtype="bfloat16")
-    tokens = torch.randint(0, fast.cfg.vocab_size, (1, 32), device="cuda")
-    positions = torch.arange(32, device="cuda")
+    hf32 = load_model(spec, device="cuda", dtype="float32", seed=3).hf_model
+    tokens = torch.randint(0, fast.cfg.vocab_size, (1, 8), device="cuda")
+    positions = torch.arange(8, device="cuda")
     with torch.no_grad():
-        ref = hf(tokens).logits
+        ref = hf32(tokens).logits
+        hf_error = _rel(hf(tokens).logits, ref)
         eager = fast(tokens, positions, fast.new_cache(256), kv_len=256)
         fast.compile_layers()
         compiled = fast(tokens, positions, fast.new_cache(256), kv_len=256)
-    assert _rel(eager, ref) < 2e-2
-    assert _rel(compiled, eager) < 2e-2
+    assert _rel(eager, ref) < 2 * hf_error + 1e-3
+    assert _rel(compiled, ref) < 2 * hf_error + 1e-3

@@ -122,7 +122,10 @@ def generate_ar(
     while len(tokens) < gen.max_new_tokens and tokens[-1] not in gen.stop_token_ids:
         kv_len = kv_bucket(len(prompt_ids) + len(tokens), cache.max_len)
         recorder.start()
-        logits = graphs.run(("ar", kv_len), decode_step_fn(model, cache, kv_len), token.view(1, 1), position)
+        # The captured step is bound to this cache (the closure keeps it alive, so its id stays unique).
+        logits = graphs.run(
+            ("ar", id(cache), kv_len), decode_step_fn(model, cache, kv_len), token.view(1, 1), position
+        )
         token = pick_token(logits, gen.sampling, generator)
         recorder.stop()
         position += 1
