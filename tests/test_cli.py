@@ -201,6 +201,12 @@ def test_malformed_files_through_the_cli(tmp_path):
     trace.write_text("prompt_id,verify_index\np,0\n")
     result = invoke("simulate", "--set", "acceptance.kind=trace", "--set", f"acceptance.trace_path={trace}")
     assert result.exit_code == 2 and "missing column" in result.stderr
+    profile = tmp_path / "bundle.json"
+    profile.write_text('{"schema_version": 1, "kind": "spdsim.profile"}')
+    result = invoke("simulate", "--profile", str(profile), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "profile: missing field 'hardware'" in result.stderr
+    result = invoke("simulate", "--set", "acceptance.alpha=nan", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "acceptance.alpha: must be in [0, 1] (got nan)" in result.stderr
     result = invoke("sweep", str(bad), "--grid", "seed=1", "--out", str(tmp_path / "s.txt"))
     assert result.exit_code == 2
     result = invoke("timeline", str(tmp_path), "--out", str(tmp_path / "t.gif"))
