@@ -19,9 +19,11 @@ from spdsim.methods.common import (
     VerifyTable,
     gpu_resources,
     kv_lengths,
+    record_serial_iteration,
     serial_overheads_ns,
+    verify_and_commit,
 )
-from spdsim.result import BUSY, COMM, DRAFT
+from spdsim.result import COMM, DRAFT
 
 _CHUNK = 1024
 
@@ -99,8 +101,8 @@ def run_specdecpp(env, context, request, streams):
         yield env.timeout(control + sum(drafts) + verify + serial)
         if recorder.record_intervals:
             spans = [(COMM, "control", control)] + [(DRAFT, "draft", d) for d in drafts]
-            _record_serial(recorder, resources, start, spans, verify, serial, request, iteration)
-        committed = _verify(
+            record_serial_iteration(recorder, resources, start, spans, verify, serial, request, iteration)
+        committed = verify_and_commit(
             recorder, stream, request, iteration, int(env.now), drafted, committed, new_tokens
         )
         iteration += 1
@@ -149,8 +151,8 @@ def run_cascade(env, context, request, streams):
         serial = jitter.apply(serial_ns)
         yield env.timeout(sum(span for _, _, span in spans) + verify + serial)
         if recorder.record_intervals:
-            _record_serial(recorder, resources, start, spans, verify, serial, request, iteration)
-        committed = _verify(
+            record_serial_iteration(recorder, resources, start, spans, verify, serial, request, iteration)
+        committed = verify_and_commit(
             recorder, stream, request, iteration, int(env.now), drafted, committed, new_tokens
         )
         iteration += 1
@@ -162,26 +164,6 @@ def _count_below(neg_survival: list[float], uniform: float, limit: int) -> int:
     while accepted < limit and -neg_survival[accepted] > uniform:
         accepted += 1
     return accepted
-
-
-def _record_serial(recorder, resources, start, spans, verify, serial, request, iteration):
-    cursor = start
-    for kind, label, span in spans:
-        recorder.interval(resources[0], cursor, cursor + span, kind, label, request, iteration)
-        cursor += span
-    for resource in resources:
-        recorder.interval(resource, cursor, cursor + verify, BUSY, "verify", request, iteration)
-    cursor += verify
-    recorder.interval(resources[0], cursor, cursor + serial, BUSY, "sample", request, iteration)
-
-
-def _verify(recorder, stream, request, iteration, now, drafted, committed, new_tokens) -> int:
-    accepted = stream.chain_accepted(drafted)
-    recorder.verification(request, iteration, now, drafted, accepted, "chain")
-    emit = min(accepted + 1, new_tokens - committed)
-    for offset in range(emit):
-        recorder.commit(request, committed + offset, now, iteration, offset < accepted)
-    return committed + emit
 
 
 def _tp_gpus(scenario) -> int:

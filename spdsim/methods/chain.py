@@ -12,9 +12,11 @@ from spdsim.methods.common import (
     draft_model_layers,
     gpu_resources,
     kv_lengths,
+    record_serial_iteration,
     serial_overheads_ns,
+    verify_and_commit,
 )
-from spdsim.result import BUSY, COMM, DRAFT
+from spdsim.result import COMM, DRAFT
 
 
 def chain_draft_pass_ns(scenario, latency) -> list[int]:
@@ -46,24 +48,12 @@ def run_draft_verify(env, context, request, streams, pass_ns, passes, drafted):
         verify = jitter.apply(verify_ns[committed])
         serial = jitter.apply(serial_ns)
         yield env.timeout(control + sum(draft_spans) + verify + serial)
-        now = int(env.now)
         if recorder.record_intervals:
-            cursor = start
-            recorder.interval(resources[0], cursor, cursor + control, COMM, "control", request, iteration)
-            cursor += control
-            for span in draft_spans:
-                recorder.interval(resources[0], cursor, cursor + span, DRAFT, "draft", request, iteration)
-                cursor += span
-            for resource in resources:
-                recorder.interval(resource, cursor, cursor + verify, BUSY, "verify", request, iteration)
-            cursor += verify
-            recorder.interval(resources[0], cursor, cursor + serial, BUSY, "sample", request, iteration)
-        accepted = stream.chain_accepted(drafted)
-        recorder.verification(request, iteration, now, drafted, accepted, "chain")
-        emit = min(accepted + 1, new_tokens - committed)
-        for offset in range(emit):
-            recorder.commit(request, committed + offset, now, iteration, offset < accepted)
-        committed += emit
+            spans = [(COMM, "control", control)] + [(DRAFT, "draft", span) for span in draft_spans]
+            record_serial_iteration(recorder, resources, start, spans, verify, serial, request, iteration)
+        committed = verify_and_commit(
+            recorder, stream, request, iteration, int(env.now), drafted, committed, new_tokens
+        )
         iteration += 1
     recorder.iterations += iteration
 

@@ -6,6 +6,7 @@ import numpy as np
 
 from spdsim.config import Scenario
 from spdsim.latency import LatencyModel
+from spdsim.result import BUSY
 
 
 def kv_lengths(scenario: Scenario) -> np.ndarray:
@@ -54,3 +55,27 @@ class VerifyTable:
             table = target_verify_ns(self._scenario, self._latency, query_tokens).tolist()
             self._by_query[query_tokens] = table
         return table
+
+
+def record_serial_iteration(recorder, resources, start, spans, verify, serial, request, iteration):
+    """Record a serial draft-then-verify iteration: ``spans`` (kind, label, ns) on the first GPU, then the
+    verify on every tensor-parallel GPU, then sampling."""
+    cursor = start
+    for kind, label, span in spans:
+        recorder.interval(resources[0], cursor, cursor + span, kind, label, request, iteration)
+        cursor += span
+    for resource in resources:
+        recorder.interval(resource, cursor, cursor + verify, BUSY, "verify", request, iteration)
+    cursor += verify
+    recorder.interval(resources[0], cursor, cursor + serial, BUSY, "sample", request, iteration)
+
+
+def verify_and_commit(recorder, stream, request, iteration, now, drafted, committed, new_tokens) -> int:
+    """Draw the accepted count, record the verification and commit accepted + 1 tokens (capped at the
+    request's length); returns the new committed count."""
+    accepted = stream.chain_accepted(drafted)
+    recorder.verification(request, iteration, now, drafted, accepted, "chain")
+    emit = min(accepted + 1, new_tokens - committed)
+    for offset in range(emit):
+        recorder.commit(request, committed + offset, now, iteration, offset < accepted)
+    return committed + emit

@@ -31,6 +31,10 @@ def stage_layer_counts(scenario) -> tuple[int, ...]:
     """Layers per stage: the explicit list, or an even split of L into n."""
     method = scenario.method
     if method.stage_layers:
+        if scenario.model is not None and sum(method.stage_layers) != scenario.model.num_layers:
+            raise SpdsimError(
+                f"method.stage_layers: sums to {sum(method.stage_layers)}, the model has {scenario.model.num_layers} layers"
+            )
         return tuple(method.stage_layers)
     if scenario.model is None:
         raise SpdsimError("scenario.model: SPD needs a model shape to split layers into stages")
@@ -144,11 +148,15 @@ def run_request(env, context, request, streams):
     active = 1  # the prefill token enters stage 0: n-1 fill cycles first
     after_refill = True
     timeout = env.timeout
+    busy = [0] * (stages + 2)  # stages, drafter, controller (totals when intervals are not recorded)
     while committed < new_tokens:
         start = int(env.now)
         duration, spans = _cycle_spans(costs, active, committed, jitter)
         yield timeout(duration)
-        history.append(_record_cycle(recorder, spans, start, request, cycle))
+        if record:
+            history.append(_record_cycle(recorder, spans, start, request, cycle))
+        else:
+            _total_cycle(busy, spans)
         cycle += 1
         if active < stages:
             active += 1
@@ -167,6 +175,20 @@ def run_request(env, context, request, streams):
             history.clear()
             active = 1
     recorder.iterations += cycle
+    for index, total in enumerate(busy):
+        if total:
+            name = f"stage{index}" if index < stages else ("drafter" if index == stages else "controller")
+            recorder.add_busy(name, total)
+
+
+def _total_cycle(busy: list[int], spans) -> None:
+    """Add one cycle's busy time per resource (same totals as the recorded spans)."""
+    control, stage_spans, drafter, slowest, verify, fixed = spans
+    for s, (forward, draft, gather, send) in enumerate(stage_spans):
+        busy[s] += forward + draft + gather + send
+    if drafter is not None:
+        busy[-2] += drafter[0] + drafter[1]
+    busy[-1] += control + verify + fixed
 
 
 def _run_deterministic(env, recorder, stream, costs: PipelineCosts, request, new_tokens):
