@@ -458,7 +458,9 @@ def load_runs(
         labelled.extend(runs)
     if methods:
         labelled = _select_methods(labelled, methods)
-    if acceptance:
+    if acceptance and acceptance.count("/") == 1 and acceptance not in presets:
+        _switch_dataset(labelled, acceptance, presets)
+    elif acceptance:
         preset = get_preset(acceptance, presets)
         targets = [
             i
@@ -480,6 +482,26 @@ def load_runs(
         scenario = build_scenario(run, presets)
         named.append(NamedScenario(label or default_label(scenario.method), scenario))
     return _unique_labels(named)
+
+
+def _switch_dataset(
+    labelled: list[tuple[str, dict[str, Any]]], model_dataset: str, presets: dict[str, AcceptancePreset]
+) -> None:
+    """``--acceptance MODEL/DATASET``: every run whose preset is ``MODEL/<any>/<config>`` moves to DATASET."""
+    model, dataset = model_dataset.split("/")
+    switched = 0
+    for _, run in labelled:
+        name = run.get("acceptance", {}).get("preset", "")
+        parts = name.split("/")
+        if len(parts) == 3 and parts[0] == model and f"{model}/{dataset}/{parts[2]}" in presets:
+            run["acceptance"] = {**run["acceptance"], "preset": f"{model}/{dataset}/{parts[2]}"}
+            switched += 1
+    if not switched:
+        datasets = sorted({n.split("/")[1] for n in presets if n.startswith(f"{model}/")})
+        raise SpdsimError(
+            f"--acceptance: no run has a '{model}/...' preset with a '{dataset}' variant "
+            f"(datasets of {model}: {', '.join(datasets) or 'none'})"
+        )
 
 
 def _apply_profile(

@@ -225,3 +225,13 @@ def test_any_split_summing_to_l_is_accepted(layers, data, alpha):
     raw["acceptance"] = {"alpha": alpha}
     scenario = build_scenario(raw)
     assert sum(scenario.method.stage_layers) == layers and len(scenario.method.stage_layers) == n
+
+
+def test_acceptance_model_dataset_moves_every_matching_preset():
+    runs = {r.label: r.scenario for r in load_runs(acceptance="qwen3.5-4b/humaneval")}
+    assert runs["spd-n8-l3"].acceptance.preset == "qwen3.5-4b/humaneval/spd-n8-l3"
+    assert runs["eagle3-k7"].acceptance.preset == "qwen3.5-4b/humaneval/eagle3-k7"
+    assert runs["ppsd-n8"].acceptance.preset == "qwen3.5-4b/humaneval/ppsd-n8"
+    assert runs["mtp-k3"].acceptance.preset == "qwen3.5-9b/gsm8k/mtp-k3"  # no Qwen3.5-4B figure: unchanged
+    with pytest.raises(SpdsimError, match="datasets of qwen3.5-4b: gsm8k, humaneval, mt_bench, overall"):
+        load_runs(acceptance="qwen3.5-4b/alpaca")
