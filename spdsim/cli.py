@@ -50,7 +50,11 @@ ProfileOpt = Annotated[
 ]
 AcceptanceOpt = Annotated[
     str | None,
-    typer.Option("--acceptance", help="Acceptance preset for runs of its method (see `spdsim list`)."),
+    typer.Option(
+        "--acceptance",
+        help="Preset for the runs of its method (sets its knobs and model), or MODEL/DATASET: "
+        "move every run's preset of that model to that dataset.",
+    ),
 ]
 
 
