@@ -2,8 +2,8 @@
 
 They price iterations with the same cost builders as the schedules (``spdsim.methods.*``) and take expectations
 over the acceptance model instead of sampling it, so they are fast (sweeps) and independent of the event loop
-(tests compare the two). Jitter is not modelled here (phases at their median); with jitter the simulator's
-cycle waits for its slowest member and runs slower than this.
+(tests compare the two). Jitter: sums of jittered phases keep their mean, so only the pipelines change — a
+cycle waits for its slowest member, whose expectation is integrated numerically (``expected_max_ns``).
 
 * ar: 1 token per T_t(1).
 * chains (F1, F2): τ(K) = 1 + Σ_{k<=K} r_k per K·T_d + T_t(K+1) (+ control, sampling, fixed).
@@ -34,7 +34,7 @@ from spdsim.methods.ar import ar_step_costs
 from spdsim.methods.chain import chain_draft_pass_ns
 from spdsim.methods.common import VerifyTable, kv_lengths, serial_overheads_ns
 from spdsim.methods.parallel import parallel_pass_ns
-from spdsim.methods.pipeline import pipeline_costs
+from spdsim.methods.pipeline import member_parts_ns, pipeline_costs
 from spdsim.units import NS_PER_S
 
 
@@ -277,6 +277,17 @@ def _pipeline(scenario, latency, acceptance):
     alpha_saturated, alpha_refill = acceptance.spd_alphas()
     cycles = [np.asarray(c, dtype=np.float64) for c in costs.cycle_ns]
     refill_ns = np.asarray(costs.refill_total_ns, dtype=np.float64)
+    cv = scenario.overheads.jitter_cv
+    if cv > 0:
+        # the cycle waits for its slowest jittered member: scale each cycle's member maximum by E[max] / max
+        middle = new_tokens // 2
+        serial = costs.control_ns + costs.fixed_ns
+        for active in range(1, stages + 1):
+            members = member_parts_ns(costs, active, middle)
+            inflation = expected_max_ns(members, cv) / max(sum(parts) for parts in members)
+            fixed_part = serial + (costs.verify_ns if active == stages else 0)
+            cycles[active] = fixed_part + inflation * (cycles[active] - fixed_part)
+        refill_ns = sum(cycles[a] for a in range(1, stages)) if stages > 1 else np.zeros(new_tokens + 1)
     # P(verification c follows a fill/refill): p_0 = 1, p_{c+1} = P(reject at c)
     after_refill = np.empty(new_tokens + 1)
     after_refill[0] = 1.0
@@ -290,6 +301,32 @@ def _pipeline(scenario, latency, acceptance):
     cycle_count = (stages - 1) + new_tokens + (stages - 1) * float(rejections.sum())
     rho = new_tokens / cycle_count
     return rho, time / cycle_count, 1.0, rho, stages * rho
+
+
+def expected_max_ns(members: list[tuple[int, ...]], cv: float, grid_points: int = 4000) -> float:
+    """E[max_i Σ_j part_ij · X_ij] with X lognormal (mean 1, coefficient of variation ``cv``), independent.
+
+    Each member is approximated by one lognormal with its exact mean and variance (sum of its parts);
+    E[max] = ∫ (1 - Π F_i(x)) dx on a grid.
+    """
+    means = np.array([float(sum(parts)) for parts in members])
+    if cv <= 0 or means.max() <= 0:
+        return float(means.max())
+    spreads = np.array([math.sqrt(sum(p * p for p in parts)) * cv for parts in members])
+    active = means > 0
+    means, spreads = means[active], spreads[active]
+    sigma = np.sqrt(np.log1p((spreads / means) ** 2))
+    mu = np.log(means) - 0.5 * sigma**2
+    upper = float(np.max(np.exp(mu + 8.0 * sigma)))
+    x = np.linspace(upper / grid_points, upper, grid_points)
+    z = (np.log(x)[None, :] - mu[:, None]) / np.where(sigma > 0, sigma, 1e-12)[:, None]
+    cdf = 0.5 * (1.0 + _erf(z / math.sqrt(2.0)))
+    tail = 1.0 - np.prod(cdf, axis=0)
+    return float(upper / grid_points + np.trapezoid(tail, x))
+
+
+def _erf(values: np.ndarray) -> np.ndarray:
+    return np.vectorize(math.erf, otypes=[np.float64])(values)
 
 
 def _expected_acceptance(model: AcceptanceModel) -> AcceptanceModel:

@@ -14,14 +14,17 @@ from spdsim.acceptance import logit
 from spdsim.analytic import (
     chain_acceptance_length,
     chain_speedup,
+    expected_max_ns,
     optimal_gamma,
     predict,
     spd_rho,
     spd_speedup,
     stop_length_distribution,
 )
-from spdsim.config import AcceptanceSpec
+from spdsim.config import AcceptanceSpec, Overheads
+from spdsim.engine import simulate
 from spdsim.methods.adaptive import stop_length
+from spdsim.metrics import empirical_acceptance, summarize
 
 # reference/baselines.md §1 (F2): optimal γ, τ and S per (α, c)
 F2_TABLE = {
@@ -142,3 +145,30 @@ def test_cascade_inner_loop_cost():
     # outer stops at k_max = 4 (1 - Π p̂ = 0 never exceeds h); inner makes 4 + 1 tokens in one iteration
     assert prediction.acceptance_length == pytest.approx(5.0)
     assert prediction.iteration_ns == pytest.approx(4 * 500 + 2_000 + 32_000)
+
+
+def test_expected_max_of_jittered_members_matches_sampling():
+    members = [(1_000, 200), (1_100,), (600, 600)]
+    cv = 0.3
+    sigma = np.sqrt(np.log1p(cv * cv))
+    rng = np.random.default_rng(5)
+    draws = [
+        sum(part * rng.lognormal(-0.5 * sigma**2, sigma, 200_000) for part in parts) for parts in members
+    ]
+    sampled = float(np.max(np.vstack(draws), axis=0).mean())
+    assert expected_max_ns(members, cv) == pytest.approx(sampled, rel=0.01)
+    assert expected_max_ns(members, 0.0) == 1_200
+
+
+@pytest.mark.parametrize("cv", [0.1, 0.4])
+def test_pipeline_prediction_accounts_for_jitter(cv):
+    """With jitter the cycle waits for its slowest member; the closed form integrates that expectation."""
+    scenario = ideal("spd", 0.8, 8, new_tokens=5_000, requests=2, drafter_placement="stage0")
+    scenario = replace(scenario, overheads=Overheads(jitter_cv=cv, control_ns=500, p2p_ns=300, gather_ns=200))
+    result = simulate(scenario, record_intervals=False)
+    simulated = summarize(result)["tokens_per_s"]
+    assert simulated == pytest.approx(
+        predict(scenario, realized=empirical_acceptance(result)).tokens_per_s, rel=0.01
+    )
+    without = predict(replace(scenario, overheads=replace(scenario.overheads, jitter_cv=0.0)))
+    assert predict(scenario).tokens_per_s < without.tokens_per_s

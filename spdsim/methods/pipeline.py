@@ -253,6 +253,19 @@ def _add_busy_totals(recorder, costs: PipelineCosts, new_tokens: int, refills_at
         recorder.add_busy("controller", controller)
 
 
+def member_parts_ns(costs: PipelineCosts, active: int, c: int) -> list[tuple[int, ...]]:
+    """The phases of each parallel member of a cycle with ``active`` stages (each jitters independently)."""
+    members = []
+    for s in range(active):
+        parts = [costs.forward_ns[s][c], costs.send_ns]
+        if s == 0:
+            parts += [costs.stage0_draft_ns[c], 0 if costs.drafter_ns else costs.gather_ns]
+        members.append(tuple(parts))
+    if costs.drafter_ns:
+        members.append((costs.gather_ns, costs.drafter_ns[c]))
+    return members
+
+
 def _cycle_spans(costs: PipelineCosts, active: int, c: int, jitter):
     """Jittered phase spans of one cycle and its total length (the cycle waits for its slowest member)."""
     apply = jitter.apply
@@ -262,7 +275,7 @@ def _cycle_spans(costs: PipelineCosts, active: int, c: int, jitter):
     for s in range(active):
         forward = apply(costs.forward_ns[s][c])
         draft = apply(costs.stage0_draft_ns[c]) if s == 0 else 0
-        gather = costs.gather_ns if s == 0 and not costs.drafter_ns else 0
+        gather = apply(costs.gather_ns) if s == 0 and not costs.drafter_ns else 0
         send = apply(costs.send_ns)
         stage_spans.append((forward, draft, gather, send))
         slowest = max(slowest, gather + forward + draft + send)
