@@ -24,7 +24,6 @@ from spdsim.plots import resource_order
 from spdsim.scenario import NamedScenario, scenario_to_run_dict
 
 RUN_FILES = ("config.json", "tokens.csv", "summary.json", "trace.json")
-TRACE_REQUESTS = 1
 TOKEN_COLUMNS = ("method", "request", "index", "commit_time_us", "iteration", "from_draft")
 
 
@@ -90,11 +89,11 @@ def summary_document(outcomes: list[RunOutcome]) -> dict[str, Any]:
     return {"spdsim_version": __version__, "runs": [outcome.summary for outcome in outcomes]}
 
 
-def chrome_trace(outcomes: list[RunOutcome], requests: int = TRACE_REQUESTS) -> str:
+def chrome_trace(outcomes: list[RunOutcome]) -> str:
     """Chrome trace event JSON (Perfetto): one pid per run, one tid per resource, "X" spans in microseconds.
 
-    Only the first ``requests`` request(s) of each run are traced: later requests repeat the same schedule, and
-    a trace of all of them is tens of MB (tokens.csv keeps every token of every request).
+    The spans are those of each run's traced first request (``RunOutcome.traced``): later requests repeat the
+    same schedule, and a trace of all of them is tens of MB (tokens.csv keeps every token of every request).
     """
     events: list[str] = []
     for pid, outcome in enumerate(outcomes, start=1):
@@ -102,7 +101,7 @@ def chrome_trace(outcomes: list[RunOutcome], requests: int = TRACE_REQUESTS) -> 
         events.append(
             json.dumps({"name": "process_sort_index", "ph": "M", "pid": pid, "args": {"sort_index": pid}})
         )
-        intervals = [iv for iv in outcome.result.intervals if iv.request < requests]
+        intervals = outcome.traced.intervals if outcome.traced is not None else ()
         tids: dict[str, int] = {}
         for resource in sorted({iv.resource for iv in intervals}, key=resource_order):
             tids[resource] = len(tids) + 1

@@ -32,8 +32,21 @@ TABLE_COLUMNS = (
 class RunOutcome:
     label: str
     scenario: Scenario
-    result: Result
+    result: Result  # the whole workload, busy totals only (no interval list)
     summary: dict[str, Any]
+    traced: Result | None = None  # the first request(s) again, with every busy interval (trace, timeline)
+
+
+def traced_scenario(scenario: Scenario, requests: int = 1) -> Scenario:
+    """The same scenario cut to its first ``requests`` request(s).
+
+    Per-request random streams are spawned from the seed by index, so request 0 here is request 0 of the full
+    run, interval for interval; recording intervals for one request instead of all keeps `simulate` fast.
+    """
+    workload = dataclasses.replace(
+        scenario.workload, num_requests=min(requests, scenario.workload.num_requests)
+    )
+    return dataclasses.replace(scenario, workload=workload)
 
 
 def baseline_scenario(scenario: Scenario) -> Scenario:
@@ -45,11 +58,14 @@ def _is_baseline(scenario: Scenario) -> bool:
     return scenario.method.name == "ar" and scenario.method.tensor_parallel == 1
 
 
-def simulate_runs(runs: list[NamedScenario], *, record_intervals: bool = True) -> list[RunOutcome]:
-    """Simulate every run (in order) and summarise it with the vLLM/pipeline metrics and its closed form."""
+def simulate_runs(runs: list[NamedScenario], *, trace_requests: int = 1) -> list[RunOutcome]:
+    """Simulate every run (in order) and summarise it with the vLLM/pipeline metrics and its closed form.
+
+    ``trace_requests`` > 0 also simulates the first request(s) of each run with intervals recorded.
+    """
     from spdsim.engine import simulate
 
-    results = [simulate(run.scenario, record_intervals=record_intervals) for run in runs]
+    results = [simulate(run.scenario, record_intervals=False) for run in runs]
     baselines: dict[Scenario, Result] = {}
     for run, result in zip(runs, results, strict=True):
         if _is_baseline(run.scenario):
@@ -59,9 +75,11 @@ def simulate_runs(runs: list[NamedScenario], *, record_intervals: bool = True) -
         key = baseline_scenario(run.scenario)
         if key not in baselines:
             baselines[key] = simulate(key, record_intervals=False)
-        outcomes.append(
-            RunOutcome(run.label, run.scenario, result, summarize_run(run, result, baselines[key]))
-        )
+        traced = None
+        if trace_requests > 0:
+            traced = simulate(traced_scenario(run.scenario, trace_requests), record_intervals=True)
+        summary = summarize_run(run, result, baselines[key])
+        outcomes.append(RunOutcome(run.label, run.scenario, result, summary, traced))
     return outcomes
 
 

@@ -17,7 +17,9 @@ from spdsim.artifacts import (
     write_run_dir,
 )
 from spdsim.compare import simulate_runs
+from spdsim.engine import simulate
 from spdsim.errors import SpdsimError
+from spdsim.metrics import summarize
 from spdsim.scenario import load_runs
 
 SMALL = ["workload.new_tokens=40", "workload.num_requests=2"]
@@ -49,7 +51,7 @@ def test_chrome_trace_is_one_pid_per_run_one_tid_per_resource(outcomes):
         threads = {
             e["tid"]: e["args"]["name"] for e in events if e["name"] == "thread_name" and e["pid"] == pid
         }
-        expected = [iv for iv in outcome.result.intervals if iv.request == 0]
+        expected = outcome.traced.intervals
         assert set(threads.values()) == {iv.resource for iv in expected}
         spans = [e for e in events if e["ph"] == "X" and e["pid"] == pid]
         assert len(spans) == len(expected)
@@ -57,6 +59,16 @@ def test_chrome_trace_is_one_pid_per_run_one_tid_per_resource(outcomes):
             assert threads[span["tid"]] == iv.resource and span["cat"] == iv.kind
             assert span["ts"] == pytest.approx(iv.start_ns / 1000, abs=5e-4)
             assert span["dur"] == pytest.approx((iv.end_ns - iv.start_ns) / 1000, abs=5e-4)
+
+
+def test_traced_first_request_is_request_0_of_the_full_run(outcomes):
+    for outcome in outcomes:
+        full = simulate(outcome.scenario, record_intervals=True)
+        assert outcome.traced.intervals == tuple(iv for iv in full.intervals if iv.request == 0)
+        assert outcome.result.tokens == full.tokens
+        assert summarize(outcome.result)["bubble_fraction"] == pytest.approx(
+            summarize(full)["bubble_fraction"]
+        )
 
 
 def test_trace_spans_never_overlap_on_one_resource(outcomes):
