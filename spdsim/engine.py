@@ -18,8 +18,6 @@ from spdsim.config import Scenario
 from spdsim.latency import LatencyModel, build_latency_model
 from spdsim.result import Interval, Result, TokenCommit, Verification
 
-# Sub-streams spawned per request, by purpose (order is part of the reproducibility contract).
-STREAM_ACCEPTANCE, STREAM_JITTER, STREAM_POLICY, STREAM_INNER = range(4)
 _CHUNK = 4096
 
 
@@ -81,12 +79,6 @@ class Jitter:
         self._mu = -0.5 * self._sigma**2
         self._factors: list[float] = []
 
-    def factors(self, shape: tuple[int, ...]) -> np.ndarray:
-        """Multipliers of the given shape (all ones when jitter is off)."""
-        if not self.enabled:
-            return np.ones(shape)
-        return self._rng.lognormal(self._mu, self._sigma, size=shape)
-
     def apply(self, latency_ns: int) -> int:
         """One jittered phase latency (integer ns)."""
         if not self.enabled or latency_ns <= 0:
@@ -117,7 +109,8 @@ class RequestStreams:
 
 
 def request_streams(scenario: Scenario) -> list[RequestStreams]:
-    """Per-request streams derived from ``scenario.seed`` with SeedSequence.spawn (stable across runs)."""
+    """Per-request streams derived from ``scenario.seed`` with SeedSequence.spawn (stable across runs; the
+    spawn order — acceptance, jitter, policy, inner — is part of the reproducibility contract)."""
     children = np.random.SeedSequence(scenario.seed).spawn(scenario.workload.num_requests)
     streams = []
     for child in children:

@@ -22,7 +22,7 @@ def gpu_resources(tp: int) -> tuple[str, ...]:
 def serial_overheads_ns(scenario: Scenario, latency: LatencyModel, with_verify: bool) -> tuple[int, int]:
     """(control before the iteration, serial costs after it): sampling (if verified) + fixed per-cycle."""
     overheads = scenario.overheads
-    after = overheads.fixed_cycle_ns + latency.cycle_fixed_ns(scenario.method.num_stages)
+    after = overheads.fixed_cycle_ns
     if with_verify:
         after += overheads.sampling_ns
     return overheads.control_ns, after

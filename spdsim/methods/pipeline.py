@@ -93,6 +93,7 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
     send = latency.p2p_ns(latency.hidden_bytes(1)) + overheads.p2p_ns
     gather = overheads.gather_ns if method.name == "spd" else 0
     control, fixed = serial_overheads_ns(scenario, latency, with_verify=False)
+    fixed += latency.cycle_fixed_ns(stages)  # a profile's measured serial per-cycle cost
     verify = latency.head_ns(1) + overheads.sampling_ns
     stage_members = [f + send for f in forwards]
     stage_members[0] = stage_members[0] + stage0_draft + (0 if own_drafter else gather)
