@@ -443,6 +443,7 @@ def run(
         "spdsim_version": __version__,
         "date": datetime.date.today().isoformat(),
         "python": platform.python_version(),
+        "git_head": git_head(),
         "setting": "qwen3.5-4b on h100, roofline latency, overheads of spdsim/scenarios/default.toml",
         "scenarios": "scenarios.json: every simulated run (spdsim compare scenarios.json reproduces a row)",
         "gpu_budgets": list(budgets),
@@ -457,6 +458,16 @@ def run(
     }
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return meta
+
+
+def git_head() -> str:
+    """The commit the results were produced from (working-tree changes of the checkout are not recorded)."""
+    import subprocess
+
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    )
+    return done.stdout.strip() or "unknown"
 
 
 def main() -> None:

@@ -248,6 +248,7 @@ def run(out_dir: Path = OUT_DIR, configs=None, parameters=None, step: float = ST
         "spdsim_version": __version__,
         "date": datetime.date.today().isoformat(),
         "python": platform.python_version(),
+        "git_head": git_head(),
         "step": step,
         "jitter_cv": JITTER_CV,
         "configs": {
@@ -258,6 +259,16 @@ def run(out_dir: Path = OUT_DIR, configs=None, parameters=None, step: float = ST
     }
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return meta
+
+
+def git_head() -> str:
+    """The commit the results were produced from (working-tree changes of the checkout are not recorded)."""
+    import subprocess
+
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    )
+    return done.stdout.strip() or "unknown"
 
 
 def main() -> None:

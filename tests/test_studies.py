@@ -1,0 +1,104 @@
+"""Smoke runs of the issue-7 studies on tiny grids: they write what their notebooks read, with sane content."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from spdsim.engine import simulate
+from spdsim.metrics import summarize
+from spdsim.optimize import SearchSpace
+from spdsim.scenario import load_runs
+
+STUDIES = Path(__file__).resolve().parent.parent / "studies"
+
+
+def load_study(name: str):
+    spec = importlib.util.spec_from_file_location(f"study_{name}", STUDIES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_fair_hardware(tmp_path):
+    study = load_study("fair_hardware")
+    meta = study.run(
+        tmp_path, datasets=("humaneval",), budgets=(2,), map_alphas=(0.6, 0.9), map_budgets=(2, 3), workers=1
+    )
+    comparison = pd.read_csv(tmp_path / "comparison.csv")
+    expected = {"AR", *study.BASELINES, "SPD (best design)", "SPD n=8 L_s=3 (authors')"}
+    assert set(comparison["method"]) == expected
+    within = comparison[comparison["method"] != "SPD n=8 L_s=3 (authors')"]
+    assert (within["gpus"] <= 2).all() and (within["budget"] == 2).all()
+    assert (comparison["speedup"] > 0.5).all()
+    crossover = pd.read_csv(tmp_path / "crossover.csv")
+    assert len(crossover) == 4
+    ratio = crossover["spd_speedup"] / crossover["eagle3_same_alpha_speedup"]
+    assert ratio.to_numpy() == pytest.approx(crossover["spd_over_eagle3"].to_numpy())
+    for _, per_budget in crossover.groupby("budget"):
+        assert per_budget.sort_values("alpha")["spd_speedup"].is_monotonic_increasing
+    assert meta["map_closed_form_vs_des_max_abs_deviation"] < 0.02
+    for name in ("by_dataset.png", "crossover.png"):
+        assert_png(tmp_path / name)
+    # the written scenario file reproduces a row of the table exactly
+    runs = load_runs([tmp_path / "scenarios.json"], methods=("humaneval:spd-n8-l3-authors",))
+    tokens_per_s = summarize(simulate(runs[0].scenario, record_intervals=False))["tokens_per_s"]
+    row = comparison[comparison["method"] == "SPD n=8 L_s=3 (authors')"].iloc[0]
+    assert tokens_per_s == pytest.approx(row["tokens_per_s"], rel=1e-12)
+
+
+def test_design_search(tmp_path):
+    study = load_study("design_search")
+    space = SearchSpace(stages=(2, 4, 8), spec_layers=(1, 3))
+    study.run(
+        tmp_path,
+        models=("qwen3.5-4b",),
+        hardware=("h100",),
+        datasets=("humaneval",),
+        budgets=(8,),
+        space=space,
+        finalists=3,
+        workers=1,
+    )
+    finalists = pd.read_csv(tmp_path / "finalists.csv")
+    ranked = finalists[finalists["rank"] != "ref"]
+    assert list(ranked["rank"].astype(int)) == [1, 2, 3]
+    assert ranked["simulated_tokens_per_s"].is_monotonic_decreasing
+    assert ranked["margin"].iloc[0] == 0 and (ranked["margin"] >= 0).all()
+    assert (ranked["gpus"] <= 8).all()
+    reference = finalists[finalists["rank"] == "ref"].iloc[0]
+    assert (reference["num_stages"], reference["spec_layers"], reference["gpus"]) == (8, 3, 9)
+    summary = pd.read_csv(tmp_path / "summary.csv").iloc[0]
+    assert summary["best_over_reference"] == pytest.approx(
+        summary["best_speedup"] / summary["reference_speedup"]
+    )
+    candidates = pd.read_csv(tmp_path / "candidates.csv")
+    assert len(candidates) == summary["designs_priced"]
+    assert candidates["closed_form_tokens_per_s"].is_monotonic_decreasing
+    for name in ("landscape.png", "best_vs_reference.png"):
+        assert_png(tmp_path / name)
+
+
+def test_sensitivity(tmp_path):
+    study = load_study("sensitivity")
+    parameters = ("PDM forward (SPD drafter)", "acceptance alpha", "hidden-state send")
+    study.run(tmp_path, configs=("SPD n=8 L_s=3 (authors')",), parameters=parameters, workers=1)
+    frame = pd.read_csv(tmp_path / "sensitivity.csv").set_index("parameter")
+    base = frame["base_speedup"].iloc[0]
+    assert base == pytest.approx(frame["roofline_speedup"].iloc[0], rel=5e-3)  # freezing keeps the setting
+    pdm = frame.loc["PDM forward (SPD drafter)"]
+    assert pdm["low_speedup"] > base > pdm["high_speedup"]  # at n = 8, L_s = 3 the PDM is the slowest member
+    assert pdm["low_value"] == pytest.approx(0.8 * pdm["base_value"], abs=1)
+    alpha = frame.loc["acceptance alpha"]
+    assert alpha["high_speedup"] > base > alpha["low_speedup"]
+    assert frame.loc["hidden-state send", "swing"] == 0.0  # stage + send stays below the PDM
+    assert_png(tmp_path / "tornado.png")
