@@ -50,10 +50,12 @@ def stage_layer_counts(scenario) -> tuple[int, ...]:
 class PipelineCosts:
     """Member and serial costs of every cycle kind, per committed count c (int ns; lists for speed).
 
-    ``forward_ns[s][c]``: stage s's busy time (stage 0 includes embedding, and the co-located drafter's work
-    when placed there); ``send_ns``: hidden-state send after each stage; ``drafter_ns[c]``: the separate drafter
-    member (gather + PDM), empty when the drafter shares stage 0; ``cycle_ns[a][c]``: the whole cycle with
-    ``a`` active stages (a = n: saturated, with verify).
+    ``forward_ns[s][c]``: stage s's forward (stage 0 includes the embedding and is
+    slowed by contention when it shares its GPU with the drafter); ``stage0_draft_ns[c]``: the drafter's work
+    serialized after it on stage 0; ``send_ns``: hidden-state send after each stage; ``drafter_ns[c]``: the
+    PDM on its own GPU (after the ``gather_ns`` anchor gather), empty when the drafter shares stage 0;
+    ``cycle_ns[a][c]``: the whole cycle with ``a`` active stages (a = n: saturated, with verify). The PDM is
+    priced with n+1 query rows (pending-deepest row + the in-flight tokens) in every cycle.
     """
 
     num_stages: int
@@ -61,7 +63,7 @@ class PipelineCosts:
     stage0_draft_ns: list[int]  # drafter work serialized on stage 0 (stage0 placement / PPSD), else zeros
     send_ns: int
     gather_ns: int
-    drafter_ns: list[int]  # separate drafter member (own GPU): PDM only; empty when on stage 0
+    drafter_ns: list[int]  # PDM on its own GPU; empty when on stage 0
     control_ns: int
     verify_ns: int  # head + sampling of a saturated cycle
     fixed_ns: int
