@@ -191,9 +191,12 @@ def timeline(
         raise SpdsimError(f"--out: '{out}' must end in .png or .svg")
     window = parse_window_ms(window_ms)
     run = pick_run(load_runs(_scenario_paths([target]), set_ or ()), method)
+    from spdsim.compare import traced_scenario
     from spdsim.engine import simulate
 
-    plot_timeline(simulate(run.scenario), out, window_ms=window, title=run.label)
+    # the default window lies in the first request, which alone is quick to simulate with every interval
+    scenario = run.scenario if window else traced_scenario(run.scenario)
+    plot_timeline(simulate(scenario), out, window_ms=window, title=run.label)
     _console().print(f"timeline of {run.label} -> {out}", markup=False)
 
 
