@@ -125,21 +125,30 @@ class Link:
             ) from None
 
     def broadcast_control(self, control: Control | None, idle: bool = False) -> Control:
-        """The controller sends ``control``; the others receive it (deadline-bounded; ``idle``: between prompts)."""
-        tensor = (
-            control.encode(self.device)
-            if control is not None
-            else torch.empty(len(CONTROL_FIELDS), dtype=torch.int64, device=self.device)
-        )
-        work = dist.broadcast(tensor, src=self.roles.controller, async_op=True)
-        self.wait(work, self.roles.controller, "control broadcast", idle)
-        return control if control is not None else Control.decode(tensor)
+        """The controller sends ``control`` to every other rank; they receive it (``idle``: between prompts).
+
+        A point-to-point fan-out rather than a collective: a rank that stops answering is then named by the
+        wait that misses it, instead of stalling an anonymous collective."""
+        if control is not None:
+            tensor = control.encode(self.device)
+            self._fan_out(tensor)
+            return control
+        tensor = torch.empty(len(CONTROL_FIELDS), dtype=torch.int64, device=self.device)
+        work = dist.irecv(tensor, src=self.roles.controller)
+        self.wait(work, self.roles.controller, "control word", idle)
+        return Control.decode(tensor)
 
     def broadcast_ids(self, ids: torch.Tensor | None, length: int) -> torch.Tensor:
-        tensor = ids if ids is not None else torch.empty(length, dtype=torch.int64, device=self.device)
-        work = dist.broadcast(tensor, src=self.roles.controller, async_op=True)
-        self.wait(work, self.roles.controller, "prompt broadcast")
+        if ids is not None:
+            self._fan_out(ids)
+            return ids
+        tensor = torch.empty(length, dtype=torch.int64, device=self.device)
+        self.wait(dist.irecv(tensor, src=self.roles.controller), self.roles.controller, "prompt ids")
         return tensor
+
+    def _fan_out(self, tensor: torch.Tensor) -> None:
+        peers = [rank for rank in range(self.roles.world_size) if rank != self.rank]
+        self.exchange([(tensor, peer) for peer in peers], [])
 
     def exchange(self, sends: list[tuple[torch.Tensor, int]], recvs: list[tuple[torch.Tensor, int]]) -> list:
         """Post sends and receives together (one NCCL group: no ordering deadlock); returns receive handles.

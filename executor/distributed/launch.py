@@ -200,6 +200,7 @@ def _rank_main(rank, port, backend, source, prompts, config, jobs, results) -> N
             world_size=roles.world_size,
             timeout=timedelta(seconds=max(config.idle_timeout_s, config.timeout_s) + 60),
         )
+        dist.barrier()  # every rank is up (and NCCL's first call is a collective all ranks join)
         link = Link(rank, roles, device, config.timeout_s, config.idle_timeout_s)
         payload = _serve(rank, roles, link, source, prompts, config, jobs, device)
         results.put(("result" if payload is not None else "done", rank, payload))

@@ -1,0 +1,95 @@
+"""Multi-process SPD on the CPU (gloo): lossless against greedy AR in both drafter placements, the run directory
+it writes replays in the simulator, and a killed or stalled rank ends the run with one line naming it."""
+
+import time
+
+import numpy as np
+import pytest
+
+from executor.distributed import DistributedConfig, DistributedError, ModelSource, run_distributed
+from executor.schedules.ar import GenerationConfig, generate_ar
+from executor.schedules.common import DecodeOptions
+
+VOCAB = 96
+SOURCE = ModelSource(
+    "config:qwen3",
+    hf_config=tuple(
+        dict(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=256,
+            tie_word_embeddings=False,
+        ).items()
+    ),
+    max_seq_len=256,
+)
+NEW_TOKENS = 14
+
+
+def prompt_set(count, seed=3):
+    rng = np.random.default_rng(seed)
+    return [(f"p{i}", rng.integers(0, VOCAB, rng.integers(3, 9)).tolist()) for i in range(count)]
+
+
+def greedy(prompts):
+    model = SOURCE.build("cpu")
+    gen = GenerationConfig(max_new_tokens=NEW_TOKENS, use_graphs=False)
+    return [generate_ar(model, tokens, gen).tokens for _, tokens in prompts]
+
+
+def test_colocated_lossless_synthetic_and_replayable(tmp_path):
+    from executor.rundir import write_run_dir
+    from spdsim.acceptance import load_trace
+
+    prompts = prompt_set(4)
+    jobs = [DecodeOptions(max_new_tokens=NEW_TOKENS), DecodeOptions(max_new_tokens=NEW_TOKENS, synthetic_alpha=0.7)]
+    run = run_distributed(SOURCE, prompts, DistributedConfig(num_stages=2, timeout_s=30), jobs)
+    expected = greedy(prompts)
+    assert run.world_size == 2 and run.backend == "gloo"
+    for result in run.spd:
+        for prompt_run, tokens in zip(result.prompts, expected, strict=True):
+            assert prompt_run.tokens == tokens, prompt_run.prompt_id
+    synthetic = run.spd[1]
+    for prompt_run in synthetic.prompts:
+        # every decode token comes from one verification; each rejection costs n-1 = 1 refill cycle (+1 fill)
+        rejections = prompt_run.verifications - sum(row["accepted"] for row in prompt_run.trace)
+        assert prompt_run.verifications == len(prompt_run.tokens) - 1
+        assert prompt_run.decode_steps == prompt_run.verifications + 1 + rejections - (
+            prompt_run.trace[-1]["accepted"] == 0
+        )
+        assert all("stage1" in c.phases_us for c in prompt_run.cycles if c.state == "saturated")
+    out = write_run_dir(synthetic, tmp_path / "run")
+    trace = load_trace(out / "trace.csv")
+    assert trace.accepted_total == synthetic.summary()["accepted"]
+    assert len(trace.outcomes) == len(prompts)
+
+
+def test_own_drafter_rank_lossless():
+    prompts = prompt_set(3, seed=5)
+    config = DistributedConfig(num_stages=2, colocated=False, timeout_s=30)
+    run = run_distributed(SOURCE, prompts, config, [DecodeOptions(max_new_tokens=NEW_TOKENS, synthetic_alpha=0.8)])
+    assert run.world_size == 3
+    for prompt_run, tokens in zip(run.spd[0].prompts, greedy(prompts), strict=True):
+        assert prompt_run.tokens == tokens
+
+
+@pytest.mark.parametrize(
+    ("fault", "timeout_s", "message"),
+    [
+        (("kill", 1, 4), 30.0, "rank 1 (stage 1) died (signal SIGKILL)"),
+        (("stall", 1, 4), 3.0, "no answer from rank 1 (stage 1) within 3 s"),
+    ],
+)
+def test_dead_or_stuck_rank_ends_the_run_naming_it(fault, timeout_s, message):
+    config = DistributedConfig(num_stages=2, timeout_s=timeout_s, fault=fault)
+    started = time.monotonic()
+    with pytest.raises(DistributedError) as info:
+        run_distributed(SOURCE, prompt_set(2), config, [DecodeOptions(max_new_tokens=NEW_TOKENS)])
+    text = str(info.value)
+    assert message in text and "\n" not in text
+    assert time.monotonic() - started < 60
