@@ -294,7 +294,12 @@ def test_profile_bundle_drives_the_latency(tmp_path):
     assert invoke(*args, "--out", str(tmp_path / "roofline")).exit_code == 0
     config = json.loads((tmp_path / "measured" / "config.json").read_text())
     kinds = {run["label"]: run["latency"]["kind"] for run in config["runs"]}
-    assert kinds == {"spd-n8-l3": "measured", "ar": "measured", "ar-tp8 [roofline]": "roofline"}
+    assert kinds == {
+        "spd-n8-l3": "measured",
+        "spd-n8-l3-colocated": "measured",
+        "ar": "measured",
+        "ar-tp8 [roofline]": "roofline",
+    }
     measured, roofline = (
         {r["label"]: r for r in json.loads((tmp_path / d / "summary.json").read_text())["runs"]}
         for d in ("measured", "roofline")

@@ -22,7 +22,7 @@ from spdsim.scenario import load_runs
 
 @pytest.fixture(scope="module")
 def spd_result():
-    (run,) = load_runs(methods=["spd"], overrides=["workload.new_tokens=64", "workload.num_requests=1"])
+    (run,) = load_runs(methods=["spd-n8-l3"], overrides=["workload.new_tokens=64", "workload.num_requests=1"])
     return simulate(run.scenario)
 
 

@@ -26,7 +26,8 @@ BASE = {"model": "qwen3.5-4b", "hardware": "h100", "method": {"name": "spd", "nu
 def test_default_is_the_flagship_setting_against_the_baselines():
     runs = load_runs()
     labels = [run.label for run in runs]
-    assert labels[:3] == ["ar", "ar-tp8", "spd-n8-l3"]
+    assert labels[:4] == ["ar", "ar-tp8", "spd-n8-l3", "spd-n8-l3-colocated"]
+    assert runs[3].scenario.method.drafter_placement == "stage0"
     spd = runs[2].scenario
     assert (spd.method.name, spd.method.num_stages, spd.method.spec_layers) == ("spd", 8, 3)
     assert spd.model.name == "qwen3.5-4b" and spd.hardware.name == "h100"
@@ -101,7 +102,13 @@ def test_acceptance_option_targets_runs_of_its_method_with_their_knobs():
 
 def test_method_selection_keeps_matching_runs_or_derives_one(tmp_path):
     runs = load_runs(methods=["spd", "eagle3"])
-    assert [r.label for r in runs] == ["spd-n8-l3", "eagle3-k3", "eagle3-k7", "eagle3-k7-tp8"]
+    assert [r.label for r in runs] == [
+        "spd-n8-l3",
+        "spd-n8-l3-colocated",
+        "eagle3-k3",
+        "eagle3-k7",
+        "eagle3-k7-tp8",
+    ]
     path = tmp_path / "one.toml"
     path.write_text('model = "llama-3.1-8b"\nhardware = "h200"\n[method]\nname = "spd"\nnum_stages = 4\n')
     runs = load_runs([path], methods=["spd", "mtp"])
