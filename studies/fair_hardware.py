@@ -15,6 +15,8 @@ with the default scenario's overheads. The crossover map asks where SPD wins as 
 and the GPU budget g, priced by the closed forms (which agree with the DES within 1% without jitter, checked
 on sampled cells and recorded in metadata.json): SPD's best design against (left) an EAGLE-3 chain with the same
 i.i.d. α at its best K in 1..10 and best TP, and (right) the strongest baseline at its published acceptance.
+A third map varies the latency of a tensor-parallel all-reduce (15 us in the h100 profile, an assumption) at
+g = 8 GPUs: how much TP helps the baselines decides where SPD, which only sends point to point, wins.
 
     python3 studies/fair_hardware.py        # writes studies/results/fair_hardware/
 """
@@ -46,6 +48,7 @@ SPD_SPEC_LAYERS = (1, 2, 3, 4)
 MAP_ALPHAS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 MAP_BUDGETS = tuple(range(2, 17))
 CHAIN_K = tuple(range(1, 11))
+ALLREDUCE_US = (0, 5, 15, 30, 50, 100, 200)
 
 # baseline label -> (method fields, {dataset: preset}); datasets without a preset of their own use the
 # closest published one (named in the table); "overall" P-EAGLE is the mean alpha of its three datasets.
@@ -229,13 +232,7 @@ def crossover_map(alphas, budgets):
                 (closed_form_candidate(fixed, d, None) for d in designs),
                 key=lambda c: c.closed_form_tokens_per_s,
             )
-            chain_best, chain_config = 0.0, ""
-            for tp in (t for t in TP_DEGREES if t <= budget):
-                for k in CHAIN_K:
-                    method = MethodSpec(name="eagle3", draft_tokens=k, draft_layers=1, tensor_parallel=tp)
-                    tokens_per_s = predict(replace(fixed, method=method)).tokens_per_s
-                    if tokens_per_s > chain_best:
-                        chain_best, chain_config = tokens_per_s, f"K={k} TP={tp}"
+            chain_best, chain_config = best_eagle3(fixed, budget)
             rows.append(
                 {
                     "alpha": alpha,
@@ -257,6 +254,56 @@ def crossover_map(alphas, budgets):
     frame["spd_over_eagle3"] = frame["spd_speedup"] / frame["eagle3_same_alpha_speedup"]
     frame["spd_over_best_published"] = frame["spd_speedup"] / frame["best_published_speedup"]
     return frame, fit
+
+
+def best_eagle3(scenario: Scenario, budget: int) -> tuple[float, str]:
+    """Closed-form tokens/s of the fastest EAGLE-3 chain (K in 1..10, TP <= budget) at the scenario's α."""
+    best, config = 0.0, ""
+    for tp in (t for t in TP_DEGREES if t <= budget):
+        for k in CHAIN_K:
+            method = MethodSpec(name="eagle3", draft_tokens=k, draft_layers=1, tensor_parallel=tp)
+            tokens_per_s = predict(replace(scenario, method=method)).tokens_per_s
+            if tokens_per_s > best:
+                best, config = tokens_per_s, f"K={k} TP={tp}"
+    return best, config
+
+
+def crossover_allreduce(alphas, allreduce_us, budget: int):
+    """SPD best design / EAGLE-3 (same α, best K and TP) at ``budget`` GPUs against the all-reduce latency.
+
+    Tensor parallelism pays two all-reduces per layer; their latency (``hardware.allreduce_latency_ns``, 15 us in
+    the h100 profile, an assumption) decides how much TP helps the baselines. SPD uses point-to-point sends only.
+    """
+    import pandas as pd
+
+    base = base_scenario("overall")
+    ar_tokens_per_s = predict(baseline_scenario(base)).tokens_per_s
+    designs = enumerate_designs(
+        base, SearchSpace(stages=tuple(range(2, budget + 1)), spec_layers=SPD_SPEC_LAYERS, max_gpus=budget)
+    )
+    rows = []
+    for alpha in alphas:
+        acceptance = AcceptanceSpec(kind="iid", alpha=alpha, alpha_saturated=alpha, alpha_refill=alpha)
+        fixed = replace(base, acceptance=acceptance)
+        spd = max(
+            (closed_form_candidate(fixed, d, None) for d in designs), key=lambda c: c.closed_form_tokens_per_s
+        )
+        for latency_us in allreduce_us:
+            hardware = replace(base.hardware, allreduce_latency_ns=int(latency_us * 1000))
+            chain, config = best_eagle3(replace(fixed, hardware=hardware), budget)
+            rows.append(
+                {
+                    "alpha": alpha,
+                    "allreduce_us": latency_us,
+                    "budget": budget,
+                    "spd_design": spd.design.label,
+                    "spd_speedup": spd.closed_form_tokens_per_s / ar_tokens_per_s,
+                    "eagle3_config": config,
+                    "eagle3_speedup": chain / ar_tokens_per_s,
+                    "spd_over_eagle3": spd.closed_form_tokens_per_s / chain,
+                }
+            )
+    return pd.DataFrame.from_records(rows)
 
 
 def _published_best(base: Scenario, budgets) -> dict[int, tuple[float, str]]:
@@ -403,6 +450,49 @@ def figure_crossover(frame):
     return fig
 
 
+def figure_allreduce(frame):
+    """Heatmap of SPD / EAGLE-3 (same α) over (α, TP all-reduce latency) at one GPU budget."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+
+    alphas = sorted(frame["alpha"].unique())
+    latencies = sorted(frame["allreduce_us"].unique())
+    grid = frame.pivot(index="alpha", columns="allreduce_us", values="spd_over_eagle3").loc[alphas, latencies]
+    values = grid.to_numpy()
+    fig, ax = plt.subplots(figsize=(9, 6))
+    low, high = min(values.min(), 0.95), max(values.max(), 1.05)
+    image = ax.imshow(values, origin="lower", aspect="auto", cmap="RdBu", norm=TwoSlopeNorm(1.0, low, high))
+    if values.min() < 1.0 < values.max():
+        ax.contour(
+            np.arange(len(latencies)),
+            np.arange(len(alphas)),
+            values,
+            levels=[1.0],
+            colors="black",
+            linewidths=2,
+        )
+    for i in range(len(alphas)):
+        for j in range(len(latencies)):
+            config = frame[(frame["alpha"] == alphas[i]) & (frame["allreduce_us"] == latencies[j])][
+                "eagle3_config"
+            ].iloc[0]
+            ax.text(j, i, f"{values[i, j]:.2f}\n{config}", ha="center", va="center", fontsize=6.5)
+    ax.set_xticks(range(len(latencies)), [f"{v:g}" for v in latencies])
+    ax.set_yticks(range(len(alphas)), [f"{a:.2f}" for a in alphas])
+    ax.set_xlabel("all-reduce latency per TP collective (us; h100 profile: 15)")
+    ax.set_ylabel("acceptance alpha (SPD and EAGLE-3 alike)")
+    budget = int(frame["budget"].iloc[0])
+    ax.set_title(
+        f"SPD best design / EAGLE-3 (best K, best TP) within {budget} GPUs; cell text: EAGLE-3's choice",
+        loc="left",
+        fontsize=10,
+    )
+    fig.colorbar(image, ax=ax, label="speedup ratio (>1: SPD wins, blue)")
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, path: Path) -> None:
     fig.savefig(path, dpi=120, metadata={"Software": None})
 
@@ -413,6 +503,8 @@ def run(
     budgets=GPU_BUDGETS,
     map_alphas=MAP_ALPHAS,
     map_budgets=MAP_BUDGETS,
+    allreduce_us=ALLREDUCE_US,
+    allreduce_budget: int = 8,
     workers: int = 0,
 ) -> dict:
     """The whole study (small grids for tests); returns the metadata it writes."""
@@ -426,11 +518,14 @@ def run(
     write_table(comparison, out_dir / "comparison.csv")
     crossover, fit = crossover_map(map_alphas, map_budgets)
     write_table(crossover, out_dir / "crossover.csv")
+    allreduce = crossover_allreduce(map_alphas, allreduce_us, allreduce_budget)
+    write_table(allreduce, out_dir / "crossover_allreduce.csv")
     sample = crossover.iloc[:: max(1, len(crossover) // 8)]
     deviation = check_closed_form(sample, workers)
     for fig, name in (
         (figure_by_dataset(comparison), "by_dataset.png"),
         (figure_crossover(crossover), "crossover.png"),
+        (figure_allreduce(allreduce), "crossover_allreduce.png"),
     ):
         save(fig, out_dir / name)
         plt.close(fig)
@@ -448,6 +543,7 @@ def run(
         "scenarios": "scenarios.json: every simulated run (spdsim compare scenarios.json reproduces a row)",
         "gpu_budgets": list(budgets),
         "map": {"alphas": list(map_alphas), "budgets": list(map_budgets), "priced_by": "closed form"},
+        "allreduce_map": {"allreduce_us": list(allreduce_us), "budget": allreduce_budget},
         "map_closed_form_vs_des_max_abs_deviation": float(deviation),
         "spd_alpha_fit": {
             "intercept": fit.intercept,

@@ -32,7 +32,14 @@ def assert_png(path: Path) -> None:
 def test_fair_hardware(tmp_path):
     study = load_study("fair_hardware")
     meta = study.run(
-        tmp_path, datasets=("humaneval",), budgets=(2,), map_alphas=(0.6, 0.9), map_budgets=(2, 3), workers=1
+        tmp_path,
+        datasets=("humaneval",),
+        budgets=(2,),
+        map_alphas=(0.6, 0.9),
+        map_budgets=(2, 3),
+        allreduce_us=(0, 15, 100),
+        allreduce_budget=2,
+        workers=1,
     )
     comparison = pd.read_csv(tmp_path / "comparison.csv")
     expected = {"AR", *study.BASELINES, "SPD (best design)", "SPD n=8 L_s=3 (authors')"}
@@ -47,7 +54,11 @@ def test_fair_hardware(tmp_path):
     for _, per_budget in crossover.groupby("budget"):
         assert per_budget.sort_values("alpha")["spd_speedup"].is_monotonic_increasing
     assert meta["map_closed_form_vs_des_max_abs_deviation"] < 0.02
-    for name in ("by_dataset.png", "crossover.png"):
+    allreduce = pd.read_csv(tmp_path / "crossover_allreduce.csv")
+    assert len(allreduce) == 6
+    for _, per_alpha in allreduce.groupby("alpha"):  # slower collectives never help the TP baselines
+        assert per_alpha.sort_values("allreduce_us")["spd_over_eagle3"].is_monotonic_increasing
+    for name in ("by_dataset.png", "crossover.png", "crossover_allreduce.png"):
         assert_png(tmp_path / name)
     # the written scenario file reproduces a row of the table exactly
     runs = load_runs([tmp_path / "scenarios.json"], methods=("humaneval:spd-n8-l3-authors",))
