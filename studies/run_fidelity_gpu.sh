@@ -18,7 +18,7 @@ fi
   python3 -c 'import torch; print("torch", torch.__version__, "gpus", torch.cuda.device_count())'
   timeout 240 python3 studies/fidelity_gpu.py dist --out "$WORK" \
     || { echo "dist part failed or timed out: rc=$?; retrying with eager stage steps";
-         timeout 150 python3 studies/fidelity_gpu.py dist --no-graphs --out "$WORK" || echo "dist retry failed: rc=$?"; }
+         timeout 120 python3 studies/fidelity_gpu.py dist --no-graphs --out "$WORK" || echo "dist retry failed: rc=$?"; }
   timeout 110 python3 studies/fidelity_gpu.py profile --out "$WORK" || echo "profile part failed or timed out: rc=$?"
   timeout 90 python3 studies/fidelity_gpu.py chain --out "$WORK" || echo "chain part failed or timed out: rc=$?"
 } 2>&1 | tee "$WORK/log.txt"
