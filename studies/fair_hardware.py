@@ -183,7 +183,10 @@ def compare_datasets(datasets, budgets, workers: int):
             )
             scenarios_out.append((f"{dataset}:spd-best:{budget}gpus", _design_scenario(base, best, result)))
         authors = replace(
-            base, method=replace(base.method, num_stages=8, spec_layers=3, drafter_placement="own-gpu")
+            base,
+            method=replace(
+                base.method, num_stages=8, spec_layers=3, stage_layers=(), drafter_placement="own-gpu"
+            ),
         )
         row = simulate_many([authors], workers=1)[0]
         rows.append(

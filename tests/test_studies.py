@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -17,11 +18,19 @@ from spdsim.scenario import load_runs
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
 
-def load_study(name: str):
+def load_study(name: str, monkeypatch, base: str):
+    """The study module, its base-scenario builder ``base`` patched to simulate one request (speed)."""
     spec = importlib.util.spec_from_file_location(f"study_{name}", STUDIES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
+    build = getattr(module, base)
+
+    def one_request(*args):
+        scenario = build(*args)
+        return replace(scenario, workload=replace(scenario.workload, num_requests=1))
+
+    monkeypatch.setattr(module, base, one_request)
     return module
 
 
@@ -29,8 +38,8 @@ def assert_png(path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
-def test_fair_hardware(tmp_path):
-    study = load_study("fair_hardware")
+def test_fair_hardware(tmp_path, monkeypatch):
+    study = load_study("fair_hardware", monkeypatch, "base_scenario")
     meta = study.run(
         tmp_path,
         datasets=("humaneval",),
@@ -67,8 +76,8 @@ def test_fair_hardware(tmp_path):
     assert tokens_per_s == pytest.approx(row["tokens_per_s"], rel=1e-12)
 
 
-def test_design_search(tmp_path):
-    study = load_study("design_search")
+def test_design_search(tmp_path, monkeypatch):
+    study = load_study("design_search", monkeypatch, "base_scenario")
     space = SearchSpace(stages=(2, 4, 8), spec_layers=(1, 3))
     study.run(
         tmp_path,
@@ -99,8 +108,8 @@ def test_design_search(tmp_path):
         assert_png(tmp_path / name)
 
 
-def test_sensitivity(tmp_path):
-    study = load_study("sensitivity")
+def test_sensitivity(tmp_path, monkeypatch):
+    study = load_study("sensitivity", monkeypatch, "roofline_base")
     parameters = ("PDM forward (SPD drafter)", "acceptance alpha", "hidden-state send")
     study.run(tmp_path, configs=("SPD n=8 L_s=3 (authors')",), parameters=parameters, workers=1)
     frame = pd.read_csv(tmp_path / "sensitivity.csv").set_index("parameter")
