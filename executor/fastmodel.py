@@ -212,6 +212,25 @@ def decoder_layer(
     return x + F.linear(F.silu(gate) * up, w.down)
 
 
+def step_inputs(
+    rope_cos: torch.Tensor,
+    rope_sin: torch.Tensor,
+    positions: torch.Tensor,
+    window: int,
+    lengths: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RoPE rows and the additive position mask of one forward; raises the layers' cache ``lengths`` in place."""
+    slots = torch.arange(window, device=positions.device)
+    mask = torch.where(slots[None, :] <= positions[:, None], 0.0, float("-inf")).to(torch.float32)
+    lengths.copy_(torch.maximum(lengths, positions.max() + 1))
+    return rope_cos[positions], rope_sin[positions], mask
+
+
+def head_logits(hidden: torch.Tensor, norm: torch.Tensor, lm_head: torch.Tensor, eps: float) -> torch.Tensor:
+    """Final norm + lm_head, logits in float32."""
+    return F.linear(rms_norm(hidden, norm, eps), lm_head).float()
+
+
 class _Layer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -264,6 +283,8 @@ class FastModel(nn.Module):
         self.register_buffer("rope_cos", angles.cos(), persistent=False)
         self.register_buffer("rope_sin", angles.sin(), persistent=False)
         self._compiled_fn: Callable[..., torch.Tensor] | None = None
+        self._compiled_inputs: Callable[..., tuple[torch.Tensor, ...]] | None = None
+        self._compiled_head: Callable[..., torch.Tensor] | None = None
         self._layer_weights: list[LayerWeights] | None = None
 
     # -- construction ---------------------------------------------------------------------------------------
@@ -342,9 +363,11 @@ class FastModel(nn.Module):
         limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
         setattr(config, limit, max(getattr(config, limit), 64))
         self._compiled_fn = torch.compile(decoder_layer, mode=mode, dynamic=False, fullgraph=True)
+        self._compiled_inputs = torch.compile(step_inputs, mode=mode, dynamic=False, fullgraph=True)
+        self._compiled_head = torch.compile(head_logits, mode=mode, dynamic=False, fullgraph=True)
 
     def uncompile_layers(self) -> None:
-        self._compiled_fn = None
+        self._compiled_fn = self._compiled_inputs = self._compiled_head = None
 
     # -- properties -----------------------------------------------------------------------------------------
     @property
@@ -405,13 +428,13 @@ class FastModel(nn.Module):
         collected: dict[int, torch.Tensor] = {}
         if start_layer in wanted:
             collected[start_layer] = hidden
-        cos = self.rope_cos[positions]
-        sin = self.rope_sin[positions]
-        slots = torch.arange(window, device=positions.device)
-        mask = torch.where(slots[None, :] <= positions[:, None], 0.0, float("-inf")).to(torch.float32)
-        small = hidden.shape[1] <= COMPILED_MAX_TOKENS
-        layer_fn = self._compiled_fn if self._compiled_fn is not None and small else decoder_layer
-        for i in cache.layer_range(start_layer, end_layer):
+        compiled = self._compiled_fn is not None and hidden.shape[1] <= COMPILED_MAX_TOKENS
+        layer_fn = self._compiled_fn if compiled else decoder_layer
+        inputs_fn = self._compiled_inputs if compiled else step_inputs
+        layers = cache.layer_range(start_layer, end_layer)
+        lengths = cache.lengths[layers.start : layers.stop]
+        cos, sin, mask = inputs_fn(self.rope_cos, self.rope_sin, positions, window, lengths)
+        for i in layers:
             hidden = layer_fn(
                 hidden,
                 self.layer_weights(i),
@@ -425,7 +448,6 @@ class FastModel(nn.Module):
             )
             if i + 1 in wanted:
                 collected[i + 1] = hidden
-        cache.note_written(start_layer, end_layer, positions)
         return hidden, collected
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -437,7 +459,11 @@ class FastModel(nn.Module):
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + lm_head; logits in float32 ``[B, T, V]``."""
-        return self.lm_head(self.final_norm(hidden)).float()
+        weight = self.embed_tokens if self.lm_head_weight is None else self.lm_head_weight
+        compiled = self._compiled_head is not None and hidden.shape[1] <= COMPILED_MAX_TOKENS
+        return (self._compiled_head if compiled else head_logits)(
+            hidden, self.norm, weight, self.cfg.rms_norm_eps
+        )
 
     def forward(
         self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, kv_len: int | None = None

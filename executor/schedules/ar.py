@@ -103,11 +103,11 @@ def generate_ar(
 ) -> ARResult:
     """Greedy or sampled AR decoding of one prompt (batch 1); every step's device time is recorded."""
     needed = len(prompt_ids) + gen.max_new_tokens
-    cache = cache or model.new_cache(needed)
+    cache = model.new_cache(needed) if cache is None else cache
     if needed > cache.max_len:
         raise ValueError(f"prompt + max_new_tokens = {needed} exceeds the cache ({cache.max_len})")
     cache.reset()
-    graphs = graphs or GraphCache(enabled=gen.use_graphs)
+    graphs = GraphCache(enabled=gen.use_graphs) if graphs is None else graphs
     generator = None
     if not gen.sampling.greedy:
         generator = torch.Generator(device=model.device).manual_seed(gen.sampling.seed)
