@@ -201,8 +201,8 @@ def _run_deterministic(env, recorder, stream, costs: PipelineCosts, request, new
     saturated = costs.cycle_ns[stages]
     refill_total = costs.refill_total_ns
     timeout = env.timeout
-    verification = recorder.verification
-    commit = recorder.commit
+    add_verification = recorder.verifications.append  # rows as Recorder.verification / commit build them
+    add_token = recorder.tokens.append
     accept = stream.spd_accept
     committed = 0
     cycle = stages - 1  # index of the first verify cycle, after n-1 fill cycles
@@ -213,8 +213,8 @@ def _run_deterministic(env, recorder, stream, costs: PipelineCosts, request, new
         yield timeout(pending + saturated[committed])
         accepted = accept(after_refill)
         now = env.now
-        verification(request, cycle, now, 1, int(accepted), "refill" if after_refill else "saturated")
-        commit(request, committed, now, cycle, accepted)
+        add_verification((request, cycle, now, 1, int(accepted), "refill" if after_refill else "saturated"))
+        add_token((request, committed, now, cycle, accepted))
         committed += 1
         cycle += 1
         if accepted or committed == new_tokens:
