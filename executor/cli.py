@@ -206,5 +206,139 @@ def _profile(**kw) -> None:
     typer.echo(f"profile bundle: {path}")
 
 
+@app.command("train-head")
+def train_head(
+    head: str = typer.Option(..., help="spd, eagle3 or specdecpp"),
+    out: Path = typer.Option(..., help="output folder (checkpoint + training.json)"),
+    model: str = typer.Option("smollm2-135m", help="random:<preset>, smollm2-135m, a .gguf file or HF dir"),
+    stages: int = typer.Option(None, help="SPD: number of pipeline stages n"),
+    stage_layers: str = typer.Option(None, help="SPD: explicit per-stage layer counts, e.g. 8,8,7,7"),
+    spec_layers: int = typer.Option(2, min=1, help="SPD: drafter decoder layers L_s"),
+    chain_head: Path = typer.Option(None, help="specdecpp: the trained EAGLE-3 head checkpoint"),
+    minutes: float = typer.Option(10.0, min=0.0, help="wall-clock budget (0 = none)"),
+    steps: int = typer.Option(4000, min=1, help="step budget (also the LR schedule's horizon)"),
+    batch_size: int = typer.Option(8, min=1),
+    lr: float = typer.Option(3e-4),
+    block_len: int = typer.Option(512, min=8, help="training block length (tokens)"),
+    gsm8k_questions: int = typer.Option(2000, min=0, help="GSM8K train questions answered by the target"),
+    source_mb: float = typer.Option(40.0, min=0.0, help="cap on Python source text (MB)"),
+    ttt_steps: int = typer.Option(7, min=1, help="eagle3/specdecpp: training-time-test steps K"),
+    dtype: str = typer.Option(
+        "auto", help="target dtype: auto (bf16 on GPU, fp32 on CPU), bfloat16, float32"
+    ),
+    device: str = typer.Option("auto"),
+    seed: int = typer.Option(0),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Distil a draft head (SPD v11 drafter, EAGLE-3 chain head, SpecDec++ acceptance head) from the target."""
+    try:
+        _train_head(**locals())
+    except SpdsimError as exc:
+        _fail(exc)
+
+
+def _train_head(**kw) -> None:
+    from executor.stages import parse_stage_layers
+    from executor.train.corpus import CorpusConfig
+    from executor.train.loop import LoopConfig
+    from executor.train.run import TrainHeadOptions
+    from executor.train.run import train_head as run_train_head
+
+    device = _device(kw["device"])
+    dtype = kw["dtype"] if kw["dtype"] != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    loop = LoopConfig(
+        max_steps=kw["steps"],
+        minutes=kw["minutes"],
+        batch_size=kw["batch_size"],
+        lr=kw["lr"],
+        seed=kw["seed"],
+    )
+    corpus = CorpusConfig(
+        block_len=kw["block_len"],
+        source_bytes=int(kw["source_mb"] * 1e6),
+        gsm8k_questions=kw["gsm8k_questions"],
+    )
+    options = TrainHeadOptions(
+        model=kw["model"],
+        head=kw["head"],
+        out=kw["out"],
+        stages=kw["stages"],
+        stage_layers=parse_stage_layers(kw["stage_layers"]) if kw["stage_layers"] else None,
+        spec_layers=kw["spec_layers"],
+        chain_head=kw["chain_head"],
+        ttt_steps=kw["ttt_steps"],
+        device=device,
+        dtype=dtype,
+        seed=kw["seed"],
+        loop=loop,
+        corpus=corpus,
+    )
+    run_train_head(options, progress=typer.echo, show_progress=kw["progress"])
+
+
+@app.command("eval")
+def eval_head(
+    head: Path = typer.Option(..., help="SPD v11 / EAGLE-3 checkpoint, or a SpecDec++ head folder"),
+    model: str = typer.Option("smollm2-135m"),
+    prompts: str = typer.Option("mt_bench,humaneval,gsm8k", help="comma list of mt_bench, humaneval, gsm8k"),
+    limit: int = typer.Option(80, min=1, help="prompts per dataset (first turn)"),
+    max_new_tokens: int = typer.Option(256, min=1),
+    temperatures: str = typer.Option("0,1", help="comma list of temperatures"),
+    k_values: str = typer.Option("3,5,7", help="eagle3: chain lengths K"),
+    thresholds: str = typer.Option("0.3,0.5", help="specdecpp: stop thresholds h"),
+    k_max: int = typer.Option(10, min=1, help="specdecpp: longest chain"),
+    chain_head: Path = typer.Option(None, help="specdecpp: EAGLE-3 head (default: from training.json)"),
+    out: Path = typer.Option(None, help="output folder (default studies/results/heads/eval_<head>)"),
+    dtype: str = typer.Option("auto"),
+    device: str = typer.Option("auto"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Decode the evaluation prompts with a trained head: acceptance tables, traces, lossless check vs AR."""
+    try:
+        _eval_head(**locals())
+    except SpdsimError as exc:
+        _fail(exc)
+
+
+def _floats(text: str, name: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise SpdsimError(f"{name}: expected comma-separated numbers, got '{text}'") from None
+    if not values:
+        raise SpdsimError(f"{name}: expected at least one value")
+    return values
+
+
+def _eval_head(**kw) -> None:
+    from executor.evaluate import EvalConfig, detect_head, evaluate_head
+    from executor.models import load_fast_model
+    from executor.prompts import DATASETS
+
+    datasets = tuple(d.strip() for d in kw["prompts"].split(",") if d.strip())
+    unknown = [d for d in datasets if d not in DATASETS]
+    if unknown or not datasets:
+        raise SpdsimError(f"prompts: unknown dataset {unknown} (allowed: {', '.join(DATASETS)})")
+    detect_head(kw["head"])
+    config = EvalConfig(
+        datasets=datasets,
+        limit=kw["limit"],
+        max_new_tokens=kw["max_new_tokens"],
+        temperatures=_floats(kw["temperatures"], "temperatures"),
+        k_values=_ints(kw["k_values"], "k_values"),
+        thresholds=_floats(kw["thresholds"], "thresholds"),
+        k_max=kw["k_max"],
+        seed=kw["seed"],
+    )
+    device = _device(kw["device"])
+    dtype = kw["dtype"] if kw["dtype"] != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    fast, loaded = load_fast_model(kw["model"], device=device, dtype=dtype, seed=kw["seed"])
+    out = kw["out"] or Path("studies/results/heads") / f"eval_{kw['head'].stem}"
+    extra = {"model": kw["model"], "model_source": loaded.source, "dtype": dtype}
+    rows = evaluate_head(fast, loaded.tokenizer, kw["head"], config, out, kw["chain_head"], typer.echo, extra)
+    bad = [r for r in rows if r["lossless_checked"] != "" and r["lossless_prompts"] != r["lossless_checked"]]
+    typer.echo(f"eval: {len(rows)} rows -> {out}/acceptance.md; lossless failures: {len(bad)}")
+
+
 if __name__ == "__main__":
     app()
