@@ -106,6 +106,7 @@ class MethodSpec:
     drafter_placement: str = "own-gpu"
     draft_tokens: int = 3  # K for chain / parallel methods
     draft_layers: int = 1  # drafter depth for eagle3/mtp/dflash/peagle heads, or the draft model's layers
+    draft_vocab_size: int = 32000  # draft lm_head rows (SPD PDM, EAGLE-3, P-EAGLE); 0 = target vocab
     draft_model_layers_fraction: float = (
         0.0  # classic draft model as a fraction of the target (0 = use draft_layers)
     )

@@ -39,10 +39,17 @@ def _to_ns(value: Any) -> Any:
 class LatencyModel:
     """Phase latencies of one scenario. Subclasses implement the primitives; the composites live here."""
 
-    def __init__(self, shape: ModelShape | None, hardware: Hardware | None, spec: LatencySpec):
+    def __init__(
+        self,
+        shape: ModelShape | None,
+        hardware: Hardware | None,
+        spec: LatencySpec,
+        draft_vocab_size: int = 0,
+    ):
         self.shape = shape
         self.hardware = hardware
         self.spec = spec
+        self.draft_vocab_size = draft_vocab_size  # rows of draft lm_heads (0 = the target's vocabulary)
 
     # --- primitives (subclasses) -------------------------------------------------------------------------
     def embed_ns(self, query_tokens: int = 1) -> int:
@@ -60,9 +67,17 @@ class LatencyModel:
         """SPD drafter (PDM): aggregation + ``spec_layers`` full decoder layers + draft lm_head (one row)."""
         raise NotImplementedError
 
-    def chain_draft_ns(self, draft_layers: int, kv_len: KvLen) -> Any:
-        """One serial pass of a head-style chain drafter (EAGLE-3 / MTP): its layers + its lm_head, one token."""
+    def chain_draft_ns(self, draft_layers: int, kv_len: KvLen, vocab: int | None = None) -> Any:
+        """One serial pass of a head-style chain drafter (EAGLE-3 / MTP): its layers + its lm_head, one token.
+
+        ``vocab``: rows of its lm_head (None: the scenario's draft vocabulary; 0: the target's, as MTP shares it).
+        """
         raise NotImplementedError
+
+    def lm_head_ns(self, query_tokens: int = 1, vocab: int | None = 0) -> int:
+        """An lm_head over ``vocab`` rows (None: the draft vocabulary, 0: the target's). Only the roofline tells
+        vocabularies apart; the other kinds price every head like the target's."""
+        return self.head_ns(query_tokens)
 
     def p2p_ns(self, num_bytes: int) -> int:
         """One point-to-point send of ``num_bytes`` (hidden state between stages)."""
@@ -113,9 +128,11 @@ class LatencyModel:
         """The cascade's smallest model (little -> draft -> target)."""
         return self.draft_model_ns(layers, query_tokens, kv_len)
 
-    def parallel_draft_ns(self, draft_layers: int, query_tokens: int, kv_len: KvLen) -> Any:
+    def parallel_draft_ns(
+        self, draft_layers: int, query_tokens: int, kv_len: KvLen, vocab: int | None = None
+    ) -> Any:
         """One parallel-drafting pass (DFlash block / P-EAGLE slots) over ``query_tokens`` query rows."""
-        return self.layers_ns(draft_layers, query_tokens, kv_len) + self.head_ns(query_tokens)
+        return self.layers_ns(draft_layers, query_tokens, kv_len) + self.lm_head_ns(query_tokens, vocab)
 
 
 class ConstantLatency(LatencyModel):
@@ -139,7 +156,7 @@ class ConstantLatency(LatencyModel):
     def pdm_ns(self, spec_layers: int, query_tokens: int, kv_len: KvLen) -> Any:
         return _broadcast(self.spec.pdm_ns, kv_len)
 
-    def chain_draft_ns(self, draft_layers: int, kv_len: KvLen) -> Any:
+    def chain_draft_ns(self, draft_layers: int, kv_len: KvLen, vocab: int | None = None) -> Any:
         return _broadcast(self.spec.draft_step_ns, kv_len)
 
     def draft_model_ns(self, layers: int, query_tokens: int, kv_len: KvLen) -> Any:
@@ -153,7 +170,9 @@ class ConstantLatency(LatencyModel):
             return LatencyModel.draft_model_ns(self, layers, query_tokens, kv_len)
         return _broadcast(self.spec.little_step_ns, kv_len)
 
-    def parallel_draft_ns(self, draft_layers: int, query_tokens: int, kv_len: KvLen) -> Any:
+    def parallel_draft_ns(
+        self, draft_layers: int, query_tokens: int, kv_len: KvLen, vocab: int | None = None
+    ) -> Any:
         extra = (query_tokens - 1) * self.spec.per_query_token_ns * draft_layers / self._layers_for_scaling()
         return _broadcast(_to_ns(self.spec.draft_step_ns + extra), kv_len)
 
@@ -172,8 +191,8 @@ class ConstantLatency(LatencyModel):
 class RooflineLatency(LatencyModel):
     """Batch-1 decode roofline: weight + KV bytes over bandwidth vs FLOPs over peak, plus launch overhead."""
 
-    def __init__(self, shape: ModelShape, hardware: Hardware, spec: LatencySpec):
-        super().__init__(shape, hardware, spec)
+    def __init__(self, shape: ModelShape, hardware: Hardware, spec: LatencySpec, draft_vocab_size: int = 0):
+        super().__init__(shape, hardware, spec, draft_vocab_size)
         s = shape
         attn_out = s.num_attention_heads * s.head_dim
         kv_out = s.num_kv_heads * s.head_dim
@@ -210,16 +229,20 @@ class RooflineLatency(LatencyModel):
         return _to_ns(total) if isinstance(kv_len, np.ndarray) else _to_ns(float(total))
 
     def head_ns(self, query_tokens: int = 1) -> int:
+        return self.lm_head_ns(query_tokens, 0)
+
+    def lm_head_ns(self, query_tokens: int = 1, vocab: int | None = 0) -> int:
         s = self.shape
-        params = s.hidden_size * s.vocab_size
+        rows = self.draft_vocab_size if vocab is None else vocab
+        params = s.hidden_size * (rows or s.vocab_size)
         value = self._roof_ns(params * s.dtype_bytes, 2.0 * query_tokens * params)
         return _to_ns(float(value)) + self._overhead(1)
 
     def pdm_ns(self, spec_layers: int, query_tokens: int, kv_len: KvLen) -> Any:
-        return self.layers_ns(spec_layers, query_tokens, kv_len) + self.head_ns(1)
+        return self.layers_ns(spec_layers, query_tokens, kv_len) + self.lm_head_ns(1, None)
 
-    def chain_draft_ns(self, draft_layers: int, kv_len: KvLen) -> Any:
-        return self.layers_ns(draft_layers, 1, kv_len) + self.head_ns(1)
+    def chain_draft_ns(self, draft_layers: int, kv_len: KvLen, vocab: int | None = None) -> Any:
+        return self.layers_ns(draft_layers, 1, kv_len) + self.lm_head_ns(1, vocab)
 
     def p2p_ns(self, num_bytes: int) -> int:
         hw = self.hardware
@@ -233,8 +256,15 @@ class RooflineLatency(LatencyModel):
 class MeasuredLatency(LatencyModel):
     """A profile bundle's per-phase medians, interpolated linearly per coordinate; outside the grid: error."""
 
-    def __init__(self, shape: ModelShape | None, hardware: Hardware | None, spec: LatencySpec, profile: dict):
-        super().__init__(shape, hardware, spec)
+    def __init__(
+        self,
+        shape: ModelShape | None,
+        hardware: Hardware | None,
+        spec: LatencySpec,
+        profile: dict,
+        draft_vocab_size: int = 0,
+    ):
+        super().__init__(shape, hardware, spec, draft_vocab_size)
         self._tables = {phase: _GridTable(phase, entries) for phase, entries in profile["phases"].items()}
 
     def _table(self, phase: str) -> _GridTable:
@@ -263,7 +293,7 @@ class MeasuredLatency(LatencyModel):
             spec_layers=spec_layers, query_tokens=query_tokens, kv_len=kv_len
         )
 
-    def chain_draft_ns(self, draft_layers: int, kv_len: KvLen) -> Any:
+    def chain_draft_ns(self, draft_layers: int, kv_len: KvLen, vocab: int | None = None) -> Any:
         return self._table("chain_draft").lookup_ns(draft_layers=draft_layers, kv_len=kv_len)
 
     def p2p_ns(self, num_bytes: int) -> int:
@@ -293,8 +323,15 @@ FIT_TERMS: dict[str, tuple[str, ...]] = {
 class FittedLatency(MeasuredLatency):
     """Linear-in-coefficients fit per phase (µs); coefficients from ``profile["fit"]`` or least squares."""
 
-    def __init__(self, shape: ModelShape | None, hardware: Hardware | None, spec: LatencySpec, profile: dict):
-        LatencyModel.__init__(self, shape, hardware, spec)
+    def __init__(
+        self,
+        shape: ModelShape | None,
+        hardware: Hardware | None,
+        spec: LatencySpec,
+        profile: dict,
+        draft_vocab_size: int = 0,
+    ):
+        LatencyModel.__init__(self, shape, hardware, spec, draft_vocab_size)
         given = profile.get("fit") or {}
         self._tables = {}
         for phase, entries in profile["phases"].items():
@@ -417,17 +454,18 @@ def build_latency_model(scenario: Scenario) -> LatencyModel:
     """The latency model a scenario asks for (``scenario.latency.kind``)."""
     spec = scenario.latency
     kind = spec.kind
+    draft_vocab = scenario.method.draft_vocab_size
     if kind == "constant":
-        return ConstantLatency(scenario.model, scenario.hardware, spec)
+        return ConstantLatency(scenario.model, scenario.hardware, spec, draft_vocab)
     if kind == "roofline":
         if scenario.model is None or scenario.hardware is None:
             raise SpdsimError("latency.kind 'roofline' needs scenario.model and scenario.hardware")
-        return RooflineLatency(scenario.model, scenario.hardware, spec)
+        return RooflineLatency(scenario.model, scenario.hardware, spec, draft_vocab)
     if kind in ("measured", "fitted"):
         if not spec.profile_path:
             raise SpdsimError(f"latency.profile_path: required for latency kind '{kind}'")
         profile = load_profile(spec.profile_path)
         shape = scenario.model if scenario.model is not None else _profile_shape(profile)
         cls = MeasuredLatency if kind == "measured" else FittedLatency
-        return cls(shape, scenario.hardware, spec, profile)
+        return cls(shape, scenario.hardware, spec, profile, draft_vocab)
     raise SpdsimError(f"latency.kind: unknown '{kind}' (allowed: constant, roofline, measured, fitted)")

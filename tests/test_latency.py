@@ -193,3 +193,15 @@ def test_p2p_and_hardware_links():
         Scenario(model=TOY_SHAPE, hardware=link, latency=LatencySpec(kind="roofline"))
     )
     assert latency.p2p_ns(latency.hidden_bytes(1)) == 5_000 + round(256 * 2 / 50.0)
+
+
+def test_draft_heads_use_the_draft_vocabulary_on_the_roofline():
+    scenario = Scenario(model=QWEN35_4B_SHAPE, hardware=H100, latency=LatencySpec(kind="roofline"))
+    latency = build_latency_model(scenario)  # MethodSpec default: a 32k-row draft lm_head
+    full = latency.lm_head_ns(1, 0)
+    assert full == latency.head_ns(1)
+    assert latency.lm_head_ns(1, None) == pytest.approx(full * 32_000 / QWEN35_4B_SHAPE.vocab_size, rel=0.01)
+    assert latency.pdm_ns(3, 9, 512) == latency.layers_ns(3, 9, 512) + latency.lm_head_ns(1, None)
+    assert latency.chain_draft_ns(1, 512, vocab=0) == latency.layers_ns(1, 1, 512) + full
+    whole = build_latency_model(replace(scenario, method=replace(scenario.method, draft_vocab_size=0)))
+    assert whole.pdm_ns(3, 9, 512) == latency.layers_ns(3, 9, 512) + full

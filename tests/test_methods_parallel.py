@@ -25,7 +25,7 @@ def test_pass_cost_grows_weakly_with_block_size():
     one_serial_pass = build_latency_model(serial).chain_draft_ns(4, 128)
     for name in ("dflash", "peagle"):
         assert costs[name, 4] <= costs[name, 16] < 1.2 * costs[name, 4]
-        assert costs[name, 16] < 2 * one_serial_pass  # far below 16 serial passes
+        assert costs[name, 16] < 4 * one_serial_pass  # far below 16 serial passes
 
 
 def test_constant_model_scales_with_query_rows():

@@ -25,8 +25,9 @@ def chain_draft_pass_ns(scenario, latency) -> list[int]:
     name = scenario.method.name
     if name in ("draft-model", "specdecpp"):
         return latency.draft_model_ns(draft_model_layers(scenario), 1, kv).tolist()
-    layers = 1 if name == "mtp" else scenario.method.draft_layers
-    return latency.chain_draft_ns(layers, kv).tolist()
+    if name == "mtp":  # one layer reused, the verifier's own lm_head
+        return latency.chain_draft_ns(1, kv, vocab=0).tolist()
+    return latency.chain_draft_ns(scenario.method.draft_layers, kv).tolist()
 
 
 def run_draft_verify(env, context, request, streams, pass_ns, passes, drafted):

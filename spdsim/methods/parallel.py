@@ -1,7 +1,7 @@
 """Parallel drafting: one drafter pass proposes a whole block, then verify K+1 (baselines.md F3).
 
 ``dflash``: a block of K+1 query rows (the bonus token plus K masks) through ``draft_layers`` layers and the
-target's lm_head; ``peagle``: K slots in one pass. The pass cost grows only weakly with K (query rows).
+target's lm_head; ``peagle``: K slots in one pass, with EAGLE-3's draft vocabulary. The pass cost grows only weakly with K (query rows).
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ from spdsim.methods.common import kv_lengths
 
 def parallel_pass_ns(scenario, latency) -> list[int]:
     method = scenario.method
-    rows = method.draft_tokens + 1 if method.name == "dflash" else method.draft_tokens
-    return latency.parallel_draft_ns(method.draft_layers, rows, kv_lengths(scenario)).tolist()
+    if method.name == "dflash":  # bonus + K mask rows through the target's lm_head
+        rows, vocab = method.draft_tokens + 1, 0
+    else:  # P-EAGLE: K slots, EAGLE-3's draft vocabulary
+        rows, vocab = method.draft_tokens, None
+    return latency.parallel_draft_ns(method.draft_layers, rows, kv_lengths(scenario), vocab).tolist()
 
 
 def run_request(env, context, request, streams):
