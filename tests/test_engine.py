@@ -36,6 +36,22 @@ def test_des_agrees_with_closed_form_on_20k_tokens(name, alpha, width):
     assert simulated == pytest.approx(predict(scenario).tokens_per_s, rel=0.03)
 
 
+@pytest.mark.parametrize("name", list(METHODS))
+def test_des_agrees_with_closed_form_on_a_roofline(name):
+    """Costs that grow with the context (roofline KV reads, verify over K+1 tokens), zero overheads."""
+    scenario = roofline(name, num_stages=4, draft_tokens=4, spec_layers=2, k_max=8)
+    scenario = replace(
+        scenario,
+        overheads=Overheads(),
+        acceptance=AcceptanceSpec(kind="iid", alpha=0.7),
+        workload=Workload(prompt_tokens=128, new_tokens=5_000, num_requests=4),
+    )
+    result = simulate(scenario, record_intervals=False)
+    simulated = summarize(result)["tokens_per_s"]
+    realized = predict(scenario, realized=empirical_acceptance(result)).tokens_per_s
+    assert simulated == pytest.approx(realized, rel=0.01)
+
+
 @pytest.mark.parametrize("tp", [1, 2, 4, 8])
 def test_ar_des_agrees_with_closed_form(tp):
     scenario = ideal("ar", new_tokens=5_000, requests=4, tensor_parallel=tp)
