@@ -141,6 +141,8 @@ def run_request(env, context, request, streams):
     jitter = streams.jitter
     stream = context.acceptance.stream(streams.acceptance, request, 1)
     new_tokens = scenario.workload.new_tokens
+    if new_tokens <= 0:
+        return
     if not jitter.enabled and not recorder.record_intervals:
         yield from _run_deterministic(env, recorder, stream, costs, request, new_tokens)
         return
