@@ -211,9 +211,9 @@ def evaluate_head(
                 name = f"{label}__{dataset}__t{temperature:g}.csv"
                 write_trace(result, traces / name)
                 rows.append(table_row(label, dataset, temperature, result, reference, f"traces/{name}"))
-    write_tables(
-        rows, out_dir, {"head": str(head_path), "head_kind": kind, **asdict(eval_config), **(extra or {})}
-    )
+    summary = {k: v for k, v in head_config.items() if k != "draft_token_ids"}
+    config = {"head": str(head_path), "head_kind": kind, "head_config": summary, **asdict(eval_config)}
+    write_tables(rows, out_dir, {**config, **(extra or {})})
     return rows
 
 
