@@ -134,8 +134,8 @@ class Link:
             self._fan_out(tensor)
             return control
         tensor = torch.empty(len(CONTROL_FIELDS), dtype=torch.int64, device=self.device)
-        work = dist.irecv(tensor, src=self.roles.controller)
-        self.wait(work, self.roles.controller, "control word", idle)
+        [(work, peer)] = self.exchange([], [(tensor, self.roles.controller)])
+        self.wait(work, peer, "control word", idle)
         return Control.decode(tensor)
 
     def broadcast_ids(self, ids: torch.Tensor | None, length: int) -> torch.Tensor:
@@ -143,7 +143,8 @@ class Link:
             self._fan_out(ids)
             return ids
         tensor = torch.empty(length, dtype=torch.int64, device=self.device)
-        self.wait(dist.irecv(tensor, src=self.roles.controller), self.roles.controller, "prompt ids")
+        [(work, peer)] = self.exchange([], [(tensor, self.roles.controller)])
+        self.wait(work, peer, "prompt ids")
         return tensor
 
     def _fan_out(self, tensor: torch.Tensor) -> None:
@@ -152,6 +153,9 @@ class Link:
 
     def exchange(self, sends: list[tuple[torch.Tensor, int]], recvs: list[tuple[torch.Tensor, int]]) -> list:
         """Post sends and receives together (one NCCL group: no ordering deadlock); returns receive handles.
+
+        Every point-to-point op of the run goes through here (batched), so NCCL uses one communicator for all of
+        them: mixing batched and plain p2p calls can put the two ends on different communicators (a hang).
 
         Send handles are kept and awaited by ``flush_sends`` (the tensors stay referenced until then)."""
         ops = [dist.P2POp(dist.isend, tensor, peer) for tensor, peer in sends]

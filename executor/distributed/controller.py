@@ -121,10 +121,10 @@ class Controller:
             feats.update(local_feats)
             if self.n == 1:
                 sends = []
-        recvs, outputs, anchors = self._recv_plan(self.n, len(tokens), saturated=True)
-        handles = link.exchange(sends, recvs)
-        link.wait_recvs(handles, "prefill outputs")
+        link.exchange(sends, [])  # stage 1 receives before it sends: complete this send first
         link.flush_sends("prefill send of stage 0")
+        recvs, outputs, anchors = self._recv_plan(self.n, len(tokens), saturated=True)
+        link.wait_recvs(link.exchange([], recvs), "prefill outputs")
         for stage, stacked in anchors.items():
             feats.update(self._unstack(stage, stacked))
         last = outputs.get(self.n - 1, out if self.n == 1 else None)

@@ -7,6 +7,7 @@ other ranks are stopped. Ranks bound every wait by ``timeout_s``, so a stuck ran
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import queue
 import signal
@@ -184,6 +185,9 @@ def _rank_main(rank, port, backend, source, prompts, config, jobs, results) -> N
     import torch.distributed as dist
 
     roles = config.roles
+    stacks_after_s = float(os.environ.get("SPDSIM_DIST_STACKS_AFTER_S", "0"))
+    if stacks_after_s > 0:  # diagnosis of a hang: every rank prints its Python stacks after this long
+        faulthandler.dump_traceback_later(stacks_after_s, exit=False)
     try:
         os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
         os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
@@ -199,6 +203,7 @@ def _rank_main(rank, port, backend, source, prompts, config, jobs, results) -> N
             rank=rank,
             world_size=roles.world_size,
             timeout=timedelta(seconds=max(config.idle_timeout_s, config.timeout_s) + 60),
+            device_id=device if backend == "nccl" else None,  # eager NCCL init: one communicator for all ops
         )
         dist.barrier()  # every rank is up (and NCCL's first call is a collective all ranks join)
         link = Link(rank, roles, device, config.timeout_s, config.idle_timeout_s)
