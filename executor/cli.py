@@ -144,8 +144,11 @@ def profile(
     out: Path = typer.Option(None, help="bundle path (default studies/results/profiles/<model>_<gpu>.json)"),
     dtype: str = typer.Option("auto"),
     device: str = typer.Option("auto"),
-    kv_lens: str = typer.Option("256,1024,4096", help="comma list of live KV lengths"),
+    kv_lens: str = typer.Option("64,256,1024,4096", help="comma list of live KV lengths"),
     query_tokens: str = typer.Option("1,4,8", help="comma list of new tokens per layer-stage forward"),
+    spec_layers: str = typer.Option(
+        "1,2,3", help="SPD drafter depths to profile; 'none' skips the head phases"
+    ),
     iters: int = typer.Option(50, min=3),
     compile_layers: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the layer (GPU)"),
     seed: int = typer.Option(0),
@@ -185,11 +188,12 @@ def _profile(**kw) -> None:
     fast, _ = load_fast_model(
         kw["model"], device=device, dtype=dtype, seed=kw["seed"], max_seq_len=max(kv_lens)
     )
-    if max(query_tokens) > min(kv_lens):
+    if max(query_tokens) > min(kv_lens):  # the newest query_tokens positions must fit in the live length
         raise SpdsimError("query_tokens: the largest must not exceed the smallest kv_len")
     if kw["compile_layers"] and device == "cuda":
         fast.compile_layers()
-    grid = ProfileGrid(kv_lens=kv_lens, query_tokens=query_tokens, iters=kw["iters"])
+    spec_layers = () if kw["spec_layers"] == "none" else _ints(kw["spec_layers"], "spec_layers")
+    grid = ProfileGrid(kv_lens=kv_lens, query_tokens=query_tokens, spec_layers=spec_layers, iters=kw["iters"])
     copy_gbps = measure_copy_bandwidth_gbps(device, nbytes=(1 << 30) if device == "cuda" else 1 << 26)
     hardware = hardware_info(device, copy_gbps)
     phases = profile_phases(fast, grid, progress=typer.echo)

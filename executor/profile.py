@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from executor.cache import KVCache
+from executor.cache import KVCache, kv_bucket
 from executor.fastmodel import FastModel
 from executor.graphs import GraphedStep
 from executor.stages import split_layers, uneven_counts
@@ -34,8 +34,9 @@ class ProfileGrid:
 
     stage_counts: tuple[int, ...] = (1, 2, 4, 8)
     query_tokens: tuple[int, ...] = (1, 4, 8)
-    kv_lens: tuple[int, ...] = (256, 1024, 4096)
+    kv_lens: tuple[int, ...] = (64, 256, 1024, 4096)
     head_query_tokens: tuple[int, ...] = tuple(range(1, 10))
+    spec_layers: tuple[int, ...] = (1, 2, 3)  # SPD drafter depths L_s; () skips the head phases
     warmup: int = 5
     iters: int = 50
 
@@ -181,8 +182,10 @@ def profile_phases(
     for query_tokens in grid.query_tokens:
         for kv_len in grid.kv_lens:
             for layers in stage_layer_counts(cfg.num_layers, grid.stage_counts):
+                # The window the executor attends over at this live length (buckets of >= 256 slots).
+                window = kv_bucket(kv_len, cache.max_len)
 
-                def stage(hidden: torch.Tensor, positions: torch.Tensor, _n: int = layers, _w: int = kv_len):
+                def stage(hidden: torch.Tensor, positions: torch.Tensor, _n: int = layers, _w: int = window):
                     return model.forward_layers(hidden, positions, 0, _n, cache, kv_len=_w)[0]
 
                 stats = timer.time(
@@ -195,7 +198,9 @@ def profile_phases(
 
     for kv_len in grid.kv_lens:
 
-        def ar_step(token: torch.Tensor, position: torch.Tensor, _w: int = kv_len) -> torch.Tensor:
+        def ar_step(
+            token: torch.Tensor, position: torch.Tensor, _w: int = kv_bucket(kv_len, cache.max_len)
+        ) -> torch.Tensor:
             hidden, _ = model.forward_layers(
                 model.embed(token), position, 0, cfg.num_layers, cache, kv_len=_w
             )
@@ -225,7 +230,87 @@ def profile_phases(
         )
         phases["p2p"].append(_entry({"bytes": src.numel() * src.element_size()}, stats))
         report(f"head/embed/p2p q={query_tokens}: {phases['head'][-1]['median_us']:.1f} us")
+    if grid.spec_layers:
+        phases["drafter"] = profile_spd_drafter(model, grid, report)
+        phases["chain_draft"] = profile_chain_draft(model, grid, report)
     return phases
+
+
+def _head_timer(model: FastModel, grid: ProfileGrid) -> Callable[[Callable[[], Any]], TimingStats]:
+    return lambda fn: time_callable(fn, device=model.device, warmup=grid.warmup, iters=grid.iters)
+
+
+@torch.inference_mode()
+def profile_spd_drafter(
+    model: FastModel, grid: ProfileGrid, report: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """One PDM forward as the SPD schedule runs it, untrained weights: n + 1 rows (the pending deepest row and
+    one per in-flight depth) through aggr_projs, L_s spec layers over a ``kv_len``-long spec cache, and the draft
+    lm_head; ``query_tokens`` = n + 1. The heads keep host-side cache lengths, so this runs eagerly (events)."""
+    from executor.heads.layers import base_config_of
+    from executor.heads.spd_v11 import SpdHeadConfig, SpeculationModuleV11
+
+    base = base_config_of(model)
+    lm_head = model.embed_tokens if model.lm_head_weight is None else model.lm_head_weight
+    timed = _head_timer(model, grid)
+    entries = []
+    for spec_layers in grid.spec_layers:
+        for n in grid.stage_counts:
+            if n > model.num_layers:
+                continue
+            head = SpdHeadConfig.build(base, n, spec_layers, stage_layers=uneven_counts(model.num_layers, n))
+            drafter = SpeculationModuleV11(base, head).to(device=model.device, dtype=model.dtype).eval()
+            drafter.attach_base(model.norm.detach().float().cpu(), lm_head.detach().float().cpu())
+            drafter.to(device=model.device, dtype=model.dtype)
+            feats = {b: _hidden(model, 1) for b in drafter.anchor_indices}
+            types = [drafter.num_aggr_types - 1] + [drafter.aggr_of_depth[d] for d in reversed(range(n))]
+            for kv_len in grid.kv_lens:
+                spec_cache = drafter.new_cache(capacity=kv_len + n + 2)
+                positions = torch.arange(kv_len, kv_len + n + 1, device=model.device)
+
+                def forward(
+                    _c=spec_cache, _d=drafter, _f=feats, _t=types, _p=positions, _k=kv_len
+                ) -> torch.Tensor:
+                    _c.length = _k
+                    rows = torch.cat([_d.project(a, _f) for a in _t], dim=1)
+                    draft = _d.decode(rows, _p, _c, keep=1)
+                    return _d.full_vocab_logits(draft[0]).argmax(-1)
+
+                stats = timed(forward)
+                coords = {"spec_layers": spec_layers, "query_tokens": n + 1, "kv_len": kv_len}
+                entries.append(_entry(coords, stats))
+                report(f"drafter L_s={spec_layers} n={n} kv={kv_len}: {stats.median_us:.1f} us")
+            del drafter
+    return entries
+
+
+@torch.inference_mode()
+def profile_chain_draft(
+    model: FastModel, grid: ProfileGrid, report: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """One serial EAGLE-3-style draft pass (one decoder layer on one token, draft lm_head, argmax) at ``kv_len``
+    cached head positions; eager, like the schedule (host-side head cache)."""
+    from executor.heads.eagle3 import Eagle3Head, Eagle3HeadConfig
+    from executor.heads.layers import base_config_of
+
+    base = base_config_of(model)
+    head = Eagle3Head(base, Eagle3HeadConfig.build(base)).to(device=model.device, dtype=model.dtype).eval()
+    hidden, embeds = _hidden(model, 1), _hidden(model, 1)
+    timed = _head_timer(model, grid)
+    entries = []
+    for kv_len in grid.kv_lens:
+        head_cache = head.new_cache(capacity=kv_len + 2)
+        position = torch.tensor([kv_len], device=model.device)
+
+        def one_pass(_c=head_cache, _p=position, _k=kv_len) -> torch.Tensor:
+            _c.length = _k
+            _, logits = head.step(hidden, embeds, _p, _c)
+            return logits[:, -1].argmax(-1)
+
+        stats = timed(one_pass)
+        entries.append(_entry({"draft_layers": 1, "kv_len": kv_len}, stats))
+        report(f"chain_draft kv={kv_len}: {stats.median_us:.1f} us")
+    return entries
 
 
 def build_bundle(

@@ -37,6 +37,7 @@ def test_bundle_from_a_cpu_profile_loads_in_the_simulator(tmp_path: Path) -> Non
         query_tokens=(1, 2),
         kv_lens=(16, 32),
         head_query_tokens=(1, 3),
+        spec_layers=(1,),
         warmup=1,
         iters=3,
     )
@@ -55,6 +56,9 @@ def test_bundle_from_a_cpu_profile_loads_in_the_simulator(tmp_path: Path) -> Non
         (n, q, kv) for n in (4, 2, 1) for q in (1, 2) for kv in (16, 32)
     }
     assert [e["query_tokens"] for e in loaded["phases"]["head"]] == [1, 3]
+    drafter = {(e["spec_layers"], e["query_tokens"], e["kv_len"]) for e in loaded["phases"]["drafter"]}
+    assert drafter == {(1, n + 1, kv) for n in (1, 2, 4) for kv in (16, 32)}
+    assert [e["kv_len"] for e in loaded["phases"]["chain_draft"]] == [16, 32]
     for phase, entries in loaded["phases"].items():
         assert phase in PHASE_COORDINATES
         assert all(e["p10_us"] <= e["median_us"] <= e["p90_us"] and e["samples"] == 3 for e in entries)
