@@ -289,11 +289,13 @@ def _pipeline(scenario, latency, acceptance):
             cycles[active] = fixed_part + inflation * (cycles[active] - fixed_part)
         refill_ns = sum(cycles[a] for a in range(1, stages)) if stages > 1 else np.zeros(new_tokens + 1)
     # P(verification c follows a fill/refill): p_0 = 1, p_{c+1} = P(reject at c)
-    after_refill = np.empty(new_tokens + 1)
-    after_refill[0] = 1.0
-    for c in range(new_tokens):
-        p = after_refill[c]
-        after_refill[c + 1] = p * (1.0 - alpha_refill) + (1.0 - p) * (1.0 - alpha_saturated)
+    # p_{c+1} = (1 - α_s) + λ p_c with λ = α_s - α_r, so p_c = π + (1 - π) λ^c (π its fixed point)
+    decay = alpha_saturated - alpha_refill
+    if decay >= 1.0:  # α_s = 1, α_r = 0: every verification follows a refill
+        after_refill = np.ones(new_tokens + 1)
+    else:
+        stationary = (1.0 - alpha_saturated) / (1.0 - decay)
+        after_refill = stationary + (1.0 - stationary) * decay ** np.arange(new_tokens + 1, dtype=np.float64)
     rejections = after_refill[1:new_tokens]  # rejections at verifications 0..N-2 trigger refills
     time = (
         refill_ns[0] + cycles[stages][:new_tokens].sum() + float(np.dot(rejections, refill_ns[1:new_tokens]))
