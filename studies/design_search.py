@@ -197,7 +197,7 @@ def figure_best_vs_reference(summary):
     rows = (limited if len(limited) else summary).sort_values(["budget", "model", "hardware", "dataset"])
     rows = rows.reset_index(drop=True)
     labels = [
-        f"{r.model} {r.hardware} {r.dataset} | {'<=8 GPUs' if r.budget else 'any GPUs'}"
+        f"{r.model} {r.hardware} {r.dataset} | {f'<={r.budget} GPUs' if r.budget else 'any GPUs'}"
         for r in rows.itertuples()
     ]
     y = np.arange(len(rows))
