@@ -127,7 +127,7 @@ def hf_directory_model(path: Path, *, device: Any = "cpu", dtype: Any = "float32
     if not (path / "config.json").is_file():
         raise SpdsimError(f"model: '{path}' is not a HF model directory (no config.json)")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype), device_map=str(device))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype)).to(device)
     return LoadedModel(str(path), model.eval(), tokenizer, f"hf directory {path}")
 
 
