@@ -54,6 +54,9 @@ def run(
     seed: int = typer.Option(0),
     graphs: bool = typer.Option(True, help="capture steps in CUDA graphs (GPU)"),
     compile_layers: bool = typer.Option(False, "--compile", help="torch.compile the decoder layer (GPU)"),
+    compile_mode: str = typer.Option(
+        "default", help="inductor mode, e.g. max-autotune-no-cudagraphs (fastest)"
+    ),
     out: Path = typer.Option(None, help="write a run directory (tokens, trace, cycles, summary)"),
 ) -> None:
     """Decode real prompts and print tokens/s, per-phase timings and the lossless check."""
@@ -75,7 +78,7 @@ def _run(**kw) -> None:
     dtype = kw["dtype"] if kw["dtype"] != "auto" else ("bfloat16" if device == "cuda" else "float32")
     fast, loaded = load_fast_model(kw["model"], device=device, dtype=dtype, seed=kw["seed"])
     if kw["compile_layers"] and device == "cuda":
-        fast.compile_layers()
+        fast.compile_layers(None if kw["compile_mode"] == "default" else kw["compile_mode"])
     prompt_set = load_prompts(kw["prompts"], loaded.tokenizer, limit=kw["limit"])
     opts: dict = {
         "max_new_tokens": kw["max_new_tokens"],
@@ -151,6 +154,9 @@ def profile(
     ),
     iters: int = typer.Option(50, min=3),
     compile_layers: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the layer (GPU)"),
+    compile_mode: str = typer.Option(
+        "default", help="inductor mode, e.g. max-autotune-no-cudagraphs (fastest)"
+    ),
     seed: int = typer.Option(0),
 ) -> None:
     """Microbenchmark every phase and write a profile bundle that `spdsim simulate --profile` reads."""
