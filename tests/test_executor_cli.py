@@ -60,6 +60,7 @@ def test_bad_inputs_exit_2_with_one_line() -> None:
         ["run", "--model", "random:tiny-qwen3", "--method", "medusa"],
         ["run", "--model", "random:tiny-qwen3", "--prompts", "mmlu"],
         ["profile", "--model", "random:tiny-qwen3", "--kv-lens", "a,b"],
+        ["fetch", "gpt-7"],
     ):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2, (args, result.output)

@@ -103,3 +103,28 @@ def test_gpu_bf16_and_compiled_layers_match(spec: str) -> None:
         compiled = fast(tokens, positions, fast.new_cache(256), kv_len=256)
     assert _rel(eager, ref) < 2 * hf_error + 1e-3
     assert _rel(compiled, ref) < 2 * hf_error + 1e-3
+
+
+def test_qwen2_attention_bias_matches_transformers() -> None:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.2,
+    )
+    hf = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in hf.named_parameters():
+            if name.endswith("bias"):
+                param.normal_()  # HF initialises biases to zero: make them matter
+    fast = FastModel.from_hf(hf, max_seq_len=64)
+    assert fast.cfg.attention_bias and not fast.cfg.qk_norm
+    tokens = torch.randint(0, 128, (1, 10), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert _rel(fast(tokens, torch.arange(10), fast.new_cache(32)), hf(tokens).logits) < 1e-5
