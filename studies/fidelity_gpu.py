@@ -61,7 +61,8 @@ def stamp(args) -> dict:
 def write(result, out: Path, name: str, args, extra=None) -> None:
     from executor.rundir import write_run_dir
 
-    write_run_dir(drop_warmup(result), out / name, {**stamp(args), **(extra or {})})
+    lengths = {p.prompt_id: p.prompt_tokens for p in drop_warmup(result).prompts}
+    write_run_dir(drop_warmup(result), out / name, {**stamp(args), "prompt_tokens": lengths, **(extra or {})})
     summary = drop_warmup(result).summary()
     keys = ("tokens_per_s", "tpot_ms", "tokens_per_cycle", "acceptance_rate")
     print(name, {k: round(summary[k], 4) for k in keys if summary.get(k) is not None}, flush=True)
