@@ -298,6 +298,74 @@ def list_(
         _console().print(table)
 
 
+@app.command()
+@user_errors
+def calibrate(
+    bundles: Annotated[list[Path], typer.Argument(help="Profile bundles (executor profile) to merge.")],
+    out: Annotated[Path, typer.Option("--out", help="Calibrated profile JSON to write.")],
+    run: Annotated[
+        list[Path] | None,
+        typer.Option("--run", help="Measured run directory to fit per-iteration costs from (repeatable)."),
+    ] = None,
+    fit: Annotated[
+        bool, typer.Option("--fit", help="Also store a few-coefficient fit (latency kind 'fitted').")
+    ] = False,
+) -> None:
+    """Fit the latency model to executor measurements and write a profile."""
+    from spdsim.calibrate import calibrate as run_calibrate
+    from spdsim.calibrate import write_profile
+
+    profile = run_calibrate(list(bundles), list(run or ()), fit=fit)
+    write_profile(profile, out)
+    phases = ", ".join(f"{k} ({len(v)})" for k, v in sorted(profile["phases"].items()))
+    _console().print(f"profile -> {out}: {phases}", markup=False)
+
+
+@app.command()
+@user_errors
+def validate(
+    runs: Annotated[list[Path], typer.Argument(help="Measured executor run directories.")],
+    profile: Annotated[Path, typer.Option("--profile", help="Calibrated profile (spdsim calibrate).")],
+    baseline: Annotated[
+        Path | None,
+        typer.Option("--baseline", help="AR run on the same prompts and hardware (for speedups)."),
+    ] = None,
+    kind: Annotated[str, typer.Option("--kind", help="Latency model: measured | fitted.")] = "measured",
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the comparison as CSV.")] = None,
+) -> None:
+    """Replay measured runs (same trace, prompt and generation lengths) and report signed % errors."""
+    from rich.table import Table
+
+    from spdsim.validate import METRICS
+    from spdsim.validate import validate as run_validate
+
+    comparisons = run_validate(list(runs), profile, baseline, kind)
+    table = Table(title=f"validation against {profile} ({kind})", header_style="bold")
+    for header in ("run", "role", "metric", "measured", "predicted", "error %"):
+        table.add_column(header)
+    for role in ("fitted", "held-out"):
+        for comparison in (c for c in comparisons if c.role == role):
+            for metric in METRICS:
+                error = comparison.error_pct(metric)
+                if error is None:
+                    continue
+                table.add_row(
+                    comparison.run,
+                    role,
+                    metric,
+                    f"{comparison.measured[metric]:.4g}",
+                    f"{comparison.predicted[metric]:.4g}",
+                    f"{error:+.1f}",
+                )
+    _console().print(table)
+    if out is not None:
+        import pandas as pd
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame([c.row() for c in comparisons]).to_csv(out, index=False)
+        _console().print(f"comparison -> {out}", markup=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: click usage errors become one line and exit code 2, like SpdsimError."""
     try:
