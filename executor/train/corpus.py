@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import sysconfig
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,20 +47,23 @@ class Corpus:
     stats: dict[str, Any]
 
 
-def python_source_files(site_packages: bool) -> list[Path]:
-    """Standard-library ``.py`` files, then site-packages ones, each list sorted (deterministic per machine)."""
+def python_source_files(site_packages: bool):
+    """Standard-library ``.py`` files, then site-packages ones, each tree walked in sorted order (lazily)."""
     paths = sysconfig.get_paths()
-    stdlib = Path(paths["stdlib"])
-    files = sorted(p for p in stdlib.rglob("*.py") if "site-packages" not in p.parts)
+    roots = [Path(paths["stdlib"])]
     if site_packages:
-        roots = dict.fromkeys([Path(paths["purelib"]), Path(paths["platlib"])])
-        for root in roots:
-            if root.is_dir():
-                files += sorted(root.rglob("*.py"))
-    return files
+        roots += list(dict.fromkeys([Path(paths["purelib"]), Path(paths["platlib"])]))
+    for index, root in enumerate(roots):
+        for directory, subdirs, names in os.walk(root):
+            subdirs.sort()
+            if index == 0 and "site-packages" in subdirs:
+                subdirs.remove("site-packages")
+            for name in sorted(names):
+                if name.endswith(".py"):
+                    yield Path(directory) / name
 
 
-def read_source_texts(files: list[Path], byte_cap: int) -> list[str]:
+def read_source_texts(files, byte_cap: int) -> list[str]:
     texts, total = [], 0
     for path in files:
         if total >= byte_cap:

@@ -119,10 +119,10 @@ def train_head(options: TrainHeadOptions, progress=print, show_progress: bool = 
     model, loaded = load_fast_model(options.model, device=device, dtype=options.dtype, seed=options.seed)
     hf_config = loaded.hf_model.config
     cache_dir = options.cache_dir or default_cache_dir()
+    objective, trainable, writer = _objective(model, hf_config, options, device)
     corpus = load_or_build_corpus(
         loaded.hf_model, loaded.tokenizer, options.model, options.corpus, cache_dir, progress
     )
-    objective, trainable, writer = _objective(model, hf_config, options, device)
     params = [p for p in trainable.parameters() if p.requires_grad]
     progress(f"train-head {options.head}: {sum(p.numel() for p in params) / 1e6:.2f} M trainable parameters")
     trainable.train()
