@@ -72,7 +72,7 @@ class AcceptanceModel:
             rates = self.rates
             if k <= len(rates):
                 previous = rates[k - 2] if k >= 2 else 1.0
-                return rates[k - 1] / previous if previous > 0 else 0.0
+                return min(rates[k - 1] / previous, 1.0) if previous > 0 else 0.0
             return self.conditional(len(rates))
         if self.kind == "spd-state":
             return self.alpha_saturated
