@@ -20,6 +20,7 @@ STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
 def load_study(name: str, monkeypatch, base: str):
     """The study module, its base-scenario builder ``base`` patched to simulate one request (speed)."""
+    monkeypatch.syspath_prepend(str(STUDIES))  # what `python3 studies/<name>.py` has: its own folder
     spec = importlib.util.spec_from_file_location(f"study_{name}", STUDIES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -110,15 +111,15 @@ def test_design_search(tmp_path, monkeypatch):
 
 def test_sensitivity(tmp_path, monkeypatch):
     study = load_study("sensitivity", monkeypatch, "roofline_base")
-    parameters = ("PDM forward (SPD drafter)", "acceptance alpha", "hidden-state send")
+    parameters = ("PDM forward (SPD drafter)", "acceptance alpha", "chain draft step")
     study.run(tmp_path, configs=("SPD n=8 L_s=3 (authors')",), parameters=parameters, workers=1)
     frame = pd.read_csv(tmp_path / "sensitivity.csv").set_index("parameter")
     base = frame["base_speedup"].iloc[0]
     assert base == pytest.approx(frame["roofline_speedup"].iloc[0], rel=5e-3)  # freezing keeps the setting
     pdm = frame.loc["PDM forward (SPD drafter)"]
-    assert pdm["low_speedup"] > base > pdm["high_speedup"]  # at n = 8, L_s = 3 the PDM is the slowest member
+    assert pdm["low_speedup"] >= base > pdm["high_speedup"]  # a slower PDM (+20%) is the slowest cycle member
     assert pdm["low_value"] == pytest.approx(0.8 * pdm["base_value"], abs=1)
     alpha = frame.loc["acceptance alpha"]
     assert alpha["high_speedup"] > base > alpha["low_speedup"]
-    assert frame.loc["hidden-state send", "swing"] == 0.0  # stage + send stays below the PDM
+    assert frame.loc["chain draft step", "swing"] == 0.0  # a chain drafter's latency cannot move SPD
     assert_png(tmp_path / "tornado.png")

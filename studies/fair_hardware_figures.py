@@ -1,0 +1,145 @@
+"""Figures of the fair hardware study (studies/fair_hardware.py); the notebook draws them from the saved tables."""
+
+from __future__ import annotations
+
+METHOD_STYLE = {
+    "SPD (best design)": {"color": "#d62728", "linewidth": 2.8, "marker": "o"},
+    "AR": {"color": "#444444", "linestyle": "--", "marker": "s"},
+    "EAGLE-3 K=3": {"color": "#1f77b4", "marker": "^"},
+    "EAGLE-3 K=7": {"color": "#6baed6", "marker": "v"},
+    "DFlash K=15": {"color": "#2ca02c", "marker": "D"},
+    "P-EAGLE K=5": {"color": "#9467bd", "marker": "P"},
+    "MTP K=3": {"color": "#ff7f0e", "marker": "X"},
+    "SpecDec++ h=0.3": {"color": "#8c564b", "marker": "*"},
+}
+
+
+def figure_by_dataset(frame):
+    """Speedup over 1-GPU AR against the GPU budget, one panel per dataset."""
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(frame["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 5.2), sharey=True, squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        data = frame[frame["dataset"] == dataset]
+        for method, style in METHOD_STYLE.items():
+            line = data[(data["method"] == method)].sort_values("budget")
+            if len(line):
+                ax.plot(line["budget"], line["speedup"], label=method, markersize=7, **style)
+        authors = data[data["method"] == "SPD n=8 L_s=3 (authors')"]
+        ax.plot(
+            authors["gpus"],
+            authors["speedup"],
+            "o",
+            mfc="white",
+            mec="#d62728",
+            mew=2,
+            markersize=9,
+            label="SPD n=8 L_s=3 (authors', 9 GPUs)",
+        )
+        ax.set_title(dataset)
+        ax.set_xlabel("GPU budget g")
+        ax.set_xticks([*sorted(data["budget"].unique())])
+        ax.grid(color="#dddddd", linewidth=0.6)
+    axes[0][0].set_ylabel("speedup over AR on 1 GPU")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, frameon=False, fontsize=9)
+    fig.suptitle(
+        "Same GPUs for everyone: SPD's best design vs baselines at their best TP <= g "
+        "(Qwen3.5-4B, H100 roofline, DES)",
+        x=0.01,
+        ha="left",
+    )
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig
+
+
+def figure_crossover(frame):
+    """Heatmaps of SPD / baseline speedup over (α, g); contour at 1 = the crossover."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+
+    alphas = sorted(frame["alpha"].unique())
+    budgets = sorted(frame["budget"].unique())
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6))
+    for ax, column, title in (
+        (axes[0], "spd_over_eagle3", "SPD best design / EAGLE-3 chain (same alpha, best K, best TP)"),
+        (axes[1], "spd_over_best_published", "SPD best design / best baseline at its published acceptance"),
+    ):
+        grid = frame.pivot(index="alpha", columns="budget", values=column).loc[alphas, budgets].to_numpy()
+        low, high = min(grid.min(), 0.95), max(grid.max(), 1.05)
+        image = ax.imshow(
+            grid,
+            origin="lower",
+            aspect="auto",
+            cmap="RdBu",
+            norm=TwoSlopeNorm(vcenter=1.0, vmin=low, vmax=high),
+            extent=(budgets[0] - 0.5, budgets[-1] + 0.5, alphas[0] - 0.025, alphas[-1] + 0.025),
+        )
+        if grid.min() < 1.0 < grid.max():
+            ax.contour(np.array(budgets), np.array(alphas), grid, levels=[1.0], colors="black", linewidths=2)
+        for i, alpha in enumerate(alphas):
+            for j, budget in enumerate(budgets):
+                ax.text(
+                    budget,
+                    alpha,
+                    f"{grid[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6.5,
+                    color="white" if abs(grid[i, j] - 1.0) > 0.45 * (high - low) else "black",
+                )
+        ax.set_xlabel("GPU budget g (SPD: n + drafter within g)")
+        ax.set_ylabel("SPD per-verification acceptance alpha (EAGLE-3 left: same alpha)")
+        ax.set_title(title, fontsize=10, loc="left")
+        ax.set_xticks(budgets)
+        fig.colorbar(image, ax=ax, label="speedup ratio (>1: SPD wins, blue)")
+    fig.suptitle(
+        "Where SPD wins (closed form, Qwen3.5-4B on H100 roofline, default overheads)", x=0.01, ha="left"
+    )
+    fig.tight_layout()
+    return fig
+
+
+def figure_allreduce(frame):
+    """Heatmap of SPD / EAGLE-3 (same α) over (α, TP all-reduce latency) at one GPU budget."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+
+    alphas = sorted(frame["alpha"].unique())
+    latencies = sorted(frame["allreduce_us"].unique())
+    grid = frame.pivot(index="alpha", columns="allreduce_us", values="spd_over_eagle3").loc[alphas, latencies]
+    values = grid.to_numpy()
+    fig, ax = plt.subplots(figsize=(9, 6))
+    low, high = min(values.min(), 0.95), max(values.max(), 1.05)
+    image = ax.imshow(values, origin="lower", aspect="auto", cmap="RdBu", norm=TwoSlopeNorm(1.0, low, high))
+    if values.min() < 1.0 < values.max():
+        ax.contour(
+            np.arange(len(latencies)),
+            np.arange(len(alphas)),
+            values,
+            levels=[1.0],
+            colors="black",
+            linewidths=2,
+        )
+    for i in range(len(alphas)):
+        for j in range(len(latencies)):
+            config = frame[(frame["alpha"] == alphas[i]) & (frame["allreduce_us"] == latencies[j])][
+                "eagle3_config"
+            ].iloc[0]
+            ax.text(j, i, f"{values[i, j]:.2f}\n{config}", ha="center", va="center", fontsize=6.5)
+    ax.set_xticks(range(len(latencies)), [f"{v:g}" for v in latencies])
+    ax.set_yticks(range(len(alphas)), [f"{a:.2f}" for a in alphas])
+    ax.set_xlabel("all-reduce latency per TP collective (us; h100 profile: 15)")
+    ax.set_ylabel("acceptance alpha (SPD and EAGLE-3 alike)")
+    budget = int(frame["budget"].iloc[0])
+    ax.set_title(
+        f"SPD best design / EAGLE-3 (best K, best TP) within {budget} GPUs; cell text: EAGLE-3's choice",
+        loc="left",
+        fontsize=10,
+    )
+    fig.colorbar(image, ax=ax, label="speedup ratio (>1: SPD wins, blue)")
+    fig.tight_layout()
+    return fig
