@@ -268,7 +268,12 @@ def optimize(
     console.print(
         f"best: {best.design.label} ({best.gpus} GPUs), {best.simulated_speedup:.2f}x over AR; "
         f"{len(result.candidates)} designs priced, {len(result.finalists)} simulated; "
-        "ref = the SPD authors' n=8, L_s=3 on its own GPU",
+        "ref = the SPD authors' n=8, L_s=3 on its own GPU"
+        + (
+            f" ({result.reference.gpus} GPUs: over the budget)"
+            if max_gpus and result.reference.gpus > max_gpus
+            else ""
+        ),
         markup=False,
     )
     if out is not None:
