@@ -17,7 +17,8 @@ def _pair(spec: str, device: str = "cpu", dtype: str = "float32") -> tuple[FastM
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).norm() / b.norm())
 
 
 @pytest.mark.parametrize("spec", PRESETS)
