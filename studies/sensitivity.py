@@ -1,9 +1,10 @@
 """Sensitivity: how much each latency and acceptance parameter moves the speedup (±20%, tornado charts).
 
 Base: the embedded default setting (Qwen3.5-4B shape, H100 roofline, default overheads) plus phase jitter
-(cv 0.1), for three configurations: SPD as the authors run it (n = 8, L_s = 3, drafter on its own GPU), the design
-``spdsim optimize`` picks for this setting (n = 4, L_s = 1, own GPU), and an EAGLE-3 chain (K = 3, one GPU) for
-contrast; acceptance from the "overall" presets (SPD: the α(n, L_s) fit of ``spdsim.optimize``). To move one phase at a time, the roofline is frozen into
+(cv 0.1), for three configurations: SPD as the authors run it (n = 8, L_s = 3, drafter on its own GPU: 9 GPUs),
+the design ``spdsim optimize`` picks for this setting within 8 GPUs (searched when the study runs), and an EAGLE-3
+chain (K = 3, one GPU) for contrast; acceptance from the "overall" presets (SPD: the α(n, L_s) fit of
+``spdsim.optimize``). To move one phase at a time, the roofline is frozen into
 constant phase latencies at the mid-request KV length (layer, embedding, lm_head + verify, PDM, chain draft step,
 hidden-state send); the frozen base reproduces the roofline's simulated speedup (both in the table). Each
 parameter is then set to 0.8x and 1.2x of its base value (α capped at 1) and the scenario is simulated (DES,
@@ -38,10 +39,7 @@ CONFIGS = {
         MethodSpec(name="spd", num_stages=8, spec_layers=3, drafter_placement="own-gpu"),
         "qwen3.5-4b/overall/spd-n8-l3",
     ),
-    "SPD n=4 L_s=1 (optimize's pick)": (
-        MethodSpec(name="spd", num_stages=4, spec_layers=1, drafter_placement="own-gpu"),
-        "qwen3.5-4b/overall/spd-n8-l3",
-    ),
+    "SPD best within 8 GPUs (optimize)": (None, "qwen3.5-4b/overall/spd-n8-l3"),  # None: searched at run time
     "EAGLE-3 chain K=3": (
         MethodSpec(name="eagle3", draft_tokens=3, draft_layers=1),
         "qwen3.5-4b/overall/eagle3-k3",
@@ -78,6 +76,21 @@ def roofline_base(method: MethodSpec, preset: str) -> Scenario:
             kind="iid", alpha=alpha, alpha_saturated=alpha, alpha_refill=alpha, preset=preset
         ),
         overheads=replace(scenario.overheads, jitter_cv=JITTER_CV),
+    )
+
+
+def optimized_method(preset: str, max_gpus: int = 8) -> MethodSpec:
+    """The SPD design ``spdsim.optimize.search`` ranks first for the default setting within ``max_gpus``."""
+    from spdsim.optimize import SearchSpace, search
+
+    base = roofline_base(MethodSpec(name="spd"), preset)
+    best = search(base, SearchSpace(max_gpus=max_gpus), alpha_model="fit", finalists=5).best.design
+    return replace(
+        base.method,
+        num_stages=best.num_stages,
+        spec_layers=best.spec_layers,
+        stage_layers=best.stage_layers,
+        drafter_placement=best.drafter_placement,
     )
 
 
@@ -137,8 +150,9 @@ def study_rows(configs, parameters, step: float, workers: int):
     import pandas as pd
 
     jobs = []  # (config, parameter, side, value, scenario)
-    for label, (method, preset) in configs.items():
-        roofline = roofline_base(method, preset)
+    methods = {label: method or optimized_method(preset) for label, (method, preset) in configs.items()}
+    for label, (_, preset) in configs.items():
+        roofline = roofline_base(methods[label], preset)
         base = frozen(roofline)
         jobs.append((label, "(roofline)", "base", float("nan"), roofline))
         jobs.append((label, "(frozen)", "base", float("nan"), base))
@@ -157,8 +171,8 @@ def study_rows(configs, parameters, step: float, workers: int):
             row["tokens_per_s"] / ar[baseline_scenario(scenario)],
         )
     rows = []
-    for label, (method, preset) in configs.items():
-        base = frozen(roofline_base(method, preset))
+    for label, (_, preset) in configs.items():
+        base = frozen(roofline_base(methods[label], preset))
         _, base_tps, base_speedup = results[(label, "(frozen)", "base")]
         _, _, roofline_speedup = results[(label, "(roofline)", "base")]
         for parameter in parameters:
@@ -167,6 +181,7 @@ def study_rows(configs, parameters, step: float, workers: int):
             rows.append(
                 {
                     "config": label,
+                    "design": _design_text(methods[label]),
                     "parameter": parameter,
                     "base_value": base_value(base, parameter),
                     "low_value": low_value,
@@ -183,6 +198,14 @@ def study_rows(configs, parameters, step: float, workers: int):
             )
     scenarios = [scenario_to_run_dict(f"{job[0]}:{job[1]}:{job[2]}", job[-1]) for job in jobs]
     return pd.DataFrame.from_records(rows), scenarios
+
+
+def _design_text(method: MethodSpec) -> str:
+    if method.name != "spd":
+        return f"{method.name} K={method.draft_tokens}, 1 GPU"
+    split = "/".join(map(str, method.stage_layers)) if method.stage_layers else "even"
+    gpus = len(method.stage_layers or range(method.num_stages)) + (method.drafter_placement == "own-gpu")
+    return f"n={method.num_stages} L_s={method.spec_layers} {split} {method.drafter_placement}, {gpus} GPUs"
 
 
 def figure_tornado(frame):
@@ -213,7 +236,8 @@ def figure_tornado(frame):
         span = max((data[["low_speedup", "high_speedup"]] - base).abs().max().max(), 0.05)
         ax.set_xlim(base - 1.35 * span, base + 1.35 * span)
         ax.set_xlabel("speedup over AR (same parameters)")
-        ax.set_title(f"{config}\nbase {base:.2f}x", fontsize=10, loc="left")
+        design = frame[frame["config"] == config]["design"].iloc[0]
+        ax.set_title(f"{config}\n{design}; base {base:.2f}x", fontsize=10, loc="left")
         ax.grid(axis="x", color="#dddddd")
     axes[0][0].legend(loc="lower right", fontsize=8)
     fig.suptitle(
