@@ -58,15 +58,26 @@ def run(
         "default", help="inductor mode, e.g. max-autotune-no-cudagraphs (fastest)"
     ),
     out: Path = typer.Option(None, help="write a run directory (tokens, trace, cycles, summary)"),
+    distributed: bool = typer.Option(False, help="SPD: one process per stage (NCCL on GPUs, gloo on CPU)"),
+    drafter: str = typer.Option("colocated", help="--distributed: drafter on stage 0's rank or its own"),
+    timeout_s: float = typer.Option(60.0, help="--distributed: any one wait; a silent rank is named"),
 ) -> None:
     """Decode real prompts and print tokens/s, per-phase timings and the lossless check."""
     try:
+        if distributed:
+            from executor.distributed.entry import run_from_cli
+
+            kw = locals()
+            run_from_cli({**kw, "device": _device(device)})
+            return
         _run(**locals())
     except SpdsimError as exc:
         _fail(exc)
 
 
 def _run(**kw) -> None:
+    for key in ("distributed", "drafter", "timeout_s"):
+        kw.pop(key, None)
     from executor.models import load_fast_model
     from executor.prompts import load_prompts
     from executor.schedules import METHODS, run_method

@@ -1,0 +1,62 @@
+"""``spdsim exec run --method spd --distributed``: the multi-process pipeline behind the executor CLI."""
+
+from __future__ import annotations
+
+from spdsim.errors import SpdsimError
+
+DRAFTER_PLACEMENTS = ("colocated", "own")
+
+
+def run_from_cli(kw: dict) -> None:
+    """Launch the distributed SPD for the CLI's options; prints the summary, writes the run directory."""
+    from executor.distributed.launch import DistributedConfig, ModelSource, run_distributed
+    from executor.models import RANDOM_PREFIX, ByteTokenizer, load_model
+    from executor.prompts import load_prompts
+    from executor.schedules.common import DecodeOptions
+    from executor.stages import parse_stage_layers
+
+    if kw["method"] != "spd":
+        raise SpdsimError(f"--distributed: only method spd runs distributed, got '{kw['method']}'")
+    if kw["drafter"] not in DRAFTER_PLACEMENTS:
+        raise SpdsimError(f"--drafter: unknown '{kw['drafter']}' (allowed: {', '.join(DRAFTER_PLACEMENTS)})")
+    if kw["stages"] is None and not kw["stage_layers"]:
+        raise SpdsimError("--distributed: give --stages N (or --stage-layers)")
+    device = kw["device"]
+    dtype = kw["dtype"] if kw["dtype"] != "auto" else ("float32" if device == "cpu" else "bfloat16")
+    tokenizer = (
+        ByteTokenizer() if kw["model"].startswith(RANDOM_PREFIX) else load_model(kw["model"]).tokenizer
+    )
+    prompts = [(p.prompt_id, p.token_ids) for p in load_prompts(kw["prompts"], tokenizer, limit=kw["limit"])]
+    eos = getattr(tokenizer, "eos_token_id", None)
+    stops = () if eos is None else (tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),))
+    stage_layers = parse_stage_layers(kw["stage_layers"]) if kw["stage_layers"] else None
+    config = DistributedConfig(
+        num_stages=kw["stages"] or len(stage_layers),
+        stage_layers=stage_layers,
+        colocated=kw["drafter"] == "colocated",
+        backend="gloo" if device == "cpu" else "auto",
+        timeout_s=kw["timeout_s"],
+        head=str(kw["head"]) if kw["head"] is not None else None,
+        use_graphs=kw["graphs"],
+    )
+    job = DecodeOptions(
+        max_new_tokens=kw["max_new_tokens"],
+        temperature=kw["temperature"],
+        seed=kw["seed"],
+        synthetic_alpha=kw["synthetic_alpha"],
+        stop_token_ids=stops,
+    )
+    source = ModelSource(kw["model"], dtype=dtype, seed=kw["seed"])
+    run = run_distributed(source, prompts, config, [job])
+    result = run.spd[0]
+    summary = result.summary()
+    print(f"spd distributed: {run.world_size} ranks ({run.backend}), drafter {kw['drafter']}")
+    for key in ("decode_tokens", "tokens_per_s", "tpot_ms", "tokens_per_cycle", "acceptance_rate"):
+        value = summary.get(key)
+        print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+    if kw["out"] is not None:
+        from executor.rundir import write_run_dir
+
+        lengths = {p.prompt_id: p.prompt_tokens for p in result.prompts}
+        extra = {"model": kw["model"], "prompts": kw["prompts"], "dtype": dtype, "prompt_tokens": lengths}
+        print(f"run directory: {write_run_dir(result, kw['out'], extra)}")
