@@ -1,0 +1,124 @@
+"""Head evaluation on a tiny random target with untrained heads: lossless, well-formed tables, traces and presets."""
+
+import csv
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from executor.cli import app
+from executor.evaluate import TABLE_COLUMNS, EvalConfig, evaluate_head, trace_summary
+from executor.heads.checkpoint import save_spd_checkpoint
+from executor.heads.eagle3 import save_eagle3
+from executor.heads.specdecpp import AcceptanceHead, save_specdecpp
+from executor.models import load_fast_model
+from executor.presets_from_traces import build_presets, write_presets
+from executor.train.run import TrainHeadOptions, build_eagle3_head, build_spd_head
+from spdsim.acceptance import load_trace
+from spdsim.presets import load_presets
+from spdsim.scenario import load_runs
+
+CONFIG = EvalConfig(datasets=("gsm8k",), limit=2, max_new_tokens=6, k_values=(2,), thresholds=(0.3,), k_max=4)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    model, loaded = load_fast_model("random:tiny-llama", seed=0)
+    config = loaded.hf_model.config
+    torch.manual_seed(0)
+    options = TrainHeadOptions(model="random:tiny-llama", head="spd", out=root, stage_layers=(1, 3), stages=2)
+    save_spd_checkpoint(build_spd_head(model, config, options), config, root / "spd.pt")
+    save_eagle3(build_eagle3_head(model, config), root / "eagle3.pt")
+    save_specdecpp(AcceptanceHead(config.hidden_size, 3), root / "acc")
+    rows = {}
+    for name, kwargs in (("spd.pt", {}), ("eagle3.pt", {}), ("acc", {"chain_head": root / "eagle3.pt"})):
+        out = root / f"eval_{name}"
+        rows[name] = evaluate_head(
+            model, loaded.tokenizer, root / name, CONFIG, out, progress=lambda _: None, **kwargs
+        )
+    return root, rows
+
+
+def test_every_run_is_lossless_at_t0(evaluated):
+    _, rows = evaluated
+    checked = [r for runs in rows.values() for r in runs if r["temperature"] == 0.0]
+    assert len(checked) == 3
+    assert all(r["lossless_prompts"] == r["lossless_checked"] == 2 for r in checked)
+
+
+def test_tables_and_traces_are_well_formed(evaluated):
+    root, rows = evaluated
+    for name, runs in rows.items():
+        folder = root / f"eval_{name}"
+        with (folder / "acceptance.csv").open() as handle:
+            table = list(csv.DictReader(handle))
+        assert tuple(table[0]) == TABLE_COLUMNS and len(table) == len(runs) == 2
+        markdown = (folder / "acceptance.md").read_text()
+        assert '"device": "cpu"' in markdown and "date_utc" in markdown and '"max_new_tokens": 6' in markdown
+        json.loads((folder / "eval.json").read_text())
+        for row in runs:
+            trace = load_trace(folder / row["trace"])  # spdsim's own trace reader
+            assert trace.kind == ("spd" if row["method"] == "spd" else "chain")
+            assert len(trace.prompt_ids) == 2
+    spd = rows["spd.pt"][0]
+    assert spd["n_rho"] == pytest.approx(2 * spd["rho"]) and spd["label"] == "spd-n2-l2"
+
+
+def test_trace_summary_closed_form():
+    rows = [
+        {
+            "prompt_id": "a",
+            "verify_index": 0,
+            "draft_index": i + 1,
+            "accepted": a,
+            "width": 3,
+            "state": "chain",
+        }
+        for i, a in enumerate((1, 1, 0))
+    ] + [
+        {
+            "prompt_id": "a",
+            "verify_index": 1,
+            "draft_index": i + 1,
+            "accepted": a,
+            "width": 3,
+            "state": "chain",
+        }
+        for i, a in enumerate((0, 0, 0))
+    ]
+    summary = trace_summary(rows, "chain")
+    assert summary["r_k"] == [0.5, 0.5, 0.0] and summary["mean_acceptance_length"] == 2.0
+
+
+def test_presets_from_traces_load_in_the_simulator(evaluated, tmp_path):
+    root, _ = evaluated
+    entries = build_presets(
+        [root / "eval_spd.pt", root / "eval_eagle3.pt", root / "eval_acc"], "smollm2-135m"
+    )
+    write_presets(entries, tmp_path / "smollm2_135m.json", "test")
+    presets = load_presets([tmp_path])
+    spd = presets["smollm2-135m/gsm8k/spd"]
+    assert spd.acceptance["kind"] == "spd-state" and spd.method["stage_layers"] == [1, 3]
+    assert presets["smollm2-135m/gsm8k/eagle3-k2-t1"].acceptance["kind"] == "positional"
+    assert presets["smollm2-135m/gsm8k/specdecpp-h0.3"].method["stop_threshold"] == 0.3
+    assert "measured" in spd.source
+    runs = load_runs(acceptance="smollm2-135m/gsm8k/eagle3-k2", preset_dirs=(tmp_path,))
+    assert any(r.scenario.acceptance.preset == "smollm2-135m/gsm8k/eagle3-k2" for r in runs)
+
+
+def test_eval_cli_rejects_bad_input(tmp_path):
+    result = CliRunner().invoke(app, ["eval", "--head", str(tmp_path / "missing.pt"), "--device", "cpu"])
+    assert result.exit_code == 2 and "head" in result.output
+    (tmp_path / "h.pt").write_bytes(b"x")
+    result = CliRunner().invoke(app, ["eval", "--head", str(tmp_path / "h.pt"), "--prompts", "alpaca"])
+    assert result.exit_code == 2 and "prompts" in result.output
