@@ -122,3 +122,22 @@ def test_eval_cli_rejects_bad_input(tmp_path):
     (tmp_path / "h.pt").write_bytes(b"x")
     result = CliRunner().invoke(app, ["eval", "--head", str(tmp_path / "h.pt"), "--prompts", "alpaca"])
     assert result.exit_code == 2 and "prompts" in result.output
+
+
+def test_heads_report_draws_the_three_plots(evaluated, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("heads_report", Path("studies/heads_report.py"))
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    root, _ = evaluated
+    folders = [str(root / f"eval_{n}") for n in ("spd.pt", "eagle3.pt", "acc")]
+    assert report.main([*folders, "--out", str(tmp_path)]) == 0
+    for name in (
+        "spd_alpha_vs_n.png",
+        "chain_rk_vs_position.png",
+        "specdecpp_stop_lengths.png",
+        "summary.md",
+    ):
+        assert (tmp_path / name).stat().st_size > 0
