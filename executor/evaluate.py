@@ -189,6 +189,9 @@ def evaluate_head(
     stop_ids = _stop_ids(tokenizer)
     traces = out_dir / "traces"
     traces.mkdir(parents=True, exist_ok=True)
+    summary = {k: v for k, v in head_config.items() if k != "draft_token_ids"}
+    config = {"head": str(head_path), "head_kind": kind, "head_config": summary, **asdict(eval_config)}
+    config.update(extra or {})
     rows = []
     for dataset in eval_config.datasets:
         prompts = [
@@ -211,9 +214,9 @@ def evaluate_head(
                 name = f"{label}__{dataset}__t{temperature:g}.csv"
                 write_trace(result, traces / name)
                 rows.append(table_row(label, dataset, temperature, result, reference, f"traces/{name}"))
-    summary = {k: v for k, v in head_config.items() if k != "draft_token_ids"}
-    config = {"head": str(head_path), "head_kind": kind, "head_config": summary, **asdict(eval_config)}
-    write_tables(rows, out_dir, {**config, **(extra or {})})
+                write_tables(
+                    rows, out_dir, config
+                )  # after every run: a time-limited job keeps what it measured
     return rows
 
 
