@@ -46,8 +46,11 @@ def test_colocated_lossless_synthetic_and_replayable(tmp_path):
     from executor.rundir import write_run_dir
     from spdsim.acceptance import load_trace
 
-    prompts = prompt_set(4)
-    jobs = [DecodeOptions(max_new_tokens=NEW_TOKENS), DecodeOptions(max_new_tokens=NEW_TOKENS, synthetic_alpha=0.7)]
+    prompts = prompt_set(3)
+    jobs = [
+        DecodeOptions(max_new_tokens=NEW_TOKENS),
+        DecodeOptions(max_new_tokens=NEW_TOKENS, synthetic_alpha=0.7),
+    ]
     run = run_distributed(SOURCE, prompts, DistributedConfig(num_stages=2, timeout_s=30), jobs)
     expected = greedy(prompts)
     assert run.world_size == 2 and run.backend == "gloo"
@@ -70,9 +73,11 @@ def test_colocated_lossless_synthetic_and_replayable(tmp_path):
 
 
 def test_own_drafter_rank_lossless():
-    prompts = prompt_set(3, seed=5)
+    prompts = prompt_set(2, seed=5)
     config = DistributedConfig(num_stages=2, colocated=False, timeout_s=30)
-    run = run_distributed(SOURCE, prompts, config, [DecodeOptions(max_new_tokens=NEW_TOKENS, synthetic_alpha=0.8)])
+    run = run_distributed(
+        SOURCE, prompts, config, [DecodeOptions(max_new_tokens=NEW_TOKENS, synthetic_alpha=0.8)]
+    )
     assert run.world_size == 3
     for prompt_run, tokens in zip(run.spd[0].prompts, greedy(prompts), strict=True):
         assert prompt_run.tokens == tokens
@@ -81,15 +86,15 @@ def test_own_drafter_rank_lossless():
 @pytest.mark.parametrize(
     ("fault", "timeout_s", "message"),
     [
-        (("kill", 1, 4), 30.0, "rank 1 (stage 1) died (signal SIGKILL)"),
-        (("stall", 1, 4), 3.0, "no answer from rank 1 (stage 1) within 3 s"),
+        (("kill", 1, 2), 30.0, "rank 1 (stage 1) died (signal SIGKILL)"),
+        (("stall", 1, 2), 3.0, "no answer from rank 1 (stage 1) within 3 s"),
     ],
 )
 def test_dead_or_stuck_rank_ends_the_run_naming_it(fault, timeout_s, message):
     config = DistributedConfig(num_stages=2, timeout_s=timeout_s, fault=fault)
     started = time.monotonic()
     with pytest.raises(DistributedError) as info:
-        run_distributed(SOURCE, prompt_set(2), config, [DecodeOptions(max_new_tokens=NEW_TOKENS)])
+        run_distributed(SOURCE, prompt_set(1), config, [DecodeOptions(max_new_tokens=NEW_TOKENS)])
     text = str(info.value)
     assert message in text and "\n" not in text
     assert time.monotonic() - started < 60
