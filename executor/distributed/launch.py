@@ -14,7 +14,7 @@ import signal
 import socket
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -94,7 +94,6 @@ class DistributedRun:
     spd: tuple[RunResult, ...]
     world_size: int
     backend: str
-    extra: dict = field(default_factory=dict)
 
 
 def pick_backend(requested: str, world_size: int) -> str:
