@@ -143,3 +143,68 @@ def figure_allreduce(frame):
     fig.colorbar(image, ax=ax, label="speedup ratio (>1: SPD wins, blue)")
     fig.tight_layout()
     return fig
+
+
+def figure_acceptance(frame):
+    """Heatmap of SPD (at α_SPD) / EAGLE-3 (at α_chain) within one GPU budget; contour at 1."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+
+    spd_alphas = sorted(frame["spd_alpha"].unique())
+    chain_alphas = sorted(frame["eagle3_alpha"].unique())
+    grid = frame.pivot(index="spd_alpha", columns="eagle3_alpha", values="spd_over_eagle3")
+    values = grid.loc[spd_alphas, chain_alphas].to_numpy()
+    fig, ax = plt.subplots(figsize=(11, 6))
+    low, high = min(values.min(), 0.95), max(values.max(), 1.05)
+    image = ax.imshow(values, origin="lower", aspect="auto", cmap="RdBu", norm=TwoSlopeNorm(1.0, low, high))
+    if values.min() < 1.0 < values.max():
+        ax.contour(
+            np.arange(len(chain_alphas)),
+            np.arange(len(spd_alphas)),
+            values,
+            levels=[1.0],
+            colors="black",
+            linewidths=2,
+        )
+    for i in range(len(spd_alphas)):
+        for j in range(len(chain_alphas)):
+            ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    inside = [j for j, a in enumerate(chain_alphas) if spd_alphas[0] <= a <= spd_alphas[-1]]
+    ax.plot(
+        inside,
+        np.interp([chain_alphas[j] for j in inside], spd_alphas, np.arange(len(spd_alphas))),
+        "--",
+        color="grey",
+        linewidth=1,
+        label="equal acceptance",
+    )
+    from spdsim.presets import get_preset
+
+    published = (
+        get_preset("qwen3.5-4b/overall/spd-n8-l3").acceptance["alpha"],
+        get_preset("qwen3.5-4b/overall/eagle3-k3").acceptance["alpha"],
+    )
+    ax.plot(
+        np.interp(published[1], chain_alphas, np.arange(len(chain_alphas))),
+        np.interp(published[0], spd_alphas, np.arange(len(spd_alphas))),
+        "*",
+        color="gold",
+        markersize=18,
+        markeredgecolor="black",
+        label=f"implied by the SPD repo (overall): SPD {published[0]:.2f}, EAGLE-3 K=3 {published[1]:.2f}",
+    )
+    ax.set_xticks(range(len(chain_alphas)), [f"{a:.2f}" for a in chain_alphas])
+    ax.set_yticks(range(len(spd_alphas)), [f"{a:.2f}" for a in spd_alphas])
+    ax.set_xlabel("EAGLE-3 chain acceptance alpha (i.i.d.; best K and TP per cell)")
+    ax.set_ylabel("SPD per-verification acceptance alpha (best design per row)")
+    budget = int(frame["budget"].iloc[0])
+    ax.set_title(
+        f"SPD / EAGLE-3 speedup within {budget} GPUs: the acceptance advantage SPD needs (blue: SPD wins)",
+        loc="left",
+        fontsize=10,
+    )
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2, fontsize=8, frameon=False)
+    fig.colorbar(image, ax=ax, label="speedup ratio")
+    fig.tight_layout()
+    return fig

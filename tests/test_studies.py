@@ -49,6 +49,7 @@ def test_fair_hardware(tmp_path, monkeypatch):
         map_budgets=(2, 3),
         allreduce_us=(0, 15, 100),
         allreduce_budget=2,
+        chain_alphas=(0.4, 0.8),
         workers=1,
     )
     comparison = pd.read_csv(tmp_path / "comparison.csv")
@@ -68,7 +69,11 @@ def test_fair_hardware(tmp_path, monkeypatch):
     assert len(allreduce) == 6
     for _, per_alpha in allreduce.groupby("alpha"):  # slower collectives never help the TP baselines
         assert per_alpha.sort_values("allreduce_us")["spd_over_eagle3"].is_monotonic_increasing
-    for name in ("by_dataset.png", "crossover.png", "crossover_allreduce.png"):
+    gap = pd.read_csv(tmp_path / "crossover_acceptance.csv")
+    assert len(gap) == 4
+    for _, per_chain_alpha in gap.groupby("eagle3_alpha"):  # a better SPD drafter only helps SPD
+        assert per_chain_alpha.sort_values("spd_alpha")["spd_over_eagle3"].is_monotonic_increasing
+    for name in ("by_dataset.png", "crossover.png", "crossover_allreduce.png", "crossover_acceptance.png"):
         assert_png(tmp_path / name)
     # the written scenario file reproduces a row of the table exactly
     runs = load_runs([tmp_path / "scenarios.json"], methods=("humaneval:spd-n8-l3-authors",))
