@@ -1,0 +1,150 @@
+"""Single-process SPD schedule: lossless against greedy AR (several n, uneven splits, untrained drafter and
+synthetic acceptance), the n−1 refill after every rejection, ρ against 1/(1+(n−1)(1−α)), T > 0 distribution."""
+
+import numpy as np
+import pytest
+import torch
+from executor_tiny import (
+    assert_lossless,
+    chisquare_pvalue,
+    greedy_ar,
+    prompts,
+    second_token_marginal,
+    tiny_model,
+)
+
+from executor.heads.layers import base_config_of
+from executor.heads.spd_v11 import SpdHeadConfig, SpeculationModuleV11
+from executor.schedules import run_method
+from executor.schedules.common import DecodeOptions
+from executor.schedules.spd import run_spd
+from executor.stages import split_layers
+from spdsim.errors import SpdsimError
+
+LAYERS = 4
+NEW = 16
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(layers=LAYERS)
+
+
+@pytest.fixture(scope="module")
+def reference(model):
+    return greedy_ar(model, prompts(), NEW)
+
+
+@pytest.mark.parametrize(
+    "split", [{"stages": 2}, {"stages": 4}, {"stage_layers": [1, 3]}, {"stage_layers": [2, 1, 1]}]
+)
+def test_untrained_drafter_is_lossless(model, reference, split):
+    result = run_method("spd", model, prompts(), max_new_tokens=NEW, **split)
+    assert_lossless(result, reference)
+
+
+@pytest.mark.parametrize(
+    "split,alpha,spec_layers",
+    [
+        ({"stages": 2}, 0.5, 1),
+        ({"stage_layers": [2, 1, 1]}, 0.7, 2),
+        ({"stages": 4}, 0.6, 1),
+        ({"stages": 2}, 1.0, 1),
+    ],
+)
+def test_synthetic_acceptance_is_lossless_and_refills_n_minus_1_cycles(
+    model, reference, split, alpha, spec_layers
+):
+    result = run_method(
+        "spd", model, prompts(), max_new_tokens=NEW, synthetic_alpha=alpha, spec_layers=spec_layers, **split
+    )
+    assert_lossless(result, reference)
+    n = result.config["stages"]
+    if alpha == 1.0:
+        assert result.acceptance_rate == 1.0
+    for run in result.prompts:
+        flags = [row["accepted"] for row in run.trace]
+        assert len(flags) == run.verifications == len(run.tokens) - 1
+        # N_steps = (N − 1) + (n − 1)(1 + R) (spd.md §4.2), minus the refill a final rejection never needs.
+        assert run.decode_steps == len(flags) + (n - 1) * (1 + flags.count(0) - int(not flags[-1]))
+        assert [cycle.state for cycle in run.cycles[: n - 1]] == ["fill"] * (n - 1)
+        verify_cycles = [c.index for c in run.cycles if c.tokens]
+        for v, (this, following) in enumerate(zip(verify_cycles, verify_cycles[1:], strict=False)):
+            gap = run.cycles[this + 1 : following]
+            assert len(gap) == (0 if flags[v] else n - 1)
+            assert all(c.state == "refill" and c.tokens == 0 for c in gap)
+        expected_states = ["refill"] + ["saturated" if f else "refill" for f in flags[:-1]]
+        assert [row["state"] for row in run.trace] == expected_states
+
+
+@pytest.mark.parametrize("alpha,n", [(0.5, 2), (0.8, 4)])
+def test_tokens_per_cycle_matches_the_closed_form(model, alpha, n):
+    result = run_method(
+        "spd", model, prompts(count=20, seed=7), max_new_tokens=40, synthetic_alpha=alpha, stages=n, seed=11
+    )
+    verifications = sum(p.verifications for p in result.prompts)
+    rejects = verifications - sum(p.accepted for p in result.prompts)
+    steps = sum(p.decode_steps for p in result.prompts)
+    # Acceptance is Bernoulli(α): the rejection count lies within 4σ of its mean.
+    sigma = np.sqrt(verifications * alpha * (1 - alpha))
+    assert abs(rejects - verifications * (1 - alpha)) <= 4 * sigma
+    # Steady-state ρ (the fills of the 20 starts removed) against 1/(1+(n−1)(1−α)), tolerance from the same 4σ.
+    fills = (n - 1) * len(result.prompts)
+    rho_steady = verifications / (
+        steps - fills + (n - 1) * sum(not p.trace[-1]["accepted"] for p in result.prompts)
+    )
+    rho_closed = 1 / (1 + (n - 1) * (1 - alpha))
+    tolerance = 4 * (n - 1) * rho_closed**2 * np.sqrt(alpha * (1 - alpha) / verifications)
+    assert abs(rho_steady - rho_closed) <= tolerance + 1e-12
+    assert result.tokens_per_cycle == pytest.approx(verifications / steps)
+
+
+def test_llama_base_is_lossless():
+    llama = tiny_model(family="llama", layers=4)
+    expected = greedy_ar(llama, prompts(count=20, seed=3), 16)
+    result = run_method(
+        "spd", llama, prompts(count=20, seed=3), max_new_tokens=16, stages=2, synthetic_alpha=0.7
+    )
+    assert_lossless(result, expected)
+
+
+def test_sampling_preserves_the_target_distribution():
+    """At T = 1 the second generated token (the first verified draft) follows the target's marginal."""
+    target = tiny_model(seed=5, vocab=8, layers=2)
+    with torch.no_grad():
+        target.lm_head_weight.mul_(12.0)  # peaky target, far from the untrained drafter's q
+    prompt = [3, 1, 4]
+    expected = second_token_marginal(target, prompt)
+    runs = 600
+    result = run_method("spd", target, [prompt] * runs, max_new_tokens=2, temperature=1.0, stages=2, seed=123)
+    accepted = sum(p.accepted for p in result.prompts)
+    assert 30 < accepted < runs - 30  # both branches (accept, residual resample) exercised
+    assert chisquare_pvalue([p.tokens[1] for p in result.prompts], expected) > 1e-3
+
+
+def test_bad_inputs(model):
+    base = base_config_of(model)
+    drafter = SpeculationModuleV11(base, SpdHeadConfig.build(base, num_stages=2, num_spec_layers=1))
+    with pytest.raises(SpdsimError, match="built for stages"):
+        run_spd(model, drafter, prompts(2), split_layers(LAYERS, 4), DecodeOptions())
+    with pytest.raises(SpdsimError, match="does not divide"):
+        run_method("spd", model, prompts(2), stages=3)
+    with pytest.raises(SpdsimError, match="temperature 0"):
+        run_method("spd", model, prompts(2), stages=2, synthetic_alpha=0.5, temperature=1.0)
+    with pytest.raises(SpdsimError, match="synthetic_alpha"):
+        run_method("spd", model, prompts(2), stages=2, synthetic_alpha=1.5)
+    with pytest.raises(SpdsimError, match="do not apply"):
+        run_method("spd", model, prompts(2), stages=2, k=3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_lossless_on_cuda_with_streams():
+    gpu = tiny_model(layers=LAYERS, device="cuda")
+    expected = greedy_ar(gpu, prompts(), NEW)
+    for alpha in (None, 0.8):
+        result = run_method(
+            "spd", gpu, prompts(), max_new_tokens=NEW, stage_layers=[2, 1, 1], synthetic_alpha=alpha
+        )
+        assert_lossless(result, expected)
+        assert all("stage0" in c.phases_us for p in result.prompts for c in p.cycles)
