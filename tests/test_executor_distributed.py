@@ -51,7 +51,7 @@ def test_colocated_lossless_synthetic_and_replayable(tmp_path):
         DecodeOptions(max_new_tokens=NEW_TOKENS),
         DecodeOptions(max_new_tokens=NEW_TOKENS, synthetic_alpha=0.7),
     ]
-    run = run_distributed(SOURCE, prompts, DistributedConfig(num_stages=2, timeout_s=30), jobs)
+    run = run_distributed(SOURCE, prompts, DistributedConfig(num_stages=2, timeout_s=90), jobs)
     expected = greedy(prompts)
     assert run.world_size == 2 and run.backend == "gloo"
     for result in run.spd:
@@ -74,7 +74,7 @@ def test_colocated_lossless_synthetic_and_replayable(tmp_path):
 
 def test_own_drafter_rank_lossless():
     prompts = prompt_set(2, seed=5)
-    config = DistributedConfig(num_stages=2, colocated=False, timeout_s=30)
+    config = DistributedConfig(num_stages=2, colocated=False, timeout_s=90)
     run = run_distributed(
         SOURCE, prompts, config, [DecodeOptions(max_new_tokens=NEW_TOKENS, synthetic_alpha=0.8)]
     )
