@@ -315,6 +315,13 @@ def make_streams(device: torch.device, count: int) -> list:
     return [None] * count
 
 
+def used_on(stream, *tensors: torch.Tensor) -> None:
+    """Tell the caching allocator that tensors made on another stream are read on `stream` (no early reuse)."""
+    if stream is not None:
+        for tensor in tensors:
+            tensor.record_stream(stream)
+
+
 def stream_context(stream):
     return torch.cuda.stream(stream) if stream is not None else nullcontext()
 

@@ -30,6 +30,7 @@ from executor.schedules.common import (
     is_stop,
     make_streams,
     stream_context,
+    used_on,
 )
 from executor.stages import StageSplit
 from spdsim.errors import SpdsimError
@@ -117,11 +118,14 @@ class _SpdDecoder:
             state = "saturated" if saturated else ("fill" if record.verifications == 0 else "refill")
             self._fork()
             with timer.phase(cycle, "draft", self.draft_stream), stream_context(self.draft_stream):
+                for entry in (*pipeline, *([pending] if pending is not None else [])):
+                    used_on(self.draft_stream, *entry.feats.values())
                 draft_logits = self._draft_logits(pipeline, pending, spec_cache)
             for depth, entry in enumerate(pipeline):
                 start, end = self.split.ranges[depth]
                 stream = self.stage_streams[depth]
                 with timer.phase(cycle, f"stage{depth}", stream), stream_context(stream):
+                    used_on(stream, entry.hidden)
                     position = torch.tensor([entry.position], device=model.device)
                     entry.hidden, got = model.forward_layers(
                         entry.hidden,
