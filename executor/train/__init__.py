@@ -1,0 +1,1 @@
+"""Distillation of the draft heads (SPD v11 drafter, EAGLE-3 chain head, SpecDec++ acceptance head) from the target."""
