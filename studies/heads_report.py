@@ -49,6 +49,7 @@ def _float(value) -> float | None:
 
 def plot_spd_alpha(rows: list[dict], path: Path) -> bool:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     spd = [r for r in rows if r["method"] == "spd" and float(r["temperature"]) == 0.0]
     if not spd:
@@ -67,6 +68,7 @@ def plot_spd_alpha(rows: list[dict], path: Path) -> bool:
             )
         ax.set_title(f"SPD α per verification ({state}), T=0")
         ax.set_xlabel("pipeline stages n")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("α")
     axes[0].set_ylim(0, 1)
@@ -79,6 +81,7 @@ def plot_spd_alpha(rows: list[dict], path: Path) -> bool:
 
 def plot_chain_rates(rows: list[dict], path: Path) -> bool:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     chains = [r for r in rows if r["method"] == "eagle3" and r.get("r_k")]
     if not chains:
@@ -97,6 +100,7 @@ def plot_chain_rates(rows: list[dict], path: Path) -> bool:
             marker="o",
             label=f"{dataset}, T={temperature:g} (K={r['width']})",
         )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("draft position k")
     ax.set_ylabel("unconditional r_k")
     ax.set_ylim(0, 1)
@@ -120,6 +124,7 @@ def stop_lengths(folder: Path, trace: str) -> list[int]:
 
 def plot_stop_lengths(rows: list[dict], path: Path) -> bool:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     runs = [r for r in rows if r["method"] == "specdecpp"]
     if not runs:
@@ -130,7 +135,8 @@ def plot_stop_lengths(rows: list[dict], path: Path) -> bool:
         top = max(lengths)
         counts = [lengths.count(k) / len(lengths) for k in range(1, top + 1)]
         label = f"{r['label']}, {r['dataset']}, T={float(r['temperature']):g} (mean {sum(lengths) / len(lengths):.2f})"
-        ax.step(range(1, top + 1), counts, where="mid", label=label)
+        ax.plot(range(1, top + 1), counts, marker="o", label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("drafts per verification (stopping length)")
     ax.set_ylabel("fraction of verifications")
     ax.set_title("SpecDec++ stopping length")
