@@ -141,3 +141,15 @@ def test_bad_inputs(target):
         run_method("eagle3", target, prompts(2), k=0)
     with pytest.raises(SpdsimError, match="unknown"):
         run_method("medusa", target, prompts(2))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_lossless_on_cuda():
+    gpu_target, gpu_draft = tiny_model(layers=4, device="cuda"), tiny_model(seed=9, layers=1, device="cuda")
+    expected = greedy_ar(gpu_target, prompts(), NEW)
+    for kind, extra in (("draft-model", {"draft_model": gpu_draft}), ("eagle3", {})):
+        result = run_method(
+            kind, gpu_target, prompts(), max_new_tokens=NEW, k=3, synthetic_alpha=0.7, **extra
+        )
+        assert_lossless(result, expected)

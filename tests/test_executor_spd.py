@@ -148,3 +148,18 @@ def test_lossless_on_cuda_with_streams():
         )
         assert_lossless(result, expected)
         assert all("stage0" in c.phases_us for p in result.prompts for c in p.cycles)
+
+
+def test_a_saved_head_runs_with_the_split_it_was_trained_for(model, reference, tmp_path):
+    from executor.heads.checkpoint import save_spd_checkpoint
+    from executor.schedules import lossless_check
+
+    base = base_config_of(model)
+    head = SpdHeadConfig.build(base, num_stages=3, num_spec_layers=1, stage_layers=[2, 1, 1])
+    save_spd_checkpoint(SpeculationModuleV11(base, head), base, tmp_path / "head.pt")
+    result = run_method("spd", model, prompts(), max_new_tokens=NEW, head=tmp_path / "head.pt")
+    assert result.config["stage_layers"] == [2, 1, 1]
+    assert_lossless(result, reference)
+    assert lossless_check(model, prompts(), result) == (20, 20)
+    with pytest.raises(SpdsimError, match="built for stages"):
+        run_method("spd", model, prompts(2), head=tmp_path / "head.pt", stages=2)

@@ -16,3 +16,10 @@ def run_method(name: str, model, prompts, **opts):
     from executor.schedules.dispatch import dispatch
 
     return dispatch(name, model, prompts, opts)
+
+
+def lossless_check(model, prompts, result) -> tuple[int, int]:
+    """(prompts whose tokens equal greedy AR's, prompts) for a temperature-0 `RunResult`."""
+    from executor.schedules.dispatch import lossless_check as check
+
+    return check(model, prompts, result)

@@ -45,15 +45,18 @@ def dispatch(name: str, model, prompts, opts: dict) -> RunResult:
 
 
 def _spd(model, prompts, options: DecodeOptions, opts: dict) -> RunResult:
-    stage_layers = opts.pop("stage_layers", None)
-    split = split_layers(model.num_layers, opts.pop("stages", None), stage_layers)
+    stage_layers, stages = opts.pop("stage_layers", None), opts.pop("stages", None)
     head_path = opts.pop("head", None)
     base = base_config_of(model)
     spec_layers = opts.pop("spec_layers", 1)
     bound = opts.pop("aggr_feature_bound", "auto")
     if head_path is not None:
         drafter = load_spd_checkpoint(head_path, base, final_norm_weight=model.norm.detach().cpu())
+        if stages is None and stage_layers is None:  # the checkpoint fixes the split it was trained for
+            stage_layers = drafter.head_config.stage_layers
+        split = split_layers(model.num_layers, stages, stage_layers)
     else:
+        split = split_layers(model.num_layers, stages, stage_layers)
         head = SpdHeadConfig.build(
             base,
             num_stages=split.num_stages,
@@ -113,3 +116,15 @@ def run_ar(model, prompts, options: DecodeOptions, use_graphs: bool = True) -> R
         )
     config = {"method": "ar", **asdict(options)}
     return RunResult("ar", config, tuple(runs), str(model.device))
+
+
+def lossless_check(model, prompts, result: RunResult) -> tuple[int, int]:
+    """(prompts whose tokens equal greedy AR's, prompts); only meaningful for a temperature-0 run."""
+    if result.config.get("temperature", 0.0) != 0.0:
+        raise SpdsimError("the lossless check compares with greedy AR: it needs a temperature-0 run")
+    options = {key: result.config[key] for key in ("max_new_tokens", "stop_token_ids")}
+    reference = run_ar(
+        model, prompts, DecodeOptions(**{**options, "stop_token_ids": tuple(options["stop_token_ids"])})
+    )
+    matches = sum(a.tokens == b.tokens for a, b in zip(reference.prompts, result.prompts, strict=True))
+    return matches, len(result.prompts)
