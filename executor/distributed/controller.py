@@ -38,6 +38,7 @@ from executor.schedules.common import (
     is_stop,
     make_streams,
     stream_context,
+    used_on,
 )
 from executor.stages import StageSplit
 
@@ -172,6 +173,8 @@ class Controller:
                 with timer.phase(cycle, "stage0", self.stage_stream), stream_context(self.stage_stream):
                     sends, _, local, local_out = self.local_stage.cycle(control)
             with timer.phase(cycle, "draft", self.draft_stream), stream_context(self.draft_stream):
+                for entry in (*pipeline, *([pending] if pending is not None else [])):
+                    used_on(self.draft_stream, *entry.feats.values())
                 draft_logits = self._draft_logits(pipeline, pending, spec_cache)
             recvs, outputs, anchors = self._recv_plan(len(pipeline), 1, saturated)
             with stream_context(self.stage_stream):
