@@ -171,3 +171,17 @@ def test_train_head_cli_bad_input_exits_2(tmp_path):
         ],
     )
     assert result.exit_code == 2 and "stage" in result.output
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_autocast_steps_reduce_the_loss():
+    model, loaded = load_fast_model("random:tiny-llama", seed=0, device="cuda", dtype="bfloat16")
+    options = TrainHeadOptions(model="tiny", head="spd", out=None, stages=2, spec_layers=2)
+    torch.manual_seed(1)
+    drafter = build_spd_head(model, loaded.hf_model.config, options).cuda()
+    blocks = torch.randint(0, 256, (16, 64), generator=torch.Generator().manual_seed(5))
+    objective = SpdObjective(model, drafter, torch.Generator().manual_seed(0))
+    config = LoopConfig(max_steps=20, minutes=0, batch_size=8, lr=5e-3, warmup_steps=2)
+    log = run_training(list(drafter.parameters()), objective, blocks, config, torch.device("cuda"), False)
+    assert sum(log.losses[-3:]) / 3 < 0.9 * sum(log.losses[:3]) / 3
