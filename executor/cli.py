@@ -235,6 +235,9 @@ def train_head(
     stages: int = typer.Option(None, help="SPD: number of pipeline stages n"),
     stage_layers: str = typer.Option(None, help="SPD: explicit per-stage layer counts, e.g. 8,8,7,7"),
     spec_layers: int = typer.Option(2, min=1, help="SPD: drafter decoder layers L_s"),
+    aggr_feature_bound: str = typer.Option(
+        "stages", help="SPD anchors: stages (stage boundaries, last L-1), auto, or a list like 0,8,16,23,29"
+    ),
     chain_head: Path = typer.Option(None, help="specdecpp: the trained EAGLE-3 head checkpoint"),
     minutes: float = typer.Option(10.0, min=0.0, help="wall-clock budget (0 = none)"),
     steps: int = typer.Option(4000, min=1, help="step budget (also the LR schedule's horizon)"),
@@ -288,6 +291,7 @@ def _train_head(**kw) -> None:
         stages=kw["stages"],
         stage_layers=parse_stage_layers(kw["stage_layers"]) if kw["stage_layers"] else None,
         spec_layers=kw["spec_layers"],
+        aggr_feature_bound=kw["aggr_feature_bound"],
         chain_head=kw["chain_head"],
         ttt_steps=kw["ttt_steps"],
         device=device,

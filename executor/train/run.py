@@ -32,7 +32,7 @@ class TrainHeadOptions:
     stages: int | None = None
     stage_layers: tuple[int, ...] | None = None
     spec_layers: int = 2
-    aggr_feature_bound: str = "auto"
+    aggr_feature_bound: str = "stages"  # "stages", "auto" (reference auto rule) or "0,8,16,..."
     chain_head: Path | None = None  # specdecpp: the trained EAGLE-3 head it reads hidden states from
     ttt_steps: int = 7
     weight_mismatch: float = 6.0
@@ -72,16 +72,32 @@ def _save_dtype(model) -> torch.dtype:
     return model.dtype
 
 
+def stage_boundary_bound(layer_counts: tuple[int, ...]) -> tuple[int, ...]:
+    """Anchors at the stage boundaries, the last at L−1: one aggregation type per depth.
+
+    The reference train.py default "0,8,16,24,31" is this bound for Qwen3.5 (L = 32) at n = 4; L−1 rather than L
+    keeps the deepest anchor pre-norm in the reference's HF prefill too (reference/spd.md §2.1 note iii).
+    """
+    bounds = [0]
+    for count in layer_counts[:-1]:
+        bounds.append(bounds[-1] + count)
+    last = sum(layer_counts) - 1
+    return tuple(b for b in bounds if b < last) + (last,)
+
+
 def build_spd_head(model, hf_config, options: TrainHeadOptions):
     from executor.heads.spd_v11 import SpdHeadConfig, SpeculationModuleV11
     from executor.stages import split_layers
 
     split = split_layers(model.num_layers, options.stages, options.stage_layers)
+    bound = options.aggr_feature_bound
+    if bound == "stages":
+        bound = stage_boundary_bound(split.layer_counts)
     head_config = SpdHeadConfig.build(
         hf_config,
         num_stages=split.num_stages,
         num_spec_layers=options.spec_layers,
-        aggr_feature_bound=options.aggr_feature_bound,
+        aggr_feature_bound=bound,
         stage_layers=split.layer_counts,
         base_model_path=options.model,
     )
