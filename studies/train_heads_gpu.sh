@@ -100,6 +100,7 @@ loaded = load_model("smollm2-135m", device="cuda", dtype="bfloat16")
 corpus = load_or_build_corpus(loaded.hf_model, loaded.tokenizer, "smollm2-135m", CorpusConfig(), default_cache_dir())
 print(corpus.stats)
 EOF
+      timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_executor_train_spd.py 2>&1 | tail -3
     } 2>&1 | grep -v '^DEBUG' | tee "$HEADS/setup/log.txt" | tail -20
     (cd "$HEADS" && pack setup setup/log.txt)
     ;;
