@@ -80,7 +80,7 @@ def test_synthetic_acceptance_is_lossless_and_refills_n_minus_1_cycles(
 @pytest.mark.parametrize("alpha,n", [(0.5, 2), (0.8, 4)])
 def test_tokens_per_cycle_matches_the_closed_form(model, alpha, n):
     result = run_method(
-        "spd", model, prompts(count=20, seed=7), max_new_tokens=40, synthetic_alpha=alpha, stages=n, seed=11
+        "spd", model, prompts(count=20, seed=7), max_new_tokens=32, synthetic_alpha=alpha, stages=n, seed=11
     )
     verifications = sum(p.verifications for p in result.prompts)
     rejects = verifications - sum(p.accepted for p in result.prompts)

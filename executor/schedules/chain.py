@@ -32,7 +32,8 @@ class _DraftModel:
     def __init__(self, draft, prompt: list[int], options: DecodeOptions, k: int):
         self.draft = draft
         self.cache = draft.new_cache(cache_length(draft, len(prompt), options, lookahead=k + 2))
-        prefill(draft, prompt[:-1], self.cache) if len(prompt) > 1 else None
+        if len(prompt) > 1:
+            prefill(draft, prompt[:-1], self.cache)
         self.processed = len(prompt) - 1  # tokens [0, processed) are in the draft cache
 
     def propose(self, sequence: list[int], k: int, verifier: Verifier, synthetic, timer, cycle):
