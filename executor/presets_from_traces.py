@@ -14,6 +14,7 @@ Temperature 1 presets carry the suffix ``-t1`` (the convention of the embedded S
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import sys
@@ -32,11 +33,37 @@ def _number(value) -> float | None:
 
 
 def read_eval(folder: Path) -> tuple[dict, list[dict]]:
+    """eval.json of a folder, each row's acceptance figures recounted from its committed trace file."""
+    from executor.evaluate import trace_summary
+
     path = Path(folder) / "eval.json"
     if not path.is_file():
         raise SpdsimError(f"presets: '{folder}' has no eval.json (not an `spdsim exec eval` folder)")
     payload = json.loads(path.read_text())
-    return payload, payload["rows"]
+    rows = []
+    for row in payload["rows"]:
+        trace = read_trace_rows(Path(folder) / row["trace"])
+        figures = trace_summary(trace, "spd" if row["method"] == "spd" else "chain")
+        if "r_k" in figures:
+            figures["r_k"] = ";".join(f"{r:.6f}" for r in figures["r_k"])
+        rows.append({**row, **figures})
+    return payload, rows
+
+
+def read_trace_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise SpdsimError(f"presets: trace '{path}' named in eval.json is missing")
+    integers = (
+        "verify_index",
+        "position",
+        "draft_index",
+        "width",
+        "drafted_token",
+        "target_token",
+        "accepted",
+    )
+    with path.open() as handle:
+        return [{k: int(v) if k in integers else v for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
 def _suffix(temperature: float) -> str:
@@ -49,7 +76,8 @@ def _provenance(payload: dict, row: dict, folder: Path) -> str:
         f"measured: spdsim exec eval, head {Path(config['head']).name} on {config.get('model', '?')} "
         f"({config.get('model_source', '')}), {env.get('device')} {env.get('date_utc')}, git {env.get('git_head')}, "
         f"torch {env.get('torch')}; {row['prompts']} {row['dataset']} prompts (first turn, chat template), "
-        f"{config['max_new_tokens']} new tokens, T={row['temperature']}, {row['verifications']} verifications; "
+        f"{config['max_new_tokens']} new tokens at most ({int(row['decode_tokens']) / int(row['prompts']):.1f} "
+        f"decoded per prompt), T={row['temperature']}, {row['verifications']} verifications; "
         f"trace {folder.name}/{row['trace']}"
     )
 

@@ -112,6 +112,8 @@ def test_presets_from_traces_load_in_the_simulator(evaluated, tmp_path):
     assert presets["smollm2-135m/gsm8k/eagle3-k2-t1"].acceptance["kind"] == "positional"
     assert presets["smollm2-135m/gsm8k/specdecpp-h0.3"].method["stop_threshold"] == 0.3
     assert "measured" in spd.source
+    measured = next(r for r in evaluated[1]["spd.pt"] if r["temperature"] == 0.0)
+    assert spd.acceptance["alpha_refill"] == pytest.approx(measured["alpha_refill"], abs=1e-6)
     runs = load_runs(acceptance="smollm2-135m/gsm8k/eagle3-k2", preset_dirs=(tmp_path,))
     assert any(r.scenario.acceptance.preset == "smollm2-135m/gsm8k/eagle3-k2" for r in runs)
 
