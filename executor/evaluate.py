@@ -193,11 +193,12 @@ def evaluate_head(
     config = {"head": str(head_path), "head_kind": kind, "head_config": summary, **asdict(eval_config)}
     config.update(extra or {})
     rows = []
-    for dataset in eval_config.datasets:
-        prompts = [
-            (p.prompt_id, p.token_ids) for p in load_prompts(dataset, tokenizer, limit=eval_config.limit)
-        ]
-        for temperature in eval_config.temperatures:
+    # Temperature-major: every dataset's T = 0 runs (lossless check, presets) come first under a time limit.
+    for temperature in eval_config.temperatures:
+        for dataset in eval_config.datasets:
+            prompts = [
+                (p.prompt_id, p.token_ids) for p in load_prompts(dataset, tokenizer, limit=eval_config.limit)
+            ]
             base = {
                 "max_new_tokens": eval_config.max_new_tokens,
                 "temperature": temperature,

@@ -19,18 +19,18 @@
 #   6.                                    bash studies/train_heads_gpu.sh specdecpp    (needs step 5's head)
 # Then here: bash studies/train_heads_gpu.sh collect <files_at>/*.tgz  (unpacks into studies/results/heads/, builds
 # the presets spdsim/profiles/presets/smollm2_135m.json and the plots).
-# Knobs (environment): MINUTES (training budget, default 4), LIMIT (prompts per dataset, 20), NEW_TOKENS (256),
-# TEMPS ("0,1"), EVAL_S (eval time limit in seconds, 240); a step lasts at most MINUTES*60 + 90 + EVAL_S.
+# Knobs (environment): MINUTES (training budget, default 3.5), LIMIT (prompts per dataset, 10), NEW_TOKENS (256),
+# TEMPS ("0,1"), EVAL_S (eval time limit in seconds, 270); a step lasts at most int(MINUTES)*60 + 120 + EVAL_S (570 s by default).
 set -u
 STEP=${1:?usage: train_heads_gpu.sh prepare|stash|setup|spd N LS [SPLIT]|eagle3|specdecpp|collect FILES}
 shift
 OUT=${OUT:-/tmp/heads_out}
 HEADS=/root/heads
-MINUTES=${MINUTES:-4}
-LIMIT=${LIMIT:-20}
+MINUTES=${MINUTES:-3.5}
+LIMIT=${LIMIT:-10}
 NEW_TOKENS=${NEW_TOKENS:-256}
 TEMPS=${TEMPS:-0,1}
-EVAL_S=${EVAL_S:-240}
+EVAL_S=${EVAL_S:-270}
 export PYTHONUNBUFFERED=1 SPDSIM_CACHE_DIR=${SPDSIM_CACHE_DIR:-/root/spdsim-cache}
 
 install_wheels() {
@@ -58,7 +58,7 @@ train_and_eval() {  # train_and_eval NAME CHECKPOINT EVAL_ARGS... -- TRAIN_ARGS.
   mkdir -p "$dir"
   {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-    timeout $(( ${MINUTES%.*} * 60 + 90 )) python3 -m executor.cli train-head --model smollm2-135m \
+    timeout $(( ${MINUTES%.*} * 60 + 120 )) python3 -m executor.cli train-head --model smollm2-135m \
       --minutes "$MINUTES" --no-progress --out "$dir" "$@" || echo "train-head failed: rc=$?"
     ckpt=$dir/$checkpoint
     [ -e "$ckpt" ] || ckpt=$(ls "$dir"/*.pt 2>/dev/null | head -1)
@@ -121,7 +121,7 @@ EOF
     [ -f "$HEADS/eagle3/eagle3_head.pt" ] || { echo "specdecpp needs the eagle3 step first"; exit 2; }
     mkdir -p "$HEADS/specdecpp"
     {
-      timeout $(( ${MINUTES%.*} * 60 + 90 )) python3 -m executor.cli train-head --model smollm2-135m \
+      timeout $(( ${MINUTES%.*} * 60 + 120 )) python3 -m executor.cli train-head --model smollm2-135m \
         --head specdecpp --chain-head "$HEADS/eagle3/eagle3_head.pt" --minutes "$MINUTES" --no-progress \
         --out "$HEADS/specdecpp" || echo "train-head failed: rc=$?"
       timeout "$EVAL_S" python3 -m executor.cli eval --model smollm2-135m --head "$HEADS/specdecpp" \
