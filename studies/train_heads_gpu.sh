@@ -15,6 +15,7 @@
 #   2. carry [".carry/smol_b", ".whl"]    bash studies/train_heads_gpu.sh setup        (GGUF -> HF dir, corpus)
 #   3. carry [".whl"]                     bash studies/train_heads_gpu.sh spd 4 2 8,8,7,7   (train + eval)
 #   4.                                    bash studies/train_heads_gpu.sh spd 2 1  |  spd 6 1  |  spd 8 2 4,4,4,4,4,4,3,3
+#      or several short ones in one call:  MINUTES=1 LIMIT=4 TEMPS=0 EVAL_S=80 ... spd-sweep 2:1 6:1 8:1:4,4,4,4,4,4,3,3
 #   5.                                    bash studies/train_heads_gpu.sh eagle3
 #   6.                                    bash studies/train_heads_gpu.sh specdecpp    (needs step 5's head)
 # Then here: bash studies/train_heads_gpu.sh collect <files_at>/*.tgz  (unpacks into studies/results/heads/, builds
@@ -22,7 +23,7 @@
 # Knobs (environment): MINUTES (training budget, default 3.5), LIMIT (prompts per dataset, 10), NEW_TOKENS (256),
 # TEMPS ("0,1"), EVAL_S (eval time limit in seconds, 270); a step lasts at most int(MINUTES)*60 + 120 + EVAL_S (570 s by default).
 set -u
-STEP=${1:?usage: train_heads_gpu.sh prepare|stash|setup|spd N LS [SPLIT]|eagle3|specdecpp|collect FILES}
+STEP=${1:?usage: train_heads_gpu.sh prepare|stash|setup|spd N LS [SPLIT]|spd-sweep N:LS[:SPLIT]...|eagle3|specdecpp|collect FILES}
 shift
 OUT=${OUT:-/tmp/heads_out}
 HEADS=/root/heads
@@ -111,6 +112,15 @@ EOF
     [ -n "$split" ] && args+=(--stage-layers "$split")
     name=spd_n${n}_l${ls}
     train_and_eval "$name" "smollm2-135m_s${n}_l${ls}.pt" -- "${args[@]}"
+    ;;
+  spd-sweep)  # several short SPD heads in one call, e.g. MINUTES=1 LIMIT=4 TEMPS=0 EVAL_S=80 ... spd-sweep 2:1 6:1 8:1:4,4,4,4,4,4,3,3
+    install_wheels
+    for spec in "$@"; do
+      IFS=: read -r n ls split <<< "$spec"
+      args=(--head spd --stages "$n" --spec-layers "$ls")
+      [ -n "${split:-}" ] && args+=(--stage-layers "$split")
+      train_and_eval "spd_n${n}_l${ls}" "smollm2-135m_s${n}_l${ls}.pt" -- "${args[@]}"
+    done
     ;;
   eagle3)
     install_wheels
