@@ -85,7 +85,8 @@ class _SpdDecoder:
             entry = pipeline[depth]
             rows.append(drafter.project(drafter.aggr_of_depth[depth], entry.feats))
             positions.append(entry.position)
-        position_t = torch.tensor(positions, device=rows[0].device)
+        # Rows are at contiguous positions (spec-cache invariant): a slice of the device arange, no host copy.
+        position_t = self.arange[positions[0] : positions[-1] + 1]
         draft = drafter.decode(torch.cat(rows, dim=1), position_t, spec_cache, keep=int(pending is not None))
         return drafter.full_vocab_logits(draft[0])
 
@@ -102,6 +103,7 @@ class _SpdDecoder:
                 options.synthetic_alpha, reference, len(tokens), model.cfg.vocab_size, seed
             )
         cache = model.new_cache(cache_length(model, len(tokens), options, lookahead=n + 1))
+        self.arange = torch.arange(cache.max_len, device=model.device)
         spec_cache = drafter.new_cache(capacity=len(tokens) + options.max_new_tokens + n + 8)
         record = PromptRecorder(prompt.prompt_id, len(tokens), "spd")
         logits, feats = prefill(model, tokens, cache, collect=drafter.anchor_indices)
@@ -126,7 +128,7 @@ class _SpdDecoder:
                 stream = self.stage_streams[depth]
                 with timer.phase(cycle, f"stage{depth}", stream), stream_context(stream):
                     used_on(stream, entry.hidden)
-                    position = torch.tensor([entry.position], device=model.device)
+                    position = self.arange[entry.position : entry.position + 1]
                     entry.hidden, got = model.forward_layers(
                         entry.hidden,
                         position,
