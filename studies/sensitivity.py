@@ -275,9 +275,7 @@ def run(out_dir: Path = OUT_DIR, configs=None, parameters=None, step: float = ST
         "git_head": git_head(),
         "step": step,
         "jitter_cv": JITTER_CV,
-        "configs": {
-            label: {"method": method.name, "preset": preset} for label, (method, preset) in configs.items()
-        },
+        "configs": dict(frame[["config", "design"]].drop_duplicates().itertuples(index=False)),
         "base": "spdsim/scenarios/default.toml setting, roofline frozen to constant phase latencies at mid KV",
         "scenarios": "scenarios.json: every simulated run (spdsim compare scenarios.json)",
     }
