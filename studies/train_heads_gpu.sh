@@ -20,7 +20,10 @@
 #   6.                                    bash studies/train_heads_gpu.sh specdecpp    (needs step 5's head)
 # Then here: bash studies/train_heads_gpu.sh collect <files_at>/*.tgz  (unpacks into studies/results/heads/, builds
 # the presets spdsim/profiles/presets/smollm2_135m.json and the plots).
-# Knobs (environment): MINUTES (training budget, default 3.5), LIMIT (prompts per dataset, 10), NEW_TOKENS (256),
+# Evaluation runs in float32: in bf16 the eager schedules and graph-captured AR round differently and near-ties
+# split (studies/results/smollm2_h100_bf16/NOTE.md); float32 was token-identical on the H100. Eager SPD cycles took
+# ~30 ms there (smollm2_check.md), hence the small defaults; temperature-major order finishes T = 0 first.
+# Knobs (environment): MINUTES (training budget, default 3.5), LIMIT (prompts per dataset, 5), NEW_TOKENS (128),
 # TEMPS ("0,1"), EVAL_S (eval time limit in seconds, 270); a step lasts at most int(MINUTES)*60 + 120 + EVAL_S (570 s by default).
 set -u
 STEP=${1:?usage: train_heads_gpu.sh prepare|stash|setup|spd N LS [SPLIT]|spd-sweep N:LS[:SPLIT]...|eagle3|specdecpp|collect FILES}
@@ -28,8 +31,8 @@ shift
 OUT=${OUT:-/tmp/heads_out}
 HEADS=/root/heads
 MINUTES=${MINUTES:-3.5}
-LIMIT=${LIMIT:-10}
-NEW_TOKENS=${NEW_TOKENS:-256}
+LIMIT=${LIMIT:-5}
+NEW_TOKENS=${NEW_TOKENS:-128}
 TEMPS=${TEMPS:-0,1}
 EVAL_S=${EVAL_S:-270}
 export PYTHONUNBUFFERED=1 SPDSIM_CACHE_DIR=${SPDSIM_CACHE_DIR:-/root/spdsim-cache}
@@ -64,7 +67,7 @@ train_and_eval() {  # train_and_eval NAME CHECKPOINT EVAL_ARGS... -- TRAIN_ARGS.
     ckpt=$dir/$checkpoint
     [ -e "$ckpt" ] || ckpt=$(ls "$dir"/*.pt 2>/dev/null | head -1)
     timeout "$EVAL_S" python3 -m executor.cli eval --model smollm2-135m --head "$ckpt" --limit "$LIMIT" \
-      --max-new-tokens "$NEW_TOKENS" --temperatures "$TEMPS" --out "$dir/eval" "${eval_args[@]}" \
+      --max-new-tokens "$NEW_TOKENS" --temperatures "$TEMPS" --dtype float32 --out "$dir/eval" "${eval_args[@]}" \
       || echo "eval stopped: rc=$? (tables hold every run finished before)"
   } 2>&1 | grep -v '^DEBUG' | tee "$dir/log.txt" | tail -40
   (cd "$HEADS" && pack "$name" "$name/training.json" "$name/log.txt" "$name/eval")
@@ -135,7 +138,7 @@ EOF
         --head specdecpp --chain-head "$HEADS/eagle3/eagle3_head.pt" --minutes "$MINUTES" --no-progress \
         --out "$HEADS/specdecpp" || echo "train-head failed: rc=$?"
       timeout "$EVAL_S" python3 -m executor.cli eval --model smollm2-135m --head "$HEADS/specdecpp" \
-        --limit "$LIMIT" --max-new-tokens "$NEW_TOKENS" --temperatures "$TEMPS" --thresholds 0.3,0.5 \
+        --limit "$LIMIT" --max-new-tokens "$NEW_TOKENS" --temperatures "$TEMPS" --thresholds 0.3,0.5 --dtype float32 \
         --out "$HEADS/specdecpp/eval" || echo "eval stopped: rc=$?"
     } 2>&1 | grep -v '^DEBUG' | tee "$HEADS/specdecpp/log.txt" | tail -40
     (cd "$HEADS" && pack specdecpp specdecpp/training.json specdecpp/config.json specdecpp/log.txt specdecpp/eval)
