@@ -113,8 +113,15 @@ def _run(**kw) -> None:
         opts["draft_model"], _ = load_fast_model(
             kw["draft_model"], device=device, dtype=dtype, seed=kw["seed"] + 1
         )
-    result = run_method(kw["method"], fast, [(p.prompt_id, p.token_ids) for p in prompt_set], **opts)
+    pairs = [(p.prompt_id, p.token_ids) for p in prompt_set]
+    result = run_method(kw["method"], fast, pairs, **opts)
     _print_summary(result, loaded.tokenizer)
+    if kw["method"] != "ar" and kw["temperature"] == 0.0:
+        from executor.schedules import lossless_check
+
+        matches, total = lossless_check(fast, pairs, result)
+        verdict = "lossless" if matches == total else "NOT token-identical (see bf16 note in README)"
+        typer.echo(f"lossless check vs greedy AR: {matches}/{total} prompts identical — {verdict}")
     if kw["out"] is not None:
         from executor.rundir import write_run_dir
 
