@@ -246,9 +246,9 @@ def main() -> None:
         "acceptance_presets": {d: PRESET.format(dataset=d) for d in DATASETS},
         "notes": (
             "alpha per dataset is the SPD n=8 L_s=3 implied alpha, held fixed over n. pdm_ns is the roofline's "
-            "PDM (L_s full decoder layers + a draft lm_head priced by latency.py); if that head is priced at the "
-            "full 248k vocabulary rather than the 32k draft vocabulary of the SPD checkpoints (reference/spd.md "
-            "2.3), the drafter step overstates the PDM. Finite workload: 512 tokens with fill cycles."
+            "PDM (aggregation + L_s full decoder layers + a draft lm_head over method.draft_vocab_size rows, the "
+            "32k draft vocabulary of the SPD checkpoints, reference/spd.md 2.3). Finite workload: 512 tokens "
+            "with fill cycles."
         ),
     }
     (args.out / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
