@@ -38,6 +38,7 @@ from fair_hardware_figures import (  # beside this script
     figure_by_dataset,
     figure_crossover,
 )
+from provenance import git_head  # beside this script
 
 from spdsim import __version__
 from spdsim.analytic import predict
@@ -468,16 +469,6 @@ def run(
     }
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return meta
-
-
-def git_head() -> str:
-    """The commit the results were produced from (working-tree changes of the checkout are not recorded)."""
-    import subprocess
-
-    done = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
-    )
-    return done.stdout.strip() or "unknown"
 
 
 def main() -> None:

@@ -22,6 +22,8 @@ import platform
 from dataclasses import replace
 from pathlib import Path
 
+from provenance import git_head  # beside this script
+
 from spdsim import __version__
 from spdsim.compare import baseline_scenario
 from spdsim.config import AcceptanceSpec, LatencySpec, MethodSpec, Scenario
@@ -281,16 +283,6 @@ def run(out_dir: Path = OUT_DIR, configs=None, parameters=None, step: float = ST
     }
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return meta
-
-
-def git_head() -> str:
-    """The commit the results were produced from (working-tree changes of the checkout are not recorded)."""
-    import subprocess
-
-    done = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
-    )
-    return done.stdout.strip() or "unknown"
 
 
 def main() -> None:
