@@ -22,6 +22,7 @@ METHODS = (
     "peagle",
     "ppsd",
 )
+PIPELINE_METHODS = ("spd", "ppsd")  # methods whose target is split into pipeline stages
 ACCEPTANCE_KINDS = ("iid", "positional", "spd-state", "trace", "preset")
 LATENCY_KINDS = ("constant", "roofline", "measured", "fitted")
 DRAFTER_PLACEMENTS = ("own-gpu", "stage0")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from spdsim.config import PIPELINE_METHODS
 from spdsim.errors import SpdsimError
 
 RUN_FILES = ("config.json", "tokens.csv", "cycles.csv")
-PIPELINE_METHODS = ("spd", "ppsd")
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from spdsim.config import PIPELINE_METHODS
 from spdsim.errors import SpdsimError
 from spdsim.result import BUSY, COMM, DRAFT, FLUSHED, Result
-from spdsim.scenario import PIPELINE_METHODS, NamedScenario
+from spdsim.scenario import NamedScenario
 
 KIND_STYLE = {  # drawing order = dict order: later kinds on top
     BUSY: ("#3b75af", "busy"),
