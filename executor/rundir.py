@@ -12,7 +12,8 @@ import json
 import math
 from pathlib import Path
 
-from executor.schedules.common import TRACE_COLUMNS, RunResult
+from executor.schedules.common import RunResult
+from spdsim.acceptance import TRACE_COLUMNS
 from spdsim.artifacts import write_atomically
 from spdsim.errors import SpdsimError
 

@@ -9,8 +9,7 @@ from executor_tiny import prompts, tiny_model
 
 from executor.rundir import RUN_FILES, TOKEN_COLUMNS, write_run_dir, write_trace
 from executor.schedules import run_method
-from executor.schedules.common import TRACE_COLUMNS
-from spdsim.acceptance import load_trace
+from spdsim.acceptance import TRACE_COLUMNS, load_trace
 from spdsim.errors import SpdsimError
 
 

@@ -13,19 +13,6 @@ import torch
 
 from spdsim.errors import SpdsimError
 
-TRACE_COLUMNS = (
-    "prompt_id",
-    "verify_index",
-    "position",
-    "method",
-    "draft_index",
-    "state",
-    "width",
-    "drafted_token",
-    "target_token",
-    "accepted",
-)
-
 
 @dataclass(frozen=True)
 class DecodeOptions:
