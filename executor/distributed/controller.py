@@ -26,14 +26,13 @@ from executor.distributed.comm import (
     Link,
 )
 from executor.distributed.worker import StageRunner, stage_anchors
-from executor.schedules.base import cache_length, greedy_reference
+from executor.schedules.base import cache_length, synthetic_drafts
 from executor.schedules.common import (
     CycleTiming,
     DecodeOptions,
     PhaseTimer,
     PromptRecorder,
     PromptRun,
-    SyntheticDrafts,
     Verifier,
     is_stop,
     make_streams,
@@ -137,12 +136,7 @@ class Controller:
         verifier = Verifier(options.temperature, seed, model.device)
         timer = PhaseTimer(model.device)
         tokens = list(prompt.tokens)
-        synthetic = None
-        if options.synthetic_alpha is not None:
-            reference = greedy_reference(model, tokens, options.max_new_tokens + n + 1)
-            synthetic = SyntheticDrafts(
-                options.synthetic_alpha, reference, len(tokens), model.cfg.vocab_size, seed
-            )
+        synthetic = synthetic_drafts(model, tokens, options, seed, lookahead=n + 1)
         spec_cache = drafter.new_cache(capacity=len(tokens) + options.max_new_tokens + n + 8)
         record = PromptRecorder(prompt.prompt_id, len(tokens), "spd")
         logits, feats = self._prefill(tokens, cache_len)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from executor.cache import kv_bucket
-from executor.schedules.common import DecodeOptions
+from executor.schedules.common import DecodeOptions, SyntheticDrafts
 
 
 def cache_length(model, prompt_len: int, options: DecodeOptions, lookahead: int = 0) -> int:
@@ -48,3 +48,12 @@ def greedy_reference(model, tokens: list[int], num_tokens: int) -> list[int]:
         logits = model.forward(ids, positions, cache, kv_len=window(cache, position))[0, 0]
         out.append(int(logits.argmax()))
     return out
+
+
+def synthetic_drafts(model, tokens: list[int], options: DecodeOptions, seed: int, lookahead: int):
+    """The prompt's synthetic-acceptance draft replacer (None without `synthetic_alpha`); it needs the target's
+    greedy continuation `lookahead` tokens past the generation length, because drafts run ahead of commits."""
+    if options.synthetic_alpha is None:
+        return None
+    reference = greedy_reference(model, tokens, options.max_new_tokens + lookahead)
+    return SyntheticDrafts(options.synthetic_alpha, reference, len(tokens), model.cfg.vocab_size, seed)

@@ -12,13 +12,12 @@ from dataclasses import asdict
 
 import torch
 
-from executor.schedules.base import cache_length, greedy_reference, prefill, window
+from executor.schedules.base import cache_length, prefill, synthetic_drafts, window
 from executor.schedules.common import (
     DecodeOptions,
     PhaseTimer,
     PromptRecorder,
     RunResult,
-    SyntheticDrafts,
     Verifier,
     as_prompts,
     is_stop,
@@ -110,12 +109,7 @@ def _run_prompt(model, drafter_kind, drafter, prompt, index, options: DecodeOpti
     verifier = Verifier(options.temperature, seed, model.device)
     timer = PhaseTimer(model.device)
     tokens = list(prompt.tokens)
-    synthetic = None
-    if options.synthetic_alpha is not None:
-        reference = greedy_reference(model, tokens, options.max_new_tokens + k + 1)
-        synthetic = SyntheticDrafts(
-            options.synthetic_alpha, reference, len(tokens), model.cfg.vocab_size, seed
-        )
+    synthetic = synthetic_drafts(model, tokens, options, seed, lookahead=k + 1)
     cache = model.new_cache(cache_length(model, len(tokens), options, lookahead=k + 2))
     record = PromptRecorder(prompt.prompt_id, len(tokens), drafter_kind)
     collect = drafter.head_config.feature_layers if drafter_kind == "eagle3" else ()

@@ -18,13 +18,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from executor.schedules.base import cache_length, greedy_reference, prefill, window
+from executor.schedules.base import cache_length, prefill, synthetic_drafts, window
 from executor.schedules.common import (
     DecodeOptions,
     PhaseTimer,
     PromptRecorder,
     RunResult,
-    SyntheticDrafts,
     Verifier,
     as_prompts,
     is_stop,
@@ -96,12 +95,7 @@ class _SpdDecoder:
         verifier = Verifier(options.temperature, seed, model.device)
         timer = PhaseTimer(model.device)
         tokens = list(prompt.tokens)
-        synthetic = None
-        if options.synthetic_alpha is not None:
-            reference = greedy_reference(model, tokens, options.max_new_tokens + n + 1)
-            synthetic = SyntheticDrafts(
-                options.synthetic_alpha, reference, len(tokens), model.cfg.vocab_size, seed
-            )
+        synthetic = synthetic_drafts(model, tokens, options, seed, lookahead=n + 1)
         cache = model.new_cache(cache_length(model, len(tokens), options, lookahead=n + 1))
         self.arange = torch.arange(cache.max_len, device=model.device)
         spec_cache = drafter.new_cache(capacity=len(tokens) + options.max_new_tokens + n + 8)
