@@ -190,14 +190,17 @@ class _Attention(nn.Module):
         cos, sin = cos_sin
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
+            # Attend over the whole preallocated capacity with a mask, not over the committed length: the
+            # attention shape then changes only when the capacity doubles. A KV length that grew every call cost
+            # ~40 ms per new shape on the H100/H200 (studies/results/fidelity.md, cause 1).
             start = cache.length
             cache.ensure_capacity(start + steps)
             cache.keys[layer_index, :, :, start : start + steps] = k
             cache.values[layer_index, :, :, start : start + steps] = v
-            k = cache.keys[layer_index, :, :, : start + steps]
-            v = cache.values[layer_index, :, :, : start + steps]
-            if attn_mask is None and steps > 1:
-                attn_mask = causal_mask(steps, start, x.device)
+            k = cache.keys[layer_index]
+            v = cache.values[layer_index]
+            if attn_mask is None:
+                attn_mask = causal_mask(steps, start, x.device, width=k.shape[2])
         elif attn_mask is None and steps > 1:
             attn_mask = causal_mask(steps, 0, x.device)
         groups = self.num_heads // self.num_kv_heads
@@ -208,9 +211,9 @@ class _Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(batch, steps, -1))
 
 
-def causal_mask(steps: int, prefix: int, device) -> torch.Tensor:
-    """Boolean [steps, prefix+steps]: new row i sees the whole prefix and new rows <= i."""
-    cols = torch.arange(prefix + steps, device=device)
+def causal_mask(steps: int, prefix: int, device, width: int | None = None) -> torch.Tensor:
+    """Boolean [steps, width or prefix+steps]: new row i sees the whole prefix and new rows <= i, no later column."""
+    cols = torch.arange(prefix + steps if width is None else width, device=device)
     rows = torch.arange(steps, device=device) + prefix
     return cols[None, :] <= rows[:, None]
 
