@@ -18,6 +18,8 @@
 #      or several short ones in one call:  MINUTES=1 LIMIT=4 TEMPS=0 EVAL_S=80 ... spd-sweep 2:1 6:1 8:1:4,4,4,4,4,4,3,3
 #   5.                                    bash studies/train_heads_gpu.sh eagle3
 #   6.                                    bash studies/train_heads_gpu.sh specdecpp    (needs step 5's head)
+#   or, heads trained and evaluated side by side on the one GPU (steps 3-5 in one call):
+#                                         MINUTES=4 bash studies/train_heads_gpu.sh batch spd:4:2:8,8,7,7 spd:2:1 eagle3
 # Then here: bash studies/train_heads_gpu.sh collect <files_at>/*.tgz  (unpacks into studies/results/heads/, builds
 # the presets spdsim/profiles/presets/smollm2_135m.json and the plots).
 # Evaluation runs in float32: in bf16 the eager schedules and graph-captured AR round differently and near-ties
@@ -26,7 +28,7 @@
 # Knobs (environment): MINUTES (training budget, default 3.5), LIMIT (prompts per dataset, 5), NEW_TOKENS (128),
 # TEMPS ("0,1"), EVAL_S (eval time limit in seconds, 270); a step lasts at most int(MINUTES)*60 + 120 + EVAL_S (570 s by default).
 set -u
-STEP=${1:?usage: train_heads_gpu.sh prepare|stash|setup|spd N LS [SPLIT]|spd-sweep N:LS[:SPLIT]...|eagle3|specdecpp|collect FILES}
+STEP=${1:?usage: train_heads_gpu.sh prepare|stash|setup|batch SPEC...|spd N LS [SPLIT]|spd-sweep N:LS[:SPLIT]...|eagle3|specdecpp|collect FILES}
 shift
 OUT=${OUT:-/tmp/heads_out}
 HEADS=/root/heads
@@ -71,6 +73,19 @@ train_and_eval() {  # train_and_eval NAME CHECKPOINT EVAL_ARGS... -- TRAIN_ARGS.
       || echo "eval stopped: rc=$? (tables hold every run finished before)"
   } 2>&1 | grep -v '^DEBUG' | tee "$dir/log.txt" | tail -40
   (cd "$HEADS" && pack "$name" "$name/training.json" "$name/log.txt" "$name/eval")
+}
+
+head_spec() {  # head_spec SPEC -> sets name, checkpoint, train_args, eval_args (SPEC: spd:N:LS[:SPLIT] or eagle3)
+  local kind n ls split
+  IFS=: read -r kind n ls split <<< "$1"
+  eval_args=()
+  if [ "$kind" = eagle3 ]; then
+    name=eagle3; checkpoint=eagle3_head.pt; train_args=(--head eagle3); eval_args=(--k-values 3,5,7)
+  else
+    name=spd_n${n}_l${ls}; checkpoint=smollm2-135m_s${n}_l${ls}.pt
+    train_args=(--head spd --stages "$n" --spec-layers "$ls")
+    [ -n "${split:-}" ] && train_args+=(--stage-layers "$split")
+  fi
 }
 
 case "$STEP" in
@@ -124,6 +139,30 @@ EOF
       [ -n "${split:-}" ] && args+=(--stage-layers "$split")
       train_and_eval "spd_n${n}_l${ls}" "smollm2-135m_s${n}_l${ls}.pt" -- "${args[@]}"
     done
+    ;;
+  batch)  # train several heads at once on the one GPU, then evaluate them at once (acceptance does not depend
+          # on timing, and the small model leaves the GPU mostly idle): batch spd:4:2:8,8,7,7 spd:2:1 eagle3 ...
+    install_wheels
+    names=()
+    for spec in "$@"; do
+      head_spec "$spec"; names+=("$name"); mkdir -p "$HEADS/$name"
+      timeout $(( ${MINUTES%.*} * 60 + 150 )) python3 -m executor.cli train-head --model smollm2-135m \
+        --minutes "$MINUTES" --no-progress --out "$HEADS/$name" "${train_args[@]}" > "$HEADS/$name/log.txt" 2>&1 &
+    done
+    wait
+    for spec in "$@"; do
+      head_spec "$spec"
+      ckpt=$HEADS/$name/$checkpoint
+      [ -e "$ckpt" ] || ckpt=$(ls "$HEADS/$name"/*.pt 2>/dev/null | head -1)
+      timeout "$EVAL_S" python3 -m executor.cli eval --model smollm2-135m --head "$ckpt" --limit "$LIMIT" \
+        --max-new-tokens "$NEW_TOKENS" --temperatures "$TEMPS" --dtype float32 --out "$HEADS/$name/eval" \
+        "${eval_args[@]}" >> "$HEADS/$name/log.txt" 2>&1 &
+    done
+    wait
+    for name in "${names[@]}"; do echo "== $name"; grep -v '^DEBUG' "$HEADS/$name/log.txt" | tail -8; done
+    files=()
+    for name in "${names[@]}"; do files+=("$name/training.json" "$name/log.txt" "$name/eval"); done
+    (cd "$HEADS" && pack "batch_${names[0]}" "${files[@]}")
     ;;
   eagle3)
     install_wheels
