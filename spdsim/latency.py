@@ -27,6 +27,7 @@ from spdsim.errors import SpdsimError
 from spdsim.profile_schema import PHASE_COORDINATES, ProfileError, load_profile
 
 KvLen = int | np.ndarray
+PPM = 1_000_000  # dimensionless factors on the integer clock: parts per million
 
 
 def _to_ns(value: Any) -> Any:
@@ -86,6 +87,15 @@ class LatencyModel:
     def cycle_fixed_ns(self, num_stages: int) -> int:
         """Measured serial per-cycle cost outside the phases (0 unless a profile says otherwise)."""
         return 0
+
+    def verify_fixed_ns(self, num_stages: int) -> int:
+        """Measured serial cost of a pipeline verification cycle beyond ``head`` (0 unless a profile says so)."""
+        return 0
+
+    def colocated_contention_ppm(self, num_stages: int) -> int:
+        """Contention c of SPD's drafter and stage 0 on one GPU, in parts per million: the pair keeps the GPU
+        busy max(a, b) + c·min(a, b). 10^6 (back to back) unless a calibrated profile says otherwise."""
+        return PPM
 
     # --- composites --------------------------------------------------------------------------------------
     @property
@@ -306,6 +316,18 @@ class MeasuredLatency(LatencyModel):
             return 0
         return self._table("cycle_fixed").lookup_ns(num_stages=num_stages)
 
+    def verify_fixed_ns(self, num_stages: int) -> int:
+        if "verify_fixed" not in self._tables:
+            return 0
+        return self._table("verify_fixed").lookup_ns(num_stages=num_stages)
+
+    def colocated_contention_ppm(self, num_stages: int) -> int:
+        if "colocated_contention" not in self._tables:
+            return PPM
+        # stored as µs per ms of the shorter member (c·1000); the table's ns are therefore c·10^6
+        value = self._table("colocated_contention").lookup_ns(num_stages=num_stages)
+        return min(max(int(value), 0), PPM)
+
 
 # Terms of the few-coefficient fit per phase; "a*b" is the product of two coordinates, "1" the intercept.
 FIT_TERMS: dict[str, tuple[str, ...]] = {
@@ -317,6 +339,8 @@ FIT_TERMS: dict[str, tuple[str, ...]] = {
     "chain_draft": ("1", "draft_layers", "draft_layers*kv_len"),
     "p2p": ("1", "bytes"),
     "cycle_fixed": ("1", "num_stages"),
+    "verify_fixed": ("1", "num_stages"),
+    "colocated_contention": ("1", "num_stages"),
 }
 
 

@@ -30,10 +30,18 @@ phase              coordinates                                 what is timed
 ``chain_draft``    draft_layers, kv_len                        one serial chain-drafter pass (EAGLE-3 style)
 ``p2p``            bytes                                       point-to-point hidden-state send
 ``cycle_fixed``    num_stages                                  serial per-cycle cost outside the phases above
+``verify_fixed``   num_stages                                  pipeline verification cycle's serial cost beyond
+                                                               ``head`` (last stage's output receive, decision)
+``colocated_contention``  num_stages                           SPD drafter ∥ stage 0 on one GPU (see below)
 =================  ==========================================  ==============================================
 
 A reader interpolates linearly along each coordinate between measured points and refuses (a ``ProfileError``
 naming the phase and coordinate range) to extrapolate outside them.
+
+``colocated_contention`` is dimensionless: the contention factor c in [0, 1] of an SPD drafter running on its own
+stream beside stage 0 on one GPU (together they keep it busy max(a, b) + c·min(a, b); 1 = back to back, 0 =
+perfect overlap), stored in the stat fields as µs added per ms of the shorter of the two (``median_us`` = 1000·c).
+``verify_fixed``, ``cycle_fixed`` and ``colocated_contention`` are fitted from runs by ``spdsim calibrate``.
 """
 
 from __future__ import annotations
@@ -56,6 +64,8 @@ PHASE_COORDINATES: dict[str, tuple[str, ...]] = {
     "chain_draft": ("draft_layers", "kv_len"),
     "p2p": ("bytes",),
     "cycle_fixed": ("num_stages",),
+    "verify_fixed": ("num_stages",),
+    "colocated_contention": ("num_stages",),
 }
 STAT_FIELDS = ("median_us", "p10_us", "p90_us", "samples")
 REQUIRED_TOP = ("schema_version", "kind", "hardware", "model", "dtype", "software", "date", "phases")
