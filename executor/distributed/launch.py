@@ -119,8 +119,6 @@ def run_distributed(
     source: ModelSource, prompts, config: DistributedConfig, jobs: list[DecodeOptions]
 ) -> DistributedRun:
     """Decode ``prompts`` once per job (e.g. one per synthetic α) on a freshly launched process group."""
-    import torch.multiprocessing as mp
-
     roles = config.roles
     if roles.num_stages < 2:
         raise SpdsimError(f"stages: the distributed pipeline needs n >= 2, got {roles.num_stages}")
@@ -130,23 +128,30 @@ def run_distributed(
         job.validate()
     prompt_list = as_prompts(prompts)
     backend = pick_backend(config.backend, roles.world_size)
+    payload = launch_ranks(_rank_main, roles, (backend, source, prompt_list, config, list(jobs)))
+    return DistributedRun(payload["ar"], tuple(payload["spd"]), roles.world_size, backend)
+
+
+def launch_ranks(target, roles, args: tuple):
+    """Spawn ``roles.world_size`` processes running ``target(rank, port, *args, results)`` and supervise them;
+    returns the payload one rank reports as "result". ``roles`` only needs ``world_size`` and ``name(rank)``."""
+    import torch.multiprocessing as mp
+
     port = free_port()
     context = mp.get_context("spawn")
     results = context.Queue()
     processes = []
     for rank in range(roles.world_size):
-        args = (rank, port, backend, source, prompt_list, config, list(jobs), results)
-        process = context.Process(target=_rank_main, args=args, daemon=True)
+        process = context.Process(target=target, args=(rank, port, *args, results), daemon=True)
         process.start()
         processes.append(process)
     try:
-        payload = _supervise(processes, results, roles)
+        return _supervise(processes, results, roles)
     finally:
         for process in processes:
             if process.is_alive():
                 os.kill(process.pid, signal.SIGKILL)
             process.join(timeout=5)
-    return DistributedRun(payload["ar"], tuple(payload["spd"]), roles.world_size, backend)
 
 
 def _supervise(processes, results, roles: Roles) -> dict:
@@ -180,7 +185,6 @@ def _supervise(processes, results, roles: Roles) -> dict:
 
 def _rank_main(rank, port, backend, source, prompts, config, jobs, results) -> None:
     """Entry point of one rank (a spawned process)."""
-    import torch
     import torch.distributed as dist
 
     roles = config.roles
@@ -188,23 +192,9 @@ def _rank_main(rank, port, backend, source, prompts, config, jobs, results) -> N
     if stacks_after_s > 0:  # diagnosis of a hang: every rank prints its Python stacks after this long
         faulthandler.dump_traceback_later(stacks_after_s, exit=False)
     try:
-        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
-        os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
-        if backend == "nccl":
-            device = torch.device("cuda", rank)
-            torch.cuda.set_device(device)
-        else:
-            device = torch.device("cpu")
-            torch.set_num_threads(1)
-        dist.init_process_group(
-            backend,
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=roles.world_size,
-            timeout=timedelta(seconds=max(config.idle_timeout_s, config.timeout_s) + 60),
-            device_id=device if backend == "nccl" else None,  # eager NCCL init: one communicator for all ops
+        device = init_rank(
+            rank, port, backend, roles.world_size, max(config.idle_timeout_s, config.timeout_s) + 60
         )
-        dist.barrier()  # every rank is up (and NCCL's first call is a collective all ranks join)
         link = Link(rank, roles, device, config.timeout_s, config.idle_timeout_s)
         payload = _serve(rank, roles, link, source, prompts, config, jobs, device)
         results.put(("result" if payload is not None else "done", rank, payload))
@@ -215,6 +205,31 @@ def _rank_main(rank, port, backend, source, prompts, config, jobs, results) -> N
         traceback.print_exc()
         message = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
         _fail(results, rank, f"{roles.name(rank)} failed: {message}")
+
+
+def init_rank(rank: int, port: int, backend: str, world_size: int, group_timeout_s: float):
+    """Join the process group (one GPU per rank with NCCL, one CPU thread with gloo); returns the device."""
+    import torch
+    import torch.distributed as dist
+
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+    if backend == "nccl":
+        device = torch.device("cuda", rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(1)
+    dist.init_process_group(
+        backend,
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=group_timeout_s),
+        device_id=device if backend == "nccl" else None,  # eager NCCL init: one communicator for all ops
+    )
+    dist.barrier()  # every rank is up (and NCCL's first call is a collective all ranks join)
+    return device
 
 
 def _fail(results, rank: int, message: str) -> None:
