@@ -3,14 +3,24 @@
 1. Profile bundles (``executor profile``) are merged into one interpolated table per phase; where bundles measure
    the same point the median of their medians is kept.
 2. Measured run directories add what single-phase microbenchmarks cannot see:
+   * ``colocated_contention`` (SPD with the drafter on stage 0's GPU): c such that stage 0 and the drafter,
+     issued on two streams, keep the GPU busy max(a, b) + c·min(a, b). a is stage 0's forward as it runs alone
+     inside the run (the profile's price scaled by the in-run/profile ratio of the other stages' forwards, which
+     share no GPU), b the profile's PDM; the busy time is the later end of the two streams' timed spans per
+     cycle (``stage0_us``, ``draft_us``); c = median over cycles, clipped to [0, 1];
    * ``cycle_fixed``: the serial per-iteration cost outside the timed phases (control words, host launches,
      sampling, synchronisation) = the median, over the run's iterations, of measured wall time minus the
-     simulator's own cost of that iteration without it (AR: ``num_stages`` = 1; SPD: its n);
+     simulator's own cost of that iteration without it (AR: ``num_stages`` = 1; SPD: its n, over the fill and
+     refill cycles, which verify nothing);
+   * ``verify_fixed`` (SPD): what a verification cycle costs beyond that and the ``head`` phase (the receive
+     of the last stage's output, the host's decision) = median residual of verification cycles − cycle_fixed;
    * ``chain_draft``: a chain drafter pass (median of the run's per-pass times), when the bundles lack it.
 3. Optionally (``fit=True``) a few-coefficient least-squares fit per phase is stored under ``"fit"``; latency kind
    ``fitted`` reads it and, unlike the table, extrapolates.
 
-The runs used are listed under ``"calibration"`` so that ``spdsim validate`` can report fitted and held-out
+Medians leave out one-time iterations (longer than ``ONE_TIME_FACTOR`` × the run's 10th percentile: a CUDA-graph
+capture, a first-seen attention shape): they are no per-cycle cost, and in a short run they are numerous enough
+to bias a median. The runs used are listed under ``"calibration"`` so that ``spdsim validate`` can report fitted and held-out
 configurations apart.
 """
 
@@ -29,6 +39,7 @@ from spdsim.latency import FIT_TERMS, fit_phase
 from spdsim.measured import MeasuredRun, load_run
 from spdsim.profile_schema import PHASE_COORDINATES, STAT_FIELDS, load_profile, validate_profile
 
+ONE_TIME_FACTOR = 3.0  # an iteration longer than this × the run's 10th percentile is a one-time cost
 MODEL_KEYS = (
     "num_layers",
     "hidden_size",
@@ -110,22 +121,95 @@ def chain_draft_entries(run: MeasuredRun) -> list[dict]:
     return [_stats(values, {"draft_layers": layers, "kv_len": k}) for k in (min(kv), max(kv))]
 
 
-def cycle_fixed_entry(run: MeasuredRun, profile: dict[str, Any]) -> dict:
-    """Serial per-iteration cost the phase tables miss: median of measured minus modelled iteration time."""
-    from spdsim.validate import modelled_cycles_ns
+def one_time_limit_us(run: MeasuredRun) -> float:
+    """Iterations longer than this are one-time costs (module docstring)."""
+    return ONE_TIME_FACTOR * float(np.percentile(run.cycle_us, 10))
 
-    residuals = []
+
+def _nonnegative(entry: dict) -> dict:
+    entry["median_us"] = max(entry["median_us"], 0.0)
+    entry["p10_us"] = min(max(entry["p10_us"], 0.0), entry["median_us"])
+    entry["p90_us"] = max(entry["p90_us"], entry["median_us"])
+    return entry
+
+
+def fixed_cost_entries(run: MeasuredRun, profile: dict[str, Any]) -> tuple[dict, dict | None]:
+    """Serial costs the phase tables miss, from measured minus modelled iteration times: ``cycle_fixed`` (over
+    the iterations that verify nothing, where a pipeline run has them) and, for a pipeline, ``verify_fixed``."""
+    from spdsim.validate import modelled_cycles_ns, pipeline_plan
+
+    limit_us = one_time_limit_us(run)
+    residuals, verifies = [], []
     for prompt in run.prompts:
         modelled_ns = modelled_cycles_ns(run, prompt, profile, without_fixed=True)
         measured = np.asarray(prompt.cycle_us, dtype=np.float64)
         count = min(len(modelled_ns), measured.size)
-        residuals.append(measured[:count] - np.asarray(modelled_ns[:count], dtype=np.float64) / 1e3)
-    values = np.concatenate(residuals)
+        keep = measured[:count] <= limit_us
+        residual = measured[:count] - np.asarray(modelled_ns[:count], dtype=np.float64) / 1e3
+        residuals.append(residual[keep])
+        if run.pipeline:
+            plan = pipeline_plan(prompt.outcomes, run.num_stages, prompt.decode_tokens)
+            verify = np.array([active == run.num_stages for active, _ in plan[:count]], dtype=bool)
+        else:
+            verify = np.ones(count, dtype=bool)
+        verifies.append(verify[keep])
+    values, verify = np.concatenate(residuals), np.concatenate(verifies)
     stages = run.num_stages if run.pipeline else 1
-    entry = _stats(values, {"num_stages": stages})
-    entry["median_us"] = max(entry["median_us"], 0.0)
-    entry["p10_us"] = max(entry["p10_us"], 0.0)
-    entry["p90_us"] = max(entry["p90_us"], entry["median_us"])
+    if not run.pipeline or verify.all() or not verify.any():
+        return _nonnegative(_stats(values, {"num_stages": stages})), None
+    fixed = _nonnegative(_stats(values[~verify], {"num_stages": stages}))
+    extra = _nonnegative(_stats(values[verify] - fixed["median_us"], {"num_stages": stages}))
+    return fixed, extra
+
+
+def colocated_contention_entry(run: MeasuredRun, profile: dict[str, Any]) -> dict | None:
+    """Contention of a co-located SPD run's drafter and stage 0 (module docstring); None where the run is not
+    co-located or lacks the per-stream phase times. Stats in µs per ms of the shorter member (1000·c)."""
+    import pandas as pd
+
+    from spdsim.methods.pipeline import pipeline_costs
+    from spdsim.validate import _latency, pipeline_plan, replay_scenario
+
+    if not run.pipeline or run.config.get("drafter") != "colocated":
+        return None
+    cycles = pd.read_csv(run.path / "cycles.csv")
+    if not {"stage0_us", "draft_us"} <= set(cycles.columns):
+        return None
+    serial = copy.deepcopy(profile)
+    serial["phases"].pop("colocated_contention", None)
+    stages = run.num_stages
+    limit_us = one_time_limit_us(run)
+    busy, alone, drafter, in_run, priced = [], [], [], [], []
+    for prompt in run.prompts:
+        scenario = replay_scenario(run, prompt, serial)
+        costs = pipeline_costs(scenario, _latency(scenario, serial))
+        plan = pipeline_plan(prompt.outcomes, stages, prompt.decode_tokens)
+        mine = cycles[cycles["prompt_id"].astype(str) == prompt.prompt_id].sort_values("cycle")
+        for (active, committed), (_, row), wall_us in zip(
+            plan, mine.iterrows(), prompt.cycle_us, strict=False
+        ):
+            if wall_us > limit_us:
+                continue
+            busy.append(max(row["stage0_us"], row["draft_us"]))
+            alone.append(costs.forward_ns[0][committed] / 1e3)
+            drafter.append(costs.stage0_draft_ns[committed] / 1e3)  # serial profile: the whole PDM
+            for s in range(1, active):
+                value = row.get(f"stage{s}_us")
+                if value is not None and np.isfinite(value):
+                    in_run.append(value)
+                    priced.append(costs.forward_ns[s][committed] / 1e3)
+    busy_us, alone_us, drafter_us = (np.asarray(v, dtype=np.float64) for v in (busy, alone, drafter))
+    ok = np.isfinite(busy_us)
+    if not ok.any():
+        return None
+    in_run_ratio = float(np.median(np.asarray(in_run) / np.asarray(priced))) if in_run else 1.0
+    alone_us = alone_us * in_run_ratio
+    shorter = np.minimum(alone_us, drafter_us)
+    factors = (busy_us - np.maximum(alone_us, drafter_us)) / shorter
+    entry = _stats(1000.0 * factors[ok], {"num_stages": stages})
+    entry["median_us"] = min(max(entry["median_us"], 0.0), 1000.0)
+    entry["p10_us"] = min(max(entry["p10_us"], 0.0), entry["median_us"])
+    entry["p90_us"] = min(max(entry["p90_us"], entry["median_us"]), 1000.0)
     return entry
 
 
@@ -139,20 +223,32 @@ def calibrate(
     chain_runs = [r for r in runs if not r.pipeline and r.method != "ar"]
     if chain_runs and "chain_draft" not in profile["phases"]:
         profile["phases"]["chain_draft"] = chain_draft_entries(chain_runs[0])
+    contention: dict[int, list[dict]] = {}
+    for run in runs:
+        entry = colocated_contention_entry(run, profile)
+        if entry is not None:
+            contention.setdefault(entry["num_stages"], []).append(entry)
+    _set_phase(profile, "colocated_contention", contention)
     fixed: dict[int, list[dict]] = {}
+    verify: dict[int, list[dict]] = {}
     for run in runs:
         if run.method == "ar" or run.pipeline:
-            entry = cycle_fixed_entry(run, profile)
+            entry, extra = fixed_cost_entries(run, profile)
             fixed.setdefault(entry["num_stages"], []).append(entry)
-    if fixed:
-        profile["phases"]["cycle_fixed"] = [
-            _combine("cycle_fixed", group) for _, group in sorted(fixed.items())
-        ]
+            if extra is not None:
+                verify.setdefault(extra["num_stages"], []).append(extra)
+    _set_phase(profile, "cycle_fixed", fixed)
+    _set_phase(profile, "verify_fixed", verify)
     profile["calibration"] = {
         "bundles": names,
         "runs": [run.name for run in runs],
         "date": datetime.date.today().isoformat(),
-        "rule": "cycle_fixed = median(measured iteration wall - modelled iteration without cycle_fixed)",
+        "rule": (
+            "colocated_contention = median over cycles of (stream busy - max(a, b)) / min(a, b), a = stage 0 "
+            "alone in the run, b = PDM; cycle_fixed = median(measured iteration wall - modelled iteration "
+            "without fixed costs) over iterations without verification (all for AR/chains); verify_fixed = "
+            "median over verification cycles of the same residual - cycle_fixed"
+        ),
     }
     if fit:
         profile["fit"] = {
@@ -161,6 +257,11 @@ def calibrate(
             if phase in FIT_TERMS and len(entries) >= len(FIT_TERMS[phase])
         }
     return validate_profile(profile)
+
+
+def _set_phase(profile: dict[str, Any], phase: str, groups: dict[int, list[dict]]) -> None:
+    if groups:
+        profile["phases"][phase] = [_combine(phase, group) for _, group in sorted(groups.items())]
 
 
 def write_profile(profile: dict[str, Any], out: str | Path) -> Path:

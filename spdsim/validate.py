@@ -101,6 +101,18 @@ def _latency(scenario: Scenario, profile: dict):
     return cls(scenario.model, scenario.hardware, scenario.latency, profile)
 
 
+def replay_scenario(run: MeasuredRun, prompt: PromptMeasure, profile: dict) -> Scenario:
+    """One prompt of a run as a scenario priced from an in-memory profile (latency kind measured)."""
+    return Scenario(
+        method=method_spec(run),
+        model=ModelShape(**profile["model"]),
+        latency=LatencySpec(kind="measured"),
+        workload=Workload(
+            prompt_tokens=prompt.prompt_tokens, new_tokens=prompt.decode_tokens, num_requests=1
+        ),
+    )
+
+
 def modelled_cycles_ns(
     run: MeasuredRun, prompt: PromptMeasure, profile: dict, without_fixed: bool = False
 ) -> list[int]:
@@ -114,14 +126,8 @@ def modelled_cycles_ns(
     if without_fixed:
         profile = copy.deepcopy(profile)
         profile["phases"].pop("cycle_fixed", None)
-    scenario = Scenario(
-        method=method_spec(run),
-        model=ModelShape(**profile["model"]),
-        latency=LatencySpec(kind="measured"),
-        workload=Workload(
-            prompt_tokens=prompt.prompt_tokens, new_tokens=prompt.decode_tokens, num_requests=1
-        ),
-    )
+        profile["phases"].pop("verify_fixed", None)
+    scenario = replay_scenario(run, prompt, profile)
     latency = _latency(scenario, profile)
     new_tokens = prompt.decode_tokens
     if run.method == "ar":
@@ -130,19 +136,8 @@ def modelled_cycles_ns(
     outcomes = list(prompt.outcomes)
     if run.pipeline:
         costs = pipeline_costs(scenario, latency)
-        n = costs.num_stages
-        cycles, committed, active, verify = [], 0, 1, 0
-        while committed < new_tokens:
-            cycles.append(costs.cycle_ns[active][committed])
-            if active < n:
-                active += 1
-                continue
-            accepted = outcomes[verify % len(outcomes)]
-            verify += 1
-            committed += 1
-            if not accepted and committed < new_tokens:
-                active = 1
-        return cycles
+        plan = pipeline_plan(outcomes, costs.num_stages, new_tokens)
+        return [costs.cycle_ns[active][committed] for active, committed in plan]
     k = scenario.method.draft_tokens
     passes = chain_draft_pass_ns(scenario, latency)
     verify_ns = VerifyTable(scenario, latency)(k + 1)
@@ -154,6 +149,23 @@ def modelled_cycles_ns(
         index += 1
         committed += min(accepted + 1, new_tokens - committed)
     return cycles
+
+
+def pipeline_plan(outcomes: tuple[int, ...], stages: int, new_tokens: int) -> list[tuple[int, int]]:
+    """(active stages, committed tokens) of every cycle of a pipeline run that follows ``outcomes``: n-1 fill
+    cycles, then a verification per cycle (active = n); each rejection brings n-1 refill cycles."""
+    plan, committed, active, verify = [], 0, 1, 0
+    while committed < new_tokens:
+        plan.append((active, committed))
+        if active < stages:
+            active += 1
+            continue
+        accepted = outcomes[verify % len(outcomes)]
+        verify += 1
+        committed += 1
+        if not accepted and committed < new_tokens:
+            active = 1
+    return plan
 
 
 def _write_prompt_trace(run: MeasuredRun, prompt_id: str, directory: Path) -> str:

@@ -5,13 +5,15 @@ profile bundle and the run directories (2-GPU SPD n = 2 with the drafter co-loca
 AR and EAGLE-3-style chain SD). Fitted runs: ``dist_ar``, ``dist_spd_n2_a0.80``, ``gpu1_eagle3_k3_a0.80``; the
 others are held out. Writes ``profile_calibrated.json``, ``validation.csv`` (signed errors), ``phases.csv``
 (single-GPU phase predictions against the same phases timed inside the end-to-end runs), ``one_time.csv``
-(executor one-time costs found in the runs) and ``fidelity.png``.
+(executor one-time costs found in the runs), ``cycle_states.csv`` (SPD cycle time per state, measured against
+the replay) and ``fidelity.png``.
 
 One-time costs: the runs contain iterations ~40-80 ms long that the phase profile cannot predict. They are the
 first occurrence of an attention shape in the drafter/head modules (every repeated (rows, KV length) shape is
 fast; see ``one_time.csv``) and one CUDA-graph capture per prompt in the AR schedule. ``validation.csv`` reports the
-raw errors; ``warm_*`` columns give the same errors with those iterations (> 3x the run's 10th percentile)
-replaced by the median of the other iterations — a diagnosis, not a substitute for the raw figures.
+raw errors; ``warm_*`` columns give the same errors with those iterations (> 3x the run's 10th percentile, the
+rule ``spdsim calibrate`` uses too) replaced by the median of the other iterations of the same state (fill,
+refill, saturated, step) — a diagnosis, not a substitute for the raw figures.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spdsim.calibrate import calibrate, write_profile
+from spdsim.calibrate import calibrate, one_time_limit_us, write_profile
 from spdsim.config import LatencySpec, ModelShape
 from spdsim.latency import MeasuredLatency
 from spdsim.measured import load_run
-from spdsim.validate import validate
+from spdsim.validate import modelled_cycles_ns, validate
 
 DATA = Path(__file__).resolve().parent / "results" / "fidelity"
 FITTED = ("dist_ar", "dist_spd_n2_a0.80", "gpu1_eagle3_k3_a0.80")
@@ -37,16 +39,20 @@ GROUPS = {
     ),
     "1-GPU (H200)": ("gpu1_ar", ("gpu1_ar", "gpu1_eagle3_k3_a0.80", "gpu1_eagle3_k5_a0.80")),
 }
-STALL_FACTOR = 3.0  # an iteration longer than 3x the run's 10th percentile is a one-time cost
 
 
 def warm_metrics(name: str) -> dict[str, float]:
-    """TPOT / tokens/s with one-time iterations (> 3x the run's p10) replaced by the median of the others."""
+    """TPOT / tokens/s with one-time iterations (> 3x the run's p10) replaced by the median of the others of
+    their state."""
     run = load_run(DATA / name)
     cycles = run.cycle_us
-    stalls = cycles > STALL_FACTOR * float(np.percentile(cycles, 10))
-    typical = float(np.median(cycles[~stalls]))
-    excess = float(np.sum(cycles[stalls] - typical))
+    states = np.array([s for p in run.prompts for s in p.cycle_states])
+    stalls = cycles > one_time_limit_us(run)
+    excess = 0.0
+    for state in np.unique(states):  # SPD refill cycles are shorter than saturated ones: replace like by like
+        mine = states == state
+        typical = float(np.median(cycles[mine & ~stalls])) if (mine & ~stalls).any() else 0.0
+        excess += float(np.sum(cycles[mine & stalls] - typical))
     decode_us = run.decode_us - excess
     return {
         "warm_tpot_ms": decode_us / 1e3 / run.decode_tokens,
@@ -87,6 +93,37 @@ def drafter_shapes(name: str) -> pd.DataFrame:
                 pipeline = 2 if accepted else 1
     frame = pd.DataFrame(rows)
     return frame[frame.run == name] if name else frame
+
+
+def cycle_state_rows(profile: dict) -> list[dict]:
+    """SPD cycle time per cycle state (one-stage refill vs saturated), measured median against the replay's."""
+    rows = []
+    for name in ("dist_spd_n2_a0.60", "dist_spd_n2_a0.80", "dist_spd_n2_a0.95"):
+        run = load_run(DATA / name)
+        limit_us = one_time_limit_us(run)
+        measured: dict[str, list[float]] = {}
+        predicted: dict[str, list[float]] = {}
+        for prompt in run.prompts:
+            modelled = modelled_cycles_ns(run, prompt, profile)
+            for state, wall_us, model_ns in zip(prompt.cycle_states, prompt.cycle_us, modelled, strict=False):
+                state = "refill" if state == "fill" else state  # both run stage 0 + drafter only
+                predicted.setdefault(state, []).append(model_ns / 1e3)
+                if wall_us <= limit_us:
+                    measured.setdefault(state, []).append(wall_us)
+        for state in sorted(predicted):
+            value = float(np.median(measured[state]))
+            guess = float(np.median(predicted[state]))
+            rows.append(
+                {
+                    "run": name,
+                    "state": state,
+                    "measured_median_us": value,
+                    "predicted_median_us": guess,
+                    "error_pct": 100 * (guess - value) / value,
+                    "samples": len(measured[state]),
+                }
+            )
+    return rows
 
 
 def phase_rows(profile: dict) -> list[dict]:
@@ -214,6 +251,8 @@ def main() -> None:
     validation.to_csv(DATA / "validation.csv", index=False)
     phases = pd.DataFrame(phase_rows(profile))
     phases.to_csv(DATA / "phases.csv", index=False)
+    states = pd.DataFrame(cycle_state_rows(profile))
+    states.to_csv(DATA / "cycle_states.csv", index=False)
     shapes = drafter_shapes("")
     summary = (
         shapes.groupby(["run", "first_time"]).draft_us.agg(["count", "median", "min", "max"]).reset_index()
@@ -233,6 +272,7 @@ def main() -> None:
     ]
     print(validation[columns].round(2).to_string(index=False))
     print(phases.round(1).to_string(index=False))
+    print(states.round(1).to_string(index=False))
     print(summary.round(0).to_string(index=False))
 
 

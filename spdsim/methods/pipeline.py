@@ -5,10 +5,13 @@ The target's L layers are split into n stages. A cycle is
     control + max(active members) + [verify: head + sampling, saturated cycles only] + fixed per-cycle costs
 
 where the members are each active stage's forward (+ its hidden-state send) and the drafter (anchor gather +
-PDM). With the drafter on stage 0's GPU (``drafter_placement = "stage0"``) stage 0 runs its forward and the PDM
-back to back, slowed by ``drafter_contention``. Start-up and every rejection cost n-1 fill/refill cycles in
-which only the stages that hold a token run and nothing is verified; a rejection flushes the in-flight tokens
-(their earlier stage work is relabelled FLUSHED). Every verification commits one token.
+PDM). With the drafter on stage 0's GPU (``drafter_placement = "stage0"``) the executor issues stage 0's forward
+and the PDM on two CUDA streams at once (``executor/distributed/controller.py``): they keep the GPU busy
+max(a, b) + c·min(a, b) with the calibrated contention c (``LatencyModel.colocated_contention_ppm``; 1, back to
+back, without a profile), the whole slowed by ``drafter_contention``. Start-up and every rejection cost n-1
+fill/refill cycles in which only the stages that hold a token run and nothing is received from the last stage or
+verified; a rejection flushes the in-flight tokens (their earlier stage work is relabelled FLUSHED). Every
+verification commits one token; its serial cost is head + sampling + the profile's ``verify_fixed``.
 
 PPSD: the drafter is the target's own early-exit path (first ``exit_layer`` layers + an exit head), so it runs
 on stage 0's GPU after (and reusing) the stage-0 layers it shares; no extra GPU.
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spdsim.errors import SpdsimError
+from spdsim.latency import PPM
 from spdsim.methods import Method
 from spdsim.methods.common import kv_lengths, serial_overheads_ns
 from spdsim.result import BUSY, COMM, DRAFT, FLUSHED
@@ -51,8 +55,8 @@ class PipelineCosts:
     """Member and serial costs of every cycle kind, per committed count c (int ns; lists for speed).
 
     ``forward_ns[s][c]``: stage s's forward (stage 0 includes the embedding and is
-    slowed by contention when it shares its GPU with the drafter); ``stage0_draft_ns[c]``: the drafter's work
-    serialized after it on stage 0; ``send_ns``: hidden-state send after each stage; ``drafter_ns[c]``: the
+    slowed by contention when it shares its GPU with the drafter); ``stage0_draft_ns[c]``: the time the drafter
+    adds to stage 0's GPU beyond that forward (the part not overlapped); ``send_ns``: hidden-state send after each stage; ``drafter_ns[c]``: the
     PDM on its own GPU (after the ``gather_ns`` anchor gather), empty when the drafter shares stage 0;
     ``cycle_ns[a][c]``: the whole cycle with ``a`` active stages (a = n: saturated, with verify). The PDM is
     priced with n+1 query rows (pending-deepest row + the in-flight tokens) in every cycle.
@@ -60,12 +64,12 @@ class PipelineCosts:
 
     num_stages: int
     forward_ns: tuple[list[int], ...]
-    stage0_draft_ns: list[int]  # drafter work serialized on stage 0 (stage0 placement / PPSD), else zeros
+    stage0_draft_ns: list[int]  # drafter time added to stage 0's GPU (stage0 placement / PPSD), else zeros
     send_ns: int
     gather_ns: int
     drafter_ns: list[int]  # PDM on its own GPU; empty when on stage 0
     control_ns: int
-    verify_ns: int  # head + sampling of a saturated cycle
+    verify_ns: int  # head + sampling + verify_fixed of a saturated cycle
     fixed_ns: int
     cycle_ns: tuple[list[int], ...]  # index a = 1..n (index 0 unused)
     refill_total_ns: list[int]  # the n-1 fill/refill cycles back to back (a = 1..n-1)
@@ -88,15 +92,19 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
     if own_drafter:
         stage0_draft = np.zeros(kv.shape, dtype=np.int64)
     else:
+        # SPD's co-located PDM runs on its own CUDA stream beside stage 0 (partial overlap, calibrated);
+        # PPSD's exit head needs stage 0's output, so it always follows it.
+        ppm = latency.colocated_contention_ppm(stages) if method.name == "spd" else PPM
+        shared = shared_gpu_ns(forwards[0], draft, ppm)
         contention = overheads.drafter_contention
         slowed0 = np.rint(forwards[0] * contention).astype(np.int64)
-        stage0_draft = np.rint((forwards[0] + draft) * contention).astype(np.int64) - slowed0
+        stage0_draft = np.rint(shared * contention).astype(np.int64) - slowed0
         forwards[0] = slowed0
     send = latency.p2p_ns(latency.hidden_bytes(1)) + overheads.p2p_ns
     gather = overheads.gather_ns if method.name == "spd" else 0
     control, fixed = serial_overheads_ns(scenario, latency, with_verify=False)
     fixed += latency.cycle_fixed_ns(stages)  # a profile's measured serial per-cycle cost
-    verify = latency.head_ns(1) + overheads.sampling_ns
+    verify = latency.head_ns(1) + overheads.sampling_ns + latency.verify_fixed_ns(stages)
     stage_members = [f + send for f in forwards]
     stage_members[0] = stage_members[0] + stage0_draft + (0 if own_drafter else gather)
     drafter_member = draft + gather if own_drafter else np.zeros(kv.shape, dtype=np.int64)
@@ -122,6 +130,17 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
         cycle_ns=tuple(cycles),
         refill_total_ns=refill_total.tolist(),
     )
+
+
+def shared_gpu_ns(stage0_ns, drafter_ns, contention_ppm: int):
+    """Time stage 0 and the drafter keep their shared GPU busy when issued on two streams at once:
+    max(a, b) + c·min(a, b), c = ``contention_ppm`` / 10^6 (1: back to back, 0: perfect overlap).
+    Integer ns; c = 1 gives a + b exactly."""
+    stage0_ns = np.asarray(stage0_ns, dtype=np.int64)
+    drafter_ns = np.asarray(drafter_ns, dtype=np.int64)
+    shorter = np.minimum(stage0_ns, drafter_ns)
+    overlap_cost = (shorter * contention_ppm + PPM // 2) // PPM
+    return np.maximum(stage0_ns, drafter_ns) + overlap_cost
 
 
 def _early_exit_extra_ns(scenario, latency, stage0_layers: int, kv) -> np.ndarray:
