@@ -1,15 +1,20 @@
-"""GPU measurements behind the fidelity report (issue 5); run by ``studies/run_fidelity_gpu.sh`` on 2 GPUs.
+"""GPU measurements behind the fidelity report (issues 5 and 6); run by ``studies/run_fidelity_gpu*.sh``.
 
-Parts (each its own process, each under a timeout in the shell script):
+Parts (each its own process, each under a timeout in the shell scripts):
 
-* ``dist``    — SPD n = 2 across two GPUs (drafter co-located with stage 0, NCCL) with synthetic acceptance
-  α ∈ {0.6, 0.8, 0.95}, and AR on the controller's GPU in the same session; one run directory each.
-* ``profile`` — single-GPU phase profile bundle (stage layers, embed, head, AR step, copy) plus the SPD
-  drafter's forward (aggregation + L_s layers + draft lm_head, eager as the executor runs it).
+* ``dist``    — SPD across the visible GPUs: n stages (``--stages`` or ``--stage-layers``), the drafter co-located
+  with stage 0 or on its own GPU (``--drafter colocated|dedicated``), synthetic acceptance per ``--alphas`` (or
+  a trained ``--head`` with its real acceptance: ``--alphas none``), and AR on the controller's GPU in the same
+  session. Run names encode the configuration: ``<prefix>_spd_n4_colo_a0.70``, ``<prefix>_spd_n3_ded_a0.85``,
+  ``<prefix>_spd_n2_colo`` (trained head), ``<prefix>_ar``.
+* ``tp``      — tensor-parallel AR on ``--tp`` GPUs (``executor.distributed.tp``), run ``<prefix>_tp<d>_ar``.
+* ``profile`` — single-GPU phase profile bundle (stage layers for every split in ``--stage-counts``, embed, head,
+  AR step, copy) plus the SPD drafter's forward for L_s in ``--spec-layers`` and n + 1 rows for every n.
 * ``chain``   — single-GPU EAGLE-3-style chain SD (K = 3 and 5, synthetic α = 0.8) and AR on that GPU.
 
 A warm-up prompt (long enough to cross the 256-position attention bucket) is decoded first in every session and
-dropped from the results, so graph capture and first-call costs stay out of the numbers.
+dropped from the results, so graph capture and first-call costs stay out of the numbers. ``--device cpu`` (gloo,
+no graphs) with ``random:tiny-qwen3`` is the dry run of every part.
 """
 
 from __future__ import annotations
@@ -23,18 +28,37 @@ from pathlib import Path
 
 import torch
 
-ALPHAS = (0.6, 0.8, 0.95)
+
+def parse_alphas(text: str) -> list[float | None]:
+    """'0.6,0.8' -> [0.6, 0.8]; 'none' (a trained head, real acceptance) -> [None]."""
+    if text.strip().lower() in ("", "none"):
+        return [None]
+    return [float(a) for a in text.split(",") if a.strip()]
 
 
-def prompt_set(count: int, new_tokens: int):
-    """Byte-tokenized MT-bench prompts (random: models have no tokenizer) of 128..(511 - new_tokens - 8) ids."""
-    from executor.models import ByteTokenizer
+def parse_ints(text: str | None) -> tuple[int, ...] | None:
+    return tuple(int(v) for v in text.replace(";", ",").split(",") if v.strip()) if text else None
+
+
+def spd_run_name(prefix: str, stages: int, colocated: bool, alpha: float | None) -> str:
+    name = f"{prefix}_spd_n{stages}_{'colo' if colocated else 'ded'}"
+    return name if alpha is None else f"{name}_a{alpha:.2f}"
+
+
+def prompt_set(model: str, count: int, new_tokens: int):
+    """MT-bench first turns: byte-tokenized for random/config models (128..(511 - new_tokens - 8) ids, a warm-up
+    that crosses the 256-position bucket), the model's chat template otherwise (warm-up: the longest of 20)."""
+    from executor.models import ByteTokenizer, load_model
     from executor.prompts import load_prompts
     from executor.schedules.common import Prompt
 
-    longest = 511 - new_tokens - 8
-    rows = [p for p in load_prompts("mt_bench", ByteTokenizer()) if 128 <= len(p.token_ids) <= longest]
-    warm = next(p for p in rows if 256 - new_tokens // 2 <= len(p.token_ids) <= 250)  # crosses the bucket
+    if model.startswith(("random:", "config:")):
+        longest = 511 - new_tokens - 8
+        rows = [p for p in load_prompts("mt_bench", ByteTokenizer()) if 128 <= len(p.token_ids) <= longest]
+        warm = next(p for p in rows if 256 - max(new_tokens // 2, 16) <= len(p.token_ids) <= 250)
+    else:
+        rows = load_prompts("mt_bench", load_model(model).tokenizer)
+        warm = max(rows[:20], key=lambda p: len(p.token_ids))
     chosen = [p for p in rows if p is not warm][:count]
     return [Prompt("warmup", warm.token_ids)] + [Prompt(p.prompt_id, p.token_ids) for p in chosen]
 
@@ -43,13 +67,18 @@ def drop_warmup(result):
     return dataclasses.replace(result, prompts=tuple(p for p in result.prompts if p.prompt_id != "warmup"))
 
 
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+
+
 def stamp(args) -> dict:
     import transformers
 
     return {
         "model": args.model,
-        "gpu": torch.cuda.get_device_name(0),
-        "gpus_visible": torch.cuda.device_count(),
+        "dtype": args.dtype,
+        "gpu": device_name(args.device),
+        "gpus_visible": torch.cuda.device_count() if args.device == "cuda" else 0,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "cuda": str(torch.version.cuda),
@@ -68,67 +97,135 @@ def write(result, out: Path, name: str, args, extra=None) -> None:
     print(name, {k: round(summary[k], 4) for k in keys if summary.get(k) is not None}, flush=True)
 
 
+def lossless_line(name: str, reference, result) -> int:
+    """Prints and returns how many prompts (warm-up excluded) decoded exactly the reference's tokens."""
+    pairs = [
+        (a, s) for a, s in zip(reference.prompts, result.prompts, strict=True) if a.prompt_id != "warmup"
+    ]
+    same = sum(a.tokens == s.tokens for a, s in pairs)
+    print(f"{name}: {same}/{len(pairs)} prompts identical to AR (lossless check)", flush=True)
+    return same
+
+
+def model_source(args):
+    from executor.distributed import ModelSource
+
+    return ModelSource(args.model, dtype=args.dtype, seed=0, max_seq_len=1024)
+
+
 def part_dist(args, out: Path) -> None:
-    from executor.distributed import DistributedConfig, ModelSource, run_distributed
+    from executor.distributed import DistributedConfig, run_distributed
     from executor.schedules.common import DecodeOptions
 
-    prompts = prompt_set(args.prompts, args.new_tokens)
-    source = ModelSource(args.model, dtype="bfloat16", seed=0, max_seq_len=1024)
+    prompts = prompt_set(args.model, args.prompts, args.new_tokens)
+    stage_layers = parse_ints(args.stage_layers)
+    stages = len(stage_layers) if stage_layers else args.stages
+    colocated = args.drafter == "colocated"
+    graphs = args.device == "cuda" and not args.no_graphs
     config = DistributedConfig(
-        num_stages=2,
-        colocated=True,
+        num_stages=stages,
+        stage_layers=stage_layers,
+        colocated=colocated,
+        backend="nccl" if args.device == "cuda" else "gloo",
         with_ar=True,
-        timeout_s=120,
+        timeout_s=args.timeout_s,
         idle_timeout_s=600,
-        use_graphs=not args.no_graphs,
+        spec_layers=args.spec_layers,
+        head=args.head,
+        use_graphs=graphs,
     )
-    jobs = [DecodeOptions(max_new_tokens=args.new_tokens, synthetic_alpha=a) for a in ALPHAS]
+    alphas = parse_alphas(args.alphas)
+    jobs = [DecodeOptions(max_new_tokens=args.new_tokens, synthetic_alpha=a) for a in alphas]
     started = time.perf_counter()
-    run = run_distributed(source, prompts, config, jobs)
+    run = run_distributed(model_source(args), prompts, config, jobs)
     print(
         f"dist session {time.perf_counter() - started:.1f} s, backend {run.backend}, world {run.world_size}"
     )
-    extra = {"use_graphs": not args.no_graphs}
-    write(run.ar, out, "dist_ar", args, {"gpus": "cuda:0 (controller rank)", **extra})
-    for alpha, result in zip(ALPHAS, run.spd, strict=True):
-        same = sum(a.tokens == s.tokens for a, s in zip(run.ar.prompts, result.prompts, strict=True))
-        print(f"alpha {alpha}: {same}/{len(prompts)} prompts identical to AR (lossless check)")
-        write(result, out, f"dist_spd_n2_a{alpha:.2f}", args, {"lossless_prompts": same, **extra})
+    extra = {
+        "use_graphs": graphs,
+        "head": args.head,
+        "session": args.name_prefix,
+        "gpus": run.world_size,
+    }
+    ar_name = args.ar_name or f"{args.name_prefix}_ar"
+    write(run.ar, out, ar_name, args, {**extra, "placement": "controller rank's GPU"})
+    for alpha, result in zip(alphas, run.spd, strict=True):
+        name = spd_run_name(args.name_prefix, stages, colocated, alpha)
+        same = lossless_line(name, run.ar, result)
+        write(result, out, name, args, {"lossless_prompts": same, "ar_run": ar_name, **extra})
 
 
-def drafter_phase(model, spec_layers: int, rows_counts, kv_lens, iters: int):
-    """Median time of the executor's drafting step: aggregation rows + PDM layers + draft lm_head + argmax."""
+def part_tp(args, out: Path) -> None:
+    from executor.distributed.tp import run_tensor_parallel
+
+    from executor.schedules.common import DecodeOptions
+
+    prompts = prompt_set(args.model, args.prompts, args.new_tokens)
+    graphs = args.device == "cuda" and not args.no_graphs
+    job = DecodeOptions(max_new_tokens=args.new_tokens)
+    started = time.perf_counter()
+    run = run_tensor_parallel(
+        model_source(args),
+        prompts,
+        args.tp,
+        [job],
+        backend="nccl" if args.device == "cuda" else "gloo",
+        timeout_s=args.timeout_s,
+        use_graphs=graphs,
+    )
+    print(f"tp session {time.perf_counter() - started:.1f} s, tp {args.tp}", flush=True)
+    results = list(getattr(run, "runs", None) or getattr(run, "results", None) or run)
+    name = f"{args.name_prefix}_tp{args.tp}_ar"
+    extra = {"use_graphs": graphs, "session": args.name_prefix, "gpus": args.tp, "tensor_parallel": args.tp}
+    write(results[0], out, name, args, extra)
+
+
+def drafter_phase(model, spec_layers: tuple[int, ...], stage_counts, kv_lens, iters: int):
+    """Median time of the distributed controller's drafting step (aggregation rows + PDM layers + draft lm_head
+    + argmax) with n + 1 rows (pending deepest row + n in flight) for every n, plus 2 rows (a refill) —
+    ``query_tokens`` = rows, as the simulator prices the PDM."""
     from executor.distributed.launch import DistributedConfig, build_drafter
-    from executor.stages import split_layers
+    from executor.stages import split_layers, uneven_counts
     from executor.timing import time_callable
 
-    split = split_layers(model.num_layers, 2)
-    drafter = build_drafter(model, split, DistributedConfig(num_stages=2, spec_layers=spec_layers), seed=0)
     hidden = model.cfg.hidden_size
+    rows_of_n = {n: n + 1 for n in stage_counts if 2 <= n <= model.num_layers}
+    row_plan = sorted({(2, 2)} | {(rows, n) for n, rows in rows_of_n.items()})
     entries = []
-    for rows in rows_counts:
-        for kv_len in kv_lens:
-            cache = drafter.new_cache(capacity=kv_len + 16)
-            cache.length = kv_len - rows
+    for ls in spec_layers:
+        for rows, n in row_plan:
+            split = split_layers(model.num_layers, n, uneven_counts(model.num_layers, n))
+            config = DistributedConfig(num_stages=n, stage_layers=split.layer_counts, spec_layers=ls)
+            drafter = build_drafter(model, split, config, seed=0)
             feats = {
                 b: torch.randn(1, 1, hidden, device=model.device, dtype=model.dtype)
                 for b in drafter.anchor_indices
             }
-            positions = torch.arange(kv_len - rows, kv_len, device=model.device)
+            types = [drafter.num_aggr_types - 1] + [
+                drafter.aggr_of_depth[d] for d in reversed(range(rows - 1))
+            ]
+            for kv_len in kv_lens:
+                cache = drafter.new_cache(capacity=kv_len + 16)
+                positions = torch.arange(kv_len - rows, kv_len, device=model.device)
 
-            def step(_rows=rows, _cache=cache, _feats=feats, _positions=positions):
-                projected = [
-                    drafter.project(min(d, drafter.num_aggr_types - 1), _feats) for d in range(_rows)
-                ]
-                logits = drafter.decode(torch.cat(projected, dim=1), _positions, _cache, keep=0)
-                return int(drafter.full_vocab_logits(logits[0]).argmax())
+                def step(_d=drafter, _c=cache, _f=feats, _t=types, _p=positions, _k=kv_len - rows):
+                    _c.length = _k
+                    projected = torch.cat([_d.project(a, _f) for a in _t], dim=1)
+                    logits = _d.decode(projected, _p, _c, keep=1)
+                    return int(_d.full_vocab_logits(logits[0]).argmax())
 
-            stats = time_callable(step, device=model.device, warmup=5, iters=iters)
-            entries.append(
-                {"spec_layers": spec_layers, "query_tokens": rows, "kv_len": kv_len, **stats.to_dict()}
-            )
-            print(f"drafter rows={rows} kv={kv_len}: {stats.median_us:.1f} us", flush=True)
+                stats = time_callable(step, device=model.device, warmup=5, iters=iters)
+                entries.append({"spec_layers": ls, "query_tokens": rows, "kv_len": kv_len, **stats.to_dict()})
+                print(f"drafter L_s={ls} n={n} rows={rows} kv={kv_len}: {stats.median_us:.1f} us", flush=True)
+            del drafter
     return entries
+
+
+def tp_phases(model, tp_degrees, grid, iters: int) -> dict:
+    """Microbenchmarks of tensor parallelism on one GPU (sharded layers per degree) from executor.distributed.tp."""
+    from executor.distributed import tp
+
+    return tp.profile_tp_layers(model, tp_degrees, grid)
 
 
 def part_profile(args, out: Path) -> None:
@@ -142,36 +239,47 @@ def part_profile(args, out: Path) -> None:
         write_bundle,
     )
 
+    stage_counts = parse_ints(args.stage_counts)
+    spec_layers = parse_ints(args.profile_spec_layers)
+    kv_lens = (128, 512)
+    device = "cuda:0" if args.device == "cuda" else "cpu"
     with torch.inference_mode():
-        model, _ = load_fast_model(args.model, device="cuda:0", dtype="bfloat16", seed=0, max_seq_len=1024)
+        model, _ = load_fast_model(args.model, device=device, dtype=args.dtype, seed=0, max_seq_len=1024)
         grid = ProfileGrid(
-            stage_counts=(1, 2),
+            stage_counts=stage_counts,
             query_tokens=(1, 4, 6),
-            kv_lens=(128, 512),
+            kv_lens=kv_lens,
             head_query_tokens=(1, 2, 3, 4, 5, 6),
-            iters=60,
+            spec_layers=(),  # the drafter is timed below, the way the distributed controller runs it
+            iters=args.iters,
         )
-        phases = profile_phases(model, grid, use_graphs=True, progress=lambda m: print(m, flush=True))
-        phases["drafter"] = drafter_phase(model, 1, (2, 3), (128, 512), iters=60)
-        bandwidth = measure_copy_bandwidth_gbps("cuda:0")
+        phases = profile_phases(
+            model, grid, use_graphs=args.device == "cuda", progress=lambda m: print(m, flush=True)
+        )
+        phases["drafter"] = drafter_phase(model, spec_layers, stage_counts, kv_lens, iters=args.iters)
+        bandwidth = measure_copy_bandwidth_gbps(device, nbytes=1 << (30 if args.device == "cuda" else 24))
         bundle = build_bundle(
-            model_name=args.model.replace("random:", ""),
+            model_name=args.model.split(":", 1)[-1],
             model=model,
             phases=phases,
-            hardware=hardware_info("cuda:0", bandwidth),
-            source="studies/fidelity_gpu.py profile (single GPU, CUDA graphs; drafter eager)",
+            hardware=hardware_info(device, bandwidth),
+            source=(
+                f"studies/fidelity_gpu.py profile (single GPU, CUDA graphs; drafter eager; "
+                f"splits {list(stage_counts)}, L_s {list(spec_layers)})"
+            ),
         )
-    write_bundle(out / "profile_h200_qwen3-8b.json", bundle)
-    print(f"copy bandwidth {bandwidth:.0f} GB/s; profile written", flush=True)
+        write_bundle(out / args.profile_name, bundle)
+        print(f"copy bandwidth {bandwidth:.0f} GB/s; profile {args.profile_name} written", flush=True)
 
 
 def part_chain(args, out: Path) -> None:
     from executor.models import load_fast_model
     from executor.schedules import run_method
 
-    prompts = prompt_set(args.prompts, args.new_tokens)
+    prompts = prompt_set(args.model, args.prompts, args.new_tokens)
+    device = "cuda:0" if args.device == "cuda" else "cpu"
     with torch.inference_mode():
-        model, _ = load_fast_model(args.model, device="cuda:0", dtype="bfloat16", seed=0, max_seq_len=1024)
+        model, _ = load_fast_model(args.model, device=device, dtype=args.dtype, seed=0, max_seq_len=1024)
         options = {"max_new_tokens": args.new_tokens}
         write(run_method("ar", model, prompts, **options), out, "gpu1_ar", args)
         for k in (3, 5):
@@ -179,18 +287,39 @@ def part_chain(args, out: Path) -> None:
             write(result, out, f"gpu1_eagle3_k{k}_a0.80", args)
 
 
+PARTS = {"dist": part_dist, "tp": part_tp, "profile": part_profile, "chain": part_chain}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("dist", "profile", "chain"))
+    parser.add_argument("part", choices=tuple(PARTS))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", default="random:qwen3-8b")
-    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--dtype", default="bfloat16", help="float32 for SmolLM2 (bf16 near-ties)")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: gloo dry run")
+    parser.add_argument("--prompts", type=int, default=3, help="prompts after the warm-up")
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--no-graphs", action="store_true", help="dist: eager stage steps (fallback)")
+    parser.add_argument("--no-graphs", action="store_true", help="eager stage steps (fallback)")
+    parser.add_argument("--timeout-s", type=float, default=120.0, help="dist/tp: any one wait inside a run")
+    parser.add_argument("--name-prefix", default="dist", help="run names start with it (e.g. dist4)")
+    parser.add_argument("--stages", type=int, default=2, help="dist: pipeline stages n")
+    parser.add_argument("--stage-layers", default=None, help="dist: explicit split, e.g. 8,8,7,7")
+    parser.add_argument("--drafter", choices=("colocated", "dedicated"), default="colocated")
+    parser.add_argument("--alphas", default="0.6,0.8,0.95", help="dist: synthetic α list, or 'none'")
+    parser.add_argument("--head", default=None, help="dist: trained v11 SPD checkpoint (use --alphas none)")
+    parser.add_argument("--spec-layers", type=int, default=1, help="dist: untrained drafter's L_s")
+    parser.add_argument("--ar-name", default=None, help="dist: AR run's name (default <prefix>_ar)")
+    parser.add_argument("--tp", type=int, default=2, help="tp: tensor-parallel degree")
+    parser.add_argument("--stage-counts", default="1,2,3,4", help="profile: splits whose stage sizes to time")
+    parser.add_argument("--profile-spec-layers", default="1", help="profile: drafter L_s values")
+    parser.add_argument("--profile-name", default="profile_h200_qwen3-8b.json")
+    parser.add_argument("--iters", type=int, default=60, help="profile: timed iterations per point")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device visible (use --device cpu for a dry run)")
     args.out.mkdir(parents=True, exist_ok=True)
     print(json.dumps(stamp(args)), flush=True)
-    {"dist": part_dist, "profile": part_profile, "chain": part_chain}[args.part](args, args.out)
+    PARTS[args.part](args, args.out)
 
 
 if __name__ == "__main__":
