@@ -1,0 +1,413 @@
+"""Megatron-style tensor-parallel AR decoding of the fast model (NCCL on GPUs, gloo on the CPU, the same code).
+
+Each of the d ranks holds, for every layer, a column shard of the fused qkv (whole KV-head groups with their query
+heads) and of gate_up, the matching row shards of o_proj and down, and a KV cache of its own KV heads. A layer is
+then two partial products, each summed over the ranks by one all_reduce (after attention, after the MLP).
+Embedding and lm_head are replicated. The reduced hidden state is the same on every rank, so every rank computes
+the same logits and picks the same token (greedy, or the same seeded generator at T > 0): no token broadcast is
+needed; rank 0 owns the output. The decode loop is the AR schedule's own (``generate_ar``).
+
+Every wait is bounded: gloo all_reduces wait with a deadline; on a GPU a watchdog thread ends the rank when a step
+(a captured graph with its NCCL all_reduces) has not finished within the timeout. A dead rank is named by the
+launcher (``launch_ranks``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+
+import torch
+import torch.nn.functional as F
+
+from executor.cache import KVCache
+from executor.distributed.comm import OP_GO, Control, DistributedError
+from executor.distributed.launch import FAULTS, ModelSource, _fail, init_rank, launch_ranks, pick_backend
+from executor.fastmodel import (
+    FastModel,
+    LayerShape,
+    LayerWeights,
+    apply_rope,
+    head_logits,
+    rms_norm,
+    step_inputs,
+)
+from executor.graphs import GraphCache
+from executor.schedules.common import CycleTiming, DecodeOptions, PromptRun, RunResult, as_prompts
+from spdsim.errors import SpdsimError
+
+
+@dataclass(frozen=True)
+class TPRoles:
+    """Rank names of a tensor-parallel group (what the launcher's supervisor prints)."""
+
+    world_size: int
+
+    def name(self, rank: int) -> str:
+        return f"rank {rank} (tp shard {rank}{', output' if rank == 0 else ''})"
+
+
+@dataclass(frozen=True)
+class TPConfig:
+    tp_degree: int
+    backend: str = "auto"
+    timeout_s: float = 60.0
+    use_graphs: bool = True
+    fault: tuple[str, int, int] | None = None  # ("kill" | "stall", rank, decode step): test hook
+
+
+def check_tp_degree(cfg, degree: int) -> None:
+    """Shards hold whole KV-head groups and equal MLP slices: every split must be even."""
+    if degree < 1:
+        raise SpdsimError(f"--tp: the tensor-parallel degree must be >= 1, got {degree}")
+    for name, value in (
+        ("num_attention_heads", cfg.num_heads),
+        ("num_kv_heads", cfg.num_kv_heads),
+        ("intermediate_size", cfg.intermediate_size),
+    ):
+        if value % degree:
+            raise SpdsimError(f"--tp {degree}: the model's {name} ({value}) is not divisible by {degree}")
+
+
+def shard_layer(w: LayerWeights, cfg, rank: int, degree: int) -> LayerWeights:
+    """Rank ``rank``'s slices of one fused layer (copies, so the full weights can be freed)."""
+    q_all, kv_all, inter = (
+        cfg.num_heads * cfg.head_dim,
+        cfg.num_kv_heads * cfg.head_dim,
+        cfg.intermediate_size,
+    )
+    q_rows, kv_rows, i_rows = q_all // degree, kv_all // degree, inter // degree
+
+    def rows(tensor, offset, size):
+        return tensor[offset + rank * size : offset + (rank + 1) * size]
+
+    def qkv_rows(tensor):
+        return torch.cat(
+            (rows(tensor, 0, q_rows), rows(tensor, q_all, kv_rows), rows(tensor, q_all + kv_all, kv_rows))
+        )
+
+    return LayerWeights(
+        input_norm=w.input_norm,
+        qkv=qkv_rows(w.qkv).contiguous(),
+        qkv_bias=None if w.qkv_bias is None else qkv_rows(w.qkv_bias).contiguous(),
+        q_norm=w.q_norm,
+        k_norm=w.k_norm,
+        o_proj=w.o_proj[:, rank * q_rows : (rank + 1) * q_rows].contiguous(),
+        post_norm=w.post_norm,
+        gate_up=torch.cat((rows(w.gate_up, 0, i_rows), rows(w.gate_up, inter, i_rows))).contiguous(),
+        down=w.down[:, rank * i_rows : (rank + 1) * i_rows].contiguous(),
+    )
+
+
+def tp_decoder_layer(
+    x: torch.Tensor,
+    w: LayerWeights,
+    shape: LayerShape,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    mask: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    reduce: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """``fastmodel.decoder_layer`` on a shard (``shape`` holds the shard's heads), with the two partial outputs
+    summed by ``reduce`` before each residual add. Same arithmetic, so TP decodes the same tokens as AR."""
+    nh, kv, hd = shape.num_heads, shape.num_kv_heads, shape.head_dim
+    bsz, t, _ = x.shape
+    window = k_cache.shape[2]
+    group = nh // kv
+
+    qkv = F.linear(rms_norm(x, w.input_norm, shape.eps), w.qkv, w.qkv_bias)
+    q, k, v = qkv.split((nh * hd, kv * hd, kv * hd), dim=-1)
+    q, k, v = q.view(bsz, t, nh, hd), k.view(bsz, t, kv, hd), v.view(bsz, t, kv, hd)
+    if w.q_norm is not None:
+        q = rms_norm(q, w.q_norm, shape.eps)
+        k = rms_norm(k, w.k_norm, shape.eps)
+    cos_b = cos.to(x.dtype)[None, :, None, :]
+    sin_b = sin.to(x.dtype)[None, :, None, :]
+    q, k = apply_rope(q, cos_b, sin_b), apply_rope(k, cos_b, sin_b)
+    k_cache.index_copy_(2, positions, k.transpose(1, 2))
+    v_cache.index_copy_(2, positions, v.transpose(1, 2))
+    q = q.permute(0, 2, 1, 3).reshape(bsz, kv, group * t, hd)
+    scores = torch.matmul(q, k_cache.transpose(2, 3)) * (hd**-0.5)
+    scores = scores.view(bsz, kv, group, t, window) + mask
+    probs = torch.softmax(scores.float(), dim=-1).to(x.dtype).view(bsz, kv, group * t, window)
+    attn = torch.matmul(probs, v_cache).view(bsz, nh, t, hd).transpose(1, 2).reshape(bsz, t, nh * hd)
+    x = x + reduce(F.linear(attn, w.o_proj))
+
+    gate, up = F.linear(rms_norm(x, w.post_norm, shape.eps), w.gate_up).chunk(2, dim=-1)
+    return x + reduce(F.linear(F.silu(gate) * up, w.down))
+
+
+def _no_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+class ShardedModel:
+    """One rank's shard of a FastModel for ``degree``-way TP, with the FastModel API the AR schedule uses
+    (``new_cache``, ``embed``, ``forward_layers``, ``head``, calling it = ``forward``). ``reduce`` sums a partial
+    output over the ranks; None: no sum (the single-GPU shard microbenchmark)."""
+
+    def __init__(self, model: FastModel, rank: int, degree: int, reduce=None):
+        cfg = model.cfg
+        check_tp_degree(cfg, degree)
+        self.cfg, self.rank, self.degree = cfg, rank, degree
+        self.shape = LayerShape(
+            cfg.num_heads // degree, cfg.num_kv_heads // degree, cfg.head_dim, cfg.rms_norm_eps
+        )
+        self.layers = [shard_layer(model.layer_weights(i), cfg, rank, degree) for i in range(cfg.num_layers)]
+        self.embed_tokens = model.embed_tokens
+        self.norm = model.norm
+        self.lm_head_weight = model.embed_tokens if model.lm_head_weight is None else model.lm_head_weight
+        self.rope_cos, self.rope_sin = model.rope_cos, model.rope_sin
+        self.max_seq_len = model.max_seq_len
+        self.reduce = reduce or _no_reduce
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.dtype
+
+    @property
+    def num_layers(self) -> int:
+        return self.cfg.num_layers
+
+    def new_cache(self, max_len: int) -> KVCache:
+        kv_heads = self.shape.num_kv_heads
+        return KVCache(
+            self.num_layers, kv_heads, self.cfg.head_dim, max_len, device=self.device, dtype=self.dtype
+        )
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.embedding(tokens, self.embed_tokens)
+
+    def forward_layers(self, hidden, positions, start_layer, end_layer, cache, collect=(), kv_len=None):
+        window = cache.max_len if kv_len is None else kv_len
+        lengths = cache.lengths[start_layer:end_layer]
+        cos, sin, mask = step_inputs(self.rope_cos, self.rope_sin, positions, window, lengths)
+        for i in range(start_layer, end_layer):
+            hidden = tp_decoder_layer(
+                hidden,
+                self.layers[i],
+                self.shape,
+                cos,
+                sin,
+                positions,
+                mask,
+                cache.keys[i][:, :, :window],
+                cache.values[i][:, :, :window],
+                self.reduce,
+            )
+        return hidden, {}
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return head_logits(hidden, self.norm, self.lm_head_weight, self.cfg.rms_norm_eps)
+
+    def forward(self, tokens, positions, cache, kv_len=None) -> torch.Tensor:
+        hidden, _ = self.forward_layers(
+            self.embed(tokens), positions, 0, self.num_layers, cache, kv_len=kv_len
+        )
+        return self.head(hidden)
+
+    __call__ = forward
+
+
+def bounded_reduce(backend: str, name: str, timeout_s: float):
+    """The all_reduce of the shards: in-stream on NCCL (graph-capturable; the step watchdog bounds it), with a
+    deadline on gloo (an error names this rank; the launcher names a dead peer)."""
+    import torch.distributed as dist
+
+    if backend == "nccl":
+
+        def nccl_reduce(tensor: torch.Tensor) -> torch.Tensor:
+            dist.all_reduce(tensor)
+            return tensor
+
+        return nccl_reduce
+
+    def gloo_reduce(tensor: torch.Tensor) -> torch.Tensor:
+        work = dist.all_reduce(tensor, async_op=True)
+        try:
+            work.wait(timeout=timedelta(seconds=timeout_s))
+        except Exception as exc:
+            text = " ".join(str(exc).split())
+            if "timed out" in text.lower() or "timeout" in text.lower():
+                raise DistributedError(
+                    f"{name}: all_reduce did not complete within {timeout_s:g} s (a peer is dead or stuck)"
+                ) from None
+            raise DistributedError(f"{name}: all_reduce failed, a peer is gone: {text[:160]}") from None
+        return tensor
+
+    return gloo_reduce
+
+
+class StepWatchdog:
+    """GPU only: a thread that fails the rank when the newest step has not finished ``timeout_s`` after its
+    launch (graph replays hold NCCL all_reduces that no host wait covers)."""
+
+    def __init__(self, name: str, timeout_s: float, on_timeout: Callable[[str], None]):
+        self.name, self.timeout_s, self.on_timeout = name, timeout_s, on_timeout
+        self._pending: tuple[torch.cuda.Event, float] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def mark(self) -> None:
+        event = torch.cuda.Event()
+        event.record()
+        self._pending = (event, time.monotonic())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.05):
+            pending = self._pending
+            if (
+                pending is not None
+                and time.monotonic() - pending[1] > self.timeout_s
+                and not pending[0].query()
+            ):
+                self.on_timeout(
+                    f"{self.name}: decode step did not finish within {self.timeout_s:g} s (a peer is dead or stuck)"
+                )
+                return
+
+
+class WatchedGraphCache(GraphCache):
+    """The AR schedule's graph cache with a per-step hook: watchdog mark (GPU) and fault injection (tests)."""
+
+    def __init__(self, enabled: bool, watchdog: StepWatchdog | None, fault: tuple[str, int, int] | None):
+        super().__init__(enabled=enabled)
+        self.watchdog, self.fault, self.steps = watchdog, fault, 0
+
+    def run(self, key, fn, *inputs):
+        if self.fault is not None and self.steps == self.fault[2]:
+            from executor.distributed.worker import fault_point
+
+            fault_point(self.fault, Control(OP_GO, cycle=self.steps))
+        self.steps += 1
+        out = super().run(key, fn, *inputs)
+        if self.watchdog is not None:
+            self.watchdog.mark()
+        return out
+
+
+def decode_sharded(
+    shard: ShardedModel, prompts, options: DecodeOptions, graphs: GraphCache
+) -> tuple[PromptRun, ...]:
+    """The AR schedule (``generate_ar``) on a shard: one cache and one graph set for all prompts, as ``run_ar``."""
+    from executor.schedules.ar import GenerationConfig, SamplingConfig, generate_ar
+
+    cache = shard.new_cache(max(len(p.tokens) for p in prompts) + options.max_new_tokens)
+    runs = []
+    for index, prompt in enumerate(prompts):
+        sampling = SamplingConfig(temperature=options.temperature, seed=options.prompt_seed(index))
+        gen = GenerationConfig(options.max_new_tokens, sampling, options.stop_token_ids, graphs.enabled)
+        out = generate_ar(shard, prompt.tokens, gen, cache=cache, graphs=graphs)
+        times, elapsed = [out.prefill_us], out.prefill_us
+        for step_us in out.step_us:
+            elapsed += step_us
+            times.append(elapsed)
+        cycles = tuple(CycleTiming(i, "ar", 1, {"step": us}) for i, us in enumerate(out.step_us))
+        runs.append(
+            PromptRun(
+                prompt.prompt_id,
+                len(prompt.tokens),
+                out.tokens,
+                tuple(times),
+                (-1, *range(len(out.step_us))),
+                (False,) * len(out.tokens),
+                cycles,
+                (),
+                0,
+                0,
+            )
+        )
+    return tuple(runs)
+
+
+def run_tensor_parallel(
+    source: ModelSource,
+    prompts,
+    tp_degree: int,
+    jobs: list[DecodeOptions],
+    backend: str = "auto",
+    timeout_s: float = 60.0,
+    use_graphs: bool = True,
+    fault: tuple[str, int, int] | None = None,
+) -> tuple[RunResult, ...]:
+    """Decode ``prompts`` with AR on ``tp_degree`` tensor-parallel ranks, once per job; one RunResult per job
+    (method "ar", config with ``tp_degree``), the run-directory format of single-GPU AR."""
+    if fault is not None and fault[0] not in FAULTS:
+        raise SpdsimError(f"fault: unknown '{fault[0]}' (allowed: {', '.join(FAULTS)})")
+    for job in jobs:
+        job.validate()
+    config = TPConfig(tp_degree, backend, timeout_s, use_graphs, fault)
+    prompt_list = as_prompts(prompts)
+    chosen = pick_backend(backend, tp_degree)
+    if tp_degree < 1:
+        raise SpdsimError(f"--tp: the tensor-parallel degree must be >= 1, got {tp_degree}")
+    payload = launch_ranks(_rank_main, TPRoles(tp_degree), (chosen, source, prompt_list, config, list(jobs)))
+    return tuple(payload)
+
+
+def _rank_main(rank, port, backend, source, prompts, config: TPConfig, jobs, results) -> None:
+    """One tensor-parallel rank (a spawned process)."""
+    import torch.distributed as dist
+
+    roles = TPRoles(config.tp_degree)
+    name = roles.name(rank)
+    try:
+        device = init_rank(rank, port, backend, roles.world_size, config.timeout_s + 60)
+        watchdog = None
+        if device.type == "cuda":
+            watchdog = StepWatchdog(name, config.timeout_s, lambda message: _fail(results, rank, message))
+        fault = config.fault if config.fault and config.fault[1] == rank else None
+        with torch.inference_mode():
+            model = source.build(device)
+            shard = ShardedModel(
+                model, rank, config.tp_degree, bounded_reduce(backend, name, config.timeout_s)
+            )
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            graphs = WatchedGraphCache(config.use_graphs, watchdog, fault)
+            runs = []
+            for job in jobs:
+                prompt_runs = decode_sharded(shard, prompts, job, graphs)
+                run_config = {
+                    "method": "ar",
+                    **asdict(job),
+                    "tp_degree": config.tp_degree,
+                    "distributed": True,
+                    "world_size": roles.world_size,
+                    "backend": backend,
+                    "use_graphs": graphs.enabled,
+                }
+                runs.append(RunResult("ar", run_config, prompt_runs, str(device)))
+        if watchdog is not None:
+            watchdog.close()
+        results.put(("result", rank, runs) if rank == 0 else ("done", rank, None))
+        dist.destroy_process_group()
+    except DistributedError as exc:
+        _fail(results, rank, str(exc))
+    except Exception as exc:  # one line naming the rank, the traceback on stderr
+        traceback.print_exc()
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        _fail(results, rank, f"{name} failed: {message}")
+
+
+def with_config(result: RunResult, **extra) -> RunResult:
+    """A copy of ``result`` with more config fields (e.g. what the CLI knows: model, prompts)."""
+    return dataclasses.replace(result, config={**result.config, **extra})
