@@ -33,6 +33,7 @@ export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 
 export SPDSIM_DIST_STACKS_AFTER_S=${SPDSIM_DIST_STACKS_AFTER_S:-100}
 if [ "$DRY" = 1 ]; then
   MODEL=random:tiny-qwen3; DTYPE=float32; DEV=(--device cpu); PROMPTS=1; NEW=6; ITERS=3
+  TP_DEGREES=1,2; TP_B=2  # the tiny model has 2 KV heads: no 4-way split
   PHASE_A_S=${PHASE_A_S:-900}; BUDGET_S=${BUDGET_S:-1800}; GGUF_A=.carry/smol_a/part
   export SPDSIM_CACHE_DIR=${SPDSIM_CACHE_DIR:-/tmp/spdsim_dry_cache}
   TRAIN_SMALL=(--device cpu --steps 2 --batch-size 1 --block-len 64 --gsm8k-questions 0 --source-mb 0.05
@@ -41,6 +42,7 @@ if [ "$DRY" = 1 ]; then
   SMOL_TRAIN_MIN=0.05
 else
   MODEL=random:qwen3-8b; DTYPE=bfloat16; DEV=(); PROMPTS=${PROMPTS:-3}; NEW=${NEW_TOKENS:-64}; ITERS=60
+  TP_DEGREES=1,2,4; TP_B=4
   PHASE_A_S=${PHASE_A_S:-250}; BUDGET_S=${BUDGET_S:-545}; GGUF_A=/root/smol_a
   export SPDSIM_CACHE_DIR=${SPDSIM_CACHE_DIR:-/root/spdsim-cache}
   TRAIN_SMALL=(--gsm8k-questions 256 --source-mb 8)
@@ -82,13 +84,13 @@ lane_gpu01() {  # 2-GPU measurements (issue 5 re-run), then tensor parallelism o
   run_job dist2 170 "$PHASE_A_END" 0,1 "${FG[@]}" dist "${COMMON[@]}" --name-prefix dist2 --stages 2 \
     --alphas 0.6,0.8,0.95
   run_job tp2 70 "$PHASE_A_END" 0,1 "${FG[@]}" tp "${COMMON[@]}" --name-prefix dist2 --tp 2
-  run_job allreduce2 40 "$PHASE_A_END" 0,1 "${FG[@]}" allreduce "${COMMON[@]}" --tp 2 \
-    --profile-name profile_h200_qwen3-8b_allreduce.json
+  run_job allreduce2 40 "$PHASE_A_END" 0,1 "${FG[@]}" allreduce "${COMMON[@]}" --tp 2 --iters 100 \
+    --profile-name profile_h200_qwen3-8b_allreduce2.json
 }
 
 lane_gpu2() {  # single-GPU phase profile (incl. the 3/4-stage layer counts, TP shards and the n+1-row drafter)
   run_job profile 200 "$PHASE_A_END" 2 "${FG[@]}" profile "${COMMON[@]}" --stage-counts 1,2,3,4 \
-    --profile-spec-layers 1 --tp-degrees 1,2,4 --iters "$ITERS"
+    --profile-spec-layers 1 --tp-degrees "$TP_DEGREES" --iters "$ITERS"
 }
 
 lane_gpu3() {  # SmolLM2: GGUF from the two carried pieces -> HF dir, a small corpus, two SPD heads side by side
@@ -137,7 +139,7 @@ print('corpus:', corpus.stats)"
     --drafter colocated --alphas 0.7,0.85
   run_job dist4_n3_ded 90 "$DEADLINE" 0,1,2,3 "${FG[@]}" dist "${COMMON[@]}" --name-prefix dist4 --stages 3 \
     --drafter dedicated --alphas 0.7,0.85 --ar-name dist4_ar_ded
-  run_job tp4 70 "$DEADLINE" 0,1,2,3 "${FG[@]}" tp "${COMMON[@]}" --name-prefix dist4 --tp 4
+  run_job tp4 70 "$DEADLINE" 0,1,2,3 "${FG[@]}" tp "${COMMON[@]}" --name-prefix dist4 --tp "$TP_B"
   n2_head=$(ls "$HEADS"/spd_n2_l1/*.pt 2>/dev/null | head -1)
   n4_head=$(ls "$HEADS"/spd_n4_l1/*.pt 2>/dev/null | head -1)
   if [ -n "$n2_head" ]; then
@@ -152,6 +154,9 @@ print('corpus:', corpus.stats)"
   else
     echo "[$(ts)] smol_dist4: SKIPPED (no trained n=4 head)"
   fi
+  # Diagnosis only (4-GPU data never enters the calibration): the 4-rank all-reduce the ring fit extrapolates to.
+  run_job allreduce4 30 "$DEADLINE" 0,1,2,3 "${FG[@]}" allreduce "${COMMON[@]}" --tp "$TP_B" --iters 100 \
+    --profile-name profile_h200_qwen3-8b_allreduce4.json
   echo "== done at $(ts); run directories:"
   ls "$WORK"
 } 2>&1 | tee "$WORK/log.txt"
