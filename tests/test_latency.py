@@ -205,3 +205,21 @@ def test_draft_heads_use_the_draft_vocabulary_on_the_roofline():
     assert latency.chain_draft_ns(1, 512, vocab=0) == latency.layers_ns(1, 1, 512) + full
     whole = build_latency_model(replace(scenario, method=replace(scenario.method, draft_vocab_size=0)))
     assert whole.pdm_ns(3, 9, 512) == latency.layers_ns(3, 9, 512) + full
+
+
+@pytest.mark.parametrize("kind", ["measured", "fitted"])
+def test_calibrated_cycle_phases_and_their_defaults(tmp_path, kind):
+    """colocated_contention is stored as 1000·c µs and read as parts per million; verify_fixed as a time.
+    Without them the drafter and stage 0 run back to back (c = 1) and verification costs nothing extra."""
+    assert _measured(tmp_path, kind).colocated_contention_ppm(2) == 1_000_000
+    assert _measured(tmp_path, kind).verify_fixed_ns(2) == 0
+    phases = {
+        "layers": _layers_table(),
+        "colocated_contention": [_entry(300.0, num_stages=2), _entry(500.0, num_stages=4)],
+        "verify_fixed": [_entry(400.0, num_stages=2), _entry(600.0, num_stages=4)],
+    }
+    spec = LatencySpec(kind=kind, profile_path=_profile(tmp_path, phases))
+    latency = build_latency_model(Scenario(model=TOY_SHAPE, latency=spec))
+    assert latency.colocated_contention_ppm(2) == 300_000
+    assert latency.colocated_contention_ppm(3) == 400_000
+    assert latency.verify_fixed_ns(3) == 500_000

@@ -1,10 +1,14 @@
-"""SPD / PPSD schedule: event log of a small run, ideal reduction, placement, flush and bubbles."""
+"""SPD / PPSD schedule: event log of a small run, ideal reduction, placement, flush, bubbles, and the co-located
+drafter's calibrated overlap with stage 0."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sim_scenarios import ideal
 
 from spdsim.analytic import predict, spd_rho
@@ -19,8 +23,9 @@ from spdsim.config import (
 )
 from spdsim.engine import simulate
 from spdsim.errors import SpdsimError
+from spdsim.latency import PPM
 from spdsim.methods import get_method
-from spdsim.methods.pipeline import stage_layer_counts
+from spdsim.methods.pipeline import shared_gpu_ns, stage_layer_counts
 from spdsim.metrics import summarize
 from spdsim.result import FLUSHED
 
@@ -188,3 +193,106 @@ def test_busy_totals_without_intervals_equal_the_recorded_ones(name, alpha, stag
     assert fast.resource_busy_ns == recorded.resource_busy_ns
     jittered = replace(scenario, overheads=replace(overheads, jitter_cv=0.3))
     assert simulate(jittered, record_intervals=False).resource_busy_ns == simulate(jittered).resource_busy_ns
+
+
+@given(
+    st.integers(0, 10**9),
+    st.integers(0, 10**9),
+    st.integers(0, PPM),
+    st.integers(0, PPM),
+)
+def test_shared_gpu_time_lies_between_overlap_and_serial(a, b, low, high):
+    low, high = sorted((low, high))
+    shared = int(shared_gpu_ns(a, b, low))
+    assert max(a, b) <= shared <= a + b
+    assert shared <= int(shared_gpu_ns(a, b, high))  # more contention never shortens the pair
+    assert int(shared_gpu_ns(a, b, PPM)) == a + b and int(shared_gpu_ns(a, b, 0)) == max(a, b)
+
+
+def _colocated_profile(path, contention=None, verify_fixed_us=None):
+    """A flat two-layer profile (µs): a layer 100, embed 10, head 20, PDM 60 — stage 0 = 110, stage 1 = 100."""
+    grid = [(layers, q, kv) for layers in (1, 2) for q in (1, 4) for kv in (0, 4096)]
+    stats = {"p10_us": 0.0, "p90_us": 0.0, "samples": 1}
+
+    def entry(value, **coords):
+        return {**coords, "median_us": value, **stats, "p10_us": value, "p90_us": value}
+
+    phases = {
+        "layers": [entry(100.0 * layers, layers=layers, query_tokens=q, kv_len=kv) for layers, q, kv in grid],
+        "embed": [entry(10.0, query_tokens=q) for q in (1, 4)],
+        "head": [entry(20.0, query_tokens=q) for q in (1, 4)],
+        "drafter": [
+            entry(60.0, spec_layers=1, query_tokens=q, kv_len=kv) for q in (1, 4) for kv in (0, 4096)
+        ],
+    }
+    if contention is not None:
+        phases["colocated_contention"] = [entry(1000.0 * contention, num_stages=2)]
+    if verify_fixed_us is not None:
+        phases["verify_fixed"] = [entry(verify_fixed_us, num_stages=2)]
+    profile = {
+        "schema_version": 1,
+        "kind": "spdsim.profile",
+        "hardware": {"name": "test"},
+        "model": {
+            "name": "two",
+            "num_layers": 2,
+            "hidden_size": 64,
+            "num_attention_heads": 2,
+            "num_kv_heads": 1,
+            "head_dim": 32,
+            "intermediate_size": 128,
+            "vocab_size": 100,
+        },
+        "dtype": "bfloat16",
+        "software": {},
+        "date": "2026-11-22",
+        "phases": phases,
+    }
+    path.write_text(json.dumps(profile))
+    return str(path)
+
+
+def _colocated_scenario(profile_path, trace_path, placement="stage0", name="spd"):
+    return Scenario(
+        method=MethodSpec(name=name, num_stages=2, spec_layers=1, drafter_placement=placement),
+        model=ModelShape("two", 2, 64, 2, 1, 32, 128, 100),
+        latency=LatencySpec(kind="measured", profile_path=profile_path),
+        acceptance=AcceptanceSpec(kind="trace", trace_path=trace_path),
+        workload=Workload(prompt_tokens=8, new_tokens=4, num_requests=1),
+    )
+
+
+def _commit_gaps_us(result):
+    times = [0] + [t.commit_ns for t in result.tokens]
+    return [(b - a) / 1e3 for a, b in zip(times, times[1:], strict=False)]
+
+
+@pytest.mark.parametrize("record", [True, False])
+def test_colocated_drafter_overlaps_stage0_by_the_calibrated_contention(tmp_path, record):
+    """n = 2, stage 0 = 110 µs ∥ PDM 60 µs, stage 1 = 100, head 20. Trace accept, reject, accept, accept:
+    commits after fill+verify, verify, refill+verify, verify; busy(stage 0 + PDM) = 110 + 60c."""
+    trace = _write_spd_trace(tmp_path / "t.csv", [1, 0, 1, 1])
+    serial_path = _colocated_profile(tmp_path / "serial.json")
+    serial = simulate(_colocated_scenario(serial_path, trace), record_intervals=record)
+    unit = simulate(
+        _colocated_scenario(_colocated_profile(tmp_path / "c1.json", 1.0), trace), record_intervals=record
+    )
+    assert unit.tokens == serial.tokens and unit.intervals == serial.intervals  # c = 1: the old serial model
+    assert unit.resource_busy_ns == serial.resource_busy_ns
+    for contention in (0.0, 0.5, 1.0):
+        path = _colocated_profile(tmp_path / f"c{contention}.json", contention, verify_fixed_us=7.0)
+        result = simulate(_colocated_scenario(path, trace), record_intervals=record)
+        busy = 110 + 60 * contention  # c = 0: max(a, b); c = 1: a + b
+        verify = busy + 20 + 7  # only verification cycles pay head + verify_fixed
+        assert _commit_gaps_us(result) == pytest.approx([busy + verify, verify, busy + verify, verify])
+        assert dict(result.resource_busy_ns)["stage0"] == round(6 * busy * 1e3)
+
+
+def test_dedicated_drafter_and_ppsd_ignore_the_contention(tmp_path):
+    trace = _write_spd_trace(tmp_path / "t.csv", [1, 1, 1, 1])
+    serial_path = _colocated_profile(tmp_path / "serial.json")
+    overlap_path = _colocated_profile(tmp_path / "c0.json", 0.0)
+    for placement, name in (("own-gpu", "spd"), ("stage0", "ppsd")):
+        serial = simulate(_colocated_scenario(serial_path, trace, placement, name), record_intervals=False)
+        overlap = simulate(_colocated_scenario(overlap_path, trace, placement, name), record_intervals=False)
+        assert serial.tokens == overlap.tokens
