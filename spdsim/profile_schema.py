@@ -33,6 +33,9 @@ phase              coordinates                                 what is timed
 ``verify_fixed``   num_stages                                  pipeline verification cycle's serial cost beyond
                                                                ``head`` (last stage's output receive, decision)
 ``colocated_contention``  num_stages                           SPD drafter ∥ stage 0 on one GPU (see below)
+``layers_tp``      layers, query_tokens, kv_len, tp_degree     one rank's shard of ``layers`` layers under
+                                                               tp_degree-way tensor parallelism, no all-reduce
+``allreduce``      tp_degree, bytes                            one all-reduce of ``bytes`` over tp_degree GPUs
 =================  ==========================================  ==============================================
 
 A reader interpolates linearly along each coordinate between measured points and refuses (a ``ProfileError``
@@ -42,6 +45,11 @@ naming the phase and coordinate range) to extrapolate outside them.
 stream beside stage 0 on one GPU (together they keep it busy max(a, b) + c·min(a, b); 1 = back to back, 0 =
 perfect overlap), stored in the stat fields as µs added per ms of the shorter of the two (``median_us`` = 1000·c).
 ``verify_fixed``, ``cycle_fixed`` and ``colocated_contention`` are fitted from runs by ``spdsim calibrate``.
+
+Tensor parallelism: a TP step is embed + ``layers_tp`` + 2 ``allreduce`` per layer + head. ``spdsim calibrate``
+fits a ring model t = a·(d−1) + b·2(d−1)/d·bytes to the measured ``allreduce`` degrees and stores it in the
+optional top-level ``"allreduce_fit"`` (``{"coefficients": {"ring_steps": a_us, "ring_bytes": b_us_per_byte},
+"degrees": [...], "rule": ...}``); the measured reader uses it, and only it, for a degree the table lacks.
 """
 
 from __future__ import annotations
@@ -66,6 +74,8 @@ PHASE_COORDINATES: dict[str, tuple[str, ...]] = {
     "cycle_fixed": ("num_stages",),
     "verify_fixed": ("num_stages",),
     "colocated_contention": ("num_stages",),
+    "layers_tp": ("layers", "query_tokens", "kv_len", "tp_degree"),
+    "allreduce": ("tp_degree", "bytes"),
 }
 STAT_FIELDS = ("median_us", "p10_us", "p90_us", "samples")
 REQUIRED_TOP = ("schema_version", "kind", "hardware", "model", "dtype", "software", "date", "phases")
@@ -105,7 +115,24 @@ def validate_profile(data: Any) -> dict[str, Any]:
                     raise ProfileError(f"profile.phases.{phase}[{i}].{key}: missing or not a finite number")
                 if value < 0:
                     raise ProfileError(f"profile.phases.{phase}[{i}].{key}: negative ({value})")
+    if "allreduce_fit" in data:
+        _validate_allreduce_fit(data["allreduce_fit"])
     return data
+
+
+def _validate_allreduce_fit(fit: Any) -> None:
+    coefficients = fit.get("coefficients") if isinstance(fit, dict) else None
+    for term in ("ring_steps", "ring_bytes"):
+        value = coefficients.get(term) if isinstance(coefficients, dict) else None
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise ProfileError(
+                f"profile.allreduce_fit.coefficients.{term}: missing or not a finite number >= 0"
+            )
 
 
 def load_profile(path: str | Path) -> dict[str, Any]:
