@@ -175,6 +175,8 @@ def colocated_contention_entry(run: MeasuredRun, profile: dict[str, Any]) -> dic
     cycles = pd.read_csv(run.path / "cycles.csv")
     if not {"stage0_us", "draft_us"} <= set(cycles.columns):
         return None
+    timed = [c for c in cycles.columns if c.startswith(("stage", "draft")) and c.endswith("_us")]
+    cycles[timed] = cycles[timed].apply(pd.to_numeric, errors="coerce")  # unreadable values: NaN, skipped
     serial = copy.deepcopy(profile)
     serial["phases"].pop("colocated_contention", None)
     stages = run.num_stages
@@ -190,7 +192,7 @@ def colocated_contention_entry(run: MeasuredRun, profile: dict[str, Any]) -> dic
         ):
             if wall_us > limit_us:
                 continue
-            busy.append(max(row["stage0_us"], row["draft_us"]))
+            busy.append(np.maximum(row["stage0_us"], row["draft_us"]))  # NaN if either is missing
             alone.append(costs.forward_ns[0][committed] / 1e3)
             drafter.append(costs.stage0_draft_ns[committed] / 1e3)  # serial profile: the whole PDM
             for s in range(1, active):
@@ -200,12 +202,14 @@ def colocated_contention_entry(run: MeasuredRun, profile: dict[str, Any]) -> dic
                     priced.append(costs.forward_ns[s][committed] / 1e3)
     busy_us, alone_us, drafter_us = (np.asarray(v, dtype=np.float64) for v in (busy, alone, drafter))
     ok = np.isfinite(busy_us)
-    if not ok.any():
-        return None
     in_run_ratio = float(np.median(np.asarray(in_run) / np.asarray(priced))) if in_run else 1.0
     alone_us = alone_us * in_run_ratio
     shorter = np.minimum(alone_us, drafter_us)
-    factors = (busy_us - np.maximum(alone_us, drafter_us)) / shorter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factors = (busy_us - np.maximum(alone_us, drafter_us)) / shorter
+    ok &= np.isfinite(factors)
+    if not ok.any():
+        return None
     entry = _stats(1000.0 * factors[ok], {"num_stages": stages})
     entry["median_us"] = min(max(entry["median_us"], 0.0), 1000.0)
     entry["p10_us"] = min(max(entry["p10_us"], 0.0), entry["median_us"])
