@@ -8,10 +8,10 @@ Parts (each its own process, each under a timeout in the shell scripts):
   session. Run names encode the configuration: ``<prefix>_spd_n4_colo_a0.70``, ``<prefix>_spd_n3_ded_a0.85``,
   ``<prefix>_spd_n2_colo`` (trained head), ``<prefix>_ar``.
 * ``tp``      — tensor-parallel AR on ``--tp`` GPUs (``executor.distributed.tp``), run ``<prefix>_tp<d>_ar``.
-* ``allreduce`` — all_reduce of hidden-state-sized (and larger) bf16 tensors across ``--tp`` ranks.
+* ``allreduce`` — the TP all_reduce of hidden-state messages across ``--tp`` ranks (``executor.profile_tp``).
 * ``profile`` — single-GPU phase profile bundle (stage layers for every split in ``--stage-counts``, embed, head,
   AR step, copy) plus the SPD drafter's forward for L_s in ``--profile-spec-layers`` and n + 1 rows for every n;
-  with ``--tp-degrees`` also the layers of one TP shard per degree (``<profile>_tp.json``, phase ``layers_tp``).
+  with ``--tp-degrees`` also one TP shard's layers per degree (phase ``layers_tp``, ``executor.profile_tp``).
 * ``chain``   — single-GPU EAGLE-3-style chain SD (K = 3 and 5, synthetic α = 0.8) and AR on that GPU.
 
 A warm-up prompt (long enough to cross the 256-position attention bucket) is decoded first in every session and
@@ -221,36 +221,6 @@ def drafter_phase(model, spec_layers: tuple[int, ...], stage_counts, kv_lens, it
     return entries
 
 
-def tp_layer_phase(model, tp_degrees, kv_lens, iters: int) -> list[dict]:
-    """All the model's layers as one tensor-parallel shard runs them (rank 0's slice for degree d, no all-reduce:
-    one GPU), graph-captured like the profile's stages; the all-reduces are timed apart (part ``allreduce``)."""
-    from executor.cache import kv_bucket
-    from executor.distributed.tp import ShardedModel
-    from executor.profile import PhaseTimer, ProfileGrid
-
-    timer = PhaseTimer(model.device, ProfileGrid(iters=iters), use_graphs=model.device.type == "cuda")
-    hidden_size, entries = model.cfg.hidden_size, []
-    for degree in tp_degrees:
-        shard = ShardedModel(model, 0, degree)
-        cache = shard.new_cache(max(kv_lens))
-        for keys, values in zip(cache.keys, cache.values, strict=True):
-            keys.normal_()
-            values.normal_()
-        for kv_len in kv_lens:
-
-            def layers(hidden, positions, _s=shard, _c=cache, _w=kv_bucket(kv_len, cache.max_len)):
-                return _s.forward_layers(hidden, positions, 0, _s.num_layers, _c, kv_len=_w)[0]
-
-            hidden = torch.randn(1, 1, hidden_size, device=model.device, dtype=model.dtype)
-            positions = torch.arange(kv_len - 1, kv_len, device=model.device)
-            stats = timer.time(layers, hidden, positions)
-            coords = {"layers": model.num_layers, "query_tokens": 1, "kv_len": kv_len, "tp": degree}
-            entries.append({**coords, **stats.to_dict()})
-            print(f"layers_tp tp={degree} kv={kv_len}: {stats.median_us:.1f} us", flush=True)
-        del shard, cache
-    return entries
-
-
 def write_tp_bundle(path: Path, model_name: str, phase: str, entries: list[dict], device: str) -> None:
     """TP microbenchmarks beside the schema-v1 bundle (merged into a calibrated profile by studies/fidelity.py
     once the schema knows the phase)."""
@@ -268,41 +238,26 @@ def write_tp_bundle(path: Path, model_name: str, phase: str, entries: list[dict]
     print(f"{phase}: {len(entries)} entries -> {path.name}", flush=True)
 
 
-def allreduce_rank(rank, port, backend, world_size, sizes, iters, results) -> None:
-    """One rank of the all-reduce benchmark: every rank runs the same calls; rank 0 reports the timings."""
-    import torch.distributed as dist
-
-    from executor.distributed.launch import _fail, init_rank
-    from executor.timing import time_callable
-
-    try:
-        device = init_rank(rank, port, backend, world_size, 120)
-        entries = []
-        for num_bytes in sizes:
-            tensor = torch.randn(num_bytes // 2, device=device, dtype=torch.bfloat16)
-            stats = time_callable(
-                lambda _t=tensor: dist.all_reduce(_t), device=device, warmup=10, iters=iters
-            )
-            entries.append({"bytes": num_bytes, "tp": dist.get_world_size(), **stats.to_dict()})
-        results.put(("result", rank, entries) if rank == 0 else ("done", rank, None))
-        dist.destroy_process_group()
-    except Exception as exc:  # one line naming the rank
-        _fail(results, rank, f"rank {rank} failed: {type(exc).__name__}: {exc}"[:300])
-
-
 def part_allreduce(args, out: Path) -> None:
-    """NCCL all_reduce of hidden-state-sized bf16 tensors (1..8 tokens) and larger ones (ring bandwidth) across
-    ``--tp`` ranks, one GPU each; what the TP latency model's all-reduce fit reads."""
-    from executor.distributed.launch import launch_ranks, pick_backend
-    from executor.distributed.tp import TPRoles
+    """The TP shards' all_reduce (hidden-state messages of 1..256 tokens, graph-captured on GPUs) across ``--tp``
+    ranks, one GPU each (``executor.profile_tp``); the ``allreduce`` phase the TP latency model reads."""
     from executor.model_presets import PRESETS
+    from executor.profile_tp import profile_allreduce
 
-    hidden = PRESETS[args.model.split(":", 1)[1]]["hidden_size"]  # a random:<preset> model
-    sizes = sorted({hidden * 2 * q for q in (1, 2, 4, 6, 8)} | {1 << 16, 1 << 20, 1 << 24})
-    backend = pick_backend("nccl" if args.device == "cuda" else "gloo", args.tp)
-    entries = launch_ranks(allreduce_rank, TPRoles(args.tp), (backend, args.tp, sizes, args.iters))
+    entries = profile_allreduce(
+        args.tp,
+        PRESETS[args.model.split(":", 1)[1]]["hidden_size"],  # a random:<preset> model
+        dtype=args.dtype,
+        backend="nccl" if args.device == "cuda" else "gloo",
+        use_graphs=args.device == "cuda",
+        iters=args.iters,
+        timeout_s=args.timeout_s,
+    )
     for entry in entries:
-        print(f"allreduce tp={entry['tp']} bytes={entry['bytes']}: {entry['median_us']:.1f} us", flush=True)
+        print(
+            f"allreduce tp={entry['tp_degree']} bytes={entry['bytes']}: {entry['median_us']:.1f} us",
+            flush=True,
+        )
     write_tp_bundle(out / args.profile_name, args.model, "allreduce", entries, args.device)
 
 
@@ -335,6 +290,21 @@ def part_profile(args, out: Path) -> None:
             model, grid, use_graphs=args.device == "cuda", progress=lambda m: print(m, flush=True)
         )
         phases["drafter"] = drafter_phase(model, spec_layers, stage_counts, kv_lens, iters=args.iters)
+        tp_entries = []
+        if args.tp_degrees:
+            from executor.profile_tp import profile_layers_tp
+            from spdsim.profile_schema import PHASE_COORDINATES
+
+            tp_entries = profile_layers_tp(
+                model,
+                parse_ints(args.tp_degrees),
+                kv_lens=kv_lens,
+                use_graphs=args.device == "cuda",
+                iters=args.iters,
+                progress=lambda m: print(m, flush=True),
+            )
+            if "layers_tp" in PHASE_COORDINATES:  # else beside the bundle (below)
+                phases["layers_tp"], tp_entries = tp_entries, []
         bandwidth = measure_copy_bandwidth_gbps(device, nbytes=1 << (30 if args.device == "cuda" else 24))
         bundle = build_bundle(
             model_name=args.model.split(":", 1)[-1],
@@ -348,10 +318,9 @@ def part_profile(args, out: Path) -> None:
         )
         write_bundle(out / args.profile_name, bundle)
         print(f"copy bandwidth {bandwidth:.0f} GB/s; profile {args.profile_name} written", flush=True)
-        if args.tp_degrees:
-            entries = tp_layer_phase(model, parse_ints(args.tp_degrees), kv_lens, args.iters)
+        if tp_entries:
             tp_path = out / args.profile_name.replace(".json", "_tp.json")
-            write_tp_bundle(tp_path, args.model, "layers_tp", entries, device)
+            write_tp_bundle(tp_path, args.model, "layers_tp", tp_entries, device)
 
 
 def part_chain(args, out: Path) -> None:

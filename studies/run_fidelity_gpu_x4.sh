@@ -34,7 +34,7 @@ export SPDSIM_DIST_STACKS_AFTER_S=${SPDSIM_DIST_STACKS_AFTER_S:-100}
 if [ "$DRY" = 1 ]; then
   MODEL=random:tiny-qwen3; DTYPE=float32; DEV=(--device cpu); PROMPTS=1; NEW=6; ITERS=3
   TP_DEGREES=1,2; TP_B=2  # the tiny model has 2 KV heads: no 4-way split
-  PHASE_A_S=${PHASE_A_S:-900}; BUDGET_S=${BUDGET_S:-1800}; GGUF_A=.carry/smol_a/part
+  PHASE_A_S=${PHASE_A_S:-900}; BUDGET_S=${BUDGET_S:-1800}; GGUF_A=.carry/smol_a/part; LIMIT_SCALE=5
   export SPDSIM_CACHE_DIR=${SPDSIM_CACHE_DIR:-/tmp/spdsim_dry_cache}
   TRAIN_SMALL=(--device cpu --steps 2 --batch-size 1 --block-len 64 --gsm8k-questions 0 --source-mb 0.05
                --no-site-packages)
@@ -43,7 +43,7 @@ if [ "$DRY" = 1 ]; then
 else
   MODEL=random:qwen3-8b; DTYPE=bfloat16; DEV=(); PROMPTS=${PROMPTS:-3}; NEW=${NEW_TOKENS:-64}; ITERS=60
   TP_DEGREES=1,2,4; TP_B=4
-  PHASE_A_S=${PHASE_A_S:-250}; BUDGET_S=${BUDGET_S:-545}; GGUF_A=/root/smol_a
+  PHASE_A_S=${PHASE_A_S:-250}; BUDGET_S=${BUDGET_S:-545}; GGUF_A=/root/smol_a; LIMIT_SCALE=1
   export SPDSIM_CACHE_DIR=${SPDSIM_CACHE_DIR:-/root/spdsim-cache}
   TRAIN_SMALL=(--gsm8k-questions 256 --source-mb 8)
   CORPUS_ARGS="source_bytes=8_000_000, gsm8k_questions=256"
@@ -68,6 +68,7 @@ run_job() {  # run_job NAME LIMIT_S END_EPOCH GPUS CMD... : own log, limit clipp
   local name=$1 limit=$2 end=$3 gpus=$4
   shift 4
   local left=$(( end - $(date +%s) ))
+  limit=$(( limit * LIMIT_SCALE ))
   (( limit > left )) && limit=$left
   if (( limit < 20 )); then echo "[$(ts)] $name: SKIPPED (only ${left}s left)"; return 0; fi
   echo "[$(ts)] $name: start on GPUs $gpus, limit ${limit}s"
@@ -88,9 +89,13 @@ lane_gpu01() {  # 2-GPU measurements (issue 5 re-run), then tensor parallelism o
     --profile-name profile_h200_qwen3-8b_allreduce2.json
 }
 
-lane_gpu2() {  # single-GPU phase profile (incl. the 3/4-stage layer counts, TP shards and the n+1-row drafter)
+lane_gpu2() {  # single-GPU phase profiles: random:qwen3-8b (incl. the 3/4-stage layer counts, TP shards and the
+               # n+1-row drafter), then SmolLM2 in float32 once lane 3 has converted it (splits 2 and 8,8,7,7)
   run_job profile 200 "$PHASE_A_END" 2 "${FG[@]}" profile "${COMMON[@]}" --stage-counts 1,2,3,4 \
     --profile-spec-layers 1 --tp-degrees "$TP_DEGREES" --iters "$ITERS"
+  while [ ! -f "$SPDSIM_CACHE_DIR/smollm2/hf/config.json" ] && (( $(date +%s) < PHASE_A_END - 40 )); do sleep 2; done
+  run_job smol_profile 90 "$PHASE_A_END" 2 "${FG[@]}" profile "${SMOL[@]}" --stage-counts 1,2,4 \
+    --profile-spec-layers 1 --iters "$ITERS" --profile-name profile_h200_smollm2-135m.json
 }
 
 lane_gpu3() {  # SmolLM2: GGUF from the two carried pieces -> HF dir, a small corpus, two SPD heads side by side
