@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from spdsim.errors import SpdsimError
-from spdsim.latency import FIT_TERMS, fit_phase
+from spdsim.latency import DERIVED_TERMS, FIT_TERMS, fit_phase
 from spdsim.measured import MeasuredRun, load_run
 from spdsim.profile_schema import PHASE_COORDINATES, STAT_FIELDS, load_profile, validate_profile
 
@@ -243,6 +243,8 @@ def calibrate(
                 verify.setdefault(extra["num_stages"], []).append(extra)
     _set_phase(profile, "cycle_fixed", fixed)
     _set_phase(profile, "verify_fixed", verify)
+    if "allreduce" in profile["phases"]:
+        profile["allreduce_fit"] = fit_allreduce_ring(profile["phases"]["allreduce"])
     profile["calibration"] = {
         "bundles": names,
         "runs": [run.name for run in runs],
@@ -261,6 +263,42 @@ def calibrate(
             if phase in FIT_TERMS and len(entries) >= len(FIT_TERMS[phase])
         }
     return validate_profile(profile)
+
+
+RING_RULE = (
+    "t_us = ring_steps*(d-1) + ring_bytes*2(d-1)/d*bytes, least squares on relative error over the measured "
+    "allreduce entries with d >= 2, coefficients >= 0; used only for degrees the allreduce table lacks"
+)
+
+
+def fit_allreduce_ring(entries: list[dict]) -> dict[str, Any]:
+    """Alpha-beta ring model of the all-reduce, fitted on the measured degrees (e.g. 2 GPUs) so that the
+    simulator can price a degree nobody measured (4 or 8 GPUs). Relative error: decode messages are small, so the
+    latency-bound points must weigh as much as the bandwidth-bound ones."""
+    points = [e for e in entries if e["tp_degree"] >= 2]  # d = 1 carries no information (both terms vanish)
+    if len({(e["tp_degree"], e["bytes"]) for e in points}) < 2:
+        raise SpdsimError(
+            "calibrate: the allreduce ring fit needs >= 2 distinct (tp_degree, bytes) points with tp_degree >= 2"
+        )
+    terms = FIT_TERMS["allreduce"]
+    design = np.array([[float(DERIVED_TERMS[t](e)) for t in terms] for e in points], dtype=np.float64)
+    target = np.array([e["median_us"] for e in points], dtype=np.float64)
+    weights = 1.0 / np.maximum(target, 1e-9)
+    design, target = design * weights[:, None], target * weights
+    candidates = [np.linalg.lstsq(design, target, rcond=None)[0]]
+    for keep in range(len(terms)):  # one coefficient alone: the non-negative optimum if the joint one is not
+        alone = np.zeros(len(terms))
+        alone[keep] = max(
+            float(design[:, keep] @ target / max(design[:, keep] @ design[:, keep], 1e-30)), 0.0
+        )
+        candidates.append(alone)
+    feasible = [c for c in candidates if (c >= 0).all()]
+    best = min(feasible, key=lambda c: float(np.sum((design @ c - target) ** 2)))
+    return {
+        "coefficients": {t: float(v) for t, v in zip(terms, best, strict=True)},
+        "degrees": sorted({int(e["tp_degree"]) for e in points}),
+        "rule": RING_RULE,
+    }
 
 
 def _set_phase(profile: dict[str, Any], phase: str, groups: dict[int, list[dict]]) -> None:

@@ -276,6 +276,7 @@ class MeasuredLatency(LatencyModel):
     ):
         super().__init__(shape, hardware, spec, draft_vocab_size)
         self._tables = {phase: _GridTable(phase, entries) for phase, entries in profile["phases"].items()}
+        self._allreduce_fit = profile.get("allreduce_fit")
 
     def _table(self, phase: str) -> _GridTable:
         table = self._tables.get(phase)
@@ -289,11 +290,30 @@ class MeasuredLatency(LatencyModel):
         return self._table("embed").lookup_ns(query_tokens=query_tokens)
 
     def layers_ns(self, layers: int, query_tokens: int, kv_len: KvLen, tp: int = 1) -> Any:
-        if tp > 1:
-            raise ProfileError(
-                "profile: measured tables hold one GPU; tensor parallelism needs kind 'roofline'"
+        if tp > 1:  # one rank's shards + the two all-reduces of every layer
+            shard = self._table("layers_tp").lookup_ns(
+                tp_degree=tp, layers=layers, query_tokens=query_tokens, kv_len=kv_len
             )
+            return shard + 2 * layers * self.allreduce_ns(self.hidden_bytes(query_tokens), tp)
         return self._table("layers").lookup_ns(layers=layers, query_tokens=query_tokens, kv_len=kv_len)
+
+    def allreduce_ns(self, num_bytes: int, tp: int) -> int:
+        """The ``allreduce`` table at a measured degree; else the profile's ring fit (``allreduce_fit``, written
+        by ``spdsim calibrate``), and nothing else: no silent extrapolation."""
+        if tp <= 1:
+            return 0
+        table = self._tables.get("allreduce")
+        if isinstance(table, _FitTable) or (isinstance(table, _GridTable) and tp in table.axes[0]):
+            return table.lookup_ns(tp_degree=tp, bytes=num_bytes)
+        if self._allreduce_fit is None:
+            measured = "none" if table is None else ", ".join(f"{d:g}" for d in table.axes[0])
+            raise ProfileError(
+                f"profile.phases.allreduce: tp_degree={tp} not measured (measured: {measured}) and the profile "
+                "has no allreduce_fit (spdsim calibrate fits it from the measured degrees)"
+            )
+        return _FitTable("allreduce", self._allreduce_fit["coefficients"]).lookup_ns(
+            tp_degree=tp, bytes=num_bytes
+        )
 
     def head_ns(self, query_tokens: int = 1) -> int:
         return self._table("head").lookup_ns(query_tokens=query_tokens)
@@ -341,6 +361,21 @@ FIT_TERMS: dict[str, tuple[str, ...]] = {
     "cycle_fixed": ("1", "num_stages"),
     "verify_fixed": ("1", "num_stages"),
     "colocated_contention": ("1", "num_stages"),
+    "layers_tp": (
+        "1",
+        "layers",
+        "layers/tp_degree",
+        "layers*kv_len/tp_degree",
+        "layers*query_tokens/tp_degree",
+    ),
+    "allreduce": ("ring_steps", "ring_bytes"),
+}
+# Terms that are not coordinate products: the ring all-reduce's latency steps (d - 1) and bytes each GPU moves.
+DERIVED_TERMS = {
+    "ring_steps": lambda c: np.asarray(c["tp_degree"], dtype=np.float64) - 1.0,
+    "ring_bytes": lambda c: (
+        2.0 * (c["tp_degree"] - 1.0) / c["tp_degree"] * np.asarray(c["bytes"], np.float64)
+    ),
 }
 
 
@@ -356,7 +391,10 @@ class FittedLatency(MeasuredLatency):
         draft_vocab_size: int = 0,
     ):
         LatencyModel.__init__(self, shape, hardware, spec, draft_vocab_size)
-        given = profile.get("fit") or {}
+        self._allreduce_fit = profile.get("allreduce_fit")
+        given = dict(profile.get("fit") or {})
+        if self._allreduce_fit is not None:  # the ring fit (relative error, >= 0) wins over a plain one
+            given["allreduce"] = self._allreduce_fit["coefficients"]
         self._tables = {}
         for phase, entries in profile["phases"].items():
             coefficients = given.get(phase) or fit_phase(phase, entries)
@@ -378,10 +416,13 @@ def fit_phase(phase: str, entries: list[dict]) -> dict[str, float]:
 def _term_value(term: str, coords: dict[str, Any]) -> Any:
     if term == "1":
         return 1.0
+    if term in DERIVED_TERMS:
+        return DERIVED_TERMS[term](coords)
+    product, _, divisor = term.partition("/")  # "a*b/c": a product over one coordinate
     value: Any = 1.0
-    for name in term.split("*"):
+    for name in product.split("*"):
         value = value * np.asarray(coords[name], dtype=np.float64)
-    return value
+    return value / float(coords[divisor]) if divisor else value
 
 
 class _FitTable:

@@ -33,7 +33,7 @@ phase              coordinates                                 what is timed
 ``verify_fixed``   num_stages                                  pipeline verification cycle's serial cost beyond
                                                                ``head`` (last stage's output receive, decision)
 ``colocated_contention``  num_stages                           SPD drafter ∥ stage 0 on one GPU (see below)
-``layers_tp``      layers, query_tokens, kv_len, tp_degree     one rank's shard of ``layers`` layers under
+``layers_tp``      tp_degree, layers, query_tokens, kv_len     one rank's shard of ``layers`` layers under
                                                                tp_degree-way tensor parallelism, no all-reduce
 ``allreduce``      tp_degree, bytes                            one all-reduce of ``bytes`` over tp_degree GPUs
 =================  ==========================================  ==============================================
@@ -74,7 +74,7 @@ PHASE_COORDINATES: dict[str, tuple[str, ...]] = {
     "cycle_fixed": ("num_stages",),
     "verify_fixed": ("num_stages",),
     "colocated_contention": ("num_stages",),
-    "layers_tp": ("layers", "query_tokens", "kv_len", "tp_degree"),
+    "layers_tp": ("tp_degree", "layers", "query_tokens", "kv_len"),  # kv_len last: readers take arrays
     "allreduce": ("tp_degree", "bytes"),
 }
 STAT_FIELDS = ("median_us", "p10_us", "p90_us", "samples")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,7 +159,7 @@ def test_measured_interpolates_linearly_inside_the_grid(tmp_path):
         (lambda m: m.layers_ns(4, 1, np.array([0, 9_000])), r"kv_len=\[0, 9000\] outside"),
         (lambda m: m.head_ns(16), r"phases.head: query_tokens=16 outside"),
         (lambda m: m.pdm_ns(2, 9, 0), r"needs phase 'drafter'"),
-        (lambda m: m.layers_ns(4, 1, 0, tp=2), r"tensor parallelism"),
+        (lambda m: m.layers_ns(4, 1, 0, tp=2), r"needs phase 'layers_tp'"),
     ],
 )
 def test_measured_refuses_to_extrapolate(tmp_path, call, message):
@@ -223,3 +224,79 @@ def test_calibrated_cycle_phases_and_their_defaults(tmp_path, kind):
     assert latency.colocated_contention_ppm(2) == 300_000
     assert latency.colocated_contention_ppm(3) == 400_000
     assert latency.verify_fixed_ns(3) == 500_000
+
+
+# --- tensor parallelism from measured shards and all-reduces ---------------------------------------------------
+RING = {"ring_steps": 6.0, "ring_bytes": 0.002}  # µs per ring step, µs per byte moved
+
+
+def _ring_us(tp, nbytes):
+    return RING["ring_steps"] * (tp - 1) + RING["ring_bytes"] * 2 * (tp - 1) / tp * nbytes
+
+
+def _tp_measured(tmp_path, with_fit=True, kind="measured"):
+    hidden = TOY_SHAPE.hidden_size * TOY_SHAPE.dtype_bytes  # bytes of one token's hidden state
+    phases = {
+        "layers": _layers_table(),
+        "embed": [_entry(3.0, query_tokens=1), _entry(5.0, query_tokens=8)],
+        "head": [_entry(40.0, query_tokens=1), _entry(48.0, query_tokens=9)],
+        # one shard: 10 µs per layer over d, +1 µs per 1k positions over d
+        "layers_tp": [
+            _entry(layers * (10 + kv / 1_000) / d, tp_degree=d, layers=layers, query_tokens=1, kv_len=kv)
+            for d in (1, 2, 4)
+            for layers in (1, 32)
+            for kv in (0, 4_000)
+        ],
+        "allreduce": [_entry(_ring_us(2, q * hidden), tp_degree=2, bytes=q * hidden) for q in (1, 4, 16)],
+    }
+    path = _profile(tmp_path, phases)
+    if with_fit:
+        data = json.loads(Path(path).read_text())
+        data["allreduce_fit"] = {"coefficients": RING, "degrees": [2], "rule": "test"}
+        Path(path).write_text(json.dumps(data))
+    spec = LatencySpec(kind=kind, profile_path=path)
+    return build_latency_model(Scenario(model=TOY_SHAPE, latency=spec))
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_measured_tp_step_is_embed_shards_two_allreduces_per_layer_and_head(tmp_path, tp):
+    latency = _tp_measured(tmp_path)
+    hidden_bytes = TOY_SHAPE.hidden_size * TOY_SHAPE.dtype_bytes
+    layers = TOY_SHAPE.num_layers
+    for kv in (0, 1_000, 4_000):
+        shard_us = layers * (10 + kv / 1_000) / tp
+        # tp = 2 reads the allreduce table, tp = 4 (not measured) the ring fit: the same closed form here
+        expected_us = 3.0 + shard_us + 2 * layers * _ring_us(tp, hidden_bytes) + 40.0
+        assert latency.target_ns(1, kv, tp) == pytest.approx(expected_us * 1e3, abs=2 * layers + 2)
+    arrays = latency.target_ns(1, np.array([0, 4_000]), tp)
+    assert arrays.tolist() == [latency.target_ns(1, 0, tp), latency.target_ns(1, 4_000, tp)]
+
+
+def test_tp_one_is_the_single_gpu_table(tmp_path):
+    (tmp_path / "tp").mkdir()
+    plain, with_tp = _measured(tmp_path), _tp_measured(tmp_path / "tp")
+    for layers, kv in ((2, 0), (4, 2_500), (8, 4_000)):
+        assert (
+            with_tp.layers_ns(layers, 1, kv, tp=1)
+            == plain.layers_ns(layers, 1, kv)
+            == plain.layers_ns(layers, 1, kv, 1)
+        )
+    assert with_tp.allreduce_ns(4096, 1) == 0
+
+
+def test_unmeasured_degree_without_a_ring_fit_is_refused(tmp_path):
+    latency = _tp_measured(tmp_path, with_fit=False)
+    assert latency.target_ns(1, 0, 2) > 0  # the measured degree needs no fit
+    with pytest.raises(ProfileError, match=r"tp_degree=4 not measured \(measured: 2\).*allreduce_fit"):
+        latency.target_ns(1, 0, 4)
+    with pytest.raises(ProfileError, match=r"layers_tp: tp_degree=8 outside the measured range"):
+        _tp_measured(tmp_path).layers_ns(32, 1, 0, tp=8)
+
+
+def test_fitted_kind_prices_tp_with_the_ring_fit(tmp_path):
+    latency = _tp_measured(tmp_path, kind="fitted")
+    hidden_bytes = TOY_SHAPE.hidden_size * TOY_SHAPE.dtype_bytes
+    assert latency.allreduce_ns(hidden_bytes, 8) == round(_ring_us(8, hidden_bytes) * 1e3)
+    # the shard fit (terms over tp_degree) extrapolates in kv_len and degree: 32 layers, 8k positions, d = 8
+    shard_ns = latency.layers_ns(32, 1, 8_000, tp=8) - 2 * 32 * latency.allreduce_ns(hidden_bytes, 8)
+    assert shard_ns == pytest.approx(32 * (10 + 8) / 8 * 1e3, abs=2)
