@@ -222,3 +222,76 @@ def test_serial_runs_fit_no_contention_and_a_dedicated_drafter_none(tmp_path):
     result, out = calibrate(tmp_path, "--run", str(run))
     assert result.exit_code == 0, result.output
     assert "colocated_contention" not in load_profile(out)["phases"]
+
+
+# --- the all-reduce ring fit (tensor parallelism at degrees nobody measured) ------------------------------------
+def _allreduce_entries(alpha_us, beta_us_per_byte, degrees, sizes):
+    entries = []
+    for d in degrees:
+        for nbytes in sizes:
+            t = alpha_us * (d - 1) + beta_us_per_byte * 2 * (d - 1) / d * nbytes
+            entries.append(
+                {"tp_degree": d, "bytes": nbytes, "median_us": t, "p10_us": t, "p90_us": t, "samples": 9}
+            )
+    return entries
+
+
+@pytest.mark.parametrize("degrees", [(2,), (2, 4), (1, 2, 8)])
+def test_ring_fit_recovers_known_coefficients(degrees):
+    from spdsim.calibrate import fit_allreduce_ring
+
+    sizes = (8_192, 65_536, 1 << 20, 1 << 24)
+    fit = fit_allreduce_ring(_allreduce_entries(9.5, 2.5e-6, degrees, sizes))
+    assert fit["coefficients"]["ring_steps"] == pytest.approx(9.5, rel=1e-9)
+    assert fit["coefficients"]["ring_bytes"] == pytest.approx(2.5e-6, rel=1e-9)
+    assert fit["degrees"] == [d for d in degrees if d >= 2]
+
+
+def test_ring_fit_keeps_coefficients_non_negative_and_needs_two_points():
+    from spdsim.calibrate import fit_allreduce_ring
+    from spdsim.errors import SpdsimError
+
+    flat = _allreduce_entries(0.0, 0.0, (2,), (1_000, 2_000, 4_000))
+    for entry, median in zip(
+        flat, (20.0, 19.0, 18.0), strict=True
+    ):  # falling with size: no negative bandwidth
+        entry["median_us"] = median
+    fit = fit_allreduce_ring(flat)
+    assert fit["coefficients"]["ring_bytes"] == 0.0 and fit["coefficients"]["ring_steps"] > 0
+    with pytest.raises(SpdsimError, match="needs >= 2 distinct"):
+        fit_allreduce_ring(_allreduce_entries(5.0, 1e-6, (1, 2), (4_096,)))
+
+
+def test_calibrate_writes_the_ring_fit_and_the_measured_model_prices_four_gpus(tmp_path):
+    """2-GPU all-reduces in a bundle -> allreduce_fit in the profile -> a 4-GPU step priced from it."""
+    bundle = json.loads(BUNDLE.read_text())
+    hidden_bytes = bundle["model"]["hidden_size"] * bundle["model"]["dtype_bytes"]
+    bundle["phases"] = {
+        "allreduce": _allreduce_entries(8.0, 1e-6, (2,), [q * hidden_bytes for q in (1, 4, 16)]),
+        "layers_tp": [
+            {
+                "tp_degree": d,
+                "layers": layers,
+                "query_tokens": 1,
+                "kv_len": kv,
+                "median_us": 50.0 * layers / d,
+                "p10_us": 1.0,
+                "p90_us": 1.0,
+                "samples": 5,
+            }
+            for d in (1, 2, 4)
+            for layers in (1, bundle["model"]["num_layers"])
+            for kv in (64, 4096)
+        ],
+    }
+    path = tmp_path / "tp_bundle.json"
+    path.write_text(json.dumps(bundle))
+    result, out = calibrate(tmp_path, str(path))
+    assert result.exit_code == 0, result.output
+    profile = load_profile(out)
+    assert profile["allreduce_fit"]["degrees"] == [2]
+    assert profile["allreduce_fit"]["coefficients"]["ring_steps"] == pytest.approx(8.0)
+    latency = MeasuredLatency(ModelShape(**profile["model"]), None, LatencySpec(kind="measured"), profile)
+    layers = profile["model"]["num_layers"]
+    expected_us = 50.0 * layers / 4 + 2 * layers * (8.0 * 3 + 1e-6 * 1.5 * hidden_bytes)
+    assert latency.layers_ns(layers, 1, 1_000, tp=4) == pytest.approx(expected_us * 1e3, abs=layers)

@@ -1,0 +1,62 @@
+"""Profile schema v1: the tensor-parallel phases and the optional all-reduce ring fit are checked at load."""
+
+import json
+
+import pytest
+
+from spdsim.profile_schema import PHASE_COORDINATES, ProfileError, load_profile
+
+
+def _bundle(**extra):
+    stats = {"median_us": 12.0, "p10_us": 11.0, "p90_us": 13.0, "samples": 5}
+    return {
+        "schema_version": 1,
+        "kind": "spdsim.profile",
+        "hardware": {"name": "test-gpu"},
+        "model": {"name": "toy"},
+        "dtype": "bfloat16",
+        "software": {},
+        "date": "2026-11-22",
+        "phases": {
+            "layers_tp": [{"tp_degree": 2, "layers": 4, "query_tokens": 1, "kv_len": 256, **stats}],
+            "allreduce": [{"tp_degree": 2, "bytes": 8192, **stats}],
+        },
+        **extra,
+    }
+
+
+def _load(tmp_path, data):
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(data))
+    return load_profile(path)
+
+
+def test_tp_phase_coordinates():
+    assert PHASE_COORDINATES["allreduce"] == ("tp_degree", "bytes")
+    assert set(PHASE_COORDINATES["layers_tp"]) == {"layers", "query_tokens", "kv_len", "tp_degree"}
+
+
+def test_tp_bundle_round_trips(tmp_path):
+    fit = {"coefficients": {"ring_steps": 8.0, "ring_bytes": 1e-6}, "degrees": [2], "rule": "ring"}
+    assert _load(tmp_path, _bundle(allreduce_fit=fit))["allreduce_fit"] == fit
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["phases"]["allreduce"][0].pop("tp_degree"), r"phases.allreduce\[0\].tp_degree: missing"),
+        (lambda d: d["phases"]["layers_tp"][0].update(kv_len=-1), r"layers_tp\[0\].kv_len: negative"),
+        (lambda d: d.update(allreduce_fit={"coefficients": {"ring_steps": 1.0}}), r"ring_bytes: missing"),
+        (
+            lambda d: d.update(allreduce_fit={"coefficients": {"ring_steps": -1.0, "ring_bytes": 0}}),
+            r"ring_steps",
+        ),
+        (lambda d: d.update(allreduce_fit=[1, 2]), r"allreduce_fit.coefficients.ring_steps"),
+    ],
+)
+def test_bad_tp_fields_are_one_line_errors(tmp_path, change, message):
+    data = _bundle()
+    change(data)
+    with pytest.raises(ProfileError, match=message) as info:
+        _load(tmp_path, data)
+    assert "\n" not in str(info.value)
