@@ -61,9 +61,12 @@ def run(
     distributed: bool = typer.Option(False, help="SPD: one process per stage (NCCL on GPUs, gloo on CPU)"),
     drafter: str = typer.Option("colocated", help="--distributed: drafter on stage 0's rank or its own"),
     timeout_s: float = typer.Option(60.0, help="--distributed: any one wait; a silent rank is named"),
+    tp: int = typer.Option(None, "--tp", min=1, help="--distributed AR: tensor-parallel degree (ranks)"),
 ) -> None:
     """Decode real prompts and print tokens/s, per-phase timings and the lossless check."""
     try:
+        if tp is not None and not distributed:
+            raise SpdsimError("--tp: tensor parallelism runs one process per rank, add --distributed")
         if distributed:
             from executor.distributed.entry import run_from_cli
 
@@ -76,7 +79,7 @@ def run(
 
 
 def _run(**kw) -> None:
-    for key in ("distributed", "drafter", "timeout_s"):
+    for key in ("distributed", "drafter", "timeout_s", "tp"):
         kw.pop(key, None)
     from executor.models import load_fast_model
     from executor.prompts import load_prompts

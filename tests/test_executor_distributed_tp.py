@@ -2,6 +2,7 @@
 AR, temperature sampling identical to the AR schedule's, a killed rank named within the timeout, and the run
 directory it writes replays in ``spdsim validate`` with a TP-aware profile."""
 
+import json
 import time
 
 import numpy as np
@@ -57,16 +58,23 @@ def test_degree_must_divide_heads_and_mlp():
         check_tp_degree(model.cfg, 4)
 
 
-def test_two_ranks_decode_exactly_like_single_process_ar():
-    prompts = prompt_set(3)
-    jobs = [
-        DecodeOptions(max_new_tokens=NEW_TOKENS),
-        DecodeOptions(max_new_tokens=NEW_TOKENS, temperature=0.8, seed=7),
-    ]
-    greedy, sampled = run_tensor_parallel(SOURCE, prompts, 2, jobs, timeout_s=60)
+PROMPTS = prompt_set(3)
+JOBS = [
+    DecodeOptions(max_new_tokens=NEW_TOKENS),
+    DecodeOptions(max_new_tokens=NEW_TOKENS, temperature=0.8, seed=7),
+]
+
+
+@pytest.fixture(scope="module")
+def tp_runs():
+    """One 2-rank session decoding the prompts greedily and sampled (launching ranks is the slow part)."""
+    return run_tensor_parallel(SOURCE, PROMPTS, 2, JOBS, timeout_s=60)
+
+
+def test_two_ranks_decode_exactly_like_single_process_ar(tp_runs):
     model = SOURCE.build("cpu")
-    for result, job in ((greedy, jobs[0]), (sampled, jobs[1])):
-        reference = run_ar(model, prompts, job, use_graphs=False)
+    for result, job in zip(tp_runs, JOBS, strict=True):
+        reference = run_ar(model, PROMPTS, job, use_graphs=False)
         assert [p.tokens for p in result.prompts] == [p.tokens for p in reference.prompts]
         assert result.config["tp_degree"] == 2 and result.config["method"] == "ar"
         assert all(len(p.cycles) == len(p.tokens) - 1 for p in result.prompts)
@@ -86,3 +94,43 @@ def test_killed_rank_is_named_within_the_timeout():
     text = str(info.value)
     assert "rank 1 (tp shard 1) died (signal SIGKILL)" in text and "\n" not in text
     assert time.monotonic() - started < 30
+
+
+def test_run_dir_and_tp_microbenchmarks_go_through_calibrate_and_validate(tmp_path, tp_runs):
+    """CPU plumbing end to end: TP run -> run directory; shard + all-reduce microbenchmarks -> a bundle ->
+    ``spdsim calibrate`` (ring fit) -> ``spdsim validate`` replays the run."""
+    from typer.testing import CliRunner
+
+    from executor.profile import ProfileGrid, build_bundle, hardware_info, profile_phases, write_bundle
+    from executor.profile_tp import profile_allreduce, profile_layers_tp
+    from executor.rundir import write_run_dir
+    from spdsim.cli import app
+
+    prompts = prompt_set(2, seed=11)
+    (result,) = run_tensor_parallel(
+        SOURCE, prompts, 2, [DecodeOptions(max_new_tokens=NEW_TOKENS)], timeout_s=60
+    )
+    lengths = {p.prompt_id: p.prompt_tokens for p in result.prompts}
+    run_dir = write_run_dir(result, tmp_path / "tp2_ar", {"prompt_tokens": lengths})
+    assert json.loads((run_dir / "config.json").read_text())["tp_degree"] == 2
+
+    model = SOURCE.build("cpu")
+    kv_lens = (2, 64)
+    grid = ProfileGrid((1,), (1,), kv_lens, (1, 2), (), warmup=1, iters=3)
+    phases = profile_phases(model, grid, use_graphs=False)
+    phases["layers_tp"] = profile_layers_tp(model, (1, 2), kv_lens=kv_lens, warmup=1, iters=3)
+    phases["allreduce"] = profile_allreduce(2, 32, query_tokens=(1, 2), dtype="float32", warmup=1, iters=3)
+    assert {e["bytes"] for e in phases["allreduce"]} == {32 * 4, 64 * 4}
+    bundle = build_bundle(
+        model_name="tiny", model=model, phases=phases, hardware=hardware_info("cpu", 1.0), source="test"
+    )
+    write_bundle(tmp_path / "bundle.json", bundle)
+
+    runner = CliRunner()
+    profile = tmp_path / "profile.json"
+    calibrated = runner.invoke(app, ["calibrate", str(tmp_path / "bundle.json"), "--out", str(profile)])
+    assert calibrated.exit_code == 0, calibrated.output
+    assert json.loads(profile.read_text())["allreduce_fit"]["degrees"] == [2]
+    validated = runner.invoke(app, ["validate", str(run_dir), "--profile", str(profile)])
+    assert validated.exit_code == 0, validated.output
+    assert "tpot_ms" in validated.output and "tp2_ar" in validated.output
