@@ -134,3 +134,23 @@ def test_run_dir_and_tp_microbenchmarks_go_through_calibrate_and_validate(tmp_pa
     validated = runner.invoke(app, ["validate", str(run_dir), "--profile", str(profile)])
     assert validated.exit_code == 0, validated.output
     assert "tpot_ms" in validated.output and "tp2_ar" in validated.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tp", "2"], "--tp: tensor parallelism runs one process per rank, add --distributed"),
+        (
+            ["--tp", "2", "--distributed", "--method", "spd"],
+            "--tp: tensor parallelism runs method ar, got 'spd'",
+        ),
+    ],
+)
+def test_cli_tp_mistakes_are_one_line_errors(args, message):
+    from typer.testing import CliRunner
+
+    from executor.cli import app
+
+    result = CliRunner().invoke(app, ["run", "--device", "cpu", *args])
+    assert result.exit_code == 2 and message in result.output
+    assert result.output.strip().count("\n") == 0
