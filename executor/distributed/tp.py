@@ -254,8 +254,8 @@ class StepWatchdog:
     """GPU only: a thread that fails the rank when the newest step has not finished ``timeout_s`` after its
     launch (graph replays hold NCCL all_reduces that no host wait covers)."""
 
-    def __init__(self, name: str, timeout_s: float, on_timeout: Callable[[str], None]):
-        self.name, self.timeout_s, self.on_timeout = name, timeout_s, on_timeout
+    def __init__(self, device, name: str, timeout_s: float, on_timeout: Callable[[str], None]):
+        self.device, self.name, self.timeout_s, self.on_timeout = device, name, timeout_s, on_timeout
         self._pending: tuple[torch.cuda.Event, float] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -271,6 +271,7 @@ class StepWatchdog:
         self._thread.join(timeout=1)
 
     def _watch(self) -> None:
+        torch.cuda.set_device(self.device)
         while not self._stop.wait(0.05):
             pending = self._pending
             if (
@@ -349,6 +350,8 @@ def run_tensor_parallel(
 ) -> tuple[RunResult, ...]:
     """Decode ``prompts`` with AR on ``tp_degree`` tensor-parallel ranks, once per job; one RunResult per job
     (method "ar", config with ``tp_degree``), the run-directory format of single-GPU AR."""
+    if tp_degree < 1:
+        raise SpdsimError(f"--tp: the tensor-parallel degree must be >= 1, got {tp_degree}")
     if fault is not None and fault[0] not in FAULTS:
         raise SpdsimError(f"fault: unknown '{fault[0]}' (allowed: {', '.join(FAULTS)})")
     for job in jobs:
@@ -356,8 +359,6 @@ def run_tensor_parallel(
     config = TPConfig(tp_degree, backend, timeout_s, use_graphs, fault)
     prompt_list = as_prompts(prompts)
     chosen = pick_backend(backend, tp_degree)
-    if tp_degree < 1:
-        raise SpdsimError(f"--tp: the tensor-parallel degree must be >= 1, got {tp_degree}")
     payload = launch_ranks(_rank_main, TPRoles(tp_degree), (chosen, source, prompt_list, config, list(jobs)))
     return tuple(payload)
 
@@ -372,7 +373,9 @@ def _rank_main(rank, port, backend, source, prompts, config: TPConfig, jobs, res
         device = init_rank(rank, port, backend, roles.world_size, config.timeout_s + 60)
         watchdog = None
         if device.type == "cuda":
-            watchdog = StepWatchdog(name, config.timeout_s, lambda message: _fail(results, rank, message))
+            watchdog = StepWatchdog(
+                device, name, config.timeout_s, lambda message: _fail(results, rank, message)
+            )
         fault = config.fault if config.fault and config.fault[1] == rank else None
         with torch.inference_mode():
             model = source.build(device)
