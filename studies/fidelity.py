@@ -303,12 +303,13 @@ def with_tp_phases(bundle_path: Path) -> Path:
     added = []
     for phase, pattern in TP_FILES.items():
         path = bundle_path.with_name(pattern.format(stem=bundle_path.stem))
-        if phase not in PHASE_COORDINATES or not path.is_file():
+        if phase not in PHASE_COORDINATES or phase in bundle["phases"] or not path.is_file():
             continue
-        entries = json.loads(path.read_text())["phases"][phase]
         keys = PHASE_COORDINATES[phase] + STAT_FIELDS
-        bundle["phases"][phase] = [{k: e[k] for k in keys} for e in entries if all(k in e for k in keys)]
-        added.append(phase)
+        entries = [e for e in json.loads(path.read_text())["phases"][phase] if all(k in e for k in keys)]
+        if entries:
+            bundle["phases"][phase] = [{k: e[k] for k in keys} for e in entries]
+            added.append(phase)
     if not added:
         return bundle_path
     merged = bundle_path.with_name(f"{bundle_path.stem}_with_tp.json")

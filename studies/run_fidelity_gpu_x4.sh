@@ -33,7 +33,7 @@ export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 
 export SPDSIM_DIST_STACKS_AFTER_S=${SPDSIM_DIST_STACKS_AFTER_S:-100}
 if [ "$DRY" = 1 ]; then
   MODEL=random:tiny-qwen3; DTYPE=float32; DEV=(--device cpu); PROMPTS=1; NEW=6; ITERS=3
-  TP_DEGREES=1,2; TP_B=2  # the tiny model has 2 KV heads: no 4-way split
+  TP_DEGREES=1,2; TP_B=2; N3=(--stage-layers 2,1,1)  # 4 layers, 2 KV heads: no 4-way TP, no even n=3
   PHASE_A_S=${PHASE_A_S:-900}; BUDGET_S=${BUDGET_S:-1800}; GGUF_A=.carry/smol_a/part; LIMIT_SCALE=5
   export SPDSIM_CACHE_DIR=${SPDSIM_CACHE_DIR:-/tmp/spdsim_dry_cache}
   TRAIN_SMALL=(--device cpu --steps 2 --batch-size 1 --block-len 64 --gsm8k-questions 0 --source-mb 0.05
@@ -42,7 +42,7 @@ if [ "$DRY" = 1 ]; then
   SMOL_TRAIN_MIN=0.05
 else
   MODEL=random:qwen3-8b; DTYPE=bfloat16; DEV=(); PROMPTS=${PROMPTS:-3}; NEW=${NEW_TOKENS:-64}; ITERS=60
-  TP_DEGREES=1,2,4; TP_B=4
+  TP_DEGREES=1,2,4; TP_B=4; N3=(--stages 3)
   PHASE_A_S=${PHASE_A_S:-250}; BUDGET_S=${BUDGET_S:-545}; GGUF_A=/root/smol_a; LIMIT_SCALE=1
   export SPDSIM_CACHE_DIR=${SPDSIM_CACHE_DIR:-/root/spdsim-cache}
   TRAIN_SMALL=(--gsm8k-questions 256 --source-mb 8)
@@ -142,7 +142,7 @@ print('corpus:', corpus.stats)"
   echo "== phase B (all GPUs, one session at a time, until +${BUDGET_S}s)"
   run_job dist4_n4 100 "$DEADLINE" 0,1,2,3 "${FG[@]}" dist "${COMMON[@]}" --name-prefix dist4 --stages 4 \
     --drafter colocated --alphas 0.7,0.85
-  run_job dist4_n3_ded 90 "$DEADLINE" 0,1,2,3 "${FG[@]}" dist "${COMMON[@]}" --name-prefix dist4 --stages 3 \
+  run_job dist4_n3_ded 90 "$DEADLINE" 0,1,2,3 "${FG[@]}" dist "${COMMON[@]}" --name-prefix dist4 "${N3[@]}" \
     --drafter dedicated --alphas 0.7,0.85 --ar-name dist4_ar_ded
   run_job tp4 70 "$DEADLINE" 0,1,2,3 "${FG[@]}" tp "${COMMON[@]}" --name-prefix dist4 --tp "$TP_B"
   n2_head=$(ls "$HEADS"/spd_n2_l1/*.pt 2>/dev/null | head -1)
