@@ -274,7 +274,7 @@ def part_profile(args, out: Path) -> None:
 
     stage_counts = parse_ints(args.stage_counts)
     spec_layers = parse_ints(args.profile_spec_layers)
-    kv_lens = (128, 512)
+    kv_lens = parse_ints(args.kv_lens)
     device = "cuda:0" if args.device == "cuda" else "cpu"
     with torch.inference_mode():
         model, _ = load_fast_model(args.model, device=device, dtype=args.dtype, seed=0, max_seq_len=1024)
@@ -372,6 +372,7 @@ def main() -> None:
     parser.add_argument("--tp-degrees", default="", help="profile: TP shard degrees to time, e.g. 1,2,4")
     parser.add_argument("--profile-name", default="profile_h200_qwen3-8b.json")
     parser.add_argument("--iters", type=int, default=60, help="profile: timed iterations per point")
+    parser.add_argument("--kv-lens", default="128,512", help="profile: live KV lengths (cover the prompts)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device visible (use --device cpu for a dry run)")

@@ -95,7 +95,7 @@ lane_gpu2() {  # single-GPU phase profiles: random:qwen3-8b (incl. the 3/4-stage
     --profile-spec-layers 1 --tp-degrees "$TP_DEGREES" --iters "$ITERS"
   while [ ! -f "$SPDSIM_CACHE_DIR/smollm2/hf/config.json" ] && (( $(date +%s) < PHASE_A_END - 40 )); do sleep 2; done
   run_job smol_profile 90 "$PHASE_A_END" 2 "${FG[@]}" profile "${SMOL[@]}" --stage-counts 1,2,4 \
-    --profile-spec-layers 1 --iters "$ITERS" --profile-name profile_h200_smollm2-135m.json
+    --profile-spec-layers 1 --iters "$ITERS" --kv-lens 32,128,512 --profile-name profile_h200_smollm2-135m.json
 }
 
 lane_gpu3() {  # SmolLM2: GGUF from the two carried pieces -> HF dir, a small corpus, two SPD heads side by side
