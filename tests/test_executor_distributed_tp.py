@@ -154,3 +154,16 @@ def test_cli_tp_mistakes_are_one_line_errors(args, message):
     result = CliRunner().invoke(app, ["run", "--device", "cpu", *args])
     assert result.exit_code == 2 and message in result.output
     assert result.output.strip().count("\n") == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (NCCL)")
+@pytest.mark.parametrize("use_graphs", [True, False])
+def test_nccl_ranks_decode_like_single_gpu_ar(use_graphs):
+    """NCCL all_reduces inside captured CUDA graphs (and eager) decode what single-GPU AR decodes (float32)."""
+    results = run_tensor_parallel(SOURCE, PROMPTS, 2, JOBS, backend="nccl", use_graphs=use_graphs)
+    model = SOURCE.build("cuda")
+    for result, job in zip(results, JOBS, strict=True):
+        reference = run_ar(model, PROMPTS, job)
+        assert [p.tokens for p in result.prompts] == [p.tokens for p in reference.prompts]
+        assert result.config["backend"] == "nccl" and result.config["use_graphs"] == use_graphs
