@@ -12,8 +12,9 @@
 # Device calls (the second right after the first; /root survives only while the machine stays warm):
 #   1. carry [".carry/smol_a"]           bash studies/run_fidelity_gpu_x4.sh stash
 #   2. carry [".carry/smol_b", ".whl"]   bash studies/run_fidelity_gpu_x4.sh
-# ($OUT gets fidelity_x4.tgz — run directories, logs, stamp — and log.txt; unpack the .tgz into
-#  studies/results/fidelity_x4/ and run `python studies/fidelity.py`.)
+# ($OUT gets fidelity_x4.tgz — run directories, profile bundles, logs, heads' training.json, stamp — and log.txt:
+#  mkdir -p studies/results/fidelity_x4 && tar xzf <files_at>/fidelity_x4.tgz -C studies/results/fidelity_x4
+#  then `python studies/fidelity.py` validates them: calibrated on the 1/2-GPU data, every dist4_* run held out.)
 # CPU dry run of the same steps (tiny random model, gloo, a few tokens, a seconds-long SmolLM2 training):
 #   DRY=1 bash studies/run_fidelity_gpu_x4.sh
 set -u
@@ -101,7 +102,13 @@ lane_gpu2() {  # single-GPU phase profiles: random:qwen3-8b (incl. the 3/4-stage
 lane_gpu3() {  # SmolLM2: GGUF from the two carried pieces -> HF dir, a small corpus, two SPD heads side by side
   mkdir -p "$SPDSIM_CACHE_DIR/smollm2"
   local gguf=$SPDSIM_CACHE_DIR/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-  [ -f "$gguf" ] || cat "$GGUF_A" .carry/smol_b/part > "$gguf"
+  if [ ! -f "$gguf" ]; then
+    if [ ! -f "$GGUF_A" ] || [ ! -f .carry/smol_b/part ]; then
+      echo "[$(ts)] SmolLM2: $GGUF_A or .carry/smol_b/part missing (stash call first?): SmolLM2 jobs skipped"
+      return 0
+    fi
+    cat "$GGUF_A" .carry/smol_b/part > "$gguf.part" && mv "$gguf.part" "$gguf"
+  fi
   run_job smol_fetch 90 "$PHASE_A_END" 3 python3 -m executor.cli fetch smollm2-135m
   run_job smol_corpus 100 "$PHASE_A_END" 3 python3 -c "
 import torch
