@@ -71,23 +71,33 @@ run_job() {  # run_job NAME LIMIT_S END_EPOCH GPUS CMD... : own log, limit clipp
   local left=$(( end - $(date +%s) ))
   limit=$(( limit * LIMIT_SCALE ))
   (( limit > left )) && limit=$left
-  if (( limit < 20 )); then echo "[$(ts)] $name: SKIPPED (only ${left}s left)"; return 0; fi
+  if (( limit < 20 )); then
+    echo "[$(ts)] $name: SKIPPED (only ${left}s left)"; echo skipped > "$LOGS/$name.rc"; return 0
+  fi
   echo "[$(ts)] $name: start on GPUs $gpus, limit ${limit}s"
   local t0=$(date +%s)
   CUDA_VISIBLE_DEVICES=$gpus timeout -k 5 "$limit" "$@" > "$LOGS/$name.log" 2>&1
   local rc=$?
+  echo "$rc" > "$LOGS/$name.rc"
   echo "[$(ts)] $name: rc=$rc after $(( $(date +%s) - t0 ))s$( ((rc == 124 || rc == 137)) && echo ' (TIMED OUT)')"
   grep -E "session|lossless|tokens_per_s|written|Error|error|failed|corpus:|step " "$LOGS/$name.log" \
     | grep -v -E "Warning|warn" | tail -12 | sed "s/^/    [$name] /"
   return 0
 }
 
-lane_gpu01() {  # 2-GPU measurements (issue 5 re-run), then tensor parallelism on the same pair
-  run_job dist2 170 "$PHASE_A_END" 0,1 "${FG[@]}" dist "${COMMON[@]}" --name-prefix dist2 --stages 2 \
+rc_of() { cat "$LOGS/$1.rc" 2>/dev/null || echo none; }
+
+lane_gpu01() {  # 2-GPU measurements (issue 5 re-run; eager stage steps if the graphed session fails), then the
+                # 2-rank all-reduce (calibration data for TP) and TP-2 AR on the same pair
+  run_job dist2 150 "$PHASE_A_END" 0,1 "${FG[@]}" dist "${COMMON[@]}" --name-prefix dist2 --stages 2 \
     --alphas 0.6,0.8,0.95
-  run_job tp2 70 "$PHASE_A_END" 0,1 "${FG[@]}" tp "${COMMON[@]}" --name-prefix dist2 --tp 2
+  if [ "$(rc_of dist2)" != 0 ]; then
+    run_job dist2_eager 100 "$PHASE_A_END" 0,1 "${FG[@]}" dist "${COMMON[@]}" --name-prefix dist2 --stages 2 \
+      --alphas 0.6,0.8,0.95 --no-graphs
+  fi
   run_job allreduce2 40 "$PHASE_A_END" 0,1 "${FG[@]}" allreduce "${COMMON[@]}" --tp 2 --iters 100 \
     --profile-name profile_h200_qwen3-8b_allreduce2.json
+  run_job tp2 70 "$PHASE_A_END" 0,1 "${FG[@]}" tp "${COMMON[@]}" --name-prefix dist2 --tp 2
 }
 
 lane_gpu2() {  # single-GPU phase profiles: random:qwen3-8b (incl. the 3/4-stage layer counts, TP shards and the
@@ -147,22 +157,26 @@ print('corpus:', corpus.stats)"
   lane_gpu3 &
   wait
   echo "== phase B (all GPUs, one session at a time, until +${BUDGET_S}s)"
+  EAGER=()  # the pipeline's stage steps as phase A's 2-GPU session managed them
+  if [ "$(rc_of dist2)" != 0 ] && [ "$(rc_of dist2_eager)" = 0 ]; then
+    EAGER=(--no-graphs); echo "phase B: eager stage steps (phase A's graphed 2-GPU session failed)"
+  fi
   run_job dist4_n4 100 "$DEADLINE" 0,1,2,3 "${FG[@]}" dist "${COMMON[@]}" --name-prefix dist4 --stages 4 \
-    --drafter colocated --alphas 0.7,0.85
+    --drafter colocated --alphas 0.7,0.85 "${EAGER[@]}"
   run_job dist4_n3_ded 90 "$DEADLINE" 0,1,2,3 "${FG[@]}" dist "${COMMON[@]}" --name-prefix dist4 "${N3[@]}" \
-    --drafter dedicated --alphas 0.7,0.85 --ar-name dist4_ar_ded
+    --drafter dedicated --alphas 0.7,0.85 --ar-name dist4_ar_ded "${EAGER[@]}"
   run_job tp4 70 "$DEADLINE" 0,1,2,3 "${FG[@]}" tp "${COMMON[@]}" --name-prefix dist4 --tp "$TP_B"
   n2_head=$(ls "$HEADS"/spd_n2_l1/*.pt 2>/dev/null | head -1)
   n4_head=$(ls "$HEADS"/spd_n4_l1/*.pt 2>/dev/null | head -1)
   if [ -n "$n2_head" ]; then
     run_job smol_dist2 60 "$DEADLINE" 0,1 "${FG[@]}" dist "${SMOL[@]}" --name-prefix dist2_smollm2 --stages 2 \
-      --head "$n2_head" --ar-name dist2_smollm2_ar
+      --head "$n2_head" --ar-name dist2_smollm2_ar "${EAGER[@]}"
   else
     echo "[$(ts)] smol_dist2: SKIPPED (no trained n=2 head)"
   fi
   if [ -n "$n4_head" ]; then
     run_job smol_dist4 70 "$DEADLINE" 0,1,2,3 "${FG[@]}" dist "${SMOL[@]}" --name-prefix dist4_smollm2 \
-      --stage-layers 8,8,7,7 --head "$n4_head" --ar-name dist4_smollm2_ar
+      --stage-layers 8,8,7,7 --head "$n4_head" --ar-name dist4_smollm2_ar "${EAGER[@]}"
   else
     echo "[$(ts)] smol_dist4: SKIPPED (no trained n=4 head)"
   fi
