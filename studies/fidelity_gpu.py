@@ -43,7 +43,10 @@ def parse_ints(text: str | None) -> tuple[int, ...] | None:
 
 
 def spd_run_name(prefix: str, stages: int, colocated: bool, alpha: float | None) -> str:
-    name = f"{prefix}_spd_n{stages}_{'colo' if colocated else 'ded'}"
+    """``<prefix>_spd_n<n>_<colo|ded>[_a<α>]``; the default prefix ``dist`` keeps the issue-5 names
+    (``dist_spd_n2_a0.80``) that studies/fidelity.py reads from studies/results/fidelity/."""
+    placement = "colo" if colocated else "ded"
+    name = f"{prefix}_spd_n{stages}" + ("" if prefix == "dist" and colocated else f"_{placement}")
     return name if alpha is None else f"{name}_a{alpha:.2f}"
 
 
@@ -354,7 +357,7 @@ def main() -> None:
     parser.add_argument("--model", default="random:qwen3-8b")
     parser.add_argument("--dtype", default="bfloat16", help="float32 for SmolLM2 (bf16 near-ties)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: gloo dry run")
-    parser.add_argument("--prompts", type=int, default=3, help="prompts after the warm-up")
+    parser.add_argument("--prompts", type=int, default=4, help="prompts after the warm-up")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--no-graphs", action="store_true", help="eager stage steps (fallback)")
     parser.add_argument("--timeout-s", type=float, default=120.0, help="dist/tp: any one wait inside a run")
