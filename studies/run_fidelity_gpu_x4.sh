@@ -110,6 +110,8 @@ lane_gpu2() {  # single-GPU phase profiles: random:qwen3-8b (incl. the 3/4-stage
 }
 
 lane_gpu3() {  # SmolLM2: GGUF from the two carried pieces -> HF dir, a small corpus, two SPD heads side by side
+  # CPU-light, so that host launch times of the timing lanes (eager drafter, profile) stay undisturbed
+  export TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=8
   mkdir -p "$SPDSIM_CACHE_DIR/smollm2"
   local gguf=$SPDSIM_CACHE_DIR/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   if [ ! -f "$gguf" ]; then
