@@ -173,3 +173,27 @@ def test_malformed_preset_files_give_one_line_errors(tmp_path, content, message)
     with pytest.raises(SpdsimError, match=message) as info:
         read_preset_file(path)
     assert "\n" not in str(info.value)
+
+
+def test_smollm2_presets_reproduce_the_measured_rho_with_ideal_latencies():
+    """Issue 4: the presets built from the H100 traces give back the measured SPD rho (ideal stage latencies)."""
+    import csv
+    from dataclasses import replace
+    from pathlib import Path
+
+    from sim_scenarios import ideal
+
+    from spdsim.config import AcceptanceSpec
+    from spdsim.engine import simulate
+    from spdsim.metrics import summarize
+
+    results = Path(__file__).resolve().parent.parent / "studies" / "results" / "heads"
+    for folder, dataset in (("spd_n4_l2", "humaneval"), ("spd_n2_l1", "gsm8k")):
+        rows = list(csv.DictReader((results / folder / "eval" / "acceptance.csv").open()))
+        measured = next(r for r in rows if r["dataset"] == dataset and float(r["temperature"]) == 0.0)
+        preset = get_preset(f"smollm2-135m/{dataset}/{measured['label']}")
+        method = preset.method
+        scenario = ideal("spd", width=method["num_stages"], new_tokens=20_000, requests=1)
+        scenario = replace(scenario, acceptance=AcceptanceSpec(**preset.acceptance))
+        rho = summarize(simulate(scenario))["rho"]
+        assert rho == pytest.approx(float(measured["rho"]), rel=0.02)
