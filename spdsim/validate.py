@@ -66,7 +66,11 @@ def method_spec(run: MeasuredRun) -> MethodSpec:
         )
     k = int(config.get("k") or 3)
     return MethodSpec(
-        name=run.method, num_stages=1, draft_tokens=k, draft_layers=int(config.get("draft_layers") or 1)
+        name=run.method,
+        num_stages=1,
+        draft_tokens=k,
+        draft_layers=int(config.get("draft_layers") or 1),
+        tensor_parallel=int(config.get("tp_degree") or 1),
     )
 
 
