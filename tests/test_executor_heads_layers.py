@@ -48,7 +48,7 @@ def test_cached_incremental_equals_full_and_crop_rolls_back():
     x = torch.randn(1, 6, 32)
     positions = torch.arange(6)[None]
     full = layer(x, rotary(x, positions))
-    cache = HeadKVCache(1, 2, 8, "cpu", torch.float32, capacity=2)  # forces growth
+    cache = HeadKVCache(1, 2, 8, "cpu", torch.float32, capacity=2)
     first = layer(x[:, :4], rotary(x[:, :4], positions[:, :4]), 0, cache)
     cache.length = 4
     wrong = torch.randn(1, 2, 32)
@@ -57,3 +57,23 @@ def test_cached_incremental_equals_full_and_crop_rolls_back():
     cache.crop(4)  # reject the two wrong rows
     rest = layer(x[:, 4:], rotary(x[:, 4:], positions[:, 4:]), 0, cache)
     torch.testing.assert_close(torch.cat([first, rest], 1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_cache_capacity_is_quantised_and_growth_keeps_the_attention_exact():
+    """The attention width is the cache's capacity (a multiple of 256): prompts of similar length share shapes,
+    and growing past it (here 300 rows) still gives exactly the uncached result."""
+    torch.manual_seed(2)
+    config = tiny()
+    layer = DecoderLayer(LayerShape.from_base_config(config))
+    init_linear_weights(layer)
+    rotary = Qwen3RotaryEmbedding(config)
+    x = torch.randn(1, 300, 32)
+    positions = torch.arange(300)[None]
+    full = layer(x, rotary(x, positions))
+    cache = HeadKVCache(1, 2, 8, "cpu", torch.float32, capacity=100)
+    assert cache.keys.shape[3] == 256
+    first = layer(x[:, :250], rotary(x[:, :250], positions[:, :250]), 0, cache)
+    cache.length = 250
+    rest = layer(x[:, 250:], rotary(x[:, 250:], positions[:, 250:]), 0, cache)
+    assert cache.keys.shape[3] == 512
+    torch.testing.assert_close(torch.cat([first, rest], 1), full, rtol=1e-4, atol=1e-4)

@@ -214,6 +214,10 @@ def init_rank(rank: int, port: int, backend: str, world_size: int, group_timeout
 
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+    # NCCL connects peers lazily, inside the first group call that uses a pair; with three or more ranks whose
+    # first p2p groups differ, each rank blocked in ncclGroupEnd waits for a peer that is blocked in another
+    # group (seen: SPD n = 4 on 4 H200s hung in the first prefill). Connect everything at init instead.
+    os.environ.setdefault("NCCL_RUNTIME_CONNECT", "0")
     if backend == "nccl":
         device = torch.device("cuda", rank)
         torch.cuda.set_device(device)
@@ -229,7 +233,25 @@ def init_rank(rank: int, port: int, backend: str, world_size: int, group_timeout
         device_id=device if backend == "nccl" else None,  # eager NCCL init: one communicator for all ops
     )
     dist.barrier()  # every rank is up (and NCCL's first call is a collective all ranks join)
+    if backend == "nccl" and world_size > 2:
+        connect_all_pairs(rank, world_size, device)
     return device
+
+
+def connect_all_pairs(rank: int, world_size: int, device) -> None:
+    """One group in which every rank sends to and receives from every other: all p2p connections exist
+    before the pipeline's first, asymmetric groups (belt and braces for NCCL_RUNTIME_CONNECT)."""
+    import torch
+    import torch.distributed as dist
+
+    peers = [peer for peer in range(world_size) if peer != rank]
+    outgoing = torch.zeros(len(peers), dtype=torch.int64, device=device)
+    incoming = torch.empty_like(outgoing)
+    ops = [dist.P2POp(dist.isend, outgoing[i : i + 1], peer) for i, peer in enumerate(peers)]
+    ops += [dist.P2POp(dist.irecv, incoming[i : i + 1], peer) for i, peer in enumerate(peers)]
+    for work in dist.batch_isend_irecv(ops):
+        work.wait()
+    torch.cuda.synchronize(device)
 
 
 def _fail(results, rank: int, message: str) -> None:

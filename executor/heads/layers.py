@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from spdsim.errors import SpdsimError
 
@@ -104,6 +105,13 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos.unsqueeze(1) + _rotate_half(x) * sin.unsqueeze(1)
 
 
+CAPACITY_QUANTUM = 256
+# Attention backends for the heads' SDPA, cuDNN's left out: the GPU runs paid ~40 ms once per new attention shape
+# in the heads (studies/results/fidelity.md), as a per-shape plan build would; a head sees a new shape at every
+# prompt's prefill. (The cause is inferred from the timings, not confirmed by a profiler.)
+HEAD_SDPA_BACKENDS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+
+
 class HeadKVCache:
     """Per-layer K/V for a head, preallocated and grown on demand; `length` rows are committed.
 
@@ -113,6 +121,9 @@ class HeadKVCache:
     """
 
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, device, dtype, capacity: int = 256):
+        capacity = (
+            -(-capacity // CAPACITY_QUANTUM) * CAPACITY_QUANTUM
+        )  # prompts of similar length share shapes
         shape = (num_layers, 1, num_kv_heads, capacity, head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
@@ -122,7 +133,7 @@ class HeadKVCache:
         capacity = self.keys.shape[3]
         if needed <= capacity:
             return
-        new_capacity = max(needed, 2 * capacity)
+        new_capacity = -(-max(needed, 2 * capacity) // CAPACITY_QUANTUM) * CAPACITY_QUANTUM
         pad = (0, 0, 0, new_capacity - capacity)
         self.keys = F.pad(self.keys, pad)
         self.values = F.pad(self.values, pad)
@@ -207,7 +218,8 @@ class _Attention(nn.Module):
         if groups > 1:
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        with sdpa_kernel(list(HEAD_SDPA_BACKENDS)):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.o_proj(out.transpose(1, 2).reshape(batch, steps, -1))
 
 
