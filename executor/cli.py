@@ -68,10 +68,15 @@ def run(
         if tp is not None and not distributed:
             raise SpdsimError("--tp: tensor parallelism runs one process per rank, add --distributed")
         if distributed:
+            kw = locals()
+            from executor.distributed.comm import DistributedError
             from executor.distributed.entry import run_from_cli
 
-            kw = locals()
-            run_from_cli({**kw, "device": _device(device)})
+            try:
+                run_from_cli({**kw, "device": _device(device)})
+            except DistributedError as exc:  # a dead or silent rank: one line naming it, not a traceback
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from None
             return
         _run(**locals())
     except SpdsimError as exc:

@@ -65,3 +65,17 @@ def test_bad_inputs_exit_2_with_one_line() -> None:
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert result.output.strip().count("\n") == 0 and result.output.startswith("error:")
+
+
+def test_a_lost_rank_is_one_line_not_a_traceback(monkeypatch):
+    """The launcher's DistributedError (a dead or silent rank) reaches the user as one line, exit code 1."""
+    import executor.distributed.entry as entry
+    from executor.distributed.comm import DistributedError
+
+    def lose_rank(kw):
+        raise DistributedError("rank 1 (stage 1) died (signal SIGKILL)")
+
+    monkeypatch.setattr(entry, "run_from_cli", lose_rank)
+    result = CliRunner().invoke(app, ["run", "--method", "spd", "--distributed", "--device", "cpu"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: rank 1 (stage 1) died (signal SIGKILL)"
