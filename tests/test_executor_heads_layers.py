@@ -39,15 +39,20 @@ def test_layer_matches_transformers_qwen3_decoder_layer():
     torch.testing.assert_close(ours(x, cos_sin), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_cached_incremental_equals_full_and_crop_rolls_back():
-    torch.manual_seed(1)
+def layer_inputs(seed: int, rows: int):
+    """A seeded head layer, its rotary embedding, ``rows`` random inputs, their positions and the uncached output."""
+    torch.manual_seed(seed)
     config = tiny()
     layer = DecoderLayer(LayerShape.from_base_config(config))
     init_linear_weights(layer)
     rotary = Qwen3RotaryEmbedding(config)
-    x = torch.randn(1, 6, 32)
-    positions = torch.arange(6)[None]
-    full = layer(x, rotary(x, positions))
+    x = torch.randn(1, rows, 32)
+    positions = torch.arange(rows)[None]
+    return layer, rotary, x, positions, layer(x, rotary(x, positions))
+
+
+def test_cached_incremental_equals_full_and_crop_rolls_back():
+    layer, rotary, x, positions, full = layer_inputs(1, 6)
     cache = HeadKVCache(1, 2, 8, "cpu", torch.float32, capacity=2)
     first = layer(x[:, :4], rotary(x[:, :4], positions[:, :4]), 0, cache)
     cache.length = 4
@@ -62,14 +67,7 @@ def test_cached_incremental_equals_full_and_crop_rolls_back():
 def test_cache_capacity_is_quantised_and_growth_keeps_the_attention_exact():
     """The attention width is the cache's capacity (a multiple of 256): prompts of similar length share shapes,
     and growing past it (here 300 rows) still gives exactly the uncached result."""
-    torch.manual_seed(2)
-    config = tiny()
-    layer = DecoderLayer(LayerShape.from_base_config(config))
-    init_linear_weights(layer)
-    rotary = Qwen3RotaryEmbedding(config)
-    x = torch.randn(1, 300, 32)
-    positions = torch.arange(300)[None]
-    full = layer(x, rotary(x, positions))
+    layer, rotary, x, positions, full = layer_inputs(2, 300)
     cache = HeadKVCache(1, 2, 8, "cpu", torch.float32, capacity=100)
     assert cache.keys.shape[3] == 256
     first = layer(x[:, :250], rotary(x[:, :250], positions[:, :250]), 0, cache)
