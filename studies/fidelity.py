@@ -15,13 +15,7 @@ raw errors; ``warm_*`` columns give the same errors with those iterations (> 3x 
 rule ``spdsim calibrate`` uses too) replaced by the median of the other iterations of the same state (fill,
 refill, saturated, step) — a diagnosis, not a substitute for the raw figures.
 
-Issue 6 (``studies/run_fidelity_gpu_x4.sh``, one 4-GPU call, unpacked into ``studies/results/fidelity_x4/``): per
-model (random:qwen3-8b, SmolLM2 with its trained heads) the single-GPU bundle plus the fitted 2-GPU runs calibrate a
-profile; costs fitted per stage count are held at their n = 2 value for n = 3, 4 (``hold_stage_phases``); every
-``dist4_*`` run (SPD n = 4 co-located, n = 3 with a drafter GPU, TP-4, SmolLM2 n = 4) is held out. TP runs replay
-through the TP latency model (shard layers + all-reduce microbenchmarks) where the simulator supports it. Writes
-``fidelity_x4/validation.csv`` (with an offline lossless check against the session's AR), ``fidelity.png`` and
-``profile_calibrated_<model>.json``; skipped while that directory holds no measurements.
+Issue 6 (the 4-GPU call, ``studies/results/fidelity_x4/``): ``studies/fidelity_x4.py``, run at the end of ``main``.
 """
 
 from __future__ import annotations
@@ -240,212 +234,6 @@ def plot(validation: pd.DataFrame, phases: pd.DataFrame, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-# --- issue 6: the 4-GPU call (studies/run_fidelity_gpu_x4.sh), calibrated on its 1- and 2-GPU measurements only --
-DATA_X4 = Path(__file__).resolve().parent / "results" / "fidelity_x4"
-STAGE_PHASES = ("cycle_fixed", "verify_fixed", "colocated_contention")
-TP_FILES = {"layers_tp": "{stem}_tp.json", "allreduce": "{stem}_allreduce2.json"}
-# Per model: (single-GPU bundle, fitted 1/2-GPU runs, {group: (AR baseline, runs)}); every dist4_* run is held out.
-X4_MODELS = {
-    "qwen3-8b": (
-        "profile_h200_qwen3-8b.json",
-        ("dist2_ar", "dist2_spd_n2_colo_a0.80"),
-        {
-            "2 GPUs: SPD n=2 co-located": (
-                "dist2_ar",
-                ("dist2_ar", "dist2_spd_n2_colo_a0.60", "dist2_spd_n2_colo_a0.80", "dist2_spd_n2_colo_a0.95"),
-            ),
-            "2 GPUs: TP-2 AR": ("dist2_ar", ("dist2_tp2_ar",)),
-            "4 GPUs: SPD n=4 co-located": (
-                "dist4_ar",
-                ("dist4_ar", "dist4_spd_n4_colo_a0.70", "dist4_spd_n4_colo_a0.85"),
-            ),
-            "4 GPUs: SPD n=3 + drafter GPU": (
-                "dist4_ar_ded",
-                ("dist4_ar_ded", "dist4_spd_n3_ded_a0.70", "dist4_spd_n3_ded_a0.85"),
-            ),
-            "4 GPUs: TP-4 AR": ("dist4_ar", ("dist4_tp4_ar",)),
-        },
-    ),
-    "smollm2-135m": (
-        "profile_h200_smollm2-135m.json",
-        ("dist2_smollm2_ar", "dist2_smollm2_spd_n2_colo"),
-        {
-            "2 GPUs: SmolLM2 SPD n=2 (trained head)": (
-                "dist2_smollm2_ar",
-                ("dist2_smollm2_ar", "dist2_smollm2_spd_n2_colo"),
-            ),
-            "4 GPUs: SmolLM2 SPD n=4 8,8,7,7 (trained head)": (
-                "dist4_smollm2_ar",
-                ("dist4_smollm2_ar", "dist4_smollm2_spd_n4_colo"),
-            ),
-        },
-    ),
-}
-
-
-def hold_stage_phases(profile: dict, stage_counts: tuple[int, ...]) -> dict:
-    """Costs fitted per stage count (from n <= 2 runs) held at their largest fitted n for the held-out n: the
-    grid tables do not extrapolate, and no 3- or 4-GPU measurement may enter the calibration."""
-    for phase in STAGE_PHASES:
-        entries = profile["phases"].get(phase)
-        if entries:
-            last = max(entries, key=lambda e: e["num_stages"])
-            entries += [{**last, "num_stages": n} for n in stage_counts if n > last["num_stages"]]
-    return profile
-
-
-def with_tp_phases(bundle_path: Path) -> Path:
-    """The bundle plus the TP microbenchmarks (one GPU's shard layers, the 2-rank all-reduce) for the phases the
-    profile schema knows; the bundle itself when it knows neither or they were not measured."""
-    from spdsim.profile_schema import PHASE_COORDINATES, STAT_FIELDS
-
-    bundle = json.loads(bundle_path.read_text())
-    added = []
-    for phase, pattern in TP_FILES.items():
-        path = bundle_path.with_name(pattern.format(stem=bundle_path.stem))
-        if phase not in PHASE_COORDINATES or phase in bundle["phases"] or not path.is_file():
-            continue
-        keys = PHASE_COORDINATES[phase] + STAT_FIELDS
-        entries = [e for e in json.loads(path.read_text())["phases"][phase] if all(k in e for k in keys)]
-        if entries:
-            bundle["phases"][phase] = [{k: e[k] for k in keys} for e in entries]
-            added.append(phase)
-    if not added:
-        return bundle_path
-    merged = bundle_path.with_name(f"{bundle_path.stem}_with_tp.json")
-    merged.write_text(json.dumps(bundle, indent=1) + "\n")
-    return merged
-
-
-def same_tokens(data: Path, name: str, baseline: str) -> str:
-    """Offline lossless check: prompts whose decoded tokens equal the AR baseline's, as 'k/N'."""
-    ours, theirs = (pd.read_csv(data / n / "tokens.csv") for n in (name, baseline))
-    prompts = list(theirs.prompt_id.unique())
-    same = sum(
-        list(ours[ours.prompt_id == p].sort_values("index").token)
-        == list(theirs[theirs.prompt_id == p].sort_values("index").token)
-        for p in prompts
-    )
-    return f"{same}/{len(prompts)}"
-
-
-def validate_x4_run(data: Path, name: str, baseline: str, profile_path: Path) -> dict:
-    """One run's strict replay; a TP run only where the simulator reads its degree (else an error row)."""
-    from spdsim.errors import SpdsimError
-    from spdsim.validate import method_spec
-
-    run = load_run(data / name)
-    row: dict = {"run": name, "method": run.method, "lossless_vs_ar": same_tokens(data, name, baseline)}
-    row["role"] = "held-out, 4 GPUs" if name.startswith("dist4") else "held-out"
-    try:
-        degree = int(run.config.get("tp_degree") or 1)
-        if method_spec(run).tensor_parallel != degree:
-            raise SpdsimError(f"TODO: spdsim.validate replays this TP-{degree} run as single-GPU AR")
-        comparison = validate([data / name], profile_path, data / baseline)[0]
-        row.update(comparison.row())
-        row["role"] = "held-out, 4 GPUs" if name.startswith("dist4") else comparison.role
-        row.update(warm_metrics(name, data))
-        base = warm_metrics(baseline, data)
-        row["warm_speedup"] = row["warm_tokens_per_s"] / base["warm_tokens_per_s"]
-        for metric in ("tpot_ms", "speedup"):
-            row[f"warm_error_pct_{metric}"] = (
-                100 * (row[f"predicted_{metric}"] - row[f"warm_{metric}"]) / row[f"warm_{metric}"]
-            )
-    except SpdsimError as exc:
-        row["problem"] = str(exc)
-    return row
-
-
-def validate_x4(data: Path = DATA_X4) -> pd.DataFrame | None:
-    """Calibrate per model on the single-GPU bundle + the fitted 2-GPU runs, replay every run of the 4-GPU call;
-    writes ``validation.csv``, ``profile_calibrated_<model>.json`` and ``fidelity.png`` under ``data``."""
-    rows = []
-    for model, (bundle_name, fitted, groups) in X4_MODELS.items():
-        missing = [n for n in (bundle_name, *fitted) if not (data / n).exists()]
-        if missing:
-            print(f"fidelity_x4 {model}: not measured yet (missing {', '.join(missing)})")
-            continue
-        bundle = with_tp_phases(data / bundle_name)
-        profile = hold_stage_phases(calibrate([bundle], [data / n for n in fitted]), (3, 4))
-        profile_path = write_profile(profile, data / f"profile_calibrated_{model}.json")
-        for group, (baseline, names) in groups.items():
-            for name in names:
-                if (data / name).is_dir() and (data / baseline).is_dir():
-                    rows.append(
-                        {
-                            "model": model,
-                            "group": group,
-                            **validate_x4_run(data, name, baseline, profile_path),
-                        }
-                    )
-    if not rows:
-        return None
-    validation = pd.DataFrame(rows)
-    validation.to_csv(data / "validation.csv", index=False)
-    plot_x4(
-        validation[validation.get("predicted_tpot_ms", pd.Series(dtype=float)).notna()], data / "fidelity.png"
-    )
-    return validation
-
-
-def plot_x4(validation: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if validation.empty:
-        return
-    fig, ax = plt.subplots(figsize=(7, 5.5))
-    for role, marker in (("fitted", "o"), ("held-out", "s"), ("held-out, 4 GPUs", "D")):
-        part = validation[validation.role == role]
-        ax.scatter(part.measured_tpot_ms, part.predicted_tpot_ms, marker=marker, label=role)
-        for _, row in part.iterrows():
-            ax.annotate(
-                row.run,
-                (row.measured_tpot_ms, row.predicted_tpot_ms),
-                fontsize=6,
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
-    top = max(validation.measured_tpot_ms.max(), validation.predicted_tpot_ms.max()) * 1.1
-    ax.plot([0, top], [0, top], "k:", lw=1)
-    ax.fill_between([0, top], [0, 0.95 * top], [0, 1.05 * top], color="green", alpha=0.1, label="±5%")
-    ax.set(
-        xlabel="measured TPOT (ms)",
-        ylabel="predicted TPOT (ms)",
-        title="4-GPU call: calibrated on 1/2-GPU data, 4-GPU runs held out",
-        xscale="log",
-        yscale="log",
-    )
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-def print_x4(validation: pd.DataFrame | None) -> None:
-    if validation is None:
-        return
-    columns = [
-        c
-        for c in (
-            "group",
-            "run",
-            "role",
-            "lossless_vs_ar",
-            "measured_tpot_ms",
-            "predicted_tpot_ms",
-            "error_pct_tpot_ms",
-            "error_pct_speedup",
-            "warm_error_pct_tpot_ms",
-            "warm_error_pct_speedup",
-            "problem",
-        )
-        if c in validation.columns
-    ]
-    print(validation[columns].round(2).to_string(index=False))
-
-
 def main() -> None:
     bundle = DATA / "profile_h200_qwen3-8b.json"
     profile = calibrate([bundle], [DATA / name for name in FITTED])
@@ -488,6 +276,8 @@ def main() -> None:
     print(phases.round(1).to_string(index=False))
     print(states.round(1).to_string(index=False))
     print(summary.round(0).to_string(index=False))
+
+    from fidelity_x4 import print_x4, validate_x4  # imports this module: not at the top
 
     print_x4(validate_x4())
 

@@ -300,3 +300,30 @@ def test_fitted_kind_prices_tp_with_the_ring_fit(tmp_path):
     # the shard fit (terms over tp_degree) extrapolates in kv_len and degree: 32 layers, 8k positions, d = 8
     shard_ns = latency.layers_ns(32, 1, 8_000, tp=8) - 2 * 32 * latency.allreduce_ns(hidden_bytes, 8)
     assert shard_ns == pytest.approx(32 * (10 + 8) / 8 * 1e3, abs=2)
+
+
+@pytest.mark.parametrize("kind", ["measured", "fitted"])
+def test_one_gpu_ar_step_is_the_measured_whole_step_where_the_profile_has_it(tmp_path, kind):
+    """The whole AR step (one graph, embed..argmax) replaces the sum of separately timed phases for one query
+    token on one GPU; verify passes (several query tokens) keep the sum, and without ``ar_step`` the sum is all
+    there is."""
+    layers = TOY_SHAPE.num_layers
+    phases = {
+        "layers": [
+            _entry(n * (10 + kv / 1_000), layers=n, query_tokens=q, kv_len=kv)
+            for n in (1, layers)
+            for q in (1, 4)
+            for kv in (0, 4_000)
+        ],
+        "embed": [_entry(3.0, query_tokens=1), _entry(5.0, query_tokens=5)],
+        "head": [_entry(40.0, query_tokens=1), _entry(48.0, query_tokens=5)],
+    }
+    spec = LatencySpec(kind=kind, profile_path=_profile(tmp_path, phases))
+    plain = build_latency_model(Scenario(model=TOY_SHAPE, latency=spec))
+    assert plain.target_ns(1, 1_000) == pytest.approx((3 + layers * 11 + 40) * 1e3, abs=2)
+    phases["ar_step"] = [_entry(500.0, kv_len=0), _entry(540.0, kv_len=4_000)]  # 10 µs per 1k positions
+    spec = LatencySpec(kind=kind, profile_path=_profile(tmp_path, phases))
+    latency = build_latency_model(Scenario(model=TOY_SHAPE, latency=spec))
+    assert latency.target_ns(1, 1_000) == pytest.approx(510_000, abs=2)
+    assert latency.target_ns(1, np.array([0, 2_000])).tolist() == pytest.approx([500_000, 520_000], abs=2)
+    assert latency.target_ns(4, 1_000) == plain.target_ns(4, 1_000)
