@@ -252,7 +252,7 @@ def calibrate(
         "rule": (
             "colocated_contention = median over cycles of (stream busy - max(a, b)) / min(a, b), a = stage 0 "
             "alone in the run, b = PDM; cycle_fixed = median(measured iteration wall - modelled iteration "
-            "without fixed costs) over iterations without verification (all for AR/chains); verify_fixed = "
+            "without fixed costs) over iterations without verification (all for AR); verify_fixed = "
             "median over verification cycles of the same residual - cycle_fixed"
         ),
     }

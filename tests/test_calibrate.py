@@ -33,7 +33,7 @@ def test_fixed_cost_is_the_median_residual_of_ar_steps_without_one_time_steps(tm
     assert profile["calibration"]["runs"] == ["dist_ar"]
     [entry] = profile["phases"]["cycle_fixed"]
     assert entry["num_stages"] == 1
-    # the AR step the simulator models: embed + all layers + head, interpolated at each step's KV length
+    # the AR step the simulator models (the profile's whole-step ar_step), interpolated at each step's KV length
     config = json.loads((DATA / "dist_ar" / "config.json").read_text())
     cycles = pd.read_csv(DATA / "dist_ar" / "cycles.csv")
     latency = MeasuredLatency(
