@@ -295,3 +295,13 @@ def test_calibrate_writes_the_ring_fit_and_the_measured_model_prices_four_gpus(t
     layers = profile["model"]["num_layers"]
     expected_us = 50.0 * layers / 4 + 2 * layers * (8.0 * 3 + 1e-6 * 1.5 * hidden_bytes)
     assert latency.layers_ns(layers, 1, 1_000, tp=4) == pytest.approx(expected_us * 1e3, abs=layers)
+
+
+def test_a_fitted_ar_run_replays_to_its_own_median_step(tmp_path):
+    """The AR schedule pays the fitted per-step cost: the run it was fitted from comes back within 1% (median)."""
+    from spdsim.validate import validate
+
+    result, out = calibrate(tmp_path, "--run", str(DATA / "dist_ar"))
+    assert result.exit_code == 0, result.output
+    [comparison] = validate([DATA / "dist_ar"], out)
+    assert abs(comparison.error_pct("cycle_median_us")) < 1.0

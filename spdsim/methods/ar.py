@@ -10,6 +10,7 @@ from spdsim.result import BUSY, COMM
 def ar_step_costs(scenario, latency) -> tuple[list[int], int, int]:
     """(step_ns per committed count, control_ns, serial_ns after the step)."""
     control_ns, serial_ns = serial_overheads_ns(scenario, latency, with_verify=True)
+    serial_ns += latency.cycle_fixed_ns(1)  # a profile's measured per-step cost, fitted from AR runs (n = 1)
     return target_verify_ns(scenario, latency, 1).tolist(), control_ns, serial_ns
 
 
