@@ -174,11 +174,14 @@ def decoder_layer(
     mask: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One pre-norm decoder layer on ``x [B, T, H]``; writes K/V of ``positions`` into the cache in place.
 
     ``k_cache``/``v_cache`` are ``[B, kv, W, hd]`` windows (views) of the layer's cache; ``mask [T, W]`` is the
     additive position mask (0 where slot <= query position, -inf elsewhere); ``cos``/``sin`` are ``[T, hd]``.
+    ``reduce``: a tensor-parallel shard's sum over the ranks of its two partial outputs (attention, MLP), applied
+    before each residual add; ``shape`` and ``w`` then hold the shard's heads and slices.
     """
     nh, kv, hd = shape.num_heads, shape.num_kv_heads, shape.head_dim
     bsz, t, _ = x.shape
@@ -206,10 +209,12 @@ def decoder_layer(
     scores = scores.view(bsz, kv, group, t, window) + mask
     probs = torch.softmax(scores.float(), dim=-1).to(x.dtype).view(bsz, kv, group * t, window)
     attn = torch.matmul(probs, v_cache).view(bsz, nh, t, hd).transpose(1, 2).reshape(bsz, t, nh * hd)
-    x = x + F.linear(attn, w.o_proj)
+    attn_out = F.linear(attn, w.o_proj)
+    x = x + (attn_out if reduce is None else reduce(attn_out))
 
     gate, up = F.linear(rms_norm(x, w.post_norm, shape.eps), w.gate_up).chunk(2, dim=-1)
-    return x + F.linear(F.silu(gate) * up, w.down)
+    mlp_out = F.linear(F.silu(gate) * up, w.down)
+    return x + (mlp_out if reduce is None else reduce(mlp_out))
 
 
 def step_inputs(
@@ -229,6 +234,79 @@ def step_inputs(
 def head_logits(hidden: torch.Tensor, norm: torch.Tensor, lm_head: torch.Tensor, eps: float) -> torch.Tensor:
     """Final norm + lm_head, logits in float32."""
     return F.linear(rms_norm(hidden, norm, eps), lm_head).float()
+
+
+class DecoderAPI:
+    """The decoder API of the module docstring over what a decoder provides: ``cfg``, ``shape``, ``embed_tokens``,
+    ``rope_cos``/``rope_sin``, ``layer_weights(i)``, ``layer_functions(query_tokens)`` and ``head(hidden)``.
+    Shared by FastModel and a tensor-parallel shard (``executor.distributed.tp.ShardedModel``)."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.dtype
+
+    @property
+    def num_layers(self) -> int:
+        return self.cfg.num_layers
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[B, T]`` -> hidden ``[B, T, H]`` (h_0)."""
+        return F.embedding(tokens, self.embed_tokens)
+
+    def forward_layers(
+        self,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        start_layer: int,
+        end_layer: int,
+        cache: KVCache,
+        collect: Iterable[int] = (),
+        kv_len: int | None = None,
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Run decoder layers [start_layer, end_layer) on ``hidden [B, T, H]`` at absolute ``positions [T]``.
+
+        Writes K/V of those positions into the cache and attends over slots ``<= position`` within the first
+        ``kv_len`` slots (default: the whole cache; must exceed the largest position). Returns the output hidden
+        state and ``{k: h_k}`` for the requested HF hidden-state indices k with start_layer <= k <= end_layer
+        (k == start_layer is the input; others are ignored).
+        """
+        window = cache.max_len if kv_len is None else kv_len
+        wanted = set(collect)
+        collected: dict[int, torch.Tensor] = {}
+        if start_layer in wanted:
+            collected[start_layer] = hidden
+        layer_fn, inputs_fn = self.layer_functions(hidden.shape[1])
+        layers = cache.layer_range(start_layer, end_layer)
+        lengths = cache.lengths[layers.start : layers.stop]
+        cos, sin, mask = inputs_fn(self.rope_cos, self.rope_sin, positions, window, lengths)
+        for i in layers:
+            hidden = layer_fn(
+                hidden,
+                self.layer_weights(i),
+                self.shape,
+                cos,
+                sin,
+                positions,
+                mask,
+                cache.keys[i][:, :, :window],
+                cache.values[i][:, :, :window],
+            )
+            if i + 1 in wanted:
+                collected[i + 1] = hidden
+        return hidden, collected
+
+    def forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, kv_len: int | None = None
+    ) -> torch.Tensor:
+        """Whole model: tokens ``[B, T]`` at ``positions [T]`` -> logits ``[B, T, V]`` (float32)."""
+        hidden, _ = self.forward_layers(
+            self.embed(tokens), positions, 0, self.num_layers, cache, kv_len=kv_len
+        )
+        return self.head(hidden)
 
 
 class _Layer(nn.Module):
@@ -262,7 +340,7 @@ class _Layer(nn.Module):
         )
 
 
-class FastModel(nn.Module):
+class FastModel(DecoderAPI, nn.Module):
     """Decoder with fused weights and a static-shape step; see the module docstring for the API."""
 
     def __init__(self, cfg: ModelConfig, max_seq_len: int = 4096) -> None:
@@ -369,19 +447,7 @@ class FastModel(nn.Module):
     def uncompile_layers(self) -> None:
         self._compiled_fn = self._compiled_inputs = self._compiled_head = None
 
-    # -- properties -----------------------------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return self.embed_tokens.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embed_tokens.dtype
-
-    @property
-    def num_layers(self) -> int:
-        return self.cfg.num_layers
-
+    # -- what DecoderAPI builds on ------------------------------------------------------------------------
     def new_cache(self, max_len: int | None = None, batch_size: int = 1) -> KVCache:
         max_len = max_len or self.max_seq_len
         if max_len > self.max_seq_len:
@@ -401,55 +467,13 @@ class FastModel(nn.Module):
             self._layer_weights = [layer.weights() for layer in self.layers]
         return self._layer_weights[index]
 
-    # -- the API --------------------------------------------------------------------------------------------
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Token ids ``[B, T]`` -> hidden ``[B, T, H]`` (h_0)."""
-        return F.embedding(tokens, self.embed_tokens)
+    def layer_functions(self, query_tokens: int) -> tuple[Callable[..., torch.Tensor], Callable[..., tuple]]:
+        """The layer and step-input functions of a forward of ``query_tokens`` tokens (compiled, or eager)."""
+        if self._compiled_fn is not None and query_tokens <= COMPILED_MAX_TOKENS:
+            return self._compiled_fn, self._compiled_inputs
+        return decoder_layer, step_inputs
 
-    def forward_layers(
-        self,
-        hidden: torch.Tensor,
-        positions: torch.Tensor,
-        start_layer: int,
-        end_layer: int,
-        cache: KVCache,
-        collect: Iterable[int] = (),
-        kv_len: int | None = None,
-    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Run decoder layers [start_layer, end_layer) on ``hidden [B, T, H]`` at absolute ``positions [T]``.
-
-        Writes K/V of those positions into the cache and attends over slots ``<= position`` within the first
-        ``kv_len`` slots (default: the whole cache; must exceed the largest position). Returns the output hidden
-        state and ``{k: h_k}`` for the requested HF hidden-state indices k with start_layer <= k <= end_layer
-        (k == start_layer is the input; others are ignored).
-        """
-        window = cache.max_len if kv_len is None else kv_len
-        wanted = set(collect)
-        collected: dict[int, torch.Tensor] = {}
-        if start_layer in wanted:
-            collected[start_layer] = hidden
-        compiled = self._compiled_fn is not None and hidden.shape[1] <= COMPILED_MAX_TOKENS
-        layer_fn = self._compiled_fn if compiled else decoder_layer
-        inputs_fn = self._compiled_inputs if compiled else step_inputs
-        layers = cache.layer_range(start_layer, end_layer)
-        lengths = cache.lengths[layers.start : layers.stop]
-        cos, sin, mask = inputs_fn(self.rope_cos, self.rope_sin, positions, window, lengths)
-        for i in layers:
-            hidden = layer_fn(
-                hidden,
-                self.layer_weights(i),
-                self.shape,
-                cos,
-                sin,
-                positions,
-                mask,
-                cache.keys[i][:, :, :window],
-                cache.values[i][:, :, :window],
-            )
-            if i + 1 in wanted:
-                collected[i + 1] = hidden
-        return hidden, collected
-
+    # -- the API (with DecoderAPI's) ------------------------------------------------------------------------
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return rms_norm(hidden, self.norm, self.cfg.rms_norm_eps)
 
@@ -464,12 +488,3 @@ class FastModel(nn.Module):
         return (self._compiled_head if compiled else head_logits)(
             hidden, self.norm, weight, self.cfg.rms_norm_eps
         )
-
-    def forward(
-        self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, kv_len: int | None = None
-    ) -> torch.Tensor:
-        """Whole model: tokens ``[B, T]`` at ``positions [T]`` -> logits ``[B, T, V]`` (float32)."""
-        hidden, _ = self.forward_layers(
-            self.embed(tokens), positions, 0, self.num_layers, cache, kv_len=kv_len
-        )
-        return self.head(hidden)

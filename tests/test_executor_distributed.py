@@ -3,37 +3,15 @@ it writes replays in the simulator, and a killed or stalled rank ends the run wi
 
 import time
 
-import numpy as np
 import pytest
+from distributed_tiny import prompt_set, tiny_source
 
-from executor.distributed import DistributedConfig, DistributedError, ModelSource, run_distributed
+from executor.distributed import DistributedConfig, DistributedError, run_distributed
 from executor.schedules.ar import GenerationConfig, generate_ar
 from executor.schedules.common import DecodeOptions
 
-VOCAB = 96
-SOURCE = ModelSource(
-    "config:qwen3",
-    hf_config=tuple(
-        dict(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-            max_position_embeddings=256,
-            tie_word_embeddings=False,
-        ).items()
-    ),
-    max_seq_len=256,
-)
+SOURCE = tiny_source(layers=4)
 NEW_TOKENS = 14
-
-
-def prompt_set(count, seed=3):
-    rng = np.random.default_rng(seed)
-    return [(f"p{i}", rng.integers(0, VOCAB, rng.integers(3, 9)).tolist()) for i in range(count)]
 
 
 def greedy(prompts):

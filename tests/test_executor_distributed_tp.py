@@ -5,44 +5,22 @@ directory it writes replays in ``spdsim validate`` with a TP-aware profile."""
 import json
 import time
 
-import numpy as np
 import pytest
 import torch
+from distributed_tiny import prompt_set, tiny_source
 
-from executor.distributed import DistributedError, ModelSource
+from executor.distributed import DistributedError
 from executor.distributed.tp import ShardedModel, check_tp_degree, run_tensor_parallel
 from executor.schedules.common import DecodeOptions
 from executor.schedules.dispatch import run_ar
 from spdsim.errors import SpdsimError
 
-VOCAB = 96
-SOURCE = ModelSource(
-    "config:qwen3",
-    hf_config=tuple(
-        dict(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-            max_position_embeddings=256,
-            tie_word_embeddings=False,
-        ).items()
-    ),
-    max_seq_len=256,
-)
+SOURCE = tiny_source(layers=3)
 NEW_TOKENS = 12
 
 
-def prompt_set(count, seed=3):
-    rng = np.random.default_rng(seed)
-    return [(f"p{i}", rng.integers(0, VOCAB, rng.integers(3, 9)).tolist()) for i in range(count)]
-
-
 def test_one_shard_is_the_full_model():
-    """Degree 1: the shard path (tp_decoder_layer) computes exactly what the fast model computes."""
+    """Degree 1: the shard path (its layer_functions) computes exactly what the fast model computes."""
     model = SOURCE.build("cpu")
     shard = ShardedModel(model, 0, 1)
     tokens = torch.tensor([[5, 7, 11, 13]])

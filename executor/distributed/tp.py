@@ -15,6 +15,7 @@ launcher (``launch_ranks``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 import traceback
@@ -23,22 +24,21 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 
 import torch
-import torch.nn.functional as F
 
 from executor.cache import KVCache
 from executor.distributed.comm import OP_GO, Control, DistributedError
 from executor.distributed.launch import FAULTS, ModelSource, _fail, init_rank, launch_ranks, pick_backend
 from executor.fastmodel import (
+    DecoderAPI,
     FastModel,
     LayerShape,
     LayerWeights,
-    apply_rope,
+    decoder_layer,
     head_logits,
-    rms_norm,
     step_inputs,
 )
 from executor.graphs import GraphCache
-from executor.schedules.common import CycleTiming, DecodeOptions, PromptRun, RunResult, as_prompts
+from executor.schedules.common import DecodeOptions, PromptRun, RunResult, as_prompts
 from spdsim.errors import SpdsimError
 
 
@@ -104,52 +104,7 @@ def shard_layer(w: LayerWeights, cfg, rank: int, degree: int) -> LayerWeights:
     )
 
 
-def tp_decoder_layer(
-    x: torch.Tensor,
-    w: LayerWeights,
-    shape: LayerShape,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    positions: torch.Tensor,
-    mask: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    reduce: Callable[[torch.Tensor], torch.Tensor],
-) -> torch.Tensor:
-    """``fastmodel.decoder_layer`` on a shard (``shape`` holds the shard's heads), with the two partial outputs
-    summed by ``reduce`` before each residual add. Same arithmetic, so TP decodes the same tokens as AR."""
-    nh, kv, hd = shape.num_heads, shape.num_kv_heads, shape.head_dim
-    bsz, t, _ = x.shape
-    window = k_cache.shape[2]
-    group = nh // kv
-
-    qkv = F.linear(rms_norm(x, w.input_norm, shape.eps), w.qkv, w.qkv_bias)
-    q, k, v = qkv.split((nh * hd, kv * hd, kv * hd), dim=-1)
-    q, k, v = q.view(bsz, t, nh, hd), k.view(bsz, t, kv, hd), v.view(bsz, t, kv, hd)
-    if w.q_norm is not None:
-        q = rms_norm(q, w.q_norm, shape.eps)
-        k = rms_norm(k, w.k_norm, shape.eps)
-    cos_b = cos.to(x.dtype)[None, :, None, :]
-    sin_b = sin.to(x.dtype)[None, :, None, :]
-    q, k = apply_rope(q, cos_b, sin_b), apply_rope(k, cos_b, sin_b)
-    k_cache.index_copy_(2, positions, k.transpose(1, 2))
-    v_cache.index_copy_(2, positions, v.transpose(1, 2))
-    q = q.permute(0, 2, 1, 3).reshape(bsz, kv, group * t, hd)
-    scores = torch.matmul(q, k_cache.transpose(2, 3)) * (hd**-0.5)
-    scores = scores.view(bsz, kv, group, t, window) + mask
-    probs = torch.softmax(scores.float(), dim=-1).to(x.dtype).view(bsz, kv, group * t, window)
-    attn = torch.matmul(probs, v_cache).view(bsz, nh, t, hd).transpose(1, 2).reshape(bsz, t, nh * hd)
-    x = x + reduce(F.linear(attn, w.o_proj))
-
-    gate, up = F.linear(rms_norm(x, w.post_norm, shape.eps), w.gate_up).chunk(2, dim=-1)
-    return x + reduce(F.linear(F.silu(gate) * up, w.down))
-
-
-def _no_reduce(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
-
-
-class ShardedModel:
+class ShardedModel(DecoderAPI):
     """One rank's shard of a FastModel for ``degree``-way TP, with the FastModel API the AR schedule uses
     (``new_cache``, ``embed``, ``forward_layers``, ``head``, calling it = ``forward``). ``reduce`` sums a partial
     output over the ranks; None: no sum (the single-GPU shard microbenchmark)."""
@@ -167,19 +122,7 @@ class ShardedModel:
         self.lm_head_weight = model.embed_tokens if model.lm_head_weight is None else model.lm_head_weight
         self.rope_cos, self.rope_sin = model.rope_cos, model.rope_sin
         self.max_seq_len = model.max_seq_len
-        self.reduce = reduce or _no_reduce
-
-    @property
-    def device(self) -> torch.device:
-        return self.embed_tokens.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embed_tokens.dtype
-
-    @property
-    def num_layers(self) -> int:
-        return self.cfg.num_layers
+        self.reduce = reduce
 
     def new_cache(self, max_len: int) -> KVCache:
         kv_heads = self.shape.num_kv_heads
@@ -187,38 +130,17 @@ class ShardedModel:
             self.num_layers, kv_heads, self.cfg.head_dim, max_len, device=self.device, dtype=self.dtype
         )
 
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        return F.embedding(tokens, self.embed_tokens)
+    def layer_weights(self, index: int) -> LayerWeights:
+        return self.layers[index]
 
-    def forward_layers(self, hidden, positions, start_layer, end_layer, cache, collect=(), kv_len=None):
-        window = cache.max_len if kv_len is None else kv_len
-        lengths = cache.lengths[start_layer:end_layer]
-        cos, sin, mask = step_inputs(self.rope_cos, self.rope_sin, positions, window, lengths)
-        for i in range(start_layer, end_layer):
-            hidden = tp_decoder_layer(
-                hidden,
-                self.layers[i],
-                self.shape,
-                cos,
-                sin,
-                positions,
-                mask,
-                cache.keys[i][:, :, :window],
-                cache.values[i][:, :, :window],
-                self.reduce,
-            )
-        return hidden, {}
+    def layer_functions(self, query_tokens: int):
+        """Always eager: the fast model's layer with this rank's all_reduce of its two partial outputs."""
+        return functools.partial(decoder_layer, reduce=self.reduce), step_inputs
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         return head_logits(hidden, self.norm, self.lm_head_weight, self.cfg.rms_norm_eps)
 
-    def forward(self, tokens, positions, cache, kv_len=None) -> torch.Tensor:
-        hidden, _ = self.forward_layers(
-            self.embed(tokens), positions, 0, self.num_layers, cache, kv_len=kv_len
-        )
-        return self.head(hidden)
-
-    __call__ = forward
+    __call__ = DecoderAPI.forward
 
 
 def bounded_reduce(backend: str, name: str, timeout_s: float):
@@ -308,34 +230,10 @@ def decode_sharded(
     shard: ShardedModel, prompts, options: DecodeOptions, graphs: GraphCache
 ) -> tuple[PromptRun, ...]:
     """The AR schedule (``generate_ar``) on a shard: one cache and one graph set for all prompts, as ``run_ar``."""
-    from executor.schedules.ar import GenerationConfig, SamplingConfig, generate_ar
+    from executor.schedules.dispatch import ar_prompt_runs
 
     cache = shard.new_cache(max(len(p.tokens) for p in prompts) + options.max_new_tokens)
-    runs = []
-    for index, prompt in enumerate(prompts):
-        sampling = SamplingConfig(temperature=options.temperature, seed=options.prompt_seed(index))
-        gen = GenerationConfig(options.max_new_tokens, sampling, options.stop_token_ids, graphs.enabled)
-        out = generate_ar(shard, prompt.tokens, gen, cache=cache, graphs=graphs)
-        times, elapsed = [out.prefill_us], out.prefill_us
-        for step_us in out.step_us:
-            elapsed += step_us
-            times.append(elapsed)
-        cycles = tuple(CycleTiming(i, "ar", 1, {"step": us}) for i, us in enumerate(out.step_us))
-        runs.append(
-            PromptRun(
-                prompt.prompt_id,
-                len(prompt.tokens),
-                out.tokens,
-                tuple(times),
-                (-1, *range(len(out.step_us))),
-                (False,) * len(out.tokens),
-                cycles,
-                (),
-                0,
-                0,
-            )
-        )
-    return tuple(runs)
+    return ar_prompt_runs(shard, prompts, options, cache, graphs)
 
 
 def run_tensor_parallel(

@@ -87,20 +87,27 @@ def _eagle3_head(model, head_path, seed: int) -> Eagle3Head:
 def run_ar(model, prompts, options: DecodeOptions, use_graphs: bool = True) -> RunResult:
     """The AR schedule of `executor.schedules.ar` (graph-captured on a GPU), as a RunResult."""
     from executor.graphs import GraphCache
-    from executor.schedules.ar import GenerationConfig, SamplingConfig, generate_ar
 
     options.validate()
     prompts = as_prompts(prompts)
     # One cache and one set of captured graphs for all prompts: a capture per prompt costs ~80 ms on a GPU.
     cache = model.new_cache(max((len(p.tokens) for p in prompts), default=0) + options.max_new_tokens)
-    graphs = GraphCache(enabled=use_graphs)
+    runs = ar_prompt_runs(model, prompts, options, cache, GraphCache(enabled=use_graphs))
+    config = {"method": "ar", **asdict(options)}
+    return RunResult("ar", config, runs, str(model.device))
+
+
+def ar_prompt_runs(model, prompts, options: DecodeOptions, cache, graphs) -> tuple[PromptRun, ...]:
+    """``generate_ar`` on each prompt in turn, sharing ``cache`` and ``graphs``; ``model`` is a FastModel or a
+    tensor-parallel shard (same API)."""
+    from executor.schedules.ar import GenerationConfig, SamplingConfig, generate_ar
+
     runs = []
     for index, prompt in enumerate(prompts):
         sampling = SamplingConfig(temperature=options.temperature, seed=options.prompt_seed(index))
-        gen = GenerationConfig(options.max_new_tokens, sampling, options.stop_token_ids, use_graphs)
+        gen = GenerationConfig(options.max_new_tokens, sampling, options.stop_token_ids, graphs.enabled)
         out = generate_ar(model, prompt.tokens, gen, cache=cache, graphs=graphs)
-        times, elapsed = [], out.prefill_us
-        times.append(elapsed)
+        times, elapsed = [out.prefill_us], out.prefill_us
         for step_us in out.step_us:
             elapsed += step_us
             times.append(elapsed)
@@ -119,8 +126,7 @@ def run_ar(model, prompts, options: DecodeOptions, use_graphs: bool = True) -> R
                 0,
             )
         )
-    config = {"method": "ar", **asdict(options)}
-    return RunResult("ar", config, tuple(runs), str(model.device))
+    return tuple(runs)
 
 
 def lossless_check(model, prompts, result: RunResult) -> tuple[int, int]:
