@@ -6,6 +6,7 @@ OpenMP threads oversubscribe the cores and make tiny-model ops 10-25x slower.
 
 import numpy as np
 import torch
+from distributed_tiny import tiny_config_fields
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from executor.fastmodel import FastModel
@@ -21,17 +22,7 @@ def tiny_model(seed=0, family="qwen3", vocab=VOCAB, layers=6, device="cpu"):
     config_class, model_class = (
         (Qwen3Config, Qwen3ForCausalLM) if family == "qwen3" else (LlamaConfig, LlamaForCausalLM)
     )
-    config = config_class(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-    )
+    config = config_class(**tiny_config_fields(vocab, layers, 512))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         hf = model_class(config)
