@@ -137,7 +137,9 @@ class Controller:
         timer = PhaseTimer(model.device)
         tokens = list(prompt.tokens)
         synthetic = synthetic_drafts(model, tokens, options, seed, lookahead=n + 1)
-        spec_cache = drafter.new_cache(capacity=len(tokens) + options.max_new_tokens + n + 8)
+        # One head capacity for the whole run (the stages' cache length): the heads attend over the capacity,
+        # so a per-prompt capacity meant new attention shapes, and one-time costs, in every prompt.
+        spec_cache = drafter.new_cache(capacity=max(cache_len, len(tokens) + options.max_new_tokens + n + 8))
         record = PromptRecorder(prompt.prompt_id, len(tokens), "spd")
         logits, feats = self._prefill(tokens, cache_len)
         prompt_positions = torch.arange(len(tokens), device=model.device)
