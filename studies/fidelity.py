@@ -178,25 +178,21 @@ def phase_rows(profile: dict) -> list[dict]:
     return rows
 
 
-def plot(validation: pd.DataFrame, phases: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
-    ax = axes[0]
-    for role, marker in (("fitted", "o"), ("held-out", "s")):
+def tpot_scatter(ax, validation: pd.DataFrame, roles, title: str, warm: bool = False) -> None:
+    """Predicted against measured TPOT per run (log axes) with the ±5% band; ``warm`` adds hollow markers at the
+    TPOT without one-time iterations."""
+    for role, marker in roles:
         part = validation[validation.role == role]
         ax.scatter(part.measured_tpot_ms, part.predicted_tpot_ms, marker=marker, label=f"{role}: raw run")
-        ax.scatter(
-            part.warm_tpot_ms,
-            part.predicted_tpot_ms,
-            marker=marker,
-            facecolors="none",
-            edgecolors="k",
-            label=f"{role}: one-time costs removed",
-        )
+        if warm:
+            ax.scatter(
+                part.warm_tpot_ms,
+                part.predicted_tpot_ms,
+                marker=marker,
+                facecolors="none",
+                edgecolors="k",
+                label=f"{role}: one-time costs removed",
+            )
         for _, row in part.iterrows():
             ax.annotate(
                 row.run,
@@ -208,14 +204,20 @@ def plot(validation: pd.DataFrame, phases: pd.DataFrame, path: Path) -> None:
     top = max(validation.measured_tpot_ms.max(), validation.predicted_tpot_ms.max()) * 1.1
     ax.plot([0, top], [0, top], "k:", lw=1)
     ax.fill_between([0, top], [0, 0.95 * top], [0, 1.05 * top], color="green", alpha=0.1, label="±5%")
-    ax.set(
-        xlabel="measured TPOT (ms)",
-        ylabel="predicted TPOT (ms)",
-        title="end to end (trace replay)",
-        xscale="log",
-        yscale="log",
-    )
+    ax.set(xlabel="measured TPOT (ms)", ylabel="predicted TPOT (ms)", title=title, xscale="log", yscale="log")
     ax.legend(fontsize=7)
+
+
+def plot(validation: pd.DataFrame, phases: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    tpot_scatter(
+        axes[0], validation, (("fitted", "o"), ("held-out", "s")), "end to end (trace replay)", warm=True
+    )
     ax = axes[1]
     ax.scatter(phases.measured_median_us / 1e3, phases.predicted_us / 1e3)
     for _, row in phases.drop_duplicates("phase").iterrows():

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from fidelity import warm_metrics
+from fidelity import tpot_scatter, warm_metrics
 
 from spdsim.calibrate import calibrate, one_time_limit_us, write_profile
 from spdsim.config import LatencySpec, ModelShape
@@ -359,28 +359,8 @@ def plot_x4(validation: pd.DataFrame, path: Path) -> None:
     if validation.empty:
         return
     fig, ax = plt.subplots(figsize=(7, 5.5))
-    for role, marker in (("fitted", "o"), ("held-out", "s"), ("held-out, 4 GPUs", "D")):
-        part = validation[validation.role == role]
-        ax.scatter(part.measured_tpot_ms, part.predicted_tpot_ms, marker=marker, label=role)
-        for _, row in part.iterrows():
-            ax.annotate(
-                row.run,
-                (row.measured_tpot_ms, row.predicted_tpot_ms),
-                fontsize=6,
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
-    top = max(validation.measured_tpot_ms.max(), validation.predicted_tpot_ms.max()) * 1.1
-    ax.plot([0, top], [0, top], "k:", lw=1)
-    ax.fill_between([0, top], [0, 0.95 * top], [0, 1.05 * top], color="green", alpha=0.1, label="±5%")
-    ax.set(
-        xlabel="measured TPOT (ms)",
-        ylabel="predicted TPOT (ms)",
-        title="4-GPU call: calibrated on 1/2-GPU data, 4-GPU runs held out",
-        xscale="log",
-        yscale="log",
-    )
-    ax.legend(fontsize=7)
+    roles = (("fitted", "o"), ("held-out", "s"), ("held-out, 4 GPUs", "D"))
+    tpot_scatter(ax, validation, roles, "4-GPU call: calibrated on 1/2-GPU data, 4-GPU runs held out")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
