@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from spdsim.errors import SpdsimError
-from spdsim.latency import DERIVED_TERMS, FIT_TERMS, fit_phase
+from spdsim.latency_measured import DERIVED_TERMS, FIT_TERMS, fit_phase
 from spdsim.measured import MeasuredRun, load_run
 from spdsim.profile_schema import PHASE_COORDINATES, STAT_FIELDS, load_profile, validate_profile
 

@@ -99,7 +99,7 @@ def scenario_for(
 
 
 def _latency(scenario: Scenario, profile: dict):
-    from spdsim.latency import FittedLatency, MeasuredLatency
+    from spdsim.latency_measured import FittedLatency, MeasuredLatency
 
     cls = FittedLatency if scenario.latency.kind == "fitted" else MeasuredLatency
     return cls(scenario.model, scenario.hardware, scenario.latency, profile)

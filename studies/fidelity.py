@@ -28,7 +28,7 @@ import pandas as pd
 
 from spdsim.calibrate import calibrate, one_time_limit_us, write_profile
 from spdsim.config import LatencySpec, ModelShape
-from spdsim.latency import MeasuredLatency
+from spdsim.latency_measured import MeasuredLatency
 from spdsim.measured import load_run
 from spdsim.validate import modelled_cycles_ns, validate
 

@@ -29,7 +29,7 @@ from fidelity import tpot_scatter, warm_metrics
 
 from spdsim.calibrate import calibrate, one_time_limit_us, write_profile
 from spdsim.config import LatencySpec, ModelShape
-from spdsim.latency import MeasuredLatency
+from spdsim.latency_measured import MeasuredLatency
 from spdsim.measured import MeasuredRun, load_run
 from spdsim.profile_schema import load_profile
 from spdsim.validate import modelled_cycles_ns, validate

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from spdsim.cli import app
 from spdsim.config import LatencySpec, ModelShape
-from spdsim.latency import FittedLatency, MeasuredLatency
+from spdsim.latency_measured import FittedLatency, MeasuredLatency
 from spdsim.profile_schema import load_profile
 
 DATA = Path(__file__).resolve().parents[1] / "studies" / "results" / "fidelity"
