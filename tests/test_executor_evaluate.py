@@ -102,20 +102,18 @@ def test_trace_summary_closed_form():
 
 def test_presets_from_traces_load_in_the_simulator(evaluated, tmp_path):
     root, _ = evaluated
-    entries = build_presets(
-        [root / "eval_spd.pt", root / "eval_eagle3.pt", root / "eval_acc"], "smollm2-135m"
-    )
-    write_presets(entries, tmp_path / "smollm2_135m.json", "test")
+    entries = build_presets([root / "eval_spd.pt", root / "eval_eagle3.pt", root / "eval_acc"], "tiny-model")
+    write_presets(entries, tmp_path / "tiny_model.json", "test")
     presets = load_presets([tmp_path])
-    spd = presets["smollm2-135m/gsm8k/spd"]
+    spd = presets["tiny-model/gsm8k/spd"]
     assert spd.acceptance["kind"] == "spd-state" and spd.method["stage_layers"] == [1, 3]
-    assert presets["smollm2-135m/gsm8k/eagle3-k2-t1"].acceptance["kind"] == "positional"
-    assert presets["smollm2-135m/gsm8k/specdecpp-h0.3"].method["stop_threshold"] == 0.3
+    assert presets["tiny-model/gsm8k/eagle3-k2-t1"].acceptance["kind"] == "positional"
+    assert presets["tiny-model/gsm8k/specdecpp-h0.3"].method["stop_threshold"] == 0.3
     assert "measured" in spd.source
     measured = next(r for r in evaluated[1]["spd.pt"] if r["temperature"] == 0.0)
     assert spd.acceptance["alpha_refill"] == pytest.approx(measured["alpha_refill"], abs=1e-6)
-    runs = load_runs(acceptance="smollm2-135m/gsm8k/eagle3-k2", preset_dirs=(tmp_path,))
-    assert any(r.scenario.acceptance.preset == "smollm2-135m/gsm8k/eagle3-k2" for r in runs)
+    runs = load_runs(acceptance="tiny-model/gsm8k/eagle3-k2", preset_dirs=(tmp_path,))
+    assert any(r.scenario.acceptance.preset == "tiny-model/gsm8k/eagle3-k2" for r in runs)
 
 
 def test_eval_cli_rejects_bad_input(tmp_path):

@@ -75,6 +75,8 @@ def test_every_preset_has_a_source_and_valid_acceptance():
         acc = preset.acceptance
         if acc["kind"] == "iid":
             assert 0.0 <= acc["alpha"] <= 1.0
+        elif acc["kind"] == "spd-state":
+            assert 0.0 <= acc["alpha_saturated"] <= 1.0 and 0.0 <= acc["alpha_refill"] <= 1.0
         else:
             assert all(0.0 <= r <= 1.0 for r in acc["rates"])
 
@@ -135,7 +137,7 @@ def test_a_dropped_preset_file_is_loaded(tmp_path):
         "schema_version": 1,
         "presets": [
             {
-                "name": "smollm2-135m/humaneval/spd",
+                "name": "my-model/humaneval/spd",
                 "method": {"name": "spd", "num_stages": 2, "spec_layers": 1},
                 "acceptance": {"kind": "spd-state", "alpha_saturated": 0.7, "alpha_refill": 0.6},
                 "source": "test",
@@ -144,7 +146,7 @@ def test_a_dropped_preset_file_is_loaded(tmp_path):
     }
     (tmp_path / "measured.json").write_text(json.dumps(doc))
     presets = load_presets([tmp_path])
-    assert presets["smollm2-135m/humaneval/spd"].acceptance["alpha_refill"] == 0.6
+    assert presets["my-model/humaneval/spd"].acceptance["alpha_refill"] == 0.6
     with pytest.raises(SpdsimError, match="defined twice"):
         load_presets([tmp_path, tmp_path])
 
