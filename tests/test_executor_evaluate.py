@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from train_tiny import one_thread_fixture
 from typer.testing import CliRunner
 
 from executor.cli import app
@@ -22,12 +23,7 @@ from spdsim.scenario import load_runs
 CONFIG = EvalConfig(datasets=("gsm8k",), limit=2, max_new_tokens=6, k_values=(2,), thresholds=(0.3,), k_max=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = one_thread_fixture()
 
 
 @pytest.fixture(scope="module")

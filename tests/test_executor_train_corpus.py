@@ -1,7 +1,7 @@
 """Training corpus: disjoint from the evaluation prompts, packed into full blocks, cached, deterministic."""
 
-import pytest
 import torch
+from train_tiny import one_thread_fixture
 
 from executor.models import load_fast_model
 from executor.prompts import raw_prompts
@@ -13,13 +13,7 @@ from executor.train.corpus import (
     target_answers,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = one_thread_fixture()
 
 
 def test_gsm8k_train_questions_are_not_evaluation_prompts():

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from train_tiny import one_thread_fixture
 
 from executor.heads.eagle3 import load_eagle3, save_eagle3
 from executor.heads.layers import HeadKVCache
@@ -11,13 +12,7 @@ from executor.train.features import teacher_forward
 from executor.train.loop import LoopConfig, run_training
 from executor.train.run import build_eagle3_head
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = one_thread_fixture()
 
 
 @pytest.fixture(scope="module")

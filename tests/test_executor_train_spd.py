@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from train_tiny import one_thread_fixture
 from typer.testing import CliRunner
 
 from executor.cli import app
@@ -12,14 +13,7 @@ from executor.train.loop import LoopConfig, run_training
 from executor.train.run import TrainHeadOptions, build_spd_head
 from executor.train.spd import SpdObjective, g0_logits, sample_fills, structural_mask
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscribing the shared 2-core CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = one_thread_fixture()
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +29,12 @@ def spd_head(target, stages=2, spec_layers=2, stage_layers=None):
     )
     torch.manual_seed(1)
     return build_spd_head(model, loaded.hf_model.config, options)
+
+
+def train_head_cli(head, out, *options):
+    """``train-head`` of ``head`` on the tiny random Llama, on CPU, writing to ``out``."""
+    args = ["train-head", "--head", head, "--model", "random:tiny-llama", *options, "--device", "cpu"]
+    return CliRunner().invoke(app, [*args, "--out", str(out)])
 
 
 def allowed(mask, row):
@@ -97,38 +97,13 @@ def test_a_few_steps_reduce_the_loss(target):
 def test_train_head_cli_writes_a_strict_v11_checkpoint(target, tmp_path, monkeypatch):
     monkeypatch.setenv("SPDSIM_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "spd"
-    args = [
-        "train-head",
-        "--head",
+    result = train_head_cli(
         "spd",
-        "--model",
-        "random:tiny-llama",
-        "--stages",
-        "2",
-        "--stage-layers",
-        "1,3",
-        "--spec-layers",
-        "1",
-        "--steps",
-        "2",
-        "--minutes",
-        "0",
-        "--batch-size",
-        "2",
-        "--block-len",
-        "16",
-        "--gsm8k-questions",
-        "0",
-        "--source-mb",
-        "0.004",
-        "--no-site-packages",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--out",
-        str(out),
-    ]
-    result = CliRunner().invoke(app, args)
+        out,
+        *("--stages", "2", "--stage-layers", "1,3", "--spec-layers", "1"),
+        *("--steps", "2", "--minutes", "0", "--batch-size", "2", "--block-len", "16"),
+        *("--gsm8k-questions", "0", "--source-mb", "0.004", "--no-site-packages", "--no-progress"),
+    )
     assert result.exit_code == 0, result.output
     path = out / "random-tiny-llama_s2_l1.pt"
     payload = torch.load(path, weights_only=True)
@@ -139,37 +114,9 @@ def test_train_head_cli_writes_a_strict_v11_checkpoint(target, tmp_path, monkeyp
 
 
 def test_train_head_cli_bad_input_exits_2(tmp_path):
-    result = CliRunner().invoke(
-        app,
-        [
-            "train-head",
-            "--head",
-            "medusa",
-            "--model",
-            "random:tiny-llama",
-            "--device",
-            "cpu",
-            "--out",
-            str(tmp_path / "x"),
-        ],
-    )
+    result = train_head_cli("medusa", tmp_path / "x")
     assert result.exit_code == 2 and "head" in result.output
-    result = CliRunner().invoke(
-        app,
-        [
-            "train-head",
-            "--head",
-            "spd",
-            "--model",
-            "random:tiny-llama",
-            "--stages",
-            "3",
-            "--device",
-            "cpu",
-            "--out",
-            str(tmp_path / "y"),
-        ],
-    )
+    result = train_head_cli("spd", tmp_path / "y", "--stages", "3")
     assert result.exit_code == 2 and "stage" in result.output
 
 

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from train_tiny import one_thread_fixture
 
 from executor.heads.eagle3 import save_eagle3
 from executor.heads.specdecpp import load_specdecpp
@@ -14,13 +15,7 @@ from executor.train.loop import LoopConfig
 from executor.train.run import TrainHeadOptions, build_eagle3_head, train_head
 from executor.train.specdecpp import soft_acceptance_labels, weighted_soft_bce
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = one_thread_fixture()
 
 
 def test_soft_labels_are_min_one_p_over_q():
