@@ -20,19 +20,27 @@ def window(cache, last_position: int) -> int:
     return kv_bucket(last_position + 1, cache.max_len)
 
 
-def prefill(model, tokens: list[int], cache, collect=()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """Whole prompt through all layers; returns (last-position logits [V], collected features [1, T, H])."""
+def forward_tokens(
+    model, tokens: list[int], start: int, cache, collect=()
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """`tokens` at positions [start, start + len) through all layers, in the AR schedule's attention window;
+    returns (final hidden [1, T, H], collected features [1, T, H])."""
     ids = torch.tensor([tokens], device=model.device)
-    positions = torch.arange(len(tokens), device=model.device)
-    hidden, feats = model.forward_layers(
+    positions = torch.arange(start, start + len(tokens), device=model.device)
+    return model.forward_layers(
         model.embed(ids),
         positions,
         0,
         model.num_layers,
         cache,
         collect=collect,
-        kv_len=window(cache, len(tokens) - 1),
+        kv_len=window(cache, start + len(tokens) - 1),
     )
+
+
+def prefill(model, tokens: list[int], cache, collect=()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Whole prompt through all layers; returns (last-position logits [V], collected features [1, T, H])."""
+    hidden, feats = forward_tokens(model, tokens, 0, cache, collect=collect)
     return model.head(hidden[:, -1:])[0, 0], feats
 
 

@@ -3,26 +3,32 @@ tokens; accept the longest verified prefix, emit the target's correction or bonu
 
 Drafters: `draft-model` (a smaller fast model with the same vocabulary, its own KV cache) and `eagle3` (the
 EAGLE-3-style head over fused target features; its rows at positions >= the last committed one are rebuilt from
-real target features every iteration, so its cache keeps only rows built from them).
+real target features every iteration, so its cache keeps only rows built from them). The per-prompt loop
+`run_chain_prompt` is shared with SpecDec++ (`executor.specdecpp_chain`), whose drafter stops early.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 
 import torch
 
-from executor.schedules.base import cache_length, prefill, synthetic_drafts, window
+from executor.schedules.base import cache_length, forward_tokens, prefill, synthetic_drafts, window
 from executor.schedules.common import (
     DecodeOptions,
     PhaseTimer,
     PromptRecorder,
+    PromptRun,
     RunResult,
     Verifier,
     as_prompts,
     is_stop,
 )
 from spdsim.errors import SpdsimError
+
+# stop(hidden, drafted, timer, cycle): asked after each draft with the head output row that produced it
+StopRule = Callable[[torch.Tensor, int, PhaseTimer, int], bool]
 
 
 class _DraftModel:
@@ -57,25 +63,37 @@ class _DraftModel:
         self.processed = position  # the last draft was never fed
         return drafts, probs
 
-    def rollback(self, committed_len: int) -> None:
+    def after_verify(self, feats, committed: int) -> None:
         """Keep only positions whose tokens were committed (the cache holds positions < processed)."""
-        self.processed = min(self.processed, committed_len)
+        self.processed = min(self.processed, committed)
         self.cache.crop(self.processed)
 
 
-class _Eagle3:
-    """EAGLE-3 head as drafter; row i pairs target feature f_i with embed(x_{i+1}) and predicts x_{i+2}."""
+class Eagle3Drafter:
+    """EAGLE-3 head as drafter; row i pairs target feature f_i with embed(x_{i+1}) and predicts x_{i+2}.
+
+    `new_stop_rule` (None: always K drafts) gives each proposal a fresh `StopRule` that may end it early."""
 
     def __init__(
-        self, head, model, prompt_len: int, feats: dict[int, torch.Tensor], options: DecodeOptions, k: int
+        self,
+        head,
+        model,
+        prompt_len: int,
+        feats: dict[int, torch.Tensor],
+        options: DecodeOptions,
+        k: int,
+        new_stop_rule: Callable[[], StopRule] | None = None,
     ):
         self.head, self.model = head, model
         self.cache = head.new_cache(capacity=prompt_len + options.max_new_tokens + k + 8)
         self.pending = feats  # target features of positions [committed_rows, len(sequence) − 1)
         self.committed_rows = 0
+        self.new_stop_rule = new_stop_rule
 
     def propose(self, sequence: list[int], k: int, verifier: Verifier, synthetic, timer, cycle):
+        """Up to K drafts after `sequence`; returns (tokens, their q or None)."""
         head, model = self.head, self.model
+        stop = self.new_stop_rule() if self.new_stop_rule is not None else None
         drafts, probs = [], []
         start = self.committed_rows
         with timer.phase(cycle, "draft0"):
@@ -96,46 +114,42 @@ class _Eagle3:
                 token = synthetic.replace(len(sequence) + step)
             drafts.append(token)
             probs.append(q)
+            if stop is not None and stop(out[0, -1], len(drafts), timer, cycle):
+                break
         self.cache.crop(self.committed_rows)
         return drafts, probs
 
-    def observe(self, feats: dict[int, torch.Tensor], keep: int) -> None:
-        """Target features of the verify pass; the first `keep` positions are committed."""
+    def after_verify(self, feats: dict[int, torch.Tensor], committed: int) -> None:
+        """Target features of the verify pass, which started at row `committed_rows`; keep the committed ones."""
+        keep = committed - self.committed_rows
         self.pending = {index: value[:, :keep] for index, value in feats.items()}
 
 
-def _run_prompt(model, drafter_kind, drafter, prompt, index, options: DecodeOptions, k: int):
+def run_chain_prompt(
+    model, prompt, index: int, options: DecodeOptions, method: str, k: int, collect, make_drafter
+) -> PromptRun:
+    """One prompt of chain SD: each iteration the drafter proposes at most `k` drafts, one target pass checks
+    them, and the KV caches are cropped to the committed tokens; the trace's `width` is the proposal's length.
+
+    `make_drafter(prompt_tokens, prefill_feats)` builds the drafter after the prefill (features of `collect`)."""
     seed = options.prompt_seed(index)
     verifier = Verifier(options.temperature, seed, model.device)
     timer = PhaseTimer(model.device)
     tokens = list(prompt.tokens)
     synthetic = synthetic_drafts(model, tokens, options, seed, lookahead=k + 1)
     cache = model.new_cache(cache_length(model, len(tokens), options, lookahead=k + 2))
-    record = PromptRecorder(prompt.prompt_id, len(tokens), drafter_kind)
-    collect = drafter.head_config.feature_layers if drafter_kind == "eagle3" else ()
+    record = PromptRecorder(prompt.prompt_id, len(tokens), method)
     logits, feats = prefill(model, tokens, cache, collect=collect)
     record.commit(verifier.sample(logits)[0])
-    if drafter_kind == "eagle3":
-        source = _Eagle3(drafter, model, len(tokens), feats, options, k)
-    else:
-        source = _DraftModel(drafter, tokens, options, k)
+    source = make_drafter(tokens, feats)
     while len(record.tokens) < options.max_new_tokens and not is_stop(record.tokens[-1], options):
         cycle = len(record.cycles)
         sequence = tokens + record.tokens
         drafts, draft_probs = source.propose(sequence, k, verifier, synthetic, timer, cycle)
+        width = len(drafts)
         start = len(sequence) - 1  # position of the last committed token, not yet in the target cache
         with timer.phase(cycle, "verify"):
-            ids = torch.tensor([[sequence[-1], *drafts]], device=model.device)
-            positions = torch.arange(start, start + k + 1, device=model.device)
-            hidden, feats = model.forward_layers(
-                model.embed(ids),
-                positions,
-                0,
-                model.num_layers,
-                cache,
-                collect=collect,
-                kv_len=window(cache, start + k),
-            )
+            hidden, feats = forward_tokens(model, [sequence[-1], *drafts], start, cache, collect=collect)
             target_logits = model.head(hidden)[0]
             emitted, rows, rejected = [], [], False
             for i, draft in enumerate(drafts):
@@ -148,15 +162,12 @@ def _run_prompt(model, drafter_kind, drafter, prompt, index, options: DecodeOpti
                 emitted.append(token)
                 rejected = not accepted
             if not rejected:
-                emitted.append(verifier.sample(target_logits[k])[0])  # bonus token
+                emitted.append(verifier.sample(target_logits[width])[0])  # bonus token
         accepted_count = len(emitted) - 1
-        record.log_verification(rows, "chain", k)
+        record.log_verification(rows, "chain", width)
         committed = start + 1 + accepted_count  # positions [0, committed) hold verified tokens
         cache.crop(committed)
-        if drafter_kind == "eagle3":
-            source.observe(feats, accepted_count + 1)
-        else:
-            source.rollback(committed)
+        source.after_verify(feats, committed)
         before = len(record.tokens)
         for i, token in enumerate(emitted):
             if len(record.tokens) < options.max_new_tokens and not is_stop(record.tokens[-1], options):
@@ -179,8 +190,16 @@ def run_chain(
         raise SpdsimError(
             f"draft model vocab_size {drafter.cfg.vocab_size} differs from the target's {model.cfg.vocab_size}"
         )
+
+    def make_drafter(tokens, feats):
+        if kind == "eagle3":
+            return Eagle3Drafter(drafter, model, len(tokens), feats, options, k)
+        return _DraftModel(drafter, tokens, options, k)
+
+    collect = drafter.head_config.feature_layers if kind == "eagle3" else ()
     runs = tuple(
-        _run_prompt(model, kind, drafter, p, i, options, k) for i, p in enumerate(as_prompts(prompts))
+        run_chain_prompt(model, p, i, options, kind, k, collect, make_drafter)
+        for i, p in enumerate(as_prompts(prompts))
     )
     config = {"method": kind, "k": k, **asdict(options)}
     return RunResult(kind, config, runs, str(model.device))
