@@ -12,16 +12,11 @@ plus phase jitter (cv 0.1), which only the simulation sees: the closed form prun
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import platform
 from dataclasses import replace
 from pathlib import Path
 
-from provenance import git_head  # beside this script
+from provenance import study_arguments, write_provenance  # beside this script
 
-from spdsim import __version__
 from spdsim.optimize import Design, SearchSpace, design_scenario, search
 from spdsim.presets import get_hardware, get_model
 from spdsim.scenario import load_runs, scenario_to_run_dict
@@ -112,6 +107,14 @@ def run_settings(models, hardware, datasets, budgets, space: SearchSpace, finali
 # ----------------------------------------------------------------------------------------------- figures
 
 
+def outline_cell(ax, grid, cell, **style):
+    """Outline the heatmap cell of ``grid`` (index L_s, columns n) at ``cell`` = (L_s, n)."""
+    from matplotlib.patches import Rectangle
+
+    x, y = list(grid.columns).index(cell[1]), list(grid.index).index(cell[0])
+    ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, linewidth=3, **style))
+
+
 def figure_landscape(candidates, model="qwen3.5-4b", hardware="h100", dataset="overall", budget=0):
     """Closed-form speedup over (n, L_s), best split and placement per cell; best design and reference marked."""
     import matplotlib.pyplot as plt
@@ -139,35 +142,10 @@ def figure_landscape(candidates, model="qwen3.5-4b", hardware="h100", dataset="o
                 fontsize=8,
                 color="black" if value > grid.to_numpy().mean() else "white",
             )
-    from matplotlib.patches import Rectangle
-
     best = grid.stack().idxmax()
-    best_xy = (list(grid.columns).index(best[1]), list(grid.index).index(best[0]))
-    ax.add_patch(
-        Rectangle(
-            (best_xy[0] - 0.5, best_xy[1] - 0.5),
-            1,
-            1,
-            fill=False,
-            edgecolor="red",
-            linewidth=3,
-            label=f"closed-form best: n={best[1]}, L_s={best[0]}",
-        )
-    )
+    outline_cell(ax, grid, best, edgecolor="red", label=f"closed-form best: n={best[1]}, L_s={best[0]}")
     if 8 in grid.columns and 3 in grid.index:
-        ref_xy = (list(grid.columns).index(8), list(grid.index).index(3))
-        ax.add_patch(
-            Rectangle(
-                (ref_xy[0] - 0.5, ref_xy[1] - 0.5),
-                1,
-                1,
-                fill=False,
-                edgecolor="cyan",
-                linewidth=3,
-                linestyle="--",
-                label="authors' n=8, L_s=3",
-            )
-        )
+        outline_cell(ax, grid, (3, 8), edgecolor="cyan", linestyle="--", label="authors' n=8, L_s=3")
     ax.set_xlabel("pipeline stages n")
     ax.set_ylabel("drafter depth L_s")
     limit = "no GPU limit" if not budget else f"<= {budget} GPUs"
@@ -273,15 +251,7 @@ def run(
     for fig, name in figures:
         fig.savefig(out_dir / name, dpi=120, metadata={"Software": None})
         plt.close(fig)
-    (out_dir / "scenarios.json").write_text(
-        json.dumps({"name": "design_search", "runs": runs}, indent=1) + "\n"
-    )
-    meta = {
-        "study": "design_search",
-        "spdsim_version": __version__,
-        "date": datetime.date.today().isoformat(),
-        "python": platform.python_version(),
-        "git_head": git_head(),
+    details = {
         "settings": {
             "models": list(models),
             "hardware": list(hardware),
@@ -300,15 +270,11 @@ def run(
         "acceptance": "alpha(n, L_s) fitted to <model>/<dataset>/spd-n*-l* presets (spdsim.optimize.fit_alpha)",
         "scenarios": "scenarios.json: best and reference design per setting (spdsim compare scenarios.json)",
     }
-    (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return meta
+    return write_provenance(out_dir, "design_search", runs, details)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=OUT_DIR)
-    parser.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
-    args = parser.parse_args()
+    args = study_arguments(__doc__, OUT_DIR)
     run(args.out, workers=args.workers)
     print(f"design_search -> {args.out}")
 

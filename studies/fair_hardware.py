@@ -24,10 +24,6 @@ against EAGLE-3 at its own α_chain: the acceptance advantage SPD needs to win.
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import platform
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -38,9 +34,8 @@ from fair_hardware_figures import (  # beside this script
     figure_by_dataset,
     figure_crossover,
 )
-from provenance import git_head  # beside this script
+from provenance import study_arguments, write_provenance  # beside this script
 
-from spdsim import __version__
 from spdsim.analytic import predict
 from spdsim.compare import baseline_scenario
 from spdsim.config import AcceptanceSpec, MethodSpec, Scenario
@@ -440,15 +435,7 @@ def run(
         save(fig, out_dir / name)
         plt.close(fig)
     runs = [scenario_to_run_dict(label, scenario) for label, scenario in scenarios]
-    (out_dir / "scenarios.json").write_text(
-        json.dumps({"name": "fair_hardware", "runs": runs}, indent=1) + "\n"
-    )
-    meta = {
-        "study": "fair_hardware",
-        "spdsim_version": __version__,
-        "date": datetime.date.today().isoformat(),
-        "python": platform.python_version(),
-        "git_head": git_head(),
+    details = {
         "setting": "qwen3.5-4b on h100, roofline latency, overheads of spdsim/scenarios/default.toml",
         "scenarios": "scenarios.json: every simulated run (spdsim compare scenarios.json reproduces a row)",
         "gpu_budgets": list(budgets),
@@ -467,15 +454,11 @@ def run(
             "presets": fit.source,
         },
     }
-    (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return meta
+    return write_provenance(out_dir, "fair_hardware", runs, details)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=OUT_DIR)
-    parser.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
-    args = parser.parse_args()
+    args = study_arguments(__doc__, OUT_DIR)
     meta = run(args.out, workers=args.workers)
     print(
         f"fair_hardware -> {args.out} (closed form vs DES on map cells: {meta['map_closed_form_vs_des_max_abs_deviation']:.2%})"

@@ -102,28 +102,29 @@ def figure_crossover(frame):
     return fig
 
 
+def ratio_heatmap(ax, values):
+    """Draw speedup ratios (rows: y, columns: x) centred at 1 (blue: SPD wins), contoured at 1 where crossed."""
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+
+    low, high = min(values.min(), 0.95), max(values.max(), 1.05)
+    image = ax.imshow(values, origin="lower", aspect="auto", cmap="RdBu", norm=TwoSlopeNorm(1.0, low, high))
+    if values.min() < 1.0 < values.max():
+        rows, columns = values.shape
+        ax.contour(np.arange(columns), np.arange(rows), values, levels=[1.0], colors="black", linewidths=2)
+    return image
+
+
 def figure_allreduce(frame):
     """Heatmap of SPD / EAGLE-3 (same α) over (α, TP all-reduce latency) at one GPU budget."""
     import matplotlib.pyplot as plt
-    import numpy as np
-    from matplotlib.colors import TwoSlopeNorm
 
     alphas = sorted(frame["alpha"].unique())
     latencies = sorted(frame["allreduce_us"].unique())
     grid = frame.pivot(index="alpha", columns="allreduce_us", values="spd_over_eagle3").loc[alphas, latencies]
     values = grid.to_numpy()
     fig, ax = plt.subplots(figsize=(9, 6))
-    low, high = min(values.min(), 0.95), max(values.max(), 1.05)
-    image = ax.imshow(values, origin="lower", aspect="auto", cmap="RdBu", norm=TwoSlopeNorm(1.0, low, high))
-    if values.min() < 1.0 < values.max():
-        ax.contour(
-            np.arange(len(latencies)),
-            np.arange(len(alphas)),
-            values,
-            levels=[1.0],
-            colors="black",
-            linewidths=2,
-        )
+    image = ratio_heatmap(ax, values)
     for i in range(len(alphas)):
         for j in range(len(latencies)):
             config = frame[(frame["alpha"] == alphas[i]) & (frame["allreduce_us"] == latencies[j])][
@@ -149,24 +150,13 @@ def figure_acceptance(frame):
     """Heatmap of SPD (at α_SPD) / EAGLE-3 (at α_chain) within one GPU budget; contour at 1."""
     import matplotlib.pyplot as plt
     import numpy as np
-    from matplotlib.colors import TwoSlopeNorm
 
     spd_alphas = sorted(frame["spd_alpha"].unique())
     chain_alphas = sorted(frame["eagle3_alpha"].unique())
     grid = frame.pivot(index="spd_alpha", columns="eagle3_alpha", values="spd_over_eagle3")
     values = grid.loc[spd_alphas, chain_alphas].to_numpy()
     fig, ax = plt.subplots(figsize=(11, 6))
-    low, high = min(values.min(), 0.95), max(values.max(), 1.05)
-    image = ax.imshow(values, origin="lower", aspect="auto", cmap="RdBu", norm=TwoSlopeNorm(1.0, low, high))
-    if values.min() < 1.0 < values.max():
-        ax.contour(
-            np.arange(len(chain_alphas)),
-            np.arange(len(spd_alphas)),
-            values,
-            levels=[1.0],
-            colors="black",
-            linewidths=2,
-        )
+    image = ratio_heatmap(ax, values)
     for i in range(len(spd_alphas)):
         for j in range(len(chain_alphas)):
             ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7)

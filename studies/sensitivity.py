@@ -15,16 +15,11 @@ same seed: common random numbers) against AR with the same parameters.
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import platform
 from dataclasses import replace
 from pathlib import Path
 
-from provenance import git_head  # beside this script
+from provenance import study_arguments, write_provenance  # beside this script
 
-from spdsim import __version__
 from spdsim.compare import baseline_scenario
 from spdsim.config import AcceptanceSpec, LatencySpec, MethodSpec, Scenario
 from spdsim.latency import build_latency_model
@@ -266,30 +261,18 @@ def run(out_dir: Path = OUT_DIR, configs=None, parameters=None, step: float = ST
     fig = figure_tornado(frame)
     fig.savefig(out_dir / "tornado.png", dpi=120, metadata={"Software": None})
     plt.close(fig)
-    (out_dir / "scenarios.json").write_text(
-        json.dumps({"name": "sensitivity", "runs": scenarios}, indent=1) + "\n"
-    )
-    meta = {
-        "study": "sensitivity",
-        "spdsim_version": __version__,
-        "date": datetime.date.today().isoformat(),
-        "python": platform.python_version(),
-        "git_head": git_head(),
+    details = {
         "step": step,
         "jitter_cv": JITTER_CV,
         "configs": dict(frame[["config", "design"]].drop_duplicates().itertuples(index=False)),
         "base": "spdsim/scenarios/default.toml setting, roofline frozen to constant phase latencies at mid KV",
         "scenarios": "scenarios.json: every simulated run (spdsim compare scenarios.json)",
     }
-    (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return meta
+    return write_provenance(out_dir, "sensitivity", scenarios, details)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=OUT_DIR)
-    parser.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
-    args = parser.parse_args()
+    args = study_arguments(__doc__, OUT_DIR)
     run(args.out, workers=args.workers)
     print(f"sensitivity -> {args.out}")
 
