@@ -27,6 +27,14 @@ def kv_bucket(kv_len: int, max_len: int, minimum: int = KV_BUCKET_MIN) -> int:
     return min(bucket, max_len)
 
 
+def window_capacity(max_len: int, limit: int) -> int:
+    """Slots to allocate for a cache asked to hold ``max_len`` positions of a model whose RoPE table ends at
+    ``limit``: the attention window of its last position. Allocating whole windows makes every window a function
+    of position alone (``kv_bucket(p + 1, capacity)`` is the same for every cache of the model that holds ``p``), so
+    the same token at the same position gives bit-identical logits whatever the cache was sized for."""
+    return kv_bucket(max_len, max(limit, max_len))
+
+
 class KVCache:
     """K and V buffers ``[batch, kv_heads, max_len, head_dim]`` for every decoder layer.
 

@@ -158,6 +158,12 @@ def _print_summary(result, tokenizer) -> None:
         if isinstance(value, dict):
             continue
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    for group in ("realised_by_state", "realised_by_position"):
+        for label, rate in summary[group].items():
+            if rate["alpha"] is not None:
+                table.add_row(
+                    f"realised alpha, {group[12:]} {label}", f"{rate['alpha']:.4g} of {rate['checked']}"
+                )
     for phase, by_state in result.phase_medians_us().items():
         for state, median_us in by_state.items():
             table.add_row(f"phase {phase} [{state}] median us", f"{median_us:.1f}")

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from executor.cache import KVCache
+from executor.cache import KVCache, window_capacity
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 # Forwards of more new tokens than this (prefill) run the eager layer even after compile_layers(): every prompt
@@ -452,6 +452,7 @@ class FastModel(DecoderAPI, nn.Module):
         max_len = max_len or self.max_seq_len
         if max_len > self.max_seq_len:
             raise ValueError(f"cache max_len {max_len} exceeds the model's max_seq_len {self.max_seq_len}")
+        max_len = window_capacity(max_len, self.max_seq_len)
         return KVCache(
             self.cfg.num_layers,
             self.cfg.num_kv_heads,

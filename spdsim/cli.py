@@ -345,6 +345,9 @@ def validate(
     from spdsim.validate import validate as run_validate
 
     comparisons = run_validate(list(runs), profile, baseline, kind)
+    for comparison in comparisons:
+        if comparison.warning:
+            typer.echo(comparison.warning, err=True)
     table = Table(title=f"validation against {profile} ({kind})", header_style="bold")
     for header in ("run", "role", "metric", "measured", "predicted", "error %"):
         table.add_column(header)

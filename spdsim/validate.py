@@ -21,6 +21,7 @@ from spdsim.config import AcceptanceSpec, LatencySpec, MethodSpec, ModelShape, S
 from spdsim.errors import SpdsimError
 from spdsim.measured import MeasuredRun, PromptMeasure, load_run
 from spdsim.profile_schema import load_profile
+from spdsim.realised import realised_acceptance, realised_warning
 
 METRICS = ("tpot_ms", "tokens_per_s", "cycle_mean_us", "cycle_median_us", "cycle_p90_us", "speedup")
 SUPPORTED = ("ar", "spd", "eagle3", "draft-model")
@@ -33,6 +34,7 @@ class Comparison:
     role: str  # "fitted" | "held-out"
     measured: dict[str, float | None]
     predicted: dict[str, float | None]
+    warning: str | None = None  # realised acceptance off the nominal one (spdsim.realised)
 
     def error_pct(self, metric: str) -> float | None:
         measured, predicted = self.measured.get(metric), self.predicted.get(metric)
@@ -216,6 +218,15 @@ def measured_metrics(run: MeasuredRun) -> dict[str, float]:
     return _metrics(run.decode_us, run.decode_tokens, run.cycle_us)
 
 
+def _realised(run: MeasuredRun) -> dict:
+    import pandas as pd
+
+    trace = run.path / "trace.csv"
+    if not trace.is_file():
+        return {"alpha": None, "checked": 0}
+    return realised_acceptance(pd.read_csv(trace).to_dict("records"))
+
+
 def validate(
     run_paths: list[str | Path],
     profile_path: str | Path,
@@ -246,5 +257,6 @@ def validate(
             measured["speedup"] = measured["tokens_per_s"] / base[0]["tokens_per_s"]
             predicted["speedup"] = predicted["tokens_per_s"] / base[1]["tokens_per_s"]
         role = "fitted" if run.name in fitted else "held-out"
-        comparisons.append(Comparison(run.name, run.method, role, measured, predicted))
+        warning = realised_warning(run.config.get("synthetic_alpha"), _realised(run), run.name)
+        comparisons.append(Comparison(run.name, run.method, role, measured, predicted, warning))
     return comparisons

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from distributed_tiny import tiny_config_fields
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -70,3 +71,59 @@ def test_kv_bucket_covers_and_bounds(kv_len: int, max_len: int) -> None:
     bucket = kv_bucket(kv_len, max_len)
     assert kv_len <= bucket <= max_len
     assert bucket == max_len or bucket < max(2 * kv_len, 256) + 1
+
+
+def _logits_and_windows_by_cache_size(device: str) -> tuple[list[torch.Tensor], list[list[int]]]:
+    """One bf16 model; three caches asked for different lengths; positions 260-299 decoded one token at a time
+    through `forward_tokens` (the path every speculative schedule uses). Returns logits and attention windows."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from executor.schedules.base import forward_tokens
+
+    fields = dict(
+        tiny_config_fields(256, 2, 2048), hidden_size=128, intermediate_size=256, num_attention_heads=8
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        hf = Qwen3ForCausalLM(Qwen3Config(**fields))
+    model = FastModel.from_hf(hf.eval(), device=device, dtype=torch.bfloat16, max_seq_len=2048)
+    windows: list[int] = []
+    forward_layers = model.forward_layers
+
+    def spy(*args, **kwargs):
+        windows.append(kwargs["kv_len"])
+        return forward_layers(*args, **kwargs)
+
+    model.forward_layers = spy
+    tokens = torch.randint(0, 256, (300,), generator=torch.Generator().manual_seed(1)).tolist()
+    logits, windows_by_cache = [], []
+    with torch.inference_mode():
+        for max_len in (301, 420, 700):
+            cache = model.new_cache(max_len)
+            forward_tokens(model, tokens[:260], 0, cache)
+            windows.clear()
+            rows = [
+                model.head(forward_tokens(model, [t], 260 + i, cache)[0])[0, 0]
+                for i, t in enumerate(tokens[260:])
+            ]
+            logits.append(torch.stack(rows).cpu())
+            windows_by_cache.append(list(windows))
+    return logits, windows_by_cache
+
+
+def test_the_attention_window_is_a_function_of_position_alone() -> None:
+    """AR, every SPD stage, the drafter's target pass and the synthetic reference size their caches differently;
+    the window must not follow the cache size, or GPU bf16 reductions (and argmaxes) drift apart. (CPU bf16 GEMMs
+    happen to be window-invariant, so on the CPU the windows are what can differ; the GPU test checks logits.)"""
+    logits, windows = _logits_and_windows_by_cache_size("cpu")
+    assert windows[0] == windows[1] == windows[2]
+    assert set(windows[0]) == {512}
+    assert torch.equal(logits[0], logits[1]) and torch.equal(logits[0], logits[2])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_same_token_at_the_same_position_gives_bit_identical_bf16_logits_on_the_gpu() -> None:
+    logits, windows = _logits_and_windows_by_cache_size("cuda")
+    assert windows[0] == windows[1] == windows[2]
+    assert torch.equal(logits[0], logits[1]) and torch.equal(logits[0], logits[2])

@@ -25,7 +25,7 @@ from datetime import timedelta
 
 import torch
 
-from executor.cache import KVCache
+from executor.cache import KVCache, window_capacity
 from executor.distributed.comm import OP_GO, Control, DistributedError
 from executor.distributed.launch import FAULTS, ModelSource, _fail, init_rank, launch_ranks, pick_backend
 from executor.fastmodel import (
@@ -126,6 +126,7 @@ class ShardedModel(DecoderAPI):
 
     def new_cache(self, max_len: int) -> KVCache:
         kv_heads = self.shape.num_kv_heads
+        max_len = window_capacity(max_len, self.max_seq_len)
         return KVCache(
             self.num_layers, kv_heads, self.cfg.head_dim, max_len, device=self.device, dtype=self.dtype
         )

@@ -44,24 +44,34 @@ def prefill(model, tokens: list[int], cache, collect=()) -> tuple[torch.Tensor, 
     return model.head(hidden[:, -1:])[0, 0], feats
 
 
-def greedy_reference(model, tokens: list[int], num_tokens: int) -> list[int]:
-    """The target's greedy continuation of `tokens` (eager, one token per step)."""
-    cache = model.new_cache(cache_length(model, len(tokens), DecodeOptions(max_new_tokens=num_tokens)))
-    logits, _ = prefill(model, tokens, cache)
-    out = [int(logits.argmax())]
-    while len(out) < num_tokens:
-        position = len(tokens) + len(out) - 1
-        ids = torch.tensor([[out[-1]]], device=model.device)
-        positions = torch.tensor([position], device=model.device)
-        logits = model.forward(ids, positions, cache, kv_len=window(cache, position))[0, 0]
-        out.append(int(logits.argmax()))
-    return out
+def greedy_continuation(model, prefix: list[int], num_tokens: int) -> list[int]:
+    """The AR schedule's greedy continuation of `prefix` (graph-captured on a GPU): the synthetic reference."""
+    from executor.schedules.ar import GenerationConfig, generate_ar
+
+    if num_tokens < 1:
+        return []
+    cache = model.new_cache(len(prefix) + num_tokens)
+    return list(generate_ar(model, prefix, GenerationConfig(max_new_tokens=num_tokens), cache=cache).tokens)
 
 
 def synthetic_drafts(model, tokens: list[int], options: DecodeOptions, seed: int, lookahead: int):
-    """The prompt's synthetic-acceptance draft replacer (None without `synthetic_alpha`); it needs the target's
-    greedy continuation `lookahead` tokens past the generation length, because drafts run ahead of commits."""
+    """The prompt's synthetic-acceptance draft replacer (None without `synthetic_alpha`); it plans `lookahead`
+    tokens past the generation length, because drafts run ahead of commits."""
     if options.synthetic_alpha is None:
         return None
-    reference = greedy_reference(model, tokens, options.max_new_tokens + lookahead)
-    return SyntheticDrafts(options.synthetic_alpha, reference, len(tokens), model.cfg.vocab_size, seed)
+    return SyntheticDrafts(
+        options.synthetic_alpha,
+        tokens,
+        options.max_new_tokens + lookahead,
+        model.cfg.vocab_size,
+        seed,
+        lambda prefix, count: greedy_continuation(model, prefix, count),
+    )
+
+
+def follow_synthetic(synthetic, record) -> None:
+    """After an iteration: re-anchor the synthetic reference if a committed token left it (time off the clock)."""
+    if synthetic is not None:
+        before = synthetic.reanchors
+        record.pause(synthetic.follow(record.tokens))
+        record.reanchors += synthetic.reanchors - before

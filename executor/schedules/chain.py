@@ -14,7 +14,14 @@ from dataclasses import asdict
 
 import torch
 
-from executor.schedules.base import cache_length, forward_tokens, prefill, synthetic_drafts, window
+from executor.schedules.base import (
+    cache_length,
+    follow_synthetic,
+    forward_tokens,
+    prefill,
+    synthetic_drafts,
+    window,
+)
 from executor.schedules.common import (
     DecodeOptions,
     PhaseTimer,
@@ -173,6 +180,7 @@ def run_chain_prompt(
             if len(record.tokens) < options.max_new_tokens and not is_stop(record.tokens[-1], options):
                 record.commit(token, cycle, i < accepted_count)
         record.cycles.append((cycle, "chain", len(record.tokens) - before))
+        follow_synthetic(synthetic, record)
     return record.freeze(timer)
 
 

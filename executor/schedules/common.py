@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from spdsim.errors import SpdsimError
+from spdsim.realised import realised_acceptance
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class PromptRun:
     trace: tuple[dict, ...]
     verifications: int
     accepted: int
+    reanchors: int = 0  # synthetic acceptance: reference rebuilds after a committed token left it
 
     @property
     def decode_steps(self) -> int:
@@ -123,8 +125,21 @@ class RunResult:
         }
         if self.method == "spd":
             summary["equivalent_acceptance_length"] = width * self.tokens_per_cycle
+        summary.update(self.realised())
         summary["phase_median_us"] = self.phase_medians_us()
         return summary
+
+    def realised(self) -> dict:
+        """Realised acceptance beside the nominal (synthetic) one, and the synthetic re-anchors."""
+        realised = realised_acceptance(row for run in self.prompts for row in run.trace)
+        return {
+            "nominal_alpha": self.config.get("synthetic_alpha"),
+            "realised_alpha": realised["alpha"],
+            "realised_checked": realised["checked"],
+            "realised_by_state": realised["by_state"],
+            "realised_by_position": realised["by_position"],
+            "synthetic_reanchors": sum(run.reanchors for run in self.prompts),
+        }
 
     def phase_medians_us(self) -> dict[str, dict[str, float]]:
         """Median time of every phase, per cycle state ("all" pools the states)."""
@@ -156,6 +171,11 @@ class PromptRecorder:
     trace: list[dict] = field(default_factory=list)
     verifications: int = 0
     accepted: int = 0
+    reanchors: int = 0
+
+    def pause(self, seconds: float) -> None:
+        """Keep `seconds` of work that is not the schedule's (a synthetic re-anchor) off the commit clock."""
+        self.start += seconds
 
     def commit(self, token: int, cycle: int = -1, from_draft: bool = False) -> None:
         self.tokens.append(int(token))
@@ -199,6 +219,7 @@ class PromptRecorder:
             tuple(self.trace),
             self.verifications,
             self.accepted,
+            self.reanchors,
         )
 
 
@@ -277,22 +298,72 @@ class Verifier:
 
 
 class SyntheticDrafts:
-    """Draft replacement for synthetic acceptance: with probability α the target's own greedy token at that
-    position (from a greedy reference decode), else a different token; one seeded draw per draft made."""
+    """Draft replacement for synthetic acceptance (timing runs with random weights, T = 0).
 
-    def __init__(self, alpha: float, reference: list[int], prompt_len: int, vocab_size: int, seed: int):
+    Each position gets one planned draft, drawn once from the prompt's seed: with probability α the target's greedy
+    token there (`reference`), else a different token. A position is verified at most once (a checked draft is
+    committed either way, an unchecked one is redrafted), so per-position plans realise i.i.d. Bernoulli(α) over
+    the verifications. The plan is also a device tensor (`planned_on`), so graph-captured drafters replace their
+    drafts without a host round trip.
+
+    The reference is the AR schedule's own greedy continuation. A multi-token verify pass rounds differently from
+    AR's one-token steps, so in bf16 a near-tie can commit a token off the reference; `follow` then rebuilds the
+    reference from the committed prefix (a re-anchor, counted, its time kept off the run's clock), so realised
+    acceptance cannot collapse for the rest of the prompt.
+    """
+
+    def __init__(self, alpha: float, prompt: list[int], length: int, vocab_size: int, seed: int, continue_fn):
+        rng = np.random.default_rng(seed)
         self.alpha = alpha
-        self.reference = reference  # greedy tokens at positions prompt_len, prompt_len + 1, ...
-        self.prompt_len = prompt_len
+        self.prompt = list(prompt)
+        self.prompt_len = len(prompt)
+        self.length = length
+        self.accept = rng.random(length) < alpha
+        self.offsets = 1 + rng.integers(vocab_size - 1, size=length)
         self.vocab_size = vocab_size
-        self.rng = np.random.default_rng(seed)
+        self.continue_fn = continue_fn  # (prefix tokens, count) -> the target's greedy continuation
+        self.reference: list[int] = list(continue_fn(self.prompt, length))
+        self.planned: list[int] = self._plan(self.reference)
+        self.reanchors = 0
+        self.reanchor_seconds = 0.0
+        self._followed = 0
+        self._device_plan: torch.Tensor | None = None
+
+    def _plan(self, reference: list[int]) -> list[int]:
+        ref = np.asarray(reference, dtype=np.int64)
+        wrong = (ref + self.offsets[: len(ref)]) % self.vocab_size
+        return np.where(self.accept[: len(ref)], ref, wrong).tolist()
 
     def replace(self, position: int) -> int:
+        """The planned draft at `position` (past the planned length: token 0, never verified)."""
         index = position - self.prompt_len
-        target = self.reference[index] if index < len(self.reference) else 0
-        if self.rng.random() < self.alpha:
-            return target
-        return int((target + 1 + self.rng.integers(self.vocab_size - 1)) % self.vocab_size)
+        return self.planned[index] if 0 <= index < len(self.planned) else 0
+
+    def planned_on(self, device) -> torch.Tensor:
+        """The plan as a device tensor indexed by position − prompt length (refreshed after a re-anchor)."""
+        if self._device_plan is None or self._device_plan.device != torch.device(device):
+            self._device_plan = torch.tensor(self.planned, dtype=torch.long, device=device)
+        return self._device_plan
+
+    def follow(self, committed: list[int]) -> float:
+        """Check newly committed tokens (generated tokens so far, prefill token first) against the reference and
+        re-anchor at the first that left it; returns the seconds spent re-anchoring (to keep off the clock)."""
+        spent = 0.0
+        index = self._followed
+        while index < min(len(committed), len(self.reference)):
+            if committed[index] != self.reference[index]:
+                started = time.perf_counter()
+                prefix = list(committed[: index + 1])
+                rest = list(self.continue_fn(self.prompt + prefix, self.length - len(prefix)))
+                self.reference = prefix + rest
+                self.planned = self._plan(self.reference)
+                self._device_plan = None
+                self.reanchors += 1
+                spent += time.perf_counter() - started
+            index += 1
+        self._followed = len(committed)
+        self.reanchor_seconds += spent
+        return spent
 
 
 def make_streams(device: torch.device, count: int) -> list:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from executor.schedules.base import cache_length, prefill, synthetic_drafts, window
+from executor.schedules.base import cache_length, follow_synthetic, prefill, synthetic_drafts, window
 from executor.schedules.common import (
     DecodeOptions,
     PhaseTimer,
@@ -184,6 +184,8 @@ class SpdPrompt:
             self.pending = None
             self.pipeline = [new_entry, *self.pipeline]
         record.cycles.append((step.index, step.state, emitted))
+        if emitted:
+            follow_synthetic(self.synthetic, record)
         return crop
 
 
