@@ -5,10 +5,10 @@ Steps (each a closed form, ``spdsim.analytic.predict``, against AR under the sam
 1. ``theory``: n·ρ, the step-counting speedup (spd.md §4.1);
 2. ``compute``: stage forwards, embedding, drafter and the serial verify on the device model alone (no links, no
    host costs, no flat overheads);
-3. ``intra-node comm``: every message over the intra-node link as if one node held every rank (sends, control
-   broadcast, anchor gather, DISCARD) and the scenario's flat overheads;
-4. ``inter-node``: the scenario's real placement on nodes;
-5. ``host overhead``: per-layer, per-call and per-message host costs and the crop (the whole scenario).
+3. ``host overhead``: + per-layer and per-call host costs (the eager regime; AR pays them too);
+4. ``intra-node comm``: + every message over the intra-node link as if one node held every rank (sends, control
+   broadcast, anchor gather, DISCARD, crop, per-message host cost) and the scenario's flat overheads;
+5. ``inter-node``: the scenario's real placement on nodes (the whole scenario).
 
 ``inter_node_share``: the part of the saturated cycle that step 4 adds, over the whole cycle.
 """
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from spdsim.config import Overheads, Scenario
 from spdsim.topology import topology_active
 
-STEPS = ("theory", "compute", "intra-node comm", "inter-node", "host overhead")
+STEPS = ("theory", "compute", "host overhead", "intra-node comm", "inter-node")
 _ONE_NODE = 1 << 20  # gpus per node large enough for every rank: the topology stays on, on one node
 
 
@@ -34,28 +34,33 @@ class Waterfall:
 
 
 def step_scenarios(scenario: Scenario) -> dict[str, Scenario]:
-    """The scenario of each cost step (``theory`` uses ``compute``'s acceptance and n)."""
+    """The scenario of each cost step after ``theory``, cumulative; the last is ``scenario`` itself."""
     hw = scenario.hardware
     method = scenario.method
-    full = scenario
     if hw is None:
         return {name: scenario for name in STEPS[1:]}
-    no_host = dataclasses.replace(hw, host_layer_ns=0, host_call_ns=0, host_message_ns=0, crop_ns=0)
-    one_node = placed = no_host
-    if topology_active(no_host, method.rank_nodes):
-        one_node = dataclasses.replace(no_host, gpus_per_node=_ONE_NODE)
-        placed = dataclasses.replace(no_host, gpus_per_node=hw.gpus_per_node or _ONE_NODE)
-    bare = dataclasses.replace(
-        no_host, p2p_latency_ns=0, p2p_bandwidth_gbps=0.0, gpus_per_node=0, collective="fanout"
-    )
     one_node_method = dataclasses.replace(method, rank_nodes=())
+    bare = dataclasses.replace(
+        hw,
+        p2p_latency_ns=0,
+        p2p_bandwidth_gbps=0.0,
+        gpus_per_node=0,
+        collective="fanout",
+        host_layer_ns=0,
+        host_call_ns=0,
+        host_message_ns=0,
+        crop_ns=0,
+    )
+    host = dataclasses.replace(bare, host_layer_ns=hw.host_layer_ns, host_call_ns=hw.host_call_ns)
+    one_node = hw
+    if topology_active(hw, method.rank_nodes):
+        one_node = dataclasses.replace(hw, gpus_per_node=_ONE_NODE)
+    compute_only = dataclasses.replace(scenario, method=one_node_method, overheads=Overheads())
     return {
-        "compute": dataclasses.replace(
-            scenario, hardware=bare, method=one_node_method, overheads=Overheads()
-        ),
+        "compute": dataclasses.replace(compute_only, hardware=bare),
+        "host overhead": dataclasses.replace(compute_only, hardware=host),
         "intra-node comm": dataclasses.replace(scenario, hardware=one_node, method=one_node_method),
-        "inter-node": dataclasses.replace(scenario, hardware=placed),
-        "host overhead": full,
+        "inter-node": scenario,
     }
 
 
@@ -75,7 +80,7 @@ def speedup_waterfall(label: str, scenario: Scenario) -> Waterfall:
         costs = pipeline_costs(step, build_latency_model(step))
         cycles.append((name, costs.cycle_ns[costs.num_stages][0] / 1e6))
     cycle = dict(cycles)
-    total = cycle["host overhead"]
+    total = cycle["inter-node"]
     share = (cycle["inter-node"] - cycle["intra-node comm"]) / total if total > 0 else 0.0
     return Waterfall(label, tuple(speedups), tuple(cycles), max(share, 0.0))
 
@@ -93,6 +98,6 @@ def render_waterfalls(waterfalls: list[Waterfall]):
     table.add_column("inter-node share", justify="right")
     for w in waterfalls:
         cells = [f"{value:.2f}x" for _, value in w.speedups]
-        cycle = dict(w.cycle_ms)["host overhead"]
+        cycle = dict(w.cycle_ms)["inter-node"]
         table.add_row(Text(w.label), *cells, f"{cycle:.3f}", f"{w.inter_node_share:.1%}")
     return table
