@@ -53,7 +53,9 @@ def test_published_theoretical_cells_from_the_implied_alpha(key):
 
 def test_how_many_cells_are_within_002():
     within = sum(
-        abs(asymptotic_speedup(a, n) - s) <= 0.02 for (_, n, _), (ss, aa) in CELLS.items() for s, a in zip(ss, aa)
+        abs(asymptotic_speedup(a, n) - s) <= 0.02
+        for (_, n, _), (ss, aa) in CELLS.items()
+        for s, a in zip(ss, aa, strict=True)
     )
     assert within >= 12  # the rest are n = 8 / 16 cells where α's rounding alone moves S by more than 0.02
 
@@ -73,11 +75,11 @@ def test_per_sample_metric_is_exact_step_counting(n):
     result = simulate(scenario(n, 0.8, 300), record_intervals=False)
     values = per_sample_theoretical(result)
     for request, value in enumerate(values):
-        rejects = [
-            v for v in result.verifications if v.request == request and v.accepted == 0
-        ]
+        rejects = [v for v in result.verifications if v.request == request and v.accepted == 0]
         decoded = sum(1 for t in result.tokens if t.request == request)
-        last_reject = any(v.iteration == max(t.iteration for t in result.tokens if t.request == request) for v in rejects)
+        last_reject = any(
+            v.iteration == max(t.iteration for t in result.tokens if t.request == request) for v in rejects
+        )
         refills = len(rejects) - int(last_reject)
         steps = (n - 1) + decoded + (n - 1) * refills
         assert value == pytest.approx(n * (decoded + 1) / steps, rel=1e-12)

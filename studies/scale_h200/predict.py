@@ -21,8 +21,12 @@ from spdsim.analytic import predict  # noqa: E402
 from spdsim.scenario import build_scenario  # noqa: E402
 
 OUT = Path(__file__).parent / "results"
-HARDWARE = {"1 node (NVL8)": "h200-nvl8", "2 nodes 100G": "h200-2node-100g", "2 nodes 200G": "h200-2node-200g",
-            "2 nodes 400G": "h200-2node-400g"}
+HARDWARE = {
+    "1 node (NVL8)": "h200-nvl8",
+    "2 nodes 100G": "h200-2node-100g",
+    "2 nodes 200G": "h200-2node-200g",
+    "2 nodes 400G": "h200-2node-400g",
+}
 STAGES = (2, 4, 8, 16)
 PLACEMENTS = ("own-gpu", "stage0")
 
@@ -39,17 +43,35 @@ def main() -> None:
     for label, hw in HARDWARE.items():
         for placement in PLACEMENTS:
             for n in STAGES:
-                method = {"name": "spd", "num_stages": n, "spec_layers": max(1, min(3, 32 // n - 1)),
-                          "drafter_placement": placement, "aggregation_types": 5}
+                method = {
+                    "name": "spd",
+                    "num_stages": n,
+                    "spec_layers": max(1, min(3, 32 // n - 1)),
+                    "drafter_placement": placement,
+                    "aggregation_types": 5,
+                }
                 if label.startswith("2 nodes"):
                     method["rank_nodes"] = list(spread(n, 1 if placement == "own-gpu" else 0, 2))
-                raw = {"model": "qwen3.5-4b", "hardware": hw, "method": method,
-                       "acceptance": {"kind": "iid", "alpha": 0.8},
-                       "workload": {"prompt_tokens": 128, "new_tokens": 512, "num_requests": 1}}
+                raw = {
+                    "model": "qwen3.5-4b",
+                    "hardware": hw,
+                    "method": method,
+                    "acceptance": {"kind": "iid", "alpha": 0.8},
+                    "workload": {"prompt_tokens": 128, "new_tokens": 512, "num_requests": 1},
+                }
                 p = predict(build_scenario(raw))
-                rows.append({"hardware": label, "placement": placement, "n": n, "spec_layers": method["spec_layers"],
-                             "gpus": p.gpus, "speedup": round(p.speedup, 3), "cycle_ms": round(p.iteration_ns / 1e6, 4),
-                             "n_rho": round(p.n_rho, 3)})
+                rows.append(
+                    {
+                        "hardware": label,
+                        "placement": placement,
+                        "n": n,
+                        "spec_layers": method["spec_layers"],
+                        "gpus": p.gpus,
+                        "speedup": round(p.speedup, 3),
+                        "cycle_ms": round(p.iteration_ns / 1e6, 4),
+                        "n_rho": round(p.n_rho, 3),
+                    }
+                )
                 runs.append({"label": f"{hw}-{placement}-n{n}", **raw})
     with open(OUT / "scale_h200.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -62,8 +84,13 @@ def main() -> None:
             ys = [r["speedup"] for r in rows if r["hardware"] == label and r["placement"] == placement]
             ax.plot(STAGES, ys, marker="o", label=label)
         ax.axhline(1.0, color="k", lw=0.6)
-        ax.set(xscale="log", xticks=STAGES, xticklabels=[str(s) for s in STAGES], xlabel="stages n",
-               title=f"drafter: {placement}")
+        ax.set(
+            xscale="log",
+            xticks=STAGES,
+            xticklabels=[str(s) for s in STAGES],
+            xlabel="stages n",
+            title=f"drafter: {placement}",
+        )
     axes[0].set_ylabel("speedup over AR (1 H200)")
     axes[1].legend(fontsize=8)
     fig.suptitle("SPD on H200, graph-captured, Qwen3.5-4B, alpha = 0.8", fontsize=10)
