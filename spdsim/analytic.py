@@ -298,7 +298,10 @@ def _pipeline(scenario, latency, acceptance):
         after_refill = stationary + (1.0 - stationary) * decay ** np.arange(new_tokens + 1, dtype=np.float64)
     rejections = after_refill[1:new_tokens]  # rejections at verifications 0..N-2 trigger refills
     time = (
-        refill_ns[0] + cycles[stages][:new_tokens].sum() + float(np.dot(rejections, refill_ns[1:new_tokens]))
+        refill_ns[0]
+        + cycles[stages][:new_tokens].sum()
+        + float(np.dot(rejections, refill_ns[1:new_tokens]))
+        + costs.reject_ns * float(rejections.sum())
     )
     cycle_count = (stages - 1) + new_tokens + (stages - 1) * float(rejections.sum())
     rho = new_tokens / cycle_count

@@ -89,7 +89,9 @@ def _run_name(paths: list[Path]) -> str:
     return stem if len(paths) == 1 else f"{stem}-and-{len(paths) - 1}"
 
 
-def _simulate_and_report(paths, overrides, profile, acceptance, methods, out, write_default: bool) -> None:
+def _simulate_and_report(
+    paths, overrides, profile, acceptance, methods, out, write_default: bool, waterfall: bool = False
+) -> None:
     from spdsim.artifacts import default_run_dir, write_run_dir
     from spdsim.compare import describe_setting, render_table, simulate_runs
     from spdsim.scenario import load_runs
@@ -98,6 +100,11 @@ def _simulate_and_report(paths, overrides, profile, acceptance, methods, out, wr
     outcomes = simulate_runs(runs)
     console = _console()
     console.print(render_table(outcomes, title=describe_setting(outcomes)))
+    if waterfall:
+        from spdsim.waterfall import render_waterfalls, speedup_waterfall
+
+        spd_runs = [run for run in runs if run.scenario.method.name == "spd"]
+        console.print(render_waterfalls([speedup_waterfall(r.label, r.scenario) for r in spd_runs]))
     name = _run_name(paths)
     if out is None and write_default:
         out = default_run_dir(runs, name)
@@ -116,10 +123,29 @@ def simulate(
     out: Annotated[
         Path | None, typer.Option("--out", help="Run directory (default: runs/<name>-<hash>).")
     ] = None,
+    hardware: Annotated[
+        str | None,
+        typer.Option(
+            "--hardware", help="Hardware preset for every run (`spdsim list hardware`); shows the waterfall."
+        ),
+    ] = None,
+    waterfall: Annotated[
+        bool, typer.Option("--waterfall", help="Also print where SPD's speedup goes (topology, host, ...).")
+    ] = False,
 ) -> None:
     """Simulate a scenario (all its runs), print the comparison table and write a run directory."""
     paths = _scenario_paths([scenario] if scenario else None)
-    _simulate_and_report(paths, set_, profile, acceptance, None, out, write_default=True)
+    overrides = ([f"hardware={hardware}"] if hardware else []) + list(set_ or [])
+    _simulate_and_report(
+        paths,
+        overrides,
+        profile,
+        acceptance,
+        None,
+        out,
+        write_default=True,
+        waterfall=waterfall or bool(hardware),
+    )
 
 
 @app.command()

@@ -44,6 +44,12 @@ class ModelShape:
     dtype_bytes: int = 2
     # Qwen3.5: layers with linear attention (Gated DeltaNet) have a fixed-size state instead of a KV cache.
     linear_attention_layers: int = 0
+    # Qwen3.5 full-attention layers: q_proj also emits a per-head sigmoid gate on the attention output (2x q rows).
+    attention_output_gate: bool = False
+    # Gated-DeltaNet shape (0 = price linear-attention layers with the full-attention layer's weights, as before)
+    linear_key_heads: int = 0
+    linear_value_heads: int = 0
+    linear_head_dim: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,21 @@ class Hardware:
     allreduce_latency_ns: int = 0
     memory_gib: float = 80.0
     source: str = ""
+    # Topology (spdsim/topology.py): ranks are packed onto nodes of ``gpus_per_node`` GPUs (0: one node holds
+    # every rank); a message between nodes pays the inter-node network instead of the intra-node link.
+    gpus_per_node: int = 0
+    inter_node_latency_ns: int = 0
+    inter_node_bandwidth_gbps: float = 0.0
+    collective: str = "fanout"  # control broadcast / anchor gather: "fanout" (serial sends) or "tree"
+    # Host-overhead regime (spdsim/host.py): eager HF-style execution pays host time per decoder layer (kernel
+    # launches + Python; a layer takes max(GPU, host)), per module call and per message; a graph-captured executor
+    # pays only the call. All zero: a pure device roofline.
+    host_layer_ns: int = 0
+    host_call_ns: int = 0
+    host_message_ns: int = 0
+    crop_ns: int = (
+        0  # every stage crops its KV cache / rewinds DeltaNet states after a rejection (in parallel)
+    )
 
 
 @dataclass(frozen=True)
@@ -116,6 +137,8 @@ class MethodSpec:
     k_min: int = 2
     k_max: int = 20
     exit_layer: int = 0  # PPSD early-exit layer (0 = L/n)
+    aggregation_types: int = 0  # SPD PDM aggregation projections m (15·H² for m = 5); 0 = not priced
+    rank_nodes: tuple[int, ...] = ()  # node of each rank (controller first, then the stages); empty = packed
 
 
 @dataclass(frozen=True)
@@ -153,9 +176,44 @@ class Scenario:
     seed: int = 0
 
 
+# Fields added after run directories were first written: left out of ``to_dict`` while at their default, so a
+# scenario that does not use them serialises (and hashes) exactly as before.
+OPTIONAL_FIELDS = {
+    "model": ("attention_output_gate", "linear_key_heads", "linear_value_heads", "linear_head_dim"),
+    "hardware": (
+        "gpus_per_node",
+        "inter_node_latency_ns",
+        "inter_node_bandwidth_gbps",
+        "collective",
+        "host_layer_ns",
+        "host_call_ns",
+        "host_message_ns",
+        "crop_ns",
+    ),
+    "method": ("aggregation_types", "rank_nodes"),
+}
+_OPTIONAL_DEFAULTS = {
+    "model": ModelShape,
+    "hardware": Hardware,
+    "method": MethodSpec,
+}
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
-    """JSON-ready dict of a dataclass tree (tuples become lists)."""
-    return asdict(obj)
+    """JSON-ready dict of a dataclass tree (tuples become lists); optional fields at their default are left out."""
+    data = asdict(obj)
+    if isinstance(obj, Scenario):
+        for section, names in OPTIONAL_FIELDS.items():
+            table = data.get(section)
+            if not isinstance(table, dict):
+                continue
+            defaults = {f.name: f.default for f in fields(_OPTIONAL_DEFAULTS[section])}
+            for name in names:
+                value = table.get(name)
+                default = defaults[name]
+                if name in table and (value == default or (isinstance(value, list) and not value)):
+                    del table[name]
+    return data
 
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:

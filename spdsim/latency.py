@@ -202,17 +202,39 @@ class ConstantLatency(LatencyModel):
 class RooflineLatency(LatencyModel):
     """Batch-1 decode roofline: weight + KV bytes over bandwidth vs FLOPs over peak, plus launch overhead."""
 
-    def __init__(self, shape: ModelShape, hardware: Hardware, spec: LatencySpec, draft_vocab_size: int = 0):
+    def __init__(
+        self,
+        shape: ModelShape,
+        hardware: Hardware,
+        spec: LatencySpec,
+        draft_vocab_size: int = 0,
+        aggregation_types: int = 0,
+    ):
         super().__init__(shape, hardware, spec, draft_vocab_size)
         s = shape
         attn_out = s.num_attention_heads * s.head_dim
         kv_out = s.num_kv_heads * s.head_dim
-        self._layer_params = s.hidden_size * (attn_out + 2 * kv_out) + attn_out * s.hidden_size
-        self._layer_params += 3 * s.hidden_size * s.intermediate_size
+        q_rows = attn_out * (2 if s.attention_output_gate else 1)  # Qwen3.5: query + per-head output gate
+        mlp = 3 * s.hidden_size * s.intermediate_size
+        self._full_layer_params = s.hidden_size * (q_rows + 2 * kv_out) + attn_out * s.hidden_size + mlp
+        self._layer_params = self._full_layer_params
         full = max(s.num_layers - s.linear_attention_layers, 0)
         self._full_attention_share = full / s.num_layers
         self._kv_bytes_per_position = 2 * kv_out * s.dtype_bytes  # one full-attention layer, K and V
         self._linear_state_bytes = s.num_attention_heads * s.head_dim * s.head_dim * s.dtype_bytes
+        self._gdn = s.linear_head_dim > 0 and s.linear_attention_layers > 0
+        if self._gdn:
+            # Gated DeltaNet: in_proj_qkvz + in_proj_ba + out_proj (+ the MLP); state nv · d_k · d_v per layer
+            d = s.linear_head_dim
+            nk, nv = s.linear_key_heads, s.linear_value_heads
+            linear = s.hidden_size * (2 * nk * d + 2 * nv * d + 2 * nv) + nv * d * s.hidden_size + mlp
+            share = self._full_attention_share
+            self._layer_params = share * self._full_layer_params + (1.0 - share) * linear
+            self._linear_state_bytes = nv * d * d * s.dtype_bytes
+        # PDM aggregation projections: aggr_projs[a] is (a+1)·H -> H, a = 0..m-1 (15·H² for m = 5)
+        m = aggregation_types
+        self._aggregation_types = m
+        self._aggregation_params = m * (m + 1) // 2 * s.hidden_size * s.hidden_size
         self._bytes_per_ns = hardware.mem_bandwidth_gbps * hardware.bandwidth_efficiency  # GB/s == B/ns
         self._flops_per_ns = hardware.peak_tflops * 1e3 * hardware.flops_efficiency  # TFLOP/s == 1e3 FLOP/ns
 
@@ -250,7 +272,30 @@ class RooflineLatency(LatencyModel):
         return _to_ns(float(value)) + self._overhead(1)
 
     def pdm_ns(self, spec_layers: int, query_tokens: int, kv_len: KvLen) -> Any:
-        return self.layers_ns(spec_layers, query_tokens, kv_len) + self.lm_head_ns(1, None)
+        """Aggregation projections (every in-flight row) + ``spec_layers`` full-attention base layers over the
+        n + 1 rows + the draft lm_head (one row)."""
+        if self._gdn:  # spec layers are full-attention copies of the base layer, whatever the base mixes
+            layers = self._full_layers_ns(spec_layers, query_tokens, kv_len)
+        else:
+            layers = self.layers_ns(spec_layers, query_tokens, kv_len)
+        if self._aggregation_params:
+            s = self.shape
+            aggregation = self._roof_ns(
+                self._aggregation_params * s.dtype_bytes,
+                2.0 * query_tokens * self._aggregation_params / self._aggregation_types,
+            )
+            layers = layers + _to_ns(float(aggregation)) + self._overhead(1)
+        return layers + self.lm_head_ns(1, None)
+
+    def _full_layers_ns(self, layers: int, query_tokens: int, kv_len: KvLen) -> Any:
+        s = self.shape
+        kv = np.asarray(kv_len, dtype=np.float64)
+        weight_bytes = self._full_layer_params * s.dtype_bytes
+        attention_flops = 4.0 * query_tokens * kv * s.num_attention_heads * s.head_dim
+        flops = 2.0 * query_tokens * self._full_layer_params + attention_flops
+        per_layer = self._roof_ns(weight_bytes + kv * self._kv_bytes_per_position, flops)
+        total = layers * per_layer + self._overhead(layers)
+        return _to_ns(total) if isinstance(kv_len, np.ndarray) else _to_ns(float(total))
 
     def chain_draft_ns(self, draft_layers: int, kv_len: KvLen, vocab: int | None = None) -> Any:
         return self.layers_ns(draft_layers, 1, kv_len) + self.lm_head_ns(1, vocab)
@@ -278,17 +323,22 @@ def build_latency_model(scenario: Scenario) -> LatencyModel:
     spec = scenario.latency
     kind = spec.kind
     draft_vocab = scenario.method.draft_vocab_size
+    from spdsim.host import with_host_overhead
+
     if kind == "constant":
-        return ConstantLatency(scenario.model, scenario.hardware, spec, draft_vocab)
+        return with_host_overhead(ConstantLatency(scenario.model, scenario.hardware, spec, draft_vocab))
     if kind == "roofline":
         if scenario.model is None or scenario.hardware is None:
             raise SpdsimError("latency.kind 'roofline' needs scenario.model and scenario.hardware")
-        return RooflineLatency(scenario.model, scenario.hardware, spec, draft_vocab)
+        model = RooflineLatency(
+            scenario.model, scenario.hardware, spec, draft_vocab, scenario.method.aggregation_types
+        )
+        return with_host_overhead(model)
     if kind in ("measured", "fitted"):
         if not spec.profile_path:
             raise SpdsimError(f"latency.profile_path: required for latency kind '{kind}'")
         profile = load_profile(spec.profile_path)
         shape = scenario.model if scenario.model is not None else _profile_shape(profile)
         cls = MeasuredLatency if kind == "measured" else FittedLatency
-        return cls(shape, scenario.hardware, spec, profile, draft_vocab)
+        return with_host_overhead(cls(shape, scenario.hardware, spec, profile, draft_vocab))
     raise SpdsimError(f"latency.kind: unknown '{kind}' (allowed: constant, roofline, measured, fitted)")

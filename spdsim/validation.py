@@ -23,6 +23,7 @@ from spdsim.config import (
 )
 from spdsim.errors import SpdsimError
 from spdsim.profile_schema import load_profile
+from spdsim.topology import COLLECTIVES
 
 
 def check(ok: bool, message: str) -> None:
@@ -133,6 +134,9 @@ def _validate_latency(lat: LatencySpec, scenario: Scenario) -> None:
         load_profile(lat.profile_path)
 
 
+_MODEL_ZERO_OK = ("linear_attention_layers", "linear_key_heads", "linear_value_heads", "linear_head_dim")
+
+
 def validate_scenario(scenario: Scenario) -> Scenario:
     """Raise SpdsimError naming the first bad field and its allowed values; return the scenario unchanged."""
     _validate_method(scenario.method, scenario.model)
@@ -149,8 +153,10 @@ def validate_scenario(scenario: Scenario) -> Scenario:
     if scenario.model is not None:
         for f in fields(scenario.model):
             value = getattr(scenario.model, f.name)
-            if isinstance(value, int) and not isinstance(value, bool) and f.name != "linear_attention_layers":
+            if isinstance(value, int) and not isinstance(value, bool) and f.name not in _MODEL_ZERO_OK:
                 check(value >= 1, f"model.{f.name}: must be >= 1 (got {value})")
+            elif isinstance(value, int) and not isinstance(value, bool):
+                check(value >= 0, f"model.{f.name}: must be >= 0 (got {value})")
     if scenario.hardware is not None:
         hw = scenario.hardware
         for f in fields(hw):
@@ -161,6 +167,12 @@ def validate_scenario(scenario: Scenario) -> Scenario:
         check(hw.peak_tflops > 0, "hardware.peak_tflops: must be > 0")
         check(0 < hw.bandwidth_efficiency <= 1, "hardware.bandwidth_efficiency: must be in (0, 1]")
         check(0 < hw.flops_efficiency <= 1, "hardware.flops_efficiency: must be in (0, 1]")
+        check(
+            hw.collective in COLLECTIVES,
+            f"hardware.collective: unknown '{hw.collective}' (allowed: {', '.join(COLLECTIVES)})",
+        )
+    check(scenario.method.aggregation_types >= 0, "method.aggregation_types: must be >= 0")
+    check(all(n >= 0 for n in scenario.method.rank_nodes), "method.rank_nodes: nodes must be >= 0")
     work = scenario.workload
     check(work.new_tokens >= 1, f"workload.new_tokens: must be >= 1 (got {work.new_tokens})")
     check(work.num_requests >= 1, f"workload.num_requests: must be >= 1 (got {work.num_requests})")

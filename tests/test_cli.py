@@ -155,7 +155,7 @@ def test_list_shows_every_section_with_sources():
 
 BAD = [
     (["simulate", "--set", "method.name=medusa"], "method.name: unknown method 'medusa'"),
-    (["simulate", "--set", "hardware=a100"], "hardware: unknown hardware 'a100' (allowed: h100, h200)"),
+    (["simulate", "--set", "hardware=a100"], "hardware: unknown hardware 'a100' (allowed: h100-2node-100g, "),
     (["simulate", "--acceptance", "qwen3.5-4b/overall/nope"], "acceptance.preset: unknown preset"),
     (["simulate", "--set", "acceptance.alpha=1.2"], "acceptance.alpha: must be in [0, 1]"),
     (["simulate", "--set", "method.num_stages=0"], "method.num_stages: must be >= 1"),

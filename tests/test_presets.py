@@ -123,7 +123,7 @@ def test_hardware_and_models_are_embedded_with_sources():
 
 
 def test_unknown_names_list_the_allowed_ones():
-    with pytest.raises(SpdsimError, match="allowed: h100, h200"):
+    with pytest.raises(SpdsimError, match="allowed: h100-2node-100g, "):
         get_hardware("a100")
     with pytest.raises(SpdsimError, match="qwen3.5-4b"):
         get_model("gpt-5")

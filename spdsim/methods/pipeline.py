@@ -29,6 +29,7 @@ from spdsim.latency import PPM
 from spdsim.methods import Method
 from spdsim.methods.common import kv_lengths, serial_overheads_ns
 from spdsim.result import BUSY, COMM, DRAFT, FLUSHED
+from spdsim.topology import build_topology, comm_costs, topology_active
 
 
 def stage_layer_counts(scenario) -> tuple[int, ...]:
@@ -65,7 +66,7 @@ class PipelineCosts:
     num_stages: int
     forward_ns: tuple[list[int], ...]
     stage0_draft_ns: list[int]  # drafter time added to stage 0's GPU (stage0 placement / PPSD), else zeros
-    send_ns: int
+    send_ns: tuple[int, ...]  # per stage: its hidden-state send (the last stage's goes to the controller)
     gather_ns: int
     drafter_ns: list[int]  # PDM on its own GPU; empty when on stage 0
     control_ns: int
@@ -73,6 +74,10 @@ class PipelineCosts:
     fixed_ns: int
     cycle_ns: tuple[list[int], ...]  # index a = 1..n (index 0 unused)
     refill_total_ns: list[int]  # the n-1 fill/refill cycles back to back (a = 1..n-1)
+    reject_ns: int = (
+        0  # after a rejection, before its refill: DISCARD broadcast + KV crop (topology, crop_ns)
+    )
+    inter_node_hops: tuple[bool, ...] = ()  # per stage send: does it cross nodes (topology)
 
 
 def pipeline_costs(scenario, latency) -> PipelineCosts:
@@ -103,9 +108,21 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
     send = latency.p2p_ns(latency.hidden_bytes(1)) + overheads.p2p_ns
     gather = overheads.gather_ns if method.name == "spd" else 0
     control, fixed = serial_overheads_ns(scenario, latency, with_verify=False)
+    sends = (send,) * stages
+    reject = scenario.hardware.crop_ns if scenario.hardware is not None else 0
+    hops: tuple[bool, ...] = (False,) * stages
+    if topology_active(scenario.hardware, method.rank_nodes):
+        spd = method.name == "spd"
+        topo = build_topology(scenario.hardware, stages, own_drafter, method.rank_nodes)
+        comm = comm_costs(topo, send - overheads.p2p_ns, latency.hidden_bytes(1), counts, spd)
+        sends = tuple(c + overheads.p2p_ns for c in comm.send_ns)
+        control += comm.control_ns
+        gather += comm.gather_ns
+        reject += comm.discard_ns
+        hops = comm.inter_node_hops
     fixed += latency.cycle_fixed_ns(stages)  # a profile's measured serial per-cycle cost
     verify = latency.head_ns(1) + overheads.sampling_ns + latency.verify_fixed_ns(stages)
-    stage_members = [f + send for f in forwards]
+    stage_members = [f + sends[s] for s, f in enumerate(forwards)]
     stage_members[0] = stage_members[0] + stage0_draft + (0 if own_drafter else gather)
     drafter_member = draft + gather if own_drafter else np.zeros(kv.shape, dtype=np.int64)
     cycles = [[]]
@@ -121,7 +138,7 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
         num_stages=stages,
         forward_ns=tuple(f.tolist() for f in forwards),
         stage0_draft_ns=stage0_draft.tolist(),
-        send_ns=int(send),
+        send_ns=tuple(int(x) for x in sends),
         gather_ns=int(gather),
         drafter_ns=draft.tolist() if own_drafter else [],
         control_ns=int(control),
@@ -129,6 +146,8 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
         fixed_ns=int(fixed),
         cycle_ns=tuple(cycles),
         refill_total_ns=refill_total.tolist(),
+        reject_ns=int(reject),
+        inter_node_hops=hops,
     )
 
 
@@ -198,6 +217,12 @@ def run_request(env, context, request, streams):
                 _flush(recorder, history, stages)
             history.clear()
             active = 1
+            if costs.reject_ns:
+                start = int(env.now)
+                yield timeout(costs.reject_ns)
+                recorder.interval(
+                    "controller", start, start + costs.reject_ns, COMM, "discard", request, cycle
+                )
     recorder.iterations += cycle
     for index, total in enumerate(busy):
         if total:
@@ -242,7 +267,7 @@ def _run_deterministic(env, recorder, stream, costs: PipelineCosts, request, new
             pending = 0
             after_refill = False
         else:
-            pending = refill_total[committed]
+            pending = refill_total[committed] + costs.reject_ns
             refills_at.append(committed)
             cycle += stages - 1
             after_refill = True
@@ -257,7 +282,7 @@ def _add_busy_totals(recorder, costs: PipelineCosts, new_tokens: int, refills_at
     refills = np.asarray(refills_at, dtype=np.int64)
     own_drafter = bool(costs.drafter_ns)
     for s in range(stages):
-        member = np.asarray(costs.forward_ns[s], dtype=np.int64) + costs.send_ns
+        member = np.asarray(costs.forward_ns[s], dtype=np.int64) + costs.send_ns[s]
         if s == 0:
             member = (
                 member
@@ -273,6 +298,7 @@ def _add_busy_totals(recorder, costs: PipelineCosts, new_tokens: int, refills_at
             recorder.add_busy("drafter", drafter)
     cycles = new_tokens + (stages - 1) * len(refills_at)
     controller = cycles * (costs.control_ns + costs.fixed_ns) + new_tokens * costs.verify_ns
+    controller += (len(refills_at) - 1) * costs.reject_ns
     if controller:
         recorder.add_busy("controller", controller)
 
@@ -281,7 +307,7 @@ def member_parts_ns(costs: PipelineCosts, active: int, c: int) -> list[tuple[int
     """The phases of each parallel member of a cycle with ``active`` stages (each jitters independently)."""
     members = []
     for s in range(active):
-        parts = [costs.forward_ns[s][c], costs.send_ns]
+        parts = [costs.forward_ns[s][c], costs.send_ns[s]]
         if s == 0:
             parts += [costs.stage0_draft_ns[c], 0 if costs.drafter_ns else costs.gather_ns]
         members.append(tuple(parts))
@@ -300,7 +326,7 @@ def _cycle_spans(costs: PipelineCosts, active: int, c: int, jitter):
         forward = apply(costs.forward_ns[s][c])
         draft = apply(costs.stage0_draft_ns[c]) if s == 0 else 0
         gather = apply(costs.gather_ns) if s == 0 and not costs.drafter_ns else 0
-        send = apply(costs.send_ns)
+        send = apply(costs.send_ns[s])
         stage_spans.append((forward, draft, gather, send))
         slowest = max(slowest, gather + forward + draft + send)
     drafter = None
