@@ -175,6 +175,7 @@ def decoder_layer(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    attn_input: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One pre-norm decoder layer on ``x [B, T, H]``; writes K/V of ``positions`` into the cache in place.
 
@@ -182,13 +183,16 @@ def decoder_layer(
     additive position mask (0 where slot <= query position, -inf elsewhere); ``cos``/``sin`` are ``[T, hd]``.
     ``reduce``: a tensor-parallel shard's sum over the ranks of its two partial outputs (attention, MLP), applied
     before each residual add; ``shape`` and ``w`` then hold the shard's heads and slices.
+    ``attn_input``: an already-normed attention input replacing ``norm(x)`` (EAGLE-3's cat(embed, hidden), 2H wide;
+    ``w.qkv`` then has that many columns).
     """
     nh, kv, hd = shape.num_heads, shape.num_kv_heads, shape.head_dim
     bsz, t, _ = x.shape
     window = k_cache.shape[2]
     group = nh // kv
 
-    qkv = F.linear(rms_norm(x, w.input_norm, shape.eps), w.qkv, w.qkv_bias)
+    normed = rms_norm(x, w.input_norm, shape.eps) if attn_input is None else attn_input
+    qkv = F.linear(normed, w.qkv, w.qkv_bias)
     q, k, v = qkv.split((nh * hd, kv * hd, kv * hd), dim=-1)
     q = q.view(bsz, t, nh, hd)
     k = k.view(bsz, t, kv, hd)
