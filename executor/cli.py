@@ -53,7 +53,11 @@ def run(
     device: str = typer.Option("auto"),
     seed: int = typer.Option(0),
     graphs: bool = typer.Option(True, help="capture steps in CUDA graphs (GPU)"),
-    compile_layers: bool = typer.Option(False, "--compile", help="torch.compile the decoder layer (GPU)"),
+    compile_layers: bool = typer.Option(
+        True,
+        "--compile/--no-compile",
+        help="torch.compile the decoder layer (GPU; every timed path compiles)",
+    ),
     compile_mode: str = typer.Option(
         "default", help="inductor mode, e.g. max-autotune-no-cudagraphs (fastest)"
     ),

@@ -105,6 +105,74 @@ def ar_variant(model: FastModel, prompt: list[int], new_tokens: int, use_graphs:
 
 
 @torch.inference_mode()
+def kernel_breakdown(model: FastModel, kv_len: int, steps: int = 10, top: int = 12) -> dict:
+    """Per-kernel device time of the AR step as the timed path runs it (compiled layers when compiled), from the
+    torch profiler over `steps` eager calls (the kernels a CUDA graph replays are the same launches)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cache = model.new_cache(4096)
+    token = torch.zeros(1, 1, dtype=torch.long, device=model.device)
+    position = torch.tensor([kv_len - 1], device=model.device)
+
+    def step() -> torch.Tensor:
+        hidden, _ = model.forward_layers(
+            model.embed(token), position, 0, model.num_layers, cache, kv_len=kv_len
+        )
+        return model.head(hidden)[:, -1].argmax(-1)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    kernels: dict[str, list[float]] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels.setdefault(event.name, []).append(event.device_time)
+    total_us = sum(sum(v) for v in kernels.values()) / steps
+    rows = sorted(
+        (
+            {"kernel": k[:90], "calls_per_step": len(v) / steps, "us_per_step": sum(v) / steps}
+            for k, v in kernels.items()
+        ),
+        key=lambda r: -r["us_per_step"],
+    )
+    return {
+        "kernels_per_step": sum(len(v) for v in kernels.values()) / steps,
+        "device_us_per_step": total_us,
+        "top": rows[:top],
+    }
+
+
+@torch.inference_mode()
+def whole_step_compiled_us(model: FastModel, kv_len: int, mode: str | None) -> dict:
+    """The whole AR step (all layers + head + argmax) as ONE compiled graph, CUDA-graph replayed at a fixed window:
+    what cross-layer fusion buys over the per-layer compile the schedules use (one compile per window bucket)."""
+    model.uncompile_layers()
+    cache = model.new_cache(4096)
+    token = torch.zeros(1, 1, dtype=torch.long, device=model.device)
+    position = torch.tensor([kv_len - 1], device=model.device)
+
+    def step(tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        hidden, _ = model.forward_layers(model.embed(tok), pos, 0, model.num_layers, cache, kv_len=kv_len)
+        return model.head(hidden)[:, -1].argmax(-1)
+
+    started = time.perf_counter()
+    compiled = torch.compile(step, mode=mode, dynamic=False, fullgraph=True)
+    graphed = GraphedStep(compiled, (token, position))
+    compile_s = time.perf_counter() - started
+    stats = time_callable(graphed.graph.replay, device=model.device, warmup=5, iters=100)
+    return {
+        "fixed_step_median_us": stats.median_us,
+        "p10_us": stats.p10_us,
+        "p90_us": stats.p90_us,
+        "compile_s": compile_s,
+    }
+
+
+@torch.inference_mode()
 def stage_latencies(model: FastModel, kv_len: int) -> list[dict]:
     """Per-stage latency (one token, graph replay) for n in {2, 4, 8}: every stage of each split."""
     cache = model.new_cache(4096)
@@ -241,6 +309,9 @@ def main() -> int:
     parser.add_argument("--compile-modes", default="default", help="comma list; '' to skip compiled variants")
     parser.add_argument("--profile-out", default="", help="also write the profile bundle to this path")
     parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument(
+        "--whole-step", action="store_true", help="also time the whole step compiled as one graph"
+    )
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -335,6 +406,25 @@ def main() -> int:
         report["ar"] = ar_rows
         write_report(report, hardware, Path(args.out_dir))
     report["ar"] = ar_rows
+    if device.type == "cuda":
+        try:
+            report["kernel_breakdown"] = kernel_breakdown(model, fixed_kv)
+            log(f"kernels per step {report['kernel_breakdown']['kernels_per_step']:.0f}")
+        except Exception as exc:  # noqa: BLE001
+            report["notes"].append(f"kernel breakdown failed: {exc!r}"[:300])
+        if args.whole_step:
+            try:
+                torch._dynamo.reset()
+                whole = whole_step_compiled_us(model, fixed_kv, None)
+                total = weight_bytes + kv_live_bytes(model, fixed_kv)
+                whole["fraction_of_copy"] = total / (whole["fixed_step_median_us"] * 1e-6) / 1e9 / copy_gbps
+                report["whole_step_compiled"] = whole
+                log(f"whole-step compile: {whole}")
+            except Exception as exc:  # noqa: BLE001
+                traceback.print_exc()
+                report["notes"].append(f"whole-step compile failed: {exc!r}"[:300])
+            model.uncompile_layers()
+            model.compile_layers()
     report["stage_variant"] = next((r["variant"] for r in reversed(ar_rows) if "error" not in r), "")
     try:
         report["stages"] = stage_latencies(model, fixed_kv)

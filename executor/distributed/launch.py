@@ -36,8 +36,17 @@ class ModelSource:
     seed: int = 0
     max_seq_len: int = 4096
     hf_config: tuple[tuple[str, Any], ...] = ()
+    compile_layers: bool = True  # on a GPU, every rank compiles its layers as the single-GPU paths do
 
     def build(self, device):
+        import torch
+
+        model = self._build(device)
+        if self.compile_layers and torch.device(device).type == "cuda":
+            model.compile_layers()
+        return model
+
+    def _build(self, device):
         import torch
 
         if not self.spec.startswith("config:"):

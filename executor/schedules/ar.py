@@ -42,6 +42,7 @@ class ARResult:
     prefill_us: float
     step_us: tuple[float, ...]  # device time of each decode step after the first token
     wall_s: float  # prefill + all steps, host clock
+    token_times_us: tuple[float, ...] = ()  # host clock at each token's commit since the prefill started
 
     @property
     def tokens_per_s(self) -> float:
@@ -118,6 +119,7 @@ def generate_ar(
     token = pick_token(prefill(model, cache, prompt_ids), gen.sampling, generator)
     recorder.stop()
     tokens = [int(token)]
+    commits = [(time.perf_counter() - start) * 1e6]
     position = torch.tensor([len(prompt_ids)], device=model.device)
     while len(tokens) < gen.max_new_tokens and tokens[-1] not in gen.stop_token_ids:
         kv_len = kv_bucket(len(prompt_ids) + len(tokens), cache.max_len)
@@ -130,6 +132,9 @@ def generate_ar(
         recorder.stop()
         position += 1
         tokens.append(int(token))
+        commits.append((time.perf_counter() - start) * 1e6)
     wall_s = time.perf_counter() - start
     intervals = recorder.intervals_us()
-    return ARResult(len(prompt_ids), tuple(tokens), intervals[0], tuple(intervals[1:]), wall_s)
+    return ARResult(
+        len(prompt_ids), tuple(tokens), intervals[0], tuple(intervals[1:]), wall_s, tuple(commits)
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict
 
 import torch
@@ -21,7 +22,18 @@ _OPTION_FIELDS = ("max_new_tokens", "temperature", "seed", "synthetic_alpha", "s
 
 
 def dispatch(name: str, model, prompts, opts: dict) -> RunResult:
+    """Every method is timed the same way: one untimed warm-up decode of the first prompt (captures, compiles,
+    first-seen shapes; default on a GPU), then every prompt from its prefill's end (prefill excluded) to its last
+    commit on the host clock, after the iteration's sync that committed the token."""
     opts = dict(opts)
+    warmup = bool(opts.pop("warmup", model.device.type == "cuda"))
+    if warmup:
+        _dispatch(name, model, as_prompts(prompts)[:1], dict(opts))
+    result = _dispatch(name, model, prompts, opts)
+    return dataclasses.replace(result, config={**result.config, "warmup_prompts": int(warmup)})
+
+
+def _dispatch(name: str, model, prompts, opts: dict) -> RunResult:
     fields = {key: opts.pop(key) for key in _OPTION_FIELDS if key in opts}
     fields["stop_token_ids"] = tuple(fields.get("stop_token_ids") or ())
     options = DecodeOptions(**fields)
@@ -107,10 +119,7 @@ def ar_prompt_runs(model, prompts, options: DecodeOptions, cache, graphs) -> tup
         sampling = SamplingConfig(temperature=options.temperature, seed=options.prompt_seed(index))
         gen = GenerationConfig(options.max_new_tokens, sampling, options.stop_token_ids, graphs.enabled)
         out = generate_ar(model, prompt.tokens, gen, cache=cache, graphs=graphs)
-        times, elapsed = [out.prefill_us], out.prefill_us
-        for step_us in out.step_us:
-            elapsed += step_us
-            times.append(elapsed)
+        times = out.token_times_us
         cycles = tuple(CycleTiming(i, "ar", 1, {"step": us}) for i, us in enumerate(out.step_us))
         runs.append(
             PromptRun(
