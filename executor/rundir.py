@@ -109,7 +109,8 @@ def write_trace(result: RunResult, path: str | Path) -> Path:
 
 def write_run_dir(result: RunResult, out_dir: str | Path, extra_config: dict | None = None) -> Path:
     """Write the five run files for `result` into `out_dir` (replacing an existing run directory)."""
-    config = {**result.config, "device": result.device, **(extra_config or {})}
+    lengths = {run.prompt_id: run.prompt_tokens for run in result.prompts}
+    config = {**result.config, "device": result.device, "prompt_tokens": lengths, **(extra_config or {})}
     return write_atomically(
         out_dir,
         {

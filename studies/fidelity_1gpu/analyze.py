@@ -1,0 +1,117 @@
+"""One-GPU fidelity: calibrate on AR + one chain run per model, validate every other run (held out).
+
+    python studies/fidelity_1gpu/analyze.py [--results studies/fidelity_1gpu/results]
+
+Reads the run directories and profile bundle that `measure.py` wrote per model; writes per model
+``calibrated_profile.json``, and for all models ``validation.csv``, ``report.md`` and ``fidelity.png`` (TPOT
+error per run, fitted and held-out apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from spdsim.calibrate import calibrate, write_profile  # noqa: E402
+from spdsim.validate import validate  # noqa: E402
+
+FIT_RUNS = ("ar", "eagle3_k3_a0.80")
+
+
+def analyze_model(folder: Path) -> pd.DataFrame:
+    runs = sorted(p for p in folder.iterdir() if (p / "summary.json").is_file())
+    fit = [folder / name for name in FIT_RUNS if (folder / name).is_dir()]
+    profile = calibrate([folder / "profile.json"], fit)
+    profile_path = folder / "calibrated_profile.json"
+    write_profile(profile, profile_path)
+    comparisons = validate(runs, profile_path, baseline=folder / "ar")
+    rows = []
+    for comparison in comparisons:
+        summary = json.loads((folder / comparison.run / "summary.json").read_text())
+        rows.append(
+            {
+                "model": folder.name,
+                **comparison.row(),
+                "nominal_alpha": summary.get("nominal_alpha"),
+                "realised_alpha": summary.get("realised_alpha"),
+                "synthetic_reanchors": summary.get("synthetic_reanchors"),
+                "warning": comparison.warning or "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def report(frame: pd.DataFrame) -> str:
+    lines = [
+        "# One-GPU fidelity (calibrated on AR + EAGLE-3 K=3 alpha 0.8; everything else held out)",
+        "",
+        "Signed errors (predicted - measured) / measured. Realised alpha beside the nominal one.",
+        "",
+        "| model | run | role | nominal a | realised a | re-anchors | TPOT meas. (ms) | TPOT err % | speedup meas. | speedup err % |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in frame.sort_values(["model", "role", "run"]).itertuples():
+
+        def fmt(value, spec):
+            return "" if value is None or pd.isna(value) else format(value, spec)
+
+        lines.append(
+            f"| {row.model} | {row.run} | {row.role} | {fmt(row.nominal_alpha, '.2f')} | "
+            f"{fmt(row.realised_alpha, '.3f')} | {fmt(row.synthetic_reanchors, '.0f')} | "
+            f"{fmt(row.measured_tpot_ms, '.3f')} | {fmt(row.error_pct_tpot_ms, '+.1f')} | "
+            f"{fmt(row.measured_speedup, '.2f')} | {fmt(row.error_pct_speedup, '+.1f')} |"
+        )
+    lines.append("")
+    for role in ("fitted", "held-out"):
+        errors = frame.loc[frame.role == role, "error_pct_tpot_ms"].abs()
+        if len(errors):
+            lines.append(
+                f"- {role}: {len(errors)} runs, |TPOT error| median {errors.median():.1f}%, max {errors.max():.1f}%, "
+                f"{int((errors <= 5).sum())} within 5%"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(frame: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted(frame.model.unique())
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        part = frame[frame.model == model].sort_values("run")
+        colors = ["tab:blue" if r == "fitted" else "tab:orange" for r in part.role]
+        ax.barh(part.run, part.error_pct_tpot_ms, color=colors)
+        ax.axvspan(-5, 5, color="0.9", zorder=0)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_title(f"{model}: TPOT error (blue fitted, orange held out)")
+        ax.set_xlabel("predicted vs measured TPOT, %")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    results = Path(args.results)
+    folders = sorted(p for p in results.iterdir() if (p / "profile.json").is_file())
+    frame = pd.concat([analyze_model(folder) for folder in folders], ignore_index=True)
+    frame.to_csv(results / "validation.csv", index=False)
+    (results / "report.md").write_text(report(frame))
+    plot(frame, results / "fidelity.png")
+    print(report(frame))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""Measurements for the one-GPU fidelity study (runs on the GPU machine; `run_gpu.sh` gives the exact call).
+
+Per model, in one process (one load, one compile): a profile bundle of every phase, graph-captured; AR; EAGLE-3
+chain runs for K in {2, 3, 5, 7} x synthetic alpha in {0.6, 0.8, 0.9} (random head weights, T = 0); single-process
+SPD at n in {2, 4}. Every run is a run directory (config.json, tokens.csv, summary.json, trace.csv, cycles.csv)
+under ``OUT/<model tag>/``; `analyze.py` calibrates on AR + one chain run and validates the rest (held out).
+
+    python studies/fidelity_1gpu/measure.py --models random:qwen3-4b,random:qwen3-8b --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from executor.models import load_fast_model  # noqa: E402
+from executor.profile import (  # noqa: E402
+    ProfileGrid,
+    build_bundle,
+    hardware_info,
+    measure_copy_bandwidth_gbps,
+    profile_phases,
+    software_info,
+    write_bundle,
+)
+from executor.prompts import load_prompts  # noqa: E402
+from executor.rundir import write_run_dir  # noqa: E402
+from executor.schedules import run_method  # noqa: E402
+
+CHAIN_K = (2, 3, 5, 7)
+CHAIN_ALPHA = (0.6, 0.8, 0.9)
+SPD_STAGES = (2, 4)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run_name(method: str, width: int | None = None, alpha: float | None = None) -> str:
+    """Run-directory names shared with analyze.py."""
+    if method == "ar":
+        return "ar"
+    letter = "k" if method == "eagle3" else "n"
+    return f"{method}_{letter}{width}_a{alpha:.2f}"
+
+
+def measure_model(spec: str, out: Path, args, device: str) -> None:
+    tag = spec.replace("random:", "").replace(":", "-")
+    folder = out / tag
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype = "bfloat16" if device == "cuda" else "float32"
+    model, loaded = load_fast_model(spec, device=device, dtype=dtype, seed=0, max_seq_len=4096)
+    if device == "cuda":
+        model.compile_layers()
+    prompts = [
+        (p.prompt_id, p.token_ids) for p in load_prompts(args.prompts, loaded.tokenizer, limit=args.limit)
+    ]
+    common = {"max_new_tokens": args.new_tokens, "seed": 0}
+    extra = {"model": spec, "prompts": args.prompts, "dtype": dtype}
+
+    def save(name: str, result) -> None:
+        write_run_dir(result, folder / name, extra)
+        summary = result.summary()
+        log(
+            f"{tag} {name}: {summary['tokens_per_s']:.1f} tok/s, tpot {summary['tpot_ms']:.3f} ms, "
+            f"realised alpha {summary['realised_alpha']} (nominal {summary['nominal_alpha']})"
+        )
+
+    save("ar", run_method("ar", model, prompts, **common))
+    for k in CHAIN_K:
+        for alpha in CHAIN_ALPHA:
+            save(
+                run_name("eagle3", k, alpha),
+                run_method("eagle3", model, prompts, k=k, synthetic_alpha=alpha, **common),
+            )
+    for n in SPD_STAGES:
+        save(
+            run_name("spd", n, 0.8),
+            run_method("spd", model, prompts, stages=n, synthetic_alpha=0.8, **common),
+        )
+
+    log(f"{tag}: profile bundle")
+    grid = ProfileGrid(
+        stage_counts=(1, 2, 4),
+        query_tokens=(1, 3, 4, 6, 8),
+        kv_lens=(256, 512, 1024),
+        spec_layers=(1,),
+        iters=args.iters,
+    )
+    if device != "cuda":
+        grid = ProfileGrid(
+            stage_counts=(1, 2), query_tokens=(1, 3, 4), kv_lens=(16, 256), spec_layers=(1,), iters=3
+        )
+    copy_gbps = measure_copy_bandwidth_gbps(device, nbytes=(1 << 30) if device == "cuda" else 1 << 24)
+    hardware = hardware_info(device, copy_gbps)
+    phases = profile_phases(model, grid, progress=log)
+    bundle = build_bundle(
+        model_name=spec, model=model, phases=phases, hardware=hardware, source=f"studies/fidelity_1gpu {spec}"
+    )
+    write_bundle(folder / "profile.json", bundle)
+    meta = {
+        "model": spec,
+        "hardware": hardware,
+        "software": software_info(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(),
+        "command": " ".join(["python"] + sys.argv),
+    }
+    (folder / "measure.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    del model, loaded
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch._dynamo.reset()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="random:qwen3-4b,random:qwen3-8b")
+    parser.add_argument("--out", default=str(ROOT / "studies" / "fidelity_1gpu" / "results"))
+    parser.add_argument("--prompts", default="mt_bench")
+    parser.add_argument("--limit", type=int, default=4)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    for spec in args.models.split(","):
+        measure_model(spec, Path(args.out), args, args.device)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
