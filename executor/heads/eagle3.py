@@ -205,10 +205,10 @@ class FastEagle3:
         parts = [features[i] for i in self.feature_layers]
         return F.linear(torch.cat(parts, dim=-1).to(self.fc.dtype), self.fc)
 
-    def step(
+    def forward(
         self, hidden: torch.Tensor, token_embeds: torch.Tensor, positions: torch.Tensor, cache, window: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eagle3Head.step's computation: (output hidden [B, T, H], draft logits [B, T, V_d] float32)."""
+    ) -> torch.Tensor:
+        """The head layer on rows at ``positions`` (device tensor) over the first ``window`` cache slots."""
         from executor.fastmodel import rms_norm
         from executor.heads.fast_layer import run_head_layer
 
@@ -217,9 +217,15 @@ class FastEagle3:
         attn_input = torch.cat(
             [rms_norm(embeds, self.weights.input_norm, eps), rms_norm(hidden, self.hidden_norm, eps)], dim=-1
         )
-        out = run_head_layer(
+        return run_head_layer(
             self.model, self.weights, self.shape, hidden, positions, cache, window, attn_input=attn_input
         )
+
+    def step(
+        self, hidden: torch.Tensor, token_embeds: torch.Tensor, positions: torch.Tensor, cache, window: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eagle3Head.step's computation: (output hidden [B, T, H], draft logits [B, T, V_d] float32)."""
+        out = self.forward(hidden, token_embeds, positions, cache, window)
         return out, self.logits(out)
 
     def logits(self, out: torch.Tensor) -> torch.Tensor:
