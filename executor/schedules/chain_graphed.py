@@ -265,12 +265,12 @@ def run_graphed_prompt(
                     carry = drafter.catch_up(verified, prev_start)
                 rt.drafts[0:1].copy_(carry[0].view(1))
             for step in range(1, k):
-                if accept_fn is not None:
-                    with timer.phase(cycle, "acceptance_head"):
-                        rt.probs[step : step + 1].copy_(accept_fn(carry[2]))
                 with timer.phase(cycle, f"draft{step}"):
                     carry = drafter.step(carry, sequence_len, step)
                     rt.drafts[step : step + 1].copy_(carry[0].view(1))
+                if accept_fn is not None:  # p̂ of draft step + 1, from the row that produced it
+                    with timer.phase(cycle, "acceptance_head"):
+                        rt.probs[step : step + 1].copy_(accept_fn(carry[2]))
             with timer.phase(cycle, "verify"):
                 verified = rt.verify(last, start, start_host, collect, stop_length)
                 last, start = verified["next_last"], verified["next_start"]
