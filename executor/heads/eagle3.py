@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from executor.heads.layers import (
@@ -155,3 +156,83 @@ def load_eagle3(source: str | Path | dict, base_config, dtype: torch.dtype | Non
         )
     head.load_state_dict(state, strict=True)
     return head
+
+
+@dataclass(frozen=True)
+class FastEagle3:
+    """An Eagle3Head in the fast decoder's functional form (``executor.heads.fast_layer``): its layer packed into
+    ``LayerWeights``, run through the base model's (compiled) layer function over a 1-layer ``KVCache`` with
+    position masking and the base model's RoPE tables. Static shapes, no host sync: graph-capturable."""
+
+    model: object  # the base FastModel (embedding, RoPE tables, layer functions)
+    fc: torch.Tensor  # [H, 3H]
+    hidden_norm: torch.Tensor  # [H]
+    weights: object  # fastmodel.LayerWeights (qkv over the 2H attention input)
+    shape: object  # fastmodel.LayerShape
+    norm: torch.Tensor  # [H]
+    lm_head: torch.Tensor  # [V_d, H]
+    draft_token_ids: torch.Tensor | None  # [V_d] or None (full vocabulary)
+    feature_layers: tuple[int, int, int]
+
+    @classmethod
+    def from_head(cls, head: Eagle3Head, model) -> FastEagle3:
+        from executor.heads.fast_layer import layer_shape, pack_decoder_layer
+
+        device, dtype = model.device, head.fc.weight.dtype
+
+        def take(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.detach().to(device=device).contiguous()
+
+        ids = None if head.head_config.draft_token_ids is None else take(head.draft_token_ids)
+        return cls(
+            model,
+            take(head.fc.weight),
+            take(head.hidden_norm.weight),
+            pack_decoder_layer(head.layer, device=device, dtype=dtype),
+            layer_shape(head.layer),
+            take(head.norm.weight),
+            take(head.lm_head.weight),
+            ids,
+            head.head_config.feature_layers,
+        )
+
+    def new_cache(self, capacity: int):
+        from executor.heads.fast_layer import new_head_cache
+
+        return new_head_cache(self.shape, capacity, self.model.max_seq_len, self.model.device, self.fc.dtype)
+
+    def fuse(self, features: dict[int, torch.Tensor]) -> torch.Tensor:
+        parts = [features[i] for i in self.feature_layers]
+        return F.linear(torch.cat(parts, dim=-1).to(self.fc.dtype), self.fc)
+
+    def forward(
+        self, hidden: torch.Tensor, token_embeds: torch.Tensor, positions: torch.Tensor, cache, window: int
+    ) -> torch.Tensor:
+        """The head layer on rows at ``positions`` (device tensor) over the first ``window`` cache slots."""
+        from executor.fastmodel import rms_norm
+        from executor.heads.fast_layer import run_head_layer
+
+        eps = self.shape.eps
+        embeds = token_embeds.to(hidden.dtype)
+        attn_input = torch.cat(
+            [rms_norm(embeds, self.weights.input_norm, eps), rms_norm(hidden, self.hidden_norm, eps)], dim=-1
+        )
+        return run_head_layer(
+            self.model, self.weights, self.shape, hidden, positions, cache, window, attn_input=attn_input
+        )
+
+    def step(
+        self, hidden: torch.Tensor, token_embeds: torch.Tensor, positions: torch.Tensor, cache, window: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eagle3Head.step's computation: (output hidden [B, T, H], draft logits [B, T, V_d] float32)."""
+        out = self.forward(hidden, token_embeds, positions, cache, window)
+        return out, self.logits(out)
+
+    def logits(self, out: torch.Tensor) -> torch.Tensor:
+        from executor.fastmodel import head_logits
+
+        return head_logits(out, self.norm, self.lm_head, self.shape.eps)
+
+    def full_ids(self, draft_index: torch.Tensor) -> torch.Tensor:
+        """Draft-vocabulary argmax indices -> full-vocabulary token ids."""
+        return draft_index if self.draft_token_ids is None else self.draft_token_ids[draft_index]

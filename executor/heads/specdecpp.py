@@ -131,3 +131,15 @@ def _tied_block(tensors: dict, k: int, weights_path: Path) -> dict[str, torch.Te
             raise SpdsimError(f"{weights_path}: copies of the tied ResBlock {name} differ")
         block[name] = copies[0]
     return block
+
+
+def stop_length(probs: torch.Tensor, threshold: float, k_min: int) -> torch.Tensor:
+    """SpecDec++'s stop rule on the device over all k_max drafts: ``probs [k_max]`` holds p̂_i of draft i (index
+    i − 1; p̂_1 is skipped, so probs[0] is ignored); cum_i = Π_{2..i} p̂; returns (0-dim long) the first
+    i >= k_min with 1 − cum_i > h, else k_max. The product runs in float64 like the host rule's Python floats."""
+    k_max = probs.shape[0]
+    factors = torch.cat([torch.ones_like(probs[:1]), probs[1:]]).double()
+    cumulative = torch.cumprod(factors, 0)
+    drafted = torch.arange(1, k_max + 1, device=probs.device)
+    stop = ((drafted >= k_min) & (1.0 - cumulative > threshold)) | (drafted == k_max)
+    return stop.int().argmax() + 1

@@ -4,7 +4,8 @@ tokens; accept the longest verified prefix, emit the target's correction or bonu
 Drafters: `draft-model` (a smaller fast model with the same vocabulary, its own KV cache) and `eagle3` (the
 EAGLE-3-style head over fused target features; its rows at positions >= the last committed one are rebuilt from
 real target features every iteration, so its cache keeps only rows built from them). The per-prompt loop
-`run_chain_prompt` is shared with SpecDec++ (`executor.specdecpp_chain`), whose drafter stops early.
+`run_chain_prompt` (the eager loop, used at T > 0) is shared with SpecDec++ (`executor.specdecpp_chain`), whose
+drafter stops early. At T = 0 both run on the graph-captured device path of `executor.schedules.chain_graphed`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import asdict
 
 import torch
 
+from executor.graphs import GraphCache
+from executor.heads.eagle3 import FastEagle3
 from executor.schedules.base import (
     cache_length,
     follow_synthetic,
@@ -21,6 +24,12 @@ from executor.schedules.base import (
     prefill,
     synthetic_drafts,
     window,
+)
+from executor.schedules.chain_graphed import (
+    ChainRuntime,
+    GraphedDraftModel,
+    GraphedEagle3,
+    run_graphed_prompt,
 )
 from executor.schedules.common import (
     DecodeOptions,
@@ -186,9 +195,18 @@ def run_chain_prompt(
 
 @torch.inference_mode()
 def run_chain(
-    model, drafter, prompts, kind: str, k: int, options: DecodeOptions = DecodeOptions()
+    model,
+    drafter,
+    prompts,
+    kind: str,
+    k: int,
+    options: DecodeOptions = DecodeOptions(),
+    graphs: GraphCache | None = None,
 ) -> RunResult:
-    """Chain SD with `kind` "draft-model" (drafter: a fast model) or "eagle3" (drafter: an Eagle3Head)."""
+    """Chain SD with `kind` "draft-model" (drafter: a fast model) or "eagle3" (drafter: an Eagle3Head).
+
+    At T = 0 every iteration runs on the device path of `executor.schedules.chain_graphed` (graph-captured on a
+    GPU, in `graphs` or a new GraphCache; one host sync per iteration); at T > 0 the eager loop below samples."""
     options.validate()
     if kind not in ("draft-model", "eagle3"):
         raise SpdsimError(f"chain method {kind!r} unknown (allowed: draft-model, eagle3)")
@@ -199,15 +217,27 @@ def run_chain(
             f"draft model vocab_size {drafter.cfg.vocab_size} differs from the target's {model.cfg.vocab_size}"
         )
 
+    prompts = as_prompts(prompts)
+    collect = drafter.head_config.feature_layers if kind == "eagle3" else ()
+    config = {"method": kind, "k": k, **asdict(options)}
+    if options.temperature == 0.0:
+        max_prompt = max(len(p.tokens) for p in prompts)
+        runtime = ChainRuntime(model, k, max_prompt, options, graphs or GraphCache())
+        if kind == "eagle3":
+            source = GraphedEagle3(FastEagle3.from_head(drafter, model), runtime, max_prompt, options)
+        else:
+            source = GraphedDraftModel(drafter, runtime, max_prompt, options)
+        runs = tuple(
+            run_graphed_prompt(model, p, i, options, kind, source, collect) for i, p in enumerate(prompts)
+        )
+        return RunResult(kind, config, runs, str(model.device))
+
     def make_drafter(tokens, feats):
         if kind == "eagle3":
             return Eagle3Drafter(drafter, model, len(tokens), feats, options, k)
         return _DraftModel(drafter, tokens, options, k)
 
-    collect = drafter.head_config.feature_layers if kind == "eagle3" else ()
     runs = tuple(
-        run_chain_prompt(model, p, i, options, kind, k, collect, make_drafter)
-        for i, p in enumerate(as_prompts(prompts))
+        run_chain_prompt(model, p, i, options, kind, k, collect, make_drafter) for i, p in enumerate(prompts)
     )
-    config = {"method": kind, "k": k, **asdict(options)}
     return RunResult(kind, config, runs, str(model.device))
