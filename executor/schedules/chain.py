@@ -202,6 +202,7 @@ def run_chain(
     k: int,
     options: DecodeOptions = DecodeOptions(),
     graphs: GraphCache | None = None,
+    warmup: bool = False,
 ) -> RunResult:
     """Chain SD with `kind` "draft-model" (drafter: a fast model) or "eagle3" (drafter: an Eagle3Head).
 
@@ -227,6 +228,8 @@ def run_chain(
             source = GraphedEagle3(FastEagle3.from_head(drafter, model), runtime, max_prompt, options)
         else:
             source = GraphedDraftModel(drafter, runtime, max_prompt, options)
+        if warmup:  # untimed, on the runtime and graphs the timed prompts use
+            run_graphed_prompt(model, prompts[0], 0, options, kind, source, collect)
         runs = tuple(
             run_graphed_prompt(model, p, i, options, kind, source, collect) for i, p in enumerate(prompts)
         )
@@ -237,6 +240,8 @@ def run_chain(
             return Eagle3Drafter(drafter, model, len(tokens), feats, options, k)
         return _DraftModel(drafter, tokens, options, k)
 
+    if warmup:
+        run_chain_prompt(model, prompts[0], 0, options, kind, k, collect, make_drafter)
     runs = tuple(
         run_chain_prompt(model, p, i, options, kind, k, collect, make_drafter) for i, p in enumerate(prompts)
     )

@@ -27,9 +27,7 @@ def dispatch(name: str, model, prompts, opts: dict) -> RunResult:
     commit on the host clock, after the iteration's sync that committed the token."""
     opts = dict(opts)
     warmup = bool(opts.pop("warmup", model.device.type == "cuda"))
-    if warmup:
-        _dispatch(name, model, as_prompts(prompts)[:1], dict(opts))
-    result = _dispatch(name, model, prompts, opts)
+    result = _dispatch(name, model, prompts, {**opts, "warmup": warmup})
     return dataclasses.replace(result, config={**result.config, "warmup_prompts": int(warmup)})
 
 
@@ -37,18 +35,21 @@ def _dispatch(name: str, model, prompts, opts: dict) -> RunResult:
     fields = {key: opts.pop(key) for key in _OPTION_FIELDS if key in opts}
     fields["stop_token_ids"] = tuple(fields.get("stop_token_ids") or ())
     options = DecodeOptions(**fields)
+    warmup = opts.pop("warmup", False)
     if name == "ar":
-        result = run_ar(model, prompts, options, use_graphs=opts.pop("use_graphs", True))
+        result = run_ar(model, prompts, options, use_graphs=opts.pop("use_graphs", True), warmup=warmup)
     elif name == "spd":
-        result = _spd(model, prompts, options, opts)
+        result = _spd(model, prompts, options, opts, warmup)
     elif name == "draft-model":
         draft = opts.pop("draft_model", None)
         if draft is None:
             raise SpdsimError("method draft-model needs a draft model (draft_model=...)")
-        result = run_chain(model, draft, prompts, "draft-model", int(opts.pop("k", 3)), options)
+        result = run_chain(
+            model, draft, prompts, "draft-model", int(opts.pop("k", 3)), options, warmup=warmup
+        )
     elif name == "eagle3":
         head = _eagle3_head(model, opts.pop("head", None), options.seed)
-        result = run_chain(model, head, prompts, "eagle3", int(opts.pop("k", 3)), options)
+        result = run_chain(model, head, prompts, "eagle3", int(opts.pop("k", 3)), options, warmup=warmup)
     else:
         raise SpdsimError(f"method {name!r} unknown (allowed: {', '.join(METHODS)})")
     if opts:
@@ -56,7 +57,7 @@ def _dispatch(name: str, model, prompts, opts: dict) -> RunResult:
     return result
 
 
-def _spd(model, prompts, options: DecodeOptions, opts: dict) -> RunResult:
+def _spd(model, prompts, options: DecodeOptions, opts: dict, warmup: bool = False) -> RunResult:
     stage_layers, stages = opts.pop("stage_layers", None), opts.pop("stages", None)
     head_path = opts.pop("head", None)
     base = base_config_of(model)
@@ -82,6 +83,8 @@ def _spd(model, prompts, options: DecodeOptions, opts: dict) -> RunResult:
         lm_head = model.embed_tokens if model.lm_head_weight is None else model.lm_head_weight
         drafter.attach_base(model.norm.detach().cpu().float(), lm_head.detach().cpu().float())
     drafter = drafter.to(device=model.device, dtype=model.dtype).eval()
+    if warmup:
+        run_spd(model, drafter, as_prompts(prompts)[:1], split, options)
     return run_spd(model, drafter, prompts, split, options)
 
 
@@ -96,7 +99,9 @@ def _eagle3_head(model, head_path, seed: int) -> Eagle3Head:
     return head.to(device=model.device, dtype=model.dtype).eval()
 
 
-def run_ar(model, prompts, options: DecodeOptions, use_graphs: bool = True) -> RunResult:
+def run_ar(
+    model, prompts, options: DecodeOptions, use_graphs: bool = True, warmup: bool = False
+) -> RunResult:
     """The AR schedule of `executor.schedules.ar` (graph-captured on a GPU), as a RunResult."""
     from executor.graphs import GraphCache
 
@@ -104,7 +109,10 @@ def run_ar(model, prompts, options: DecodeOptions, use_graphs: bool = True) -> R
     prompts = as_prompts(prompts)
     # One cache and one set of captured graphs for all prompts: a capture per prompt costs ~80 ms on a GPU.
     cache = model.new_cache(max((len(p.tokens) for p in prompts), default=0) + options.max_new_tokens)
-    runs = ar_prompt_runs(model, prompts, options, cache, GraphCache(enabled=use_graphs))
+    graphs = GraphCache(enabled=use_graphs)
+    if warmup:  # untimed, on the cache and graphs the timed prompts use
+        ar_prompt_runs(model, prompts[:1], options, cache, graphs)
+    runs = ar_prompt_runs(model, prompts, options, cache, graphs)
     config = {"method": "ar", **asdict(options)}
     return RunResult("ar", config, runs, str(model.device))
 
