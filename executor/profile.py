@@ -289,25 +289,28 @@ def profile_chain_draft(
     model: FastModel, grid: ProfileGrid, report: Callable[[str], None]
 ) -> list[dict[str, Any]]:
     """One serial EAGLE-3-style draft pass (one decoder layer on one token, draft lm_head, argmax) at ``kv_len``
-    cached head positions; eager, like the schedule (host-side head cache)."""
-    from executor.heads.eagle3 import Eagle3Head, Eagle3HeadConfig
+    cached head positions, as the chain schedule runs it: the functional head step (``FastEagle3``) over a
+    position-masked static cache, graph-captured on a GPU (compiled layers when the model is compiled)."""
+    from executor.heads.eagle3 import Eagle3Head, Eagle3HeadConfig, FastEagle3
     from executor.heads.layers import base_config_of
 
     base = base_config_of(model)
     head = Eagle3Head(base, Eagle3HeadConfig.build(base)).to(device=model.device, dtype=model.dtype).eval()
+    fast = FastEagle3.from_head(head, model)
     hidden, embeds = _hidden(model, 1), _hidden(model, 1)
-    timed = _head_timer(model, grid)
+    timer = PhaseTimer(model.device, grid)
     entries = []
     for kv_len in grid.kv_lens:
-        head_cache = head.new_cache(capacity=kv_len + 2)
-        position = torch.tensor([kv_len], device=model.device)
+        head_cache = fast.new_cache(kv_len + 2)
+        window = kv_bucket(kv_len + 1, head_cache.max_len)
 
-        def one_pass(_c=head_cache, _p=position, _k=kv_len) -> torch.Tensor:
-            _c.length = _k
-            _, logits = head.step(hidden, embeds, _p, _c)
+        def one_pass(
+            h: torch.Tensor, e: torch.Tensor, p: torch.Tensor, _c=head_cache, _w=window
+        ) -> torch.Tensor:
+            _, logits = fast.step(h, e, p, _c, _w)
             return logits[:, -1].argmax(-1)
 
-        stats = timed(one_pass)
+        stats = timer.time(one_pass, hidden, embeds, torch.tensor([kv_len], device=model.device))
         entries.append(_entry({"draft_layers": 1, "kv_len": kv_len}, stats))
         report(f"chain_draft kv={kv_len}: {stats.median_us:.1f} us")
     return entries
