@@ -342,9 +342,6 @@ def build_bundle(
 
 def write_bundle(path: str | Path, bundle: dict[str, Any]) -> Path:
     """Write atomically (temp file + rename) so a failed run leaves no half-written profile."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(path.suffix + ".part")
-    staging.write_text(json.dumps(bundle, indent=1) + "\n")
-    staging.replace(path)
-    return path
+    from spdsim.outputs import write_text_file
+
+    return write_text_file(path, json.dumps(bundle, indent=1) + "\n")

@@ -16,6 +16,7 @@ from executor.schedules.common import RunResult
 from spdsim.acceptance import TRACE_COLUMNS
 from spdsim.artifacts import write_atomically
 from spdsim.errors import SpdsimError
+from spdsim.outputs import write_file, write_text_file
 
 TOKEN_COLUMNS = (
     "method",
@@ -97,18 +98,19 @@ def write_trace(result: RunResult, path: str | Path) -> Path:
         import pandas as pd
 
         frame = pd.DataFrame(trace_rows(result), columns=list(TRACE_COLUMNS))
-        tmp = path.with_name(path.name + ".tmp")
-        frame.to_parquet(tmp, index=False)
-        tmp.replace(path)
+        write_file(path, lambda temporary: frame.to_parquet(temporary, index=False))
     elif path.suffix.lower() == ".csv":
-        path.write_text(trace_csv(result))
+        write_text_file(path, trace_csv(result))
     else:
         raise SpdsimError(f"trace file {str(path)!r} must end in .csv or .parquet")
     return path
 
 
-def write_run_dir(result: RunResult, out_dir: str | Path, extra_config: dict | None = None) -> Path:
-    """Write the five run files for `result` into `out_dir` (replacing an existing run directory)."""
+def write_run_dir(
+    result: RunResult, out_dir: str | Path, extra_config: dict | None = None, force: bool = True
+) -> Path:
+    """Write the five run files for `result` into `out_dir`: a new directory, or (``force``) spdsim's own one,
+    whose run files are replaced (``spdsim.outputs.write_dir``)."""
     lengths = {run.prompt_id: run.prompt_tokens for run in result.prompts}
     config = {**result.config, "device": result.device, "prompt_tokens": lengths, **(extra_config or {})}
     return write_atomically(
@@ -120,4 +122,5 @@ def write_run_dir(result: RunResult, out_dir: str | Path, extra_config: dict | N
             "trace.csv": lambda: trace_csv(result),
             "cycles.csv": lambda: cycles_csv(result),
         },
+        force=force,
     )

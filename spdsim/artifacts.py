@@ -1,7 +1,7 @@
 """The run directory: config.json, tokens.csv, summary.json and trace.json, written atomically.
 
-Everything is built in a temporary sibling directory and renamed into place at the end, so a failure never
-leaves a half-written run directory. Contents are deterministic (no timestamps, sorted keys), so the same
+Written by ``spdsim.outputs.write_dir``: a new directory (or spdsim's own one), built aside and renamed into
+place, so a failure never leaves a half-written run directory and no file spdsim did not write is touched. Contents are deterministic (no timestamps, sorted keys), so the same
 scenario gives byte-identical files. ``config.json`` is a scenario file: ``spdsim simulate config.json``
 reproduces the run.
 """
@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 from spdsim import __version__
 from spdsim.compare import RunOutcome
 from spdsim.errors import SpdsimError
+from spdsim.outputs import write_dir
 from spdsim.plots import resource_order
 from spdsim.scenario import NamedScenario, scenario_to_run_dict
 
@@ -123,33 +122,13 @@ def _meta(kind: str, pid: int, tid: int, name: str) -> str:
     return json.dumps({"name": kind, "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}})
 
 
-def write_atomically(out_dir: str | Path, writers: dict[str, Callable[[], str]]) -> Path:
-    """Create ``out_dir`` with one file per writer; build in a temporary sibling, then rename into place."""
-    out_dir = Path(out_dir)
-    parent = out_dir.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SpdsimError(f"--out: '{out_dir}' exists and is not a directory")
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; a run directory is an ordinary one
-    try:
-        for filename, write in writers.items():
-            (staging / filename).write_text(write())
-        if out_dir.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=parent))
-            out_dir.rename(retired / "previous")
-            staging.rename(out_dir)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out_dir
+def write_atomically(out_dir: str | Path, writers: dict[str, Callable[[], str]], force: bool = True) -> Path:
+    """Create ``out_dir`` with one file per writer, atomically (the rules are ``spdsim.outputs.write_dir``'s)."""
+    return write_dir(out_dir, writers, force=force)
 
 
-def write_run_dir(out_dir: str | Path, outcomes: list[RunOutcome], name: str) -> Path:
-    """The four run files for ``outcomes`` (see module docstring)."""
+def write_run_dir(out_dir: str | Path, outcomes: list[RunOutcome], name: str, force: bool = True) -> Path:
+    """The four run files for ``outcomes`` (see module docstring); ``force``: may rewrite spdsim's own directory."""
     runs = [NamedScenario(o.label, o.scenario) for o in outcomes]
     return write_atomically(
         out_dir,
@@ -159,6 +138,7 @@ def write_run_dir(out_dir: str | Path, outcomes: list[RunOutcome], name: str) ->
             "summary.json": lambda: _dumps(summary_document(outcomes)),
             "trace.json": lambda: chrome_trace(outcomes),
         },
+        force=force,
     )
 
 

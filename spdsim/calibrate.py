@@ -307,13 +307,10 @@ def _set_phase(profile: dict[str, Any], phase: str, groups: dict[int, list[dict]
 
 
 def write_profile(profile: dict[str, Any], out: str | Path) -> Path:
-    """Write atomically: nothing half-written on failure."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(out.name + ".part")
-    staging.write_text(json.dumps(profile, indent=1, sort_keys=True) + "\n")
-    staging.replace(out)
-    return out
+    """Write atomically (``spdsim.outputs``): nothing half-written on failure."""
+    from spdsim.outputs import write_text_file
+
+    return write_text_file(out, json.dumps(profile, indent=1, sort_keys=True) + "\n")
 
 
 __all__ = ["STAT_FIELDS", "calibrate", "merge_bundles", "write_profile"]

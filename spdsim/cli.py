@@ -13,7 +13,6 @@ User mistakes end with one line ``error: <field>: <what is allowed>`` and exit c
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -21,6 +20,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from spdsim.boundary import EXIT_INTERRUPTED, EXIT_USER, fail, user_errors
 from spdsim.errors import SpdsimError
 
 app = typer.Typer(
@@ -62,18 +62,19 @@ def _console() -> Console:
     return Console(highlight=False, soft_wrap=False, width=160)
 
 
-def user_errors(command):
-    """Turn SpdsimError into one line on stderr and exit code 2 (also under typer's CliRunner)."""
+ForceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force", help="Rewrite a run directory spdsim made: replaces its run files, keeps others."
+    ),
+]
+WORKERS_MAX = 1024
 
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except SpdsimError as exc:
-            typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
-            raise typer.Exit(2) from None
 
-    return wrapper
+def _check_workers(workers: int) -> int:
+    if not 0 <= workers <= WORKERS_MAX:
+        raise SpdsimError(f"--workers: must be 0 (one per CPU core) to {WORKERS_MAX} (got {workers})")
+    return workers
 
 
 def _scenario_paths(targets: list[Path] | None) -> list[Path]:
@@ -90,13 +91,30 @@ def _run_name(paths: list[Path]) -> str:
 
 
 def _simulate_and_report(
-    paths, overrides, profile, acceptance, methods, out, write_default: bool, waterfall: bool = False
+    paths,
+    overrides,
+    profile,
+    acceptance,
+    methods,
+    out,
+    write_default: bool,
+    waterfall: bool = False,
+    force: bool = False,
 ) -> None:
     from spdsim.artifacts import default_run_dir, write_run_dir
     from spdsim.compare import describe_setting, render_table, simulate_runs
+    from spdsim.outputs import check_out_dir, own_files
     from spdsim.scenario import load_runs
 
+    if out is not None:
+        check_out_dir(out, force)
     runs = load_runs(paths, overrides or (), acceptance, str(profile) if profile else None, methods or ())
+    name = _run_name(paths)
+    if out is None and write_default:
+        out = default_run_dir(runs, name)
+        # the default directory is named by a hash of the resolved scenario: spdsim's own one holds this very run
+        force = own_files(out) is not None
+        check_out_dir(out, force)
     outcomes = simulate_runs(runs)
     console = _console()
     console.print(render_table(outcomes, title=describe_setting(outcomes)))
@@ -105,11 +123,8 @@ def _simulate_and_report(
 
         spd_runs = [run for run in runs if run.scenario.method.name == "spd"]
         console.print(render_waterfalls([speedup_waterfall(r.label, r.scenario) for r in spd_runs]))
-    name = _run_name(paths)
-    if out is None and write_default:
-        out = default_run_dir(runs, name)
     if out is not None:
-        written = write_run_dir(out, outcomes, name)
+        written = write_run_dir(out, outcomes, name, force=force)
         console.print(f"run directory: {written}", markup=False)
 
 
@@ -121,7 +136,7 @@ def simulate(
     profile: ProfileOpt = None,
     acceptance: AcceptanceOpt = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Run directory (default: runs/<name>-<hash>).")
+        Path | None, typer.Option("--out", help="New run directory (default: runs/<name>-<hash>).")
     ] = None,
     hardware: Annotated[
         str | None,
@@ -132,6 +147,7 @@ def simulate(
     waterfall: Annotated[
         bool, typer.Option("--waterfall", help="Also print where SPD's speedup goes (topology, host, ...).")
     ] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Simulate a scenario (all its runs), print the comparison table and write a run directory."""
     paths = _scenario_paths([scenario] if scenario else None)
@@ -145,6 +161,7 @@ def simulate(
         out,
         write_default=True,
         waterfall=waterfall or bool(hardware),
+        force=force,
     )
 
 
@@ -158,11 +175,12 @@ def compare(
     set_: SetOpt = None,
     profile: ProfileOpt = None,
     acceptance: AcceptanceOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Also write a run directory.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Also write a new run directory.")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Compare methods or configurations side by side, each against AR on the same hardware."""
     _simulate_and_report(
-        _scenario_paths(scenarios), set_, profile, acceptance, method, out, write_default=False
+        _scenario_paths(scenarios), set_, profile, acceptance, method, out, write_default=False, force=force
     )
 
 
@@ -182,12 +200,17 @@ def sweep(
     ] = None,
 ) -> None:
     """Simulate every point of a grid over scenario fields and write one row per point and run."""
-    from spdsim.sweep import run_sweep, write_table
+    from spdsim.outputs import check_out_file
+    from spdsim.sweep import TABLE_SUFFIXES, check_scheduler, run_sweep, write_table
 
     if out is None:
         raise SpdsimError("--out: give the output table, FILE.csv or FILE.parquet")
+    check_out_file(out, TABLE_SUFFIXES)
     if not grid:
         raise SpdsimError("--grid: give at least one KEY=VALUES axis, e.g. method.num_stages=2,4,8,16")
+    _check_workers(workers)
+    if scheduler is not None:
+        check_scheduler(scheduler)
     paths = _scenario_paths([scenario])
     frame = run_sweep(
         paths[0], grid, overrides=set_ or (), workers=workers, progress=True, scheduler=scheduler
@@ -210,11 +233,11 @@ def timeline(
     set_: SetOpt = None,
 ) -> None:
     """Draw a run's schedule as a Gantt chart (resources x time; busy, bubble, flushed, comm, draft)."""
+    from spdsim.outputs import check_out_file, write_file
     from spdsim.plots import parse_window_ms, pick_run, plot_timeline
     from spdsim.scenario import load_runs
 
-    if out.suffix not in (".png", ".svg"):
-        raise SpdsimError(f"--out: '{out}' must end in .png or .svg")
+    check_out_file(out, (".png", ".svg"))
     window = parse_window_ms(window_ms)
     run = pick_run(load_runs(_scenario_paths([target]), set_ or ()), method)
     from spdsim.compare import traced_scenario
@@ -222,7 +245,8 @@ def timeline(
 
     # the default window lies in the first request, which alone is quick to simulate with every interval
     scenario = run.scenario if window else traced_scenario(run.scenario)
-    plot_timeline(simulate(scenario), out, window_ms=window, title=run.label)
+    result = simulate(scenario)
+    write_file(out, lambda temporary: plot_timeline(result, temporary, window_ms=window, title=run.label))
     _console().print(f"timeline of {run.label} -> {out}", markup=False)
 
 
@@ -255,19 +279,21 @@ def optimize(
     import pandas as pd
 
     from spdsim.optimize import (
-        Design,
         SearchSpace,
         load_base_scenario,
         parse_int_range,
+        reference_design,
         render_result,
         search,
     )
-    from spdsim.sweep import write_table
+    from spdsim.outputs import check_out_file
+    from spdsim.sweep import TABLE_SUFFIXES, write_table
 
     if max_gpus < 0 or max_gpus == 1:
         raise SpdsimError(f"--max-gpus: SPD needs at least 2 GPUs, or 0 for no limit (got {max_gpus})")
-    if out is not None and out.suffix not in (".csv", ".parquet"):
-        raise SpdsimError(f"--out: '{out}' must end in .csv or .parquet")
+    if out is not None:
+        check_out_file(out, TABLE_SUFFIXES)
+    _check_workers(workers)
     space = SearchSpace(
         stages=parse_int_range(stages, "--stages"),
         spec_layers=parse_int_range(spec_layers, "--spec-layers"),
@@ -280,7 +306,7 @@ def optimize(
         space,
         alpha_model=alpha_model,
         finalists=finalists,
-        reference=Design(8, 3, "even", "own-gpu"),
+        reference=reference_design(base),
         workers=workers,
     )
     console = _console()
@@ -294,7 +320,7 @@ def optimize(
     console.print(
         f"best: {best.design.label} ({best.gpus} GPUs), {best.simulated_speedup:.2f}x over AR; "
         f"{len(result.candidates)} designs priced, {len(result.finalists)} simulated; "
-        "ref = the SPD authors' n=8, L_s=3 on its own GPU"
+        f"ref = the SPD authors' n=8, L_s=3 on its own GPU ({result.reference.design.split} split)"
         + (
             f" ({result.reference.gpus} GPUs: over the budget)"
             if max_gpus and result.reference.gpus > max_gpus
@@ -345,7 +371,9 @@ def calibrate(
     """Fit the latency model to executor measurements and write a profile."""
     from spdsim.calibrate import calibrate as run_calibrate
     from spdsim.calibrate import write_profile
+    from spdsim.outputs import check_out_file
 
+    check_out_file(out, (".json",))
     profile = run_calibrate(list(bundles), list(run or ()), fit=fit)
     write_profile(profile, out)
     phases = ", ".join(f"{k} ({len(v)})" for k, v in sorted(profile["phases"].items()))
@@ -367,9 +395,12 @@ def validate(
     """Replay measured runs (same trace, prompt and generation lengths) and report signed % errors."""
     from rich.table import Table
 
+    from spdsim.outputs import check_out_file
     from spdsim.validate import METRICS
     from spdsim.validate import validate as run_validate
 
+    if out is not None:
+        check_out_file(out, (".csv",))
     comparisons = run_validate(list(runs), profile, baseline, kind)
     for comparison in comparisons:
         if comparison.warning:
@@ -395,23 +426,36 @@ def validate(
     if out is not None:
         import pandas as pd
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame([c.row() for c in comparisons]).to_csv(out, index=False)
+        from spdsim.outputs import write_file
+
+        frame = pd.DataFrame([c.row() for c in comparisons])
+        write_file(out, lambda temporary: frame.to_csv(temporary, index=False))
         _console().print(f"comparison -> {out}", markup=False)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: click usage errors become one line and exit code 2, like SpdsimError."""
+    """Console entry point: click usage errors become one line and exit code 2, like SpdsimError; Ctrl-C
+    outside a command exits 130; anything else goes through the error boundary (spdsim.boundary)."""
+    import click
+
     try:
         code = app(args=argv, prog_name="spdsim", standalone_mode=False)
-    except typer.Abort:
+    except click.exceptions.Abort as exc:  # click turns a Ctrl-C outside a command into Abort
+        if isinstance(exc.__context__, KeyboardInterrupt) or isinstance(exc.__cause__, KeyboardInterrupt):
+            typer.echo("interrupted: stopped, nothing was written", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         sys.exit(1)
-    except (
-        SpdsimError,
-        typer.TyperException,
-    ) as exc:  # TyperException: typer's (vendored click) usage errors
-        message = " ".join((exc.format_message() if hasattr(exc, "format_message") else str(exc)).split())
+    except click.ClickException as exc:  # usage errors
+        message = " ".join(exc.format_message().split())
         if message:  # empty after no_args_is_help, which already printed the help
             typer.echo(f"error: {message}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_USER)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (Exception, KeyboardInterrupt) as exc:
+        sys.exit(fail(exc).exit_code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -335,13 +335,25 @@ def parse_int_range(text: str, option: str) -> tuple[int, ...]:
     return values
 
 
+def reference_design(base: Scenario) -> Design:
+    """The SPD authors' design (n = 8, L_s = 3, drafter on its own GPU): the even split where 8 divides the
+    model's layers, else the balanced one (``search`` computes its layer counts)."""
+    layers = base.model.num_layers if base.model is not None else 0
+    split = "even" if layers and layers % 8 == 0 else "balanced"
+    return Design(8, 3, split, "own-gpu")
+
+
 def load_base_scenario(
     path: str | None, overrides: tuple[str, ...] | list[str], acceptance: str | None
 ) -> Scenario:
     """The first SPD run of a scenario file (default: the embedded default), with preset and overrides."""
     from spdsim.scenario import default_scenario_path, load_runs
 
-    runs = load_runs([path or default_scenario_path()], overrides, acceptance, methods=("spd",))
+    # every design sets n, L_s, the split and the placement itself: the base's own n need not fit the model
+    # (the default n = 8 does not divide Qwen3-8B's 36 layers); the user's --set of them still wins
+    own = [o for o in overrides if o.split("=", 1)[0].strip() in ("method.num_stages", "method.stage_layers")]
+    neutral = [] if own else ["method.num_stages=1", "method.stage_layers=[]"]
+    runs = load_runs([path or default_scenario_path()], [*neutral, *overrides], acceptance, methods=("spd",))
     return runs[0].scenario
 
 

@@ -98,6 +98,9 @@ def validate_profile(data: Any) -> dict[str, Any]:
         raise ProfileError(
             f"profile.schema_version: this spdsim reads version {SCHEMA_VERSION}, got {data['schema_version']!r}"
         )
+    for key in ("model", "hardware"):
+        if key in data and not isinstance(data[key], dict):
+            raise ProfileError(f"profile.{key}: must be an object with named fields, got {data[key]!r:.60}")
     phases = data["phases"]
     if not isinstance(phases, dict) or not phases:
         raise ProfileError("profile.phases: must be a non-empty object")
@@ -141,7 +144,9 @@ def load_profile(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ProfileError(f"profile: no such file '{path}'")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ProfileError(f"profile: '{path}' is not a text file (JSON in UTF-8)") from None
     except json.JSONDecodeError as exc:
         raise ProfileError(f"profile: '{path}' is not valid JSON ({exc.msg} at line {exc.lineno})") from None
     return validate_profile(data)

@@ -17,6 +17,7 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from spdsim.bounds import check_bounds
 from spdsim.config import (
     METHODS,
     AcceptanceSpec,
@@ -70,7 +71,10 @@ def read_scenario_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SpdsimError(f"scenario: no such file '{path}'")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpdsimError(f"scenario: '{path}' is not a text file (TOML or JSON in UTF-8)") from None
     try:
         if path.suffix == ".json":
             data = json.loads(text)
@@ -257,7 +261,7 @@ def build_scenario(raw: dict[str, Any], presets: dict[str, AcceptancePreset] | N
         if key == "acceptance" and isinstance(value, dict):
             value = resolve_acceptance(value, presets)
         kwargs[key] = _build_section(_SECTIONS[key], value, key)
-    return validate_scenario(Scenario(**kwargs))
+    return check_bounds(validate_scenario(Scenario(**kwargs)))
 
 
 def default_label(method: MethodSpec) -> str:
@@ -328,10 +332,21 @@ def load_runs(
         labelled = _apply_profile(labelled, profile)
     named = []
     for label, run in labelled:
+        before = _label_of_knobs(run)
         run = apply_overrides(run, overrides)
         scenario = build_scenario(run, presets)
+        if label and label == before and overrides:
+            label = ""  # the label only spelled out the knobs, which --set may have changed: derive it again
         named.append(NamedScenario(label or default_label(scenario.method), scenario))
     return _unique_labels(named)
+
+
+def _label_of_knobs(run: dict[str, Any]) -> str | None:
+    """The default label of a run's method before ``--set`` (None if its method table is not valid yet)."""
+    try:
+        return default_label(_build_section(MethodSpec, run.get("method", {}), "method"))
+    except SpdsimError:
+        return None
 
 
 def _switch_dataset(

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
-import tempfile
+import signal
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -30,6 +31,19 @@ from spdsim.scenario import (
 
 TABLE_SUFFIXES = (".csv", ".parquet")
 _CHUNK = 8
+MAX_GRID_POINTS = 100_000  # a sweep of that many points takes hours on a laptop; more is a typo
+SCHEDULER_SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
+
+
+def check_scheduler(address: str) -> str:
+    """A Dask scheduler address must be SCHEME://HOST[:PORT] (checked before any wait for a connection)."""
+    scheme, sep, rest = address.partition("://")
+    if not sep or scheme not in SCHEDULER_SCHEMES or not rest.strip() or any(c.isspace() for c in rest):
+        raise SpdsimError(
+            f"--scheduler: expected SCHEME://HOST:PORT such as tcp://host:8786 "
+            f"(schemes: {', '.join(SCHEDULER_SCHEMES)}), got {address!r}"
+        )
+    return address
 
 
 def parse_grid(text: str) -> tuple[str, list[Any]]:
@@ -42,10 +56,14 @@ def parse_grid(text: str) -> tuple[str, list[Any]]:
         parts = values.split(":")
         try:
             start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
-        except (ValueError, IndexError):
+        except (ValueError, IndexError, OverflowError):
             raise SpdsimError(f"--grid {key}: expected start:stop:count, got {values!r}") from None
         if len(parts) != 3 or count < 1:
             raise SpdsimError(f"--grid {key}: expected start:stop:count with count >= 1, got {values!r}")
+        if count > MAX_GRID_POINTS:
+            raise SpdsimError(f"--grid {key}: count {count} exceeds {MAX_GRID_POINTS:,} points")
+        if not (math.isfinite(start) and math.isfinite(stop)):
+            raise SpdsimError(f"--grid {key}: start and stop must be finite, got {values!r}")
         if count == 1:
             return key, [start]
         step = (stop - start) / (count - 1)
@@ -57,6 +75,12 @@ def parse_grid(text: str) -> tuple[str, list[Any]]:
 def grid_points(axes: Sequence[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
     """The Cartesian product in the order given (last axis fastest)."""
     keys = [key for key, _ in axes]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise SpdsimError(f"--grid: key '{repeated[0]}' given twice; give all its values in one --grid")
+    total = math.prod(len(values) for _, values in axes)
+    if total > MAX_GRID_POINTS:
+        raise SpdsimError(f"--grid: {total:,} points exceed the limit of {MAX_GRID_POINTS:,}")
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(v for _, v in axes))]
 
 
@@ -94,6 +118,22 @@ def simulate_row(scenario: Scenario) -> dict[str, Any]:
     return row
 
 
+def _ignore_sigint() -> None:
+    """Worker initializer: Ctrl-C goes to the whole process group; only the parent handles it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and end the workers now (their results are no longer wanted)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=2)
+
+
 def _simulate_chunk(chunk: list[tuple[int, Scenario]]) -> list[tuple[int, dict[str, Any]]]:
     return [(index, simulate_row(scenario)) for index, scenario in chunk]
 
@@ -121,13 +161,18 @@ def simulate_many(
                     rows[index] = row
                 advance(len(chunk))
         else:
-            with ProcessPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
+            pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), initializer=_ignore_sigint)
+            try:
                 futures = [pool.submit(_simulate_chunk, chunk) for chunk in chunks]
                 for future in as_completed(futures):
                     done = future.result()
                     for index, row in done:
                         rows[index] = row
                     advance(len(done))
+            except BaseException:  # Ctrl-C or a failed point: stop the workers, do not finish the grid
+                _stop_pool(pool)
+                raise
+            pool.shutdown(wait=True)
     return rows  # type: ignore[return-value]
 
 
@@ -202,20 +247,10 @@ def run_sweep(
 
 
 def write_table(frame, out: str | Path) -> Path:
-    """Write CSV or Parquet atomically (temporary sibling, then rename)."""
-    out = Path(out)
-    if out.suffix not in TABLE_SUFFIXES:
-        raise SpdsimError(f"--out: '{out}' must end in {' or '.join(TABLE_SUFFIXES)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(handle)
-    try:
-        if out.suffix == ".csv":
-            frame.to_csv(temporary, index=False)
-        else:
-            frame.to_parquet(temporary, index=False)
-        os.replace(temporary, out)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return out
+    """Write CSV or Parquet atomically (``spdsim.outputs.write_file``: temporary sibling, then rename)."""
+    from spdsim.outputs import check_out_file, write_file
+
+    out = check_out_file(out, TABLE_SUFFIXES)
+    if out.suffix == ".csv":
+        return write_file(out, lambda temporary: frame.to_csv(temporary, index=False))
+    return write_file(out, lambda temporary: frame.to_parquet(temporary, index=False))
