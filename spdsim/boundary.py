@@ -19,7 +19,6 @@ import tempfile
 import traceback
 from pathlib import Path
 
-import click
 import typer
 
 from spdsim.errors import SpdsimError
@@ -105,7 +104,7 @@ def user_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (typer.Exit, typer.Abort, typer.TyperException):  # typer's (vendored click) own exits
             raise
         except (Exception, KeyboardInterrupt) as exc:
             raise fail(exc) from None

@@ -87,6 +87,42 @@ def merge_bundles(bundles: list[dict[str, Any]], names: list[str]) -> dict[str, 
     return merged
 
 
+def _model_key(name: Any) -> str:
+    """A model name as bundles and runs spell it: ``random:qwen3-8b`` and ``qwen3-8b`` are one shape; a local
+    directory or file is named by its last part."""
+    text = str(name or "").strip().rstrip("/").lower()
+    text = text.removeprefix("random:")
+    return Path(text).name if "/" in text else text
+
+
+def check_run_matches(run: MeasuredRun, bundle: dict[str, Any], bundle_name: str) -> None:
+    """A measured run calibrates a profile only if it ran the bundle's model, dtype and hardware: otherwise the
+    residuals it leaves (e.g. a bigger model's time) would be absorbed silently into the fixed costs."""
+    config = run.config
+    run_model, bundle_model = config.get("model"), bundle["model"].get("name")
+    if run_model and bundle_model and _model_key(run_model) != _model_key(bundle_model):
+        raise SpdsimError(
+            f"calibrate: run '{run.path}' measured model {run_model}, bundle '{bundle_name}' model {bundle_model}"
+            " (one model per profile)"
+        )
+    if config.get("dtype") and config["dtype"] != bundle.get("dtype"):
+        raise SpdsimError(
+            f"calibrate: run '{run.path}' ran in {config['dtype']}, bundle '{bundle_name}' in {bundle.get('dtype')}"
+        )
+    hardware = bundle.get("hardware", {})
+    run_gpu = config.get("gpu")
+    device = str(config.get("device") or "")
+    if run_gpu and hardware.get("gpu") and hardware.get("name") != "cpu" and run_gpu != hardware["gpu"]:
+        raise SpdsimError(
+            f"calibrate: run '{run.path}' ran on {run_gpu}, bundle '{bundle_name}' on {hardware['gpu']}"
+        )
+    on_cpu = device.startswith("cpu")
+    if device and (on_cpu != (hardware.get("name") == "cpu")):
+        raise SpdsimError(
+            f"calibrate: run '{run.path}' ran on {device}, bundle '{bundle_name}' on {hardware.get('name')}"
+        )
+
+
 def _combine(phase: str, entries: list[dict]) -> dict:
     out = {c: entries[0][c] for c in PHASE_COORDINATES[phase]}
     out["median_us"] = float(np.median([e["median_us"] for e in entries]))
@@ -224,6 +260,8 @@ def calibrate(
     names = [str(p) for p in bundle_paths]
     profile = merge_bundles([load_profile(p) for p in bundle_paths], names)
     runs = [load_run(p) for p in run_paths]
+    for run in runs:
+        check_run_matches(run, profile, names[0])
     chain_runs = [r for r in runs if not r.pipeline and r.method != "ar"]
     if chain_runs and "chain_draft" not in profile["phases"]:
         profile["phases"]["chain_draft"] = chain_draft_entries(chain_runs[0])

@@ -69,6 +69,7 @@ ForceOpt = Annotated[
     ),
 ]
 WORKERS_MAX = 1024
+VALIDATION_WARN_PCT = 50.0  # a signed error beyond this means the profile does not describe the runs
 
 
 def _check_workers(workers: int) -> int:
@@ -341,6 +342,7 @@ def list_(
     ] = None,
 ) -> None:
     """List methods, hardware profiles, model shapes and acceptance presets with their sources."""
+    from rich.markup import escape
     from rich.table import Table
 
     from spdsim.presets import CATALOG_SECTIONS, catalog
@@ -351,7 +353,7 @@ def list_(
         for header in headers:
             table.add_column(header, overflow="fold", max_width=90 if header == "source" else None)
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(escape(str(cell)) for cell in row))
         _console().print(table)
 
 
@@ -393,6 +395,7 @@ def validate(
     out: Annotated[Path | None, typer.Option("--out", help="Also write the comparison as CSV.")] = None,
 ) -> None:
     """Replay measured runs (same trace, prompt and generation lengths) and report signed % errors."""
+    from rich.markup import escape
     from rich.table import Table
 
     from spdsim.outputs import check_out_file
@@ -405,7 +408,8 @@ def validate(
     for comparison in comparisons:
         if comparison.warning:
             typer.echo(comparison.warning, err=True)
-    table = Table(title=f"validation against {profile} ({kind})", header_style="bold")
+    table = Table(title=escape(f"validation against {profile} ({kind})"), header_style="bold")
+    worst = 0.0
     for header in ("run", "role", "metric", "measured", "predicted", "error %"):
         table.add_column(header)
     for role in ("fitted", "held-out"):
@@ -414,8 +418,9 @@ def validate(
                 error = comparison.error_pct(metric)
                 if error is None:
                     continue
+                worst = max(worst, abs(error))
                 table.add_row(
-                    comparison.run,
+                    escape(comparison.run),
                     role,
                     metric,
                     f"{comparison.measured[metric]:.4g}",
@@ -423,6 +428,13 @@ def validate(
                     f"{error:+.1f}",
                 )
     _console().print(table)
+    if worst > VALIDATION_WARN_PCT:
+        typer.echo(
+            f"warning: the largest error is {worst:.0f}% (over {VALIDATION_WARN_PCT:.0f}%): the profile does not "
+            "describe these runs (other hardware, model or dtype? CPU timings are noisy); do not trust "
+            "predictions from it",
+            err=True,
+        )
     if out is not None:
         import pandas as pd
 
@@ -436,22 +448,20 @@ def validate(
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: click usage errors become one line and exit code 2, like SpdsimError; Ctrl-C
     outside a command exits 130; anything else goes through the error boundary (spdsim.boundary)."""
-    import click
-
     try:
         code = app(args=argv, prog_name="spdsim", standalone_mode=False)
-    except click.exceptions.Abort as exc:  # click turns a Ctrl-C outside a command into Abort
+    except typer.Abort as exc:  # typer's click turns a Ctrl-C outside a command into Abort
         if isinstance(exc.__context__, KeyboardInterrupt) or isinstance(exc.__cause__, KeyboardInterrupt):
             typer.echo("interrupted: stopped, nothing was written", err=True)
             sys.exit(EXIT_INTERRUPTED)
         sys.exit(1)
-    except click.ClickException as exc:  # usage errors
-        message = " ".join(exc.format_message().split())
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # typer's (vendored click) usage errors
+        message = " ".join((exc.format_message() if hasattr(exc, "format_message") else str(exc)).split())
         if message:  # empty after no_args_is_help, which already printed the help
             typer.echo(f"error: {message}", err=True)
         sys.exit(EXIT_USER)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
     except (Exception, KeyboardInterrupt) as exc:
         sys.exit(fail(exc).exit_code)
     sys.exit(code if isinstance(code, int) else 0)

@@ -36,6 +36,8 @@ def _nonempty(path: str | Path, option: str) -> Path:
 def _probe_writable(path: Path, option: str) -> None:
     """The nearest existing ancestor of ``path`` must be a directory we can create entries in."""
     ancestor = path.absolute()
+    if ancestor.is_file():  # an output file to be replaced: its directory must take new entries
+        ancestor = ancestor.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():

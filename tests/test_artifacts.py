@@ -110,7 +110,7 @@ def test_rewriting_replaces_the_whole_directory(tmp_path):
     write_atomically(tmp_path / "run", {"old.txt": lambda: "old"})
     write_atomically(tmp_path / "run", {"new.txt": lambda: "new"})
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
-    assert [p.name for p in (tmp_path / "run").iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".spdsim", "new.txt"]
 
 
 def test_failure_in_a_real_run_write_keeps_the_previous_run(outcomes, tmp_path, monkeypatch):

@@ -29,6 +29,7 @@ def test_simulate_default_prints_the_table_and_writes_the_run_directory(tmp_path
     for label in ("spd-n8-l3", "eagle3-k3", "eagle3-k7", "ar-tp8", "dflash-k15", "ppsd-n8", "cascade"):
         assert label in result.stdout
     assert sorted(p.name for p in out.iterdir()) == [
+        ".spdsim",
         "config.json",
         "summary.json",
         "tokens.csv",

@@ -35,7 +35,7 @@ def read_csv(path):
 
 def test_run_directory_files_agree_with_the_result(tmp_path, spd_result):
     out = write_run_dir(spd_result, tmp_path / "run")
-    assert sorted(p.name for p in out.iterdir()) == sorted(RUN_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*RUN_FILES, ".spdsim"])
     config = json.loads((out / "config.json").read_text())
     assert config["method"] == "spd" and config["stages"] == 2 and config["synthetic_alpha"] == 0.7
     summary = json.loads((out / "summary.json").read_text())

@@ -62,8 +62,9 @@ def test_parse_value(text, value):
 
 def test_overrides_apply_to_every_run_after_merging():
     runs = load_runs(overrides=["method.num_stages=16", "method.spec_layers=1", "workload.new_tokens=64"])
-    spd = next(r.scenario for r in runs if r.label == "spd-n8-l3")
+    spd = next(r.scenario for r in runs if r.label == "spd-n16-l1")  # the label follows the knobs
     assert spd.method.num_stages == 16 and spd.method.spec_layers == 1
+    assert "spd-n8-l3" not in [r.label for r in runs]
     assert all(r.scenario.workload.new_tokens == 64 for r in runs)
 
 
