@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -80,3 +83,41 @@ def test_write_table_formats_and_rejects(tmp_path):
     with pytest.raises(SpdsimError, match=r"must end in \.csv or \.parquet"):
         write_table(frame, tmp_path / "t.xlsx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.parquet"]
+
+
+def test_ctrl_c_during_a_300_point_sweep_exits_130_within_2_s_and_writes_no_table(tmp_path):
+    """SIGINT to the whole process group (what a terminal's Ctrl-C does), once the workers are simulating."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "s.toml").write_text(
+        'model = "qwen3.5-4b"\nhardware = "h100"\n[method]\nname = "spd"\n'
+        "[workload]\nnew_tokens = 512\nnum_requests = 4\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    argv = [sys.executable, "-m", "spdsim.cli", "sweep", "s.toml", "--grid", "acceptance.alpha=0.5:0.95:300"]
+    process = subprocess.Popen(
+        [*argv, "--workers", "2", "--out", "s.csv"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        text=True,
+    )
+    time.sleep(6)  # imports, 300 validated points, workers started and busy
+    assert process.poll() is None, process.communicate()
+    sent = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    elapsed = time.monotonic() - sent
+    assert process.returncode == 130, err
+    assert elapsed < 2.0, f"took {elapsed:.2f} s to stop"
+    assert err.strip().splitlines()[-1].startswith("interrupted"), err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.toml"]  # no CSV, no temporary file
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):  # the workers are gone too
+        os.killpg(process.pid, 0)
