@@ -2,6 +2,7 @@
 the optional fit, and one-line errors for bad or mismatched inputs."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -305,3 +306,19 @@ def test_a_fitted_ar_run_replays_to_its_own_median_step(tmp_path):
     assert result.exit_code == 0, result.output
     [comparison] = validate([DATA / "dist_ar"], out)
     assert abs(comparison.error_pct("cycle_median_us")) < 1.0
+
+
+def test_runs_of_another_model_dtype_or_gpu_are_refused_naming_both(tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(DATA / "gpu1_ar", other)
+    config = json.loads((other / "config.json").read_text())
+    for changed, message in (
+        ({"model": "random:qwen3-4b"}, "measured model random:qwen3-4b, bundle .* model qwen3-8b"),
+        ({"dtype": "float32"}, "ran in float32, bundle .* in bfloat16"),
+        ({"gpu": "NVIDIA H100 80GB HBM3"}, "ran on NVIDIA H100 80GB HBM3, bundle .* on NVIDIA H200"),
+    ):
+        (other / "config.json").write_text(json.dumps({**config, **changed}))
+        result, out = calibrate(tmp_path, "--run", str(other))
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+        assert re.search(message, result.stderr), result.stderr
+        assert not out.exists()
