@@ -313,3 +313,31 @@ def test_acceptance_preset_of_another_model_switches_the_shape(tmp_path):
     result = invoke("compare", "--method", "spd", *SMALL, "--acceptance", "qwen3.5-9b/humaneval/spd-n16-l2")
     assert result.exit_code == 0, result.output
     assert "spd-n16-l2" in result.stdout and "qwen3.5-9b on h100" in result.stdout
+
+
+def test_square_brackets_are_printed_not_eaten_as_markup():
+    result = invoke("list", "methods")
+    assert result.exit_code == 0
+    assert "k in [k_min, k_max]" in " ".join(result.stdout.split())
+
+
+def test_a_missing_optional_package_names_what_to_install():
+    from spdsim.boundary import message_of
+
+    code, text = message_of(ModuleNotFoundError("No module named 'torch'", name="torch"))
+    assert code == 2 and "spdsim[executor]" in text
+    code, text = message_of(ModuleNotFoundError("No module named 'pyarrow'", name="pyarrow"))
+    assert code == 2 and "pip install pyarrow" in text
+
+
+def test_an_unexpected_error_is_one_line_naming_a_log_with_the_traceback(tmp_path, monkeypatch, capsys):
+    import spdsim.compare
+
+    monkeypatch.setenv("SPDSIM_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setattr(spdsim.compare, "simulate_runs", lambda runs: 1 / 0)
+    with pytest.raises(SystemExit) as info:
+        main(["compare", "--method", "ar"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 1 and len(err) == 1 and err[0].startswith("internal error: ZeroDivisionError")
+    log = next((tmp_path / "logs").iterdir())
+    assert "Traceback" in log.read_text() and str(log) in err[0]

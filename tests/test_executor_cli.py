@@ -79,3 +79,11 @@ def test_a_lost_rank_is_one_line_not_a_traceback(monkeypatch):
     result = CliRunner().invoke(app, ["run", "--method", "spd", "--distributed", "--device", "cpu"])
     assert result.exit_code == 1
     assert result.output.strip() == "error: rank 1 (stage 1) died (signal SIGKILL)"
+
+
+def test_eagle3_without_a_head_warns_before_anything_runs():
+    result = CliRunner().invoke(
+        app, ["run", "--method", "eagle3", "--model", "random:tiny-qwen3", "--device", "tpu"]
+    )
+    assert result.exit_code == 2
+    assert "warning: eagle3 without --head" in result.stderr and "device: unknown 'tpu'" in result.stderr
