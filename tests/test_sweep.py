@@ -94,7 +94,7 @@ def test_ctrl_c_during_a_300_point_sweep_exits_130_within_2_s_and_writes_no_tabl
 
     (tmp_path / "s.toml").write_text(
         'model = "qwen3.5-4b"\nhardware = "h100"\n[method]\nname = "spd"\n'
-        "[workload]\nnew_tokens = 512\nnum_requests = 4\n"
+        "[workload]\nnew_tokens = 2048\nnum_requests = 16\n"  # ~7 min of simulation: Ctrl-C lands mid-grid
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     argv = [sys.executable, "-m", "spdsim.cli", "sweep", "s.toml", "--grid", "acceptance.alpha=0.5:0.95:300"]
