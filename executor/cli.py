@@ -257,7 +257,7 @@ def _profile(**kw) -> None:
     device = _device(kw["device"])
     dtype = kw["dtype"] if kw["dtype"] != "auto" else ("bfloat16" if device == "cuda" else "float32")
     fast, _ = load_fast_model(
-        kw["model"], device=device, dtype=dtype, seed=kw["seed"], max_seq_len=max(kv_lens)
+        kw["model"], device=device, dtype=dtype, seed=kw["seed"], max_seq_len=max(kv_lens) + 64
     )
     if max(query_tokens) > min(kv_lens):  # the newest query_tokens positions must fit in the live length
         raise SpdsimError("query_tokens: the largest must not exceed the smallest kv_len")
