@@ -9,8 +9,7 @@ from pathlib import Path
 
 import typer
 
-from spdsim.boundary import user_errors
-from spdsim.errors import SpdsimError
+from spdsim.contract import SpdsimError, user_errors
 
 app = typer.Typer(
     help="Real PyTorch executor: decode with AR / SPD / chain SD, profile phases.", no_args_is_help=True
@@ -69,7 +68,7 @@ def run(
     if tp is not None and not distributed:
         raise SpdsimError("--tp: tensor parallelism runs one process per rank, add --distributed")
     if out is not None:
-        from spdsim.outputs import check_out_dir
+        from spdsim.contract import check_out_dir
 
         check_out_dir(out, force)
     if method == "eagle3" and head is None and synthetic_alpha is None:
@@ -225,7 +224,7 @@ def profile(
 ) -> None:
     """Microbenchmark every phase and write a profile bundle that `spdsim simulate --profile` reads."""
     if out is not None:
-        from spdsim.outputs import check_out_file
+        from spdsim.contract import check_out_file
 
         check_out_file(out, (".json",))
     _profile(**locals())

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from spdsim.errors import SpdsimError
+from spdsim.contract import SpdsimError
 
 TABLE_COLUMNS = (
     "method",

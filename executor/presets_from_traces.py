@@ -1,7 +1,7 @@
 """Simulator acceptance presets ``<model>/<dataset>/<config>`` measured by ``spdsim exec eval``, with provenance.
 
 Reads eval folders (``eval.json`` + the per-run traces it names) and writes one presets file in the format
-``spdsim.presets`` reads (``{"kind": "spdsim.acceptance-presets", "schema_version": 1, "presets": [...]}``); dropped
+``spdsim.scenario.presets`` reads (``{"kind": "spdsim.acceptance-presets", "schema_version": 1, "presets": [...]}``); dropped
 into ``spdsim/profiles/presets/`` it is embedded. Per run: SPD -> ``spd-state`` (per-verification α, saturated and
 refill, counted from the trace); chains -> ``positional`` (unconditional r_k); SpecDec++ -> ``positional`` r_k of the
 same chain head at its longest fixed K on the same dataset and temperature (the head's per-position quality; the
@@ -20,8 +20,7 @@ import math
 import sys
 from pathlib import Path
 
-from spdsim.errors import SpdsimError
-from spdsim.presets import PRESET_FILE_KIND, PRESET_SCHEMA_VERSION, read_preset_file
+from spdsim.contract import PRESET_FILE_KIND, PRESET_SCHEMA_VERSION, SpdsimError, read_preset_file
 
 
 def _number(value) -> float | None:

@@ -1,4 +1,4 @@
-"""Microbenchmarks of the executor's phases -> a profile bundle (``spdsim/profile_schema.py``, schema v1).
+"""Microbenchmarks of the executor's phases -> a profile bundle (``spdsim/contract/profile_schema.py``, schema v1).
 
 Every phase is timed as the simulator uses it: a stage of ``layers`` consecutive decoder layers on ``query_tokens``
 new tokens with ``kv_len`` live cache positions, the embedding, final norm + lm_head + greedy verify, a whole AR
@@ -24,8 +24,7 @@ from executor.fastmodel import FastModel
 from executor.graphs import GraphedStep
 from executor.stages import split_layers, uneven_counts
 from executor.timing import TimingStats, time_callable
-from spdsim.config import ModelShape
-from spdsim.profile_schema import PROFILE_KIND, SCHEMA_VERSION, validate_profile
+from spdsim.contract import PROFILE_KIND, SCHEMA_VERSION, ModelShape, validate_profile
 
 
 @dataclass(frozen=True)
@@ -342,6 +341,6 @@ def build_bundle(
 
 def write_bundle(path: str | Path, bundle: dict[str, Any]) -> Path:
     """Write atomically (temp file + rename) so a failed run leaves no half-written profile."""
-    from spdsim.outputs import write_text_file
+    from spdsim.contract import write_text_file
 
     return write_text_file(path, json.dumps(bundle, indent=1) + "\n")

@@ -99,7 +99,7 @@ def profile_allreduce(
     """``allreduce`` entries of ``tp_degree`` freshly launched ranks (one GPU each with NCCL)."""
     from executor.distributed.launch import launch_ranks, pick_backend
     from executor.distributed.tp import TPRoles
-    from spdsim.errors import SpdsimError
+    from spdsim.contract import SpdsimError
 
     if tp_degree < 2:
         raise SpdsimError(f"allreduce: needs tp_degree >= 2, got {tp_degree}")

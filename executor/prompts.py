@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spdsim.errors import SpdsimError
+from spdsim.contract import SpdsimError
 
 PROMPT_DIR = Path(__file__).parent / "data" / "prompts"
 DATASETS = ("mt_bench", "humaneval", "gsm8k")

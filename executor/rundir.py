@@ -13,10 +13,7 @@ import math
 from pathlib import Path
 
 from executor.schedules.common import RunResult
-from spdsim.acceptance import TRACE_COLUMNS
-from spdsim.artifacts import write_atomically
-from spdsim.errors import SpdsimError
-from spdsim.outputs import write_file, write_text_file
+from spdsim.contract import TRACE_COLUMNS, SpdsimError, write_atomically, write_file, write_text_file
 
 TOKEN_COLUMNS = (
     "method",
@@ -110,7 +107,7 @@ def write_run_dir(
     result: RunResult, out_dir: str | Path, extra_config: dict | None = None, force: bool = True
 ) -> Path:
     """Write the five run files for `result` into `out_dir`: a new directory, or (``force``) spdsim's own one,
-    whose run files are replaced (``spdsim.outputs.write_dir``)."""
+    whose run files are replaced (``spdsim.contract.files.write_dir``)."""
     lengths = {run.prompt_id: run.prompt_tokens for run in result.prompts}
     config = {**result.config, "device": result.device, "prompt_tokens": lengths, **(extra_config or {})}
     return write_atomically(

@@ -26,7 +26,7 @@ from executor.heads.specdecpp import stop_length
 from executor.schedules.chain import Eagle3Drafter, run_chain_prompt
 from executor.schedules.chain_graphed import ChainRuntime, GraphedEagle3, run_graphed_prompt
 from executor.schedules.common import DecodeOptions, RunResult, as_prompts
-from spdsim.errors import SpdsimError
+from spdsim.contract import SpdsimError
 
 
 class _AcceptanceStop:

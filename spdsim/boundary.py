@@ -3,7 +3,7 @@
 * expected failures (a user mistake ``SpdsimError``, an OS error on a named path, a missing optional package,
   running out of memory) print ``error: <one line>`` and exit 2;
 * Ctrl-C prints ``interrupted: nothing was written`` and exits 130 (the shell convention for SIGINT); the
-  writers in ``spdsim.outputs`` are atomic, so no partial file is left;
+  writers in ``spdsim.contract.files`` are atomic, so no partial file is left;
 * anything else is a bug: one line naming the exception and a log file holding the traceback, exit 1.
 
 Commands of ``spdsim`` and ``spdsim exec`` are wrapped with :func:`user_errors`, which also works under typer's

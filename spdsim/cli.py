@@ -22,6 +22,7 @@ from rich.console import Console
 
 from spdsim.boundary import EXIT_INTERRUPTED, EXIT_USER, fail, user_errors
 from spdsim.errors import SpdsimError
+from spdsim.plugins import HELP, load_commands
 
 app = typer.Typer(
     name="spdsim",
@@ -31,12 +32,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-try:  # the executor extra is optional; its CLI module must not import torch at import time
-    from executor.cli import app as _executor_app
-except ImportError:
-    _executor_app = None
-if _executor_app is not None:
-    app.add_typer(_executor_app, name="exec", help="Run schedules for real on a GPU (executor extra).")
+for _name, _group in load_commands().items():  # the executor's `exec`, when its extra is installed
+    app.add_typer(_group, name=_name, help=HELP.get(_name))
 
 ScenarioArg = Annotated[
     Path | None, typer.Argument(help="Scenario file (TOML/JSON) or run directory; default: embedded default.")
@@ -79,7 +76,7 @@ def _check_workers(workers: int) -> int:
 
 
 def _scenario_paths(targets: list[Path] | None) -> list[Path]:
-    from spdsim.artifacts import run_config_path
+    from spdsim.report.rundir import run_config_path
 
     return [run_config_path(t) for t in targets or []]
 
@@ -102,10 +99,10 @@ def _simulate_and_report(
     waterfall: bool = False,
     force: bool = False,
 ) -> None:
-    from spdsim.artifacts import default_run_dir, write_run_dir
-    from spdsim.compare import describe_setting, render_table, simulate_runs
-    from spdsim.outputs import check_out_dir, own_files
-    from spdsim.scenario import load_runs
+    from spdsim.contract.files import check_out_dir, own_files
+    from spdsim.report.compare import describe_setting, render_table, simulate_runs
+    from spdsim.report.rundir import default_run_dir, write_run_dir
+    from spdsim.scenario.files import load_runs
 
     if out is not None:
         check_out_dir(out, force)
@@ -120,7 +117,7 @@ def _simulate_and_report(
     console = _console()
     console.print(render_table(outcomes, title=describe_setting(outcomes)))
     if waterfall:
-        from spdsim.waterfall import render_waterfalls, speedup_waterfall
+        from spdsim.report.waterfall import render_waterfalls, speedup_waterfall
 
         spd_runs = [run for run in runs if run.scenario.method.name == "spd"]
         console.print(render_waterfalls([speedup_waterfall(r.label, r.scenario) for r in spd_runs]))
@@ -201,8 +198,8 @@ def sweep(
     ] = None,
 ) -> None:
     """Simulate every point of a grid over scenario fields and write one row per point and run."""
-    from spdsim.outputs import check_out_file
-    from spdsim.sweep import TABLE_SUFFIXES, check_scheduler, run_sweep, write_table
+    from spdsim.contract.files import check_out_file
+    from spdsim.drivers.sweep import TABLE_SUFFIXES, check_scheduler, run_sweep, write_table
 
     if out is None:
         raise SpdsimError("--out: give the output table, FILE.csv or FILE.parquet")
@@ -234,15 +231,15 @@ def timeline(
     set_: SetOpt = None,
 ) -> None:
     """Draw a run's schedule as a Gantt chart (resources x time; busy, bubble, flushed, comm, draft)."""
-    from spdsim.outputs import check_out_file, write_file
-    from spdsim.plots import parse_window_ms, pick_run, plot_timeline
-    from spdsim.scenario import load_runs
+    from spdsim.contract.files import check_out_file, write_file
+    from spdsim.report.plots import parse_window_ms, pick_run, plot_timeline
+    from spdsim.scenario.files import load_runs
 
     check_out_file(out, (".png", ".svg"))
     window = parse_window_ms(window_ms)
     run = pick_run(load_runs(_scenario_paths([target]), set_ or ()), method)
-    from spdsim.compare import traced_scenario
-    from spdsim.engine import simulate
+    from spdsim.engine.run import simulate
+    from spdsim.report.compare import traced_scenario
 
     # the default window lies in the first request, which alone is quick to simulate with every interval
     scenario = run.scenario if window else traced_scenario(run.scenario)
@@ -279,7 +276,8 @@ def optimize(
     """Search SPD designs (n, L_s, stage split, drafter placement) for the scenario's hardware, model, acceptance."""
     import pandas as pd
 
-    from spdsim.optimize import (
+    from spdsim.contract.files import check_out_file
+    from spdsim.drivers.optimize import (
         SearchSpace,
         load_base_scenario,
         parse_int_range,
@@ -287,8 +285,7 @@ def optimize(
         render_result,
         search,
     )
-    from spdsim.outputs import check_out_file
-    from spdsim.sweep import TABLE_SUFFIXES, write_table
+    from spdsim.drivers.sweep import TABLE_SUFFIXES, write_table
 
     if max_gpus < 0 or max_gpus == 1:
         raise SpdsimError(f"--max-gpus: SPD needs at least 2 GPUs, or 0 for no limit (got {max_gpus})")
@@ -345,7 +342,7 @@ def list_(
     from rich.markup import escape
     from rich.table import Table
 
-    from spdsim.presets import CATALOG_SECTIONS, catalog
+    from spdsim.scenario.presets import CATALOG_SECTIONS, catalog
 
     for section in CATALOG_SECTIONS if what is None else (what,):
         headers, rows = catalog(section)
@@ -371,9 +368,9 @@ def calibrate(
     ] = False,
 ) -> None:
     """Fit the latency model to executor measurements and write a profile."""
-    from spdsim.calibrate import calibrate as run_calibrate
-    from spdsim.calibrate import write_profile
-    from spdsim.outputs import check_out_file
+    from spdsim.calibration.fit import calibrate as run_calibrate
+    from spdsim.calibration.fit import write_profile
+    from spdsim.contract.files import check_out_file
 
     check_out_file(out, (".json",))
     profile = run_calibrate(list(bundles), list(run or ()), fit=fit)
@@ -398,9 +395,9 @@ def validate(
     from rich.markup import escape
     from rich.table import Table
 
-    from spdsim.outputs import check_out_file
-    from spdsim.validate import METRICS
-    from spdsim.validate import validate as run_validate
+    from spdsim.calibration.replay import METRICS
+    from spdsim.calibration.replay import validate as run_validate
+    from spdsim.contract.files import check_out_file
 
     if out is not None:
         check_out_file(out, (".csv",))
@@ -438,7 +435,7 @@ def validate(
     if out is not None:
         import pandas as pd
 
-        from spdsim.outputs import write_file
+        from spdsim.contract.files import write_file
 
         frame = pd.DataFrame([c.row() for c in comparisons])
         write_file(out, lambda temporary: frame.to_csv(temporary, index=False))

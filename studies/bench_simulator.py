@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import simpy
 
-from spdsim.config import (
+from spdsim.engine.metrics import summarize
+from spdsim.engine.run import simulate
+from spdsim.scenario.config import (
     AcceptanceSpec,
     Hardware,
     LatencySpec,
@@ -34,8 +36,6 @@ from spdsim.config import (
     Scenario,
     Workload,
 )
-from spdsim.engine import simulate
-from spdsim.metrics import summarize
 
 QWEN35_4B = ModelShape("qwen3.5-4b", 32, 2560, 16, 4, 256, 9216, 248320, tied_embeddings=True)
 H100 = Hardware("nvidia-h100", mem_bandwidth_gbps=3020.0, peak_tflops=989.0, p2p_latency_ns=8_000)

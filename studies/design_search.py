@@ -1,7 +1,7 @@
 """Design search: the best SPD design per hardware, model and dataset, against the authors' n = 8, L_s = 3.
 
 For every setting (Qwen3.5-4B and -9B shapes, H100 and H200 rooflines, the four dataset presets of the SPD
-repository, a GPU budget of 4 GPUs, one 8-GPU node, or none) ``spdsim.optimize.search`` prices every design (n = 2..16,
+repository, a GPU budget of 4 GPUs, one 8-GPU node, or none) ``spdsim.drivers.optimize.search`` prices every design (n = 2..16,
 L_s = 1..6, even or balanced split, drafter on its own GPU or on stage 0) by the closed form, simulates the ten
 best with the discrete-event engine and ranks them by simulated tokens/s. Acceptance per design is α(n, L_s)
 fitted to the SPD presets of that model and dataset. The base is the embedded default scenario (its overheads)
@@ -17,10 +17,10 @@ from pathlib import Path
 
 from provenance import study_arguments, write_provenance  # beside this script
 
-from spdsim.optimize import Design, SearchSpace, design_scenario, search
-from spdsim.presets import get_hardware, get_model
-from spdsim.scenario import load_runs, scenario_to_run_dict
-from spdsim.sweep import write_table
+from spdsim.drivers.optimize import Design, SearchSpace, design_scenario, search
+from spdsim.drivers.sweep import write_table
+from spdsim.scenario.files import load_runs, scenario_to_run_dict
+from spdsim.scenario.presets import get_hardware, get_model
 
 OUT_DIR = Path(__file__).parent / "results" / "design_search"
 MODELS = ("qwen3.5-4b", "qwen3.5-9b")
@@ -267,7 +267,7 @@ def run(
         "finalists_simulated": finalists,
         "jitter_cv": JITTER_CV,
         "base": "spdsim/scenarios/default.toml SPD run (roofline latency, its overheads) + jitter",
-        "acceptance": "alpha(n, L_s) fitted to <model>/<dataset>/spd-n*-l* presets (spdsim.optimize.fit_alpha)",
+        "acceptance": "alpha(n, L_s) fitted to <model>/<dataset>/spd-n*-l* presets (spdsim.drivers.optimize.fit_alpha)",
         "scenarios": "scenarios.json: best and reference design per setting (spdsim compare scenarios.json)",
     }
     return write_provenance(out_dir, "design_search", runs, details)

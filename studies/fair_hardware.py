@@ -3,7 +3,7 @@
 SPD needs n pipeline stages plus a drafter (on its own GPU, n+1 GPUs, or sharing stage 0's GPU, n GPUs). A fair
 comparison gives every baseline the same GPUs, used for tensor parallelism of the target. For a budget of g GPUs:
 
-* SPD: the best design found by ``spdsim.optimize`` within g GPUs (n <= g, L_s 1..4, even or balanced split,
+* SPD: the best design found by ``spdsim.drivers.optimize`` within g GPUs (n <= g, L_s 1..4, even or balanced split,
   drafter on its own GPU or on stage 0), acceptance α(n, L_s) fitted to the SPD presets of the dataset;
 * every baseline (EAGLE-3 chain K = 3 and 7, DFlash K = 15, P-EAGLE K = 5, MTP K = 3, SpecDec++, and AR) at its
   best tensor-parallel degree TP in {1, 2, 4, 8} <= g (more GPUs never have to be used), acceptance from the
@@ -36,13 +36,13 @@ from fair_hardware_figures import (  # beside this script
 )
 from provenance import study_arguments, write_provenance  # beside this script
 
-from spdsim.analytic import predict
-from spdsim.compare import baseline_scenario
-from spdsim.config import AcceptanceSpec, MethodSpec, Scenario
-from spdsim.optimize import SearchSpace, closed_form_candidate, enumerate_designs, fit_alpha, search
-from spdsim.presets import get_preset
-from spdsim.scenario import load_runs, scenario_to_run_dict
-from spdsim.sweep import simulate_many, write_table
+from spdsim.drivers.optimize import SearchSpace, closed_form_candidate, enumerate_designs, fit_alpha, search
+from spdsim.drivers.sweep import simulate_many, write_table
+from spdsim.engine.closed_form import predict
+from spdsim.report.compare import baseline_scenario
+from spdsim.scenario.config import AcceptanceSpec, MethodSpec, Scenario
+from spdsim.scenario.files import load_runs, scenario_to_run_dict
+from spdsim.scenario.presets import get_preset
 
 OUT_DIR = Path(__file__).parent / "results" / "fair_hardware"
 DATASETS = ("overall", "mt_bench", "gsm8k", "humaneval")
@@ -214,7 +214,7 @@ def compare_datasets(datasets, budgets, workers: int):
 
 
 def _design_scenario(base: Scenario, candidate, result) -> Scenario:
-    from spdsim.optimize import design_scenario
+    from spdsim.drivers.optimize import design_scenario
 
     return design_scenario(base, candidate.design, result.alpha_fit)
 
@@ -370,7 +370,7 @@ def _published_best(base: Scenario, budgets) -> dict[int, tuple[float, str]]:
 
 def check_closed_form(cells, workers: int) -> float:
     """Largest |DES / closed form - 1| of SPD's best design over a few map cells (no jitter in this setting)."""
-    from spdsim.optimize import Design, design_scenario
+    from spdsim.drivers.optimize import Design, design_scenario
 
     base = base_scenario("overall")
     scenarios = []

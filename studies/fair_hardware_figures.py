@@ -169,7 +169,7 @@ def figure_acceptance(frame):
         linewidth=1,
         label="equal acceptance",
     )
-    from spdsim.presets import get_preset
+    from spdsim.scenario.presets import get_preset
 
     published = (
         get_preset("qwen3.5-4b/overall/spd-n8-l3").acceptance["alpha"],

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spdsim.calibrate import calibrate, one_time_limit_us, write_profile
-from spdsim.config import LatencySpec, ModelShape
-from spdsim.latency_measured import MeasuredLatency
-from spdsim.measured import load_run
-from spdsim.validate import modelled_cycles_ns, validate
+from spdsim.calibration.fit import calibrate, one_time_limit_us, write_profile
+from spdsim.calibration.measured_runs import load_run
+from spdsim.calibration.replay import modelled_cycles_ns, validate
+from spdsim.latency.profiled import MeasuredLatency
+from spdsim.scenario.config import LatencySpec, ModelShape
 
 DATA = Path(__file__).resolve().parent / "results" / "fidelity"
 FITTED = ("dist_ar", "dist_spd_n2_a0.80", "gpu1_eagle3_k3_a0.80")

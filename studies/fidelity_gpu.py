@@ -296,7 +296,7 @@ def part_profile(args, out: Path) -> None:
         tp_entries = []
         if args.tp_degrees:
             from executor.profile_tp import profile_layers_tp
-            from spdsim.profile_schema import PHASE_COORDINATES
+            from spdsim.contract.profile_schema import PHASE_COORDINATES
 
             tp_entries = profile_layers_tp(
                 model,

@@ -27,12 +27,12 @@ import numpy as np
 import pandas as pd
 from fidelity import tpot_scatter, warm_metrics
 
-from spdsim.calibrate import calibrate, one_time_limit_us, write_profile
-from spdsim.config import LatencySpec, ModelShape
-from spdsim.latency_measured import MeasuredLatency
-from spdsim.measured import MeasuredRun, load_run
-from spdsim.profile_schema import load_profile
-from spdsim.validate import modelled_cycles_ns, validate
+from spdsim.calibration.fit import calibrate, one_time_limit_us, write_profile
+from spdsim.calibration.measured_runs import MeasuredRun, load_run
+from spdsim.calibration.replay import modelled_cycles_ns, validate
+from spdsim.contract.profile_schema import load_profile
+from spdsim.latency.profiled import MeasuredLatency
+from spdsim.scenario.config import LatencySpec, ModelShape
 
 DATA_X4 = Path(__file__).resolve().parent / "results" / "fidelity_x4"
 STAGE_PHASES = ("cycle_fixed", "verify_fixed", "colocated_contention")
@@ -92,7 +92,7 @@ def hold_stage_phases(profile: dict, stage_counts: tuple[int, ...]) -> dict:
 def with_tp_phases(bundle_path: Path) -> Path:
     """The bundle plus the TP microbenchmarks (one GPU's shard layers, the 2-rank all-reduce) for the phases the
     profile schema knows; the bundle itself when it knows neither or they were not measured."""
-    from spdsim.profile_schema import PHASE_COORDINATES, STAT_FIELDS
+    from spdsim.contract.profile_schema import PHASE_COORDINATES, STAT_FIELDS
 
     bundle = json.loads(bundle_path.read_text())
     added = []
@@ -126,8 +126,8 @@ def same_tokens(data: Path, name: str, baseline: str) -> str:
 
 def validate_x4_run(data: Path, name: str, baseline: str, profile_path: Path) -> dict:
     """One run's strict replay; a TP run only where the simulator reads its degree (else an error row)."""
+    from spdsim.calibration.replay import method_spec
     from spdsim.errors import SpdsimError
-    from spdsim.validate import method_spec
 
     run = load_run(data / name)
     row: dict = {"run": name, "method": run.method, "lossless_vs_ar": same_tokens(data, name, baseline)}
@@ -135,7 +135,9 @@ def validate_x4_run(data: Path, name: str, baseline: str, profile_path: Path) ->
     try:
         degree = int(run.config.get("tp_degree") or 1)
         if method_spec(run).tensor_parallel != degree:
-            raise SpdsimError(f"TODO: spdsim.validate replays this TP-{degree} run as single-GPU AR")
+            raise SpdsimError(
+                f"TODO: spdsim.calibration.replay replays this TP-{degree} run as single-GPU AR"
+            )
         comparison = validate([data / name], profile_path, data / baseline)[0]
         row.update(comparison.row())
         row["role"] = "held-out, 4 GPUs" if name.startswith("dist4") else comparison.role

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from spdsim.config import AcceptanceSpec, LatencySpec, MethodSpec, ModelShape, Scenario, Workload
-from spdsim.engine import simulate
-from spdsim.metrics import summarize
-from spdsim.profile_schema import load_profile
+from spdsim.contract.profile_schema import load_profile
+from spdsim.engine.metrics import summarize
+from spdsim.engine.run import simulate
+from spdsim.scenario.config import AcceptanceSpec, LatencySpec, MethodSpec, ModelShape, Scenario, Workload
 
 DATA = Path(__file__).resolve().parent / "results" / "fidelity_x4"
 PROFILE = DATA / "profile_calibrated_qwen3-8b.json"

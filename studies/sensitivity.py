@@ -4,7 +4,7 @@ Base: the embedded default setting (Qwen3.5-4B shape, H100 roofline, default ove
 (cv 0.1), for three configurations: SPD as the authors run it (n = 8, L_s = 3, drafter on its own GPU: 9 GPUs),
 the design ``spdsim optimize`` picks for this setting within 8 GPUs (searched when the study runs), and an EAGLE-3
 chain (K = 3, one GPU) for contrast; acceptance from the "overall" presets (SPD: the α(n, L_s) fit of
-``spdsim.optimize``). To move one phase at a time, the roofline is frozen into
+``spdsim.drivers.optimize``). To move one phase at a time, the roofline is frozen into
 constant phase latencies at the mid-request KV length (layer, embedding, lm_head + verify, PDM, chain draft step,
 hidden-state send); the frozen base reproduces the roofline's simulated speedup (both in the table). Each
 parameter is then set to 0.8x and 1.2x of its base value (α capped at 1) and the scenario is simulated (DES,
@@ -20,13 +20,13 @@ from pathlib import Path
 
 from provenance import study_arguments, write_provenance  # beside this script
 
-from spdsim.compare import baseline_scenario
-from spdsim.config import AcceptanceSpec, LatencySpec, MethodSpec, Scenario
-from spdsim.latency import build_latency_model
-from spdsim.optimize import fit_alpha
-from spdsim.presets import get_preset
-from spdsim.scenario import load_runs, scenario_to_run_dict
-from spdsim.sweep import simulate_many, write_table
+from spdsim.drivers.optimize import fit_alpha
+from spdsim.drivers.sweep import simulate_many, write_table
+from spdsim.latency.build import build_latency_model
+from spdsim.report.compare import baseline_scenario
+from spdsim.scenario.config import AcceptanceSpec, LatencySpec, MethodSpec, Scenario
+from spdsim.scenario.files import load_runs, scenario_to_run_dict
+from spdsim.scenario.presets import get_preset
 
 OUT_DIR = Path(__file__).parent / "results" / "sensitivity"
 STEP = 0.2
@@ -77,8 +77,8 @@ def roofline_base(method: MethodSpec, preset: str) -> Scenario:
 
 
 def optimized_method(preset: str, max_gpus: int = 8) -> MethodSpec:
-    """The SPD design ``spdsim.optimize.search`` ranks first for the default setting within ``max_gpus``."""
-    from spdsim.optimize import SearchSpace, search
+    """The SPD design ``spdsim.drivers.optimize.search`` ranks first for the default setting within ``max_gpus``."""
+    from spdsim.drivers.optimize import SearchSpace, search
 
     base = roofline_base(MethodSpec(name="spd"), preset)
     best = search(base, SearchSpace(max_gpus=max_gpus), alpha_model="fit", finalists=5).best.design

@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from spdsim.config import AcceptanceSpec, LatencySpec, MethodSpec, ModelShape, Scenario, Workload
-from spdsim.engine import simulate
-from spdsim.latency import build_latency_model
+from spdsim.engine.metrics import summarize
+from spdsim.engine.run import simulate
+from spdsim.latency.build import build_latency_model
 from spdsim.methods.pipeline import pipeline_costs
-from spdsim.metrics import summarize
+from spdsim.scenario.config import AcceptanceSpec, LatencySpec, MethodSpec, ModelShape, Scenario, Workload
 
 OUT = Path(__file__).resolve().parent / "results" / "spd_repro"
 SOURCE = "reference/spd.md §5.4 (SPD repo distributed_inference/README.md, cycle_wall_breakdown.png), §5.2 AR 35.26 tok/s"

@@ -28,11 +28,11 @@ import shutil
 from pathlib import Path
 
 from spdsim import __version__
-from spdsim.latency import build_latency_model
-from spdsim.plots import plot_lines
-from spdsim.presets import get_preset, load_presets
-from spdsim.scenario import build_scenario, default_scenario_path, read_scenario_file
-from spdsim.sweep import sweep_tasks, write_table
+from spdsim.drivers.sweep import sweep_tasks, write_table
+from spdsim.latency.build import build_latency_model
+from spdsim.report.plots import plot_lines
+from spdsim.scenario.files import build_scenario, default_scenario_path, read_scenario_file
+from spdsim.scenario.presets import get_preset, load_presets
 
 OUT_DIR = Path(__file__).parent / "results" / "theory_vs_practice"
 STAGES = range(2, 17)

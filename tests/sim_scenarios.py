@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spdsim.config import (
+from spdsim.scenario.config import (
     AcceptanceSpec,
     Hardware,
     LatencySpec,

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sim_scenarios import ideal
 
-from spdsim.acceptance import TRACE_COLUMNS, build_acceptance_model, load_trace
-from spdsim.config import AcceptanceSpec, Workload
-from spdsim.engine import simulate
+from spdsim.engine.run import simulate
 from spdsim.errors import SpdsimError
+from spdsim.scenario.acceptance import TRACE_COLUMNS, build_acceptance_model, load_trace
+from spdsim.scenario.config import AcceptanceSpec, Workload
 
 
 def test_iid_chain_counts_are_truncated_geometric():

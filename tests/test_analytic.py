@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sim_scenarios import ideal
 
-from spdsim.acceptance import logit
-from spdsim.analytic import (
+from spdsim.engine.closed_form import (
     chain_acceptance_length,
     chain_speedup,
     expected_max_ns,
@@ -21,10 +20,11 @@ from spdsim.analytic import (
     spd_speedup,
     stop_length_distribution,
 )
-from spdsim.config import AcceptanceSpec, Overheads
-from spdsim.engine import simulate
+from spdsim.engine.metrics import empirical_acceptance, summarize
+from spdsim.engine.run import simulate
 from spdsim.methods.adaptive import stop_length
-from spdsim.metrics import empirical_acceptance, summarize
+from spdsim.scenario.acceptance import logit
+from spdsim.scenario.config import AcceptanceSpec, Overheads
 
 # reference/baselines.md §1 (F2): optimal γ, τ and S per (α, c)
 F2_TABLE = {

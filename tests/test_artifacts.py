@@ -6,8 +6,12 @@ import json
 
 import pytest
 
-from spdsim import artifacts
-from spdsim.artifacts import (
+from spdsim.engine.metrics import summarize
+from spdsim.engine.run import simulate
+from spdsim.errors import SpdsimError
+from spdsim.report import rundir as artifacts
+from spdsim.report.compare import simulate_runs
+from spdsim.report.rundir import (
     chrome_trace,
     config_document,
     default_run_dir,
@@ -16,11 +20,7 @@ from spdsim.artifacts import (
     write_atomically,
     write_run_dir,
 )
-from spdsim.compare import simulate_runs
-from spdsim.engine import simulate
-from spdsim.errors import SpdsimError
-from spdsim.metrics import summarize
-from spdsim.scenario import load_runs
+from spdsim.scenario.files import load_runs
 
 SMALL = ["workload.new_tokens=40", "workload.num_requests=2"]
 

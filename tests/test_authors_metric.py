@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from spdsim.authors_metric import (
+from spdsim.engine.run import simulate
+from spdsim.report.authors_metric import (
     asymptotic_speedup,
     authors_theoretical,
     expected_theoretical,
     implied_alpha,
     per_sample_theoretical,
 )
-from spdsim.config import AcceptanceSpec, LatencySpec, MethodSpec, Scenario, Workload
-from spdsim.engine import simulate
-from spdsim.presets import get_model
+from spdsim.scenario.config import AcceptanceSpec, LatencySpec, MethodSpec, Scenario, Workload
+from spdsim.scenario.presets import get_model
 
 # spd.md 5.2 (theoretical, default mix, T = 0: overall, mt_bench, gsm8k, humaneval) and 5.3 (implied α, 2 decimals)
 CELLS = {

@@ -1,12 +1,12 @@
-"""spdsim.bounds: scenarios too large to simulate in minutes and GBs are refused where they are built."""
+"""spdsim.scenario.bounds: scenarios too large to simulate in minutes and GBs are refused where they are built."""
 
 from __future__ import annotations
 
 import pytest
 
-from spdsim.bounds import MAX_TOKENS
 from spdsim.errors import SpdsimError
-from spdsim.scenario import load_runs
+from spdsim.scenario.bounds import MAX_TOKENS
+from spdsim.scenario.files import load_runs
 
 
 @pytest.mark.parametrize(

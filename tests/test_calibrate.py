@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from spdsim.cli import app
-from spdsim.config import LatencySpec, ModelShape
-from spdsim.latency_measured import FittedLatency, MeasuredLatency
-from spdsim.profile_schema import load_profile
+from spdsim.contract.profile_schema import load_profile
+from spdsim.latency.profiled import FittedLatency, MeasuredLatency
+from spdsim.scenario.config import LatencySpec, ModelShape
 
 DATA = Path(__file__).resolve().parents[1] / "studies" / "results" / "fidelity"
 BUNDLE = DATA / "profile_h200_qwen3-8b.json"
@@ -115,9 +115,9 @@ def _synthetic_colocated_run(path, contention, in_run_ratio, fixed_us, verify_ex
     (a > b here). Cycle walls: that busy time + fixed
     (+ head + verify_extra when a verification cycle); every ``stall_every``-th cycle is a 40 ms one-time stall.
     """
-    from spdsim.config import MethodSpec, Scenario, Workload
+    from spdsim.calibration.replay import pipeline_plan
     from spdsim.methods.pipeline import pipeline_costs
-    from spdsim.validate import pipeline_plan
+    from spdsim.scenario.config import MethodSpec, Scenario, Workload
 
     bundle = load_profile(BUNDLE)
     shape = ModelShape(**bundle["model"])
@@ -188,7 +188,7 @@ def _synthetic_colocated_run(path, contention, in_run_ratio, fixed_us, verify_ex
 
 @pytest.mark.parametrize("contention", [0.0, 0.35, 1.0])
 def test_contention_and_fixed_costs_are_recovered_from_a_synthetic_colocated_run(tmp_path, contention):
-    from spdsim.validate import validate
+    from spdsim.calibration.replay import validate
 
     run = _synthetic_colocated_run(tmp_path / "run", contention, 1.05, fixed_us=300.0, verify_extra_us=450.0)
     result, out = calibrate(tmp_path, "--run", str(run))
@@ -239,7 +239,7 @@ def _allreduce_entries(alpha_us, beta_us_per_byte, degrees, sizes):
 
 @pytest.mark.parametrize("degrees", [(2,), (2, 4), (1, 2, 8)])
 def test_ring_fit_recovers_known_coefficients(degrees):
-    from spdsim.calibrate import fit_allreduce_ring
+    from spdsim.calibration.fit import fit_allreduce_ring
 
     sizes = (8_192, 65_536, 1 << 20, 1 << 24)
     fit = fit_allreduce_ring(_allreduce_entries(9.5, 2.5e-6, degrees, sizes))
@@ -249,7 +249,7 @@ def test_ring_fit_recovers_known_coefficients(degrees):
 
 
 def test_ring_fit_keeps_coefficients_non_negative_and_needs_two_points():
-    from spdsim.calibrate import fit_allreduce_ring
+    from spdsim.calibration.fit import fit_allreduce_ring
     from spdsim.errors import SpdsimError
 
     flat = _allreduce_entries(0.0, 0.0, (2,), (1_000, 2_000, 4_000))
@@ -300,7 +300,7 @@ def test_calibrate_writes_the_ring_fit_and_the_measured_model_prices_four_gpus(t
 
 def test_a_fitted_ar_run_replays_to_its_own_median_step(tmp_path):
     """The AR schedule pays the fitted per-step cost: the run it was fitted from comes back within 1% (median)."""
-    from spdsim.validate import validate
+    from spdsim.calibration.replay import validate
 
     result, out = calibrate(tmp_path, "--run", str(DATA / "dist_ar"))
     assert result.exit_code == 0, result.output

@@ -240,8 +240,8 @@ def test_simulate_never_imports_torch(tmp_path):
 
 def _roofline_profile(path):
     """A schema-v1 bundle tabulating the default roofline (linear in kv_len, so interpolation is exact)."""
-    from spdsim.latency import build_latency_model
-    from spdsim.scenario import load_runs
+    from spdsim.latency.build import build_latency_model
+    from spdsim.scenario.files import load_runs
 
     scenario = load_runs(methods=["spd"])[0].scenario
     lat = build_latency_model(scenario)
@@ -331,10 +331,10 @@ def test_a_missing_optional_package_names_what_to_install():
 
 
 def test_an_unexpected_error_is_one_line_naming_a_log_with_the_traceback(tmp_path, monkeypatch, capsys):
-    import spdsim.compare
+    import spdsim.report.compare
 
     monkeypatch.setenv("SPDSIM_LOG_DIR", str(tmp_path / "logs"))
-    monkeypatch.setattr(spdsim.compare, "simulate_runs", lambda runs: 1 / 0)
+    monkeypatch.setattr(spdsim.report.compare, "simulate_runs", lambda runs: 1 / 0)
     with pytest.raises(SystemExit) as info:
         main(["compare", "--method", "ar"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sim_scenarios import ideal, roofline
 
-from spdsim.analytic import predict
-from spdsim.config import AcceptanceSpec, MethodSpec, Overheads, Workload
-from spdsim.engine import simulate
+from spdsim.engine.closed_form import predict
+from spdsim.engine.metrics import empirical_acceptance, per_token_rows, summarize
+from spdsim.engine.run import simulate
 from spdsim.methods import METHODS
-from spdsim.metrics import empirical_acceptance, per_token_rows, summarize
+from spdsim.scenario.config import AcceptanceSpec, MethodSpec, Overheads, Workload
 
 SPECULATIVE = [name for name in METHODS if name != "ar"]
 

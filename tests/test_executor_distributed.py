@@ -22,7 +22,7 @@ def greedy(prompts):
 
 def test_colocated_lossless_synthetic_and_replayable(tmp_path):
     from executor.rundir import write_run_dir
-    from spdsim.acceptance import load_trace
+    from spdsim.scenario.acceptance import load_trace
 
     prompts = prompt_set(3)
     jobs = [

@@ -16,9 +16,9 @@ from executor.heads.specdecpp import AcceptanceHead, save_specdecpp
 from executor.models import load_fast_model
 from executor.presets_from_traces import build_presets, write_presets
 from executor.train.run import TrainHeadOptions, build_eagle3_head, build_spd_head
-from spdsim.acceptance import load_trace
-from spdsim.presets import load_presets
-from spdsim.scenario import load_runs
+from spdsim.scenario.acceptance import load_trace
+from spdsim.scenario.files import load_runs
+from spdsim.scenario.presets import load_presets
 
 CONFIG = EvalConfig(datasets=("gsm8k",), limit=2, max_new_tokens=6, k_values=(2,), thresholds=(0.3,), k_max=4)
 

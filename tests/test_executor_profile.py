@@ -17,7 +17,7 @@ from executor.profile import (
     write_bundle,
 )
 from executor.timing import TimingStats
-from spdsim.profile_schema import PHASE_COORDINATES, load_profile
+from spdsim.contract.profile_schema import PHASE_COORDINATES, load_profile
 
 
 def test_stage_layer_counts_of_a_36_layer_model() -> None:
@@ -67,7 +67,7 @@ def test_bundle_from_a_cpu_profile_loads_in_the_simulator(tmp_path: Path) -> Non
 
 def test_bundle_rejects_what_the_schema_rejects() -> None:
     model = FastModel.from_hf(load_model("random:tiny-qwen3").hf_model, max_seq_len=64)
-    from spdsim.profile_schema import ProfileError
+    from spdsim.contract.profile_schema import ProfileError
 
     with pytest.raises(ProfileError):
         build_bundle(

@@ -9,8 +9,8 @@ from executor_tiny import prompts, tiny_model
 
 from executor.rundir import RUN_FILES, TOKEN_COLUMNS, write_run_dir, write_trace
 from executor.schedules import run_method
-from spdsim.acceptance import TRACE_COLUMNS, load_trace
 from spdsim.errors import SpdsimError
+from spdsim.scenario.acceptance import TRACE_COLUMNS, load_trace
 
 
 @pytest.fixture(scope="module")

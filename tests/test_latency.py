@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sim_scenarios import H100, QWEN35_4B_SHAPE, TOY_SHAPE
 
-from spdsim.config import Hardware, LatencySpec, ModelShape, Scenario
 from spdsim.errors import SpdsimError
-from spdsim.latency import build_latency_model
+from spdsim.latency.build import build_latency_model
+from spdsim.scenario.config import Hardware, LatencySpec, ModelShape, Scenario
 
 LLAMA_8B = ModelShape("llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256)
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from sim_scenarios import TOY_SHAPE
 
-from spdsim.config import LatencySpec, Scenario
-from spdsim.latency import build_latency_model
-from spdsim.latency_measured import fit_phase
-from spdsim.profile_schema import ProfileError
+from spdsim.contract.profile_schema import ProfileError
+from spdsim.latency.build import build_latency_model
+from spdsim.latency.profiled import fit_phase
+from spdsim.scenario.config import LatencySpec, Scenario
 
 
 def _entry(median_us, **coords):

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from sim_scenarios import ideal
 
-from spdsim.acceptance import logit
-from spdsim.analytic import predict
-from spdsim.config import AcceptanceSpec
-from spdsim.engine import simulate
+from spdsim.engine.closed_form import predict
+from spdsim.engine.metrics import summarize
+from spdsim.engine.run import simulate
 from spdsim.methods.adaptive import stop_length
-from spdsim.metrics import summarize
+from spdsim.scenario.acceptance import logit
+from spdsim.scenario.config import AcceptanceSpec
 
 
 def test_stop_rule_skips_the_first_draft_and_respects_bounds():

@@ -4,8 +4,8 @@ from dataclasses import replace
 
 from sim_scenarios import H100, ideal
 
-from spdsim.config import Overheads
-from spdsim.engine import simulate
+from spdsim.engine.run import simulate
+from spdsim.scenario.config import Overheads
 
 
 def test_one_token_per_target_step():

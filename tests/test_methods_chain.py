@@ -5,9 +5,9 @@ from dataclasses import replace
 import pytest
 from sim_scenarios import TOY_SHAPE, ideal
 
-from spdsim.config import AcceptanceSpec, LatencySpec
-from spdsim.engine import simulate
+from spdsim.engine.run import simulate
 from spdsim.methods.chain import chain_draft_pass_ns
+from spdsim.scenario.config import AcceptanceSpec, LatencySpec
 
 
 def test_full_acceptance_commits_k_plus_one_per_iteration():
@@ -43,7 +43,7 @@ def test_draft_model_is_a_smaller_lm_of_the_target_shape():
 
 
 def _latency(scenario):
-    from spdsim.latency import build_latency_model
+    from spdsim.latency.build import build_latency_model
 
     return build_latency_model(scenario)
 

@@ -4,8 +4,8 @@ from dataclasses import replace
 
 from sim_scenarios import ideal, roofline
 
-from spdsim.engine import simulate
-from spdsim.latency import build_latency_model
+from spdsim.engine.run import simulate
+from spdsim.latency.build import build_latency_model
 from spdsim.methods.parallel import parallel_pass_ns
 
 

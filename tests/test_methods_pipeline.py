@@ -11,8 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sim_scenarios import ideal
 
-from spdsim.analytic import predict, spd_rho
-from spdsim.config import (
+from spdsim.engine.closed_form import predict, spd_rho
+from spdsim.engine.metrics import summarize
+from spdsim.engine.result import FLUSHED
+from spdsim.engine.run import simulate
+from spdsim.errors import SpdsimError
+from spdsim.latency.model import PPM
+from spdsim.methods import get_method
+from spdsim.methods.pipeline import shared_gpu_ns, stage_layer_counts
+from spdsim.scenario.config import (
     AcceptanceSpec,
     LatencySpec,
     MethodSpec,
@@ -21,13 +28,6 @@ from spdsim.config import (
     Scenario,
     Workload,
 )
-from spdsim.engine import simulate
-from spdsim.errors import SpdsimError
-from spdsim.latency import PPM
-from spdsim.methods import get_method
-from spdsim.methods.pipeline import shared_gpu_ns, stage_layer_counts
-from spdsim.metrics import summarize
-from spdsim.result import FLUSHED
 
 THREE_LAYERS = ModelShape("three", 3, 64, 2, 1, 32, 128, 100)
 

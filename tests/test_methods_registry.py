@@ -5,9 +5,9 @@ from dataclasses import replace
 import pytest
 from sim_scenarios import ideal
 
-from spdsim.config import METHODS as CONFIG_METHODS
 from spdsim.errors import SpdsimError
 from spdsim.methods import METHODS, get_method
+from spdsim.scenario.config import METHODS as CONFIG_METHODS
 
 
 def test_every_config_method_is_registered():

@@ -7,16 +7,16 @@ from dataclasses import replace
 import pytest
 from sim_scenarios import ideal
 
-from spdsim.config import Workload
-from spdsim.engine import simulate
-from spdsim.metrics import (
+from spdsim.engine.metrics import (
     empirical_acceptance,
     per_position_acceptance,
     per_token_rows,
     stage_busy_fractions,
     summarize,
 )
-from spdsim.result import BUSY, Interval, Result, TokenCommit, Verification
+from spdsim.engine.result import BUSY, Interval, Result, TokenCommit, Verification
+from spdsim.engine.run import simulate
+from spdsim.scenario.config import Workload
 
 
 def _chain_result():

@@ -5,12 +5,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from spdsim.analytic import spd_speedup
 from spdsim.cli import app
-from spdsim.config import AcceptanceSpec, LatencySpec, MethodSpec, ModelShape, Overheads, Scenario, Workload
-from spdsim.errors import SpdsimError
-from spdsim.latency import build_latency_model
-from spdsim.optimize import (
+from spdsim.drivers.optimize import (
     Design,
     SearchSpace,
     balanced_split,
@@ -19,7 +15,19 @@ from spdsim.optimize import (
     search,
     stage_member_ns,
 )
-from spdsim.presets import load_presets
+from spdsim.engine.closed_form import spd_speedup
+from spdsim.errors import SpdsimError
+from spdsim.latency.build import build_latency_model
+from spdsim.scenario.config import (
+    AcceptanceSpec,
+    LatencySpec,
+    MethodSpec,
+    ModelShape,
+    Overheads,
+    Scenario,
+    Workload,
+)
+from spdsim.scenario.presets import load_presets
 
 SHAPE = ModelShape("toy-32l", 32, 256, 4, 2, 64, 512, 1000)
 LAYER_NS = 100_000

@@ -1,4 +1,4 @@
-"""spdsim.outputs: --out never deletes what spdsim did not write; paths are checked before any work."""
+"""spdsim.contract.files: --out never deletes what spdsim did not write; paths are checked before any work."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
+from spdsim.contract.files import MARKER, check_out_dir, check_out_file, write_dir, write_file
 from spdsim.errors import SpdsimError
-from spdsim.outputs import MARKER, check_out_dir, check_out_file, write_dir, write_file
 
 
 def test_a_foreign_non_empty_directory_is_refused_and_kept(tmp_path):

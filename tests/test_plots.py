@@ -5,9 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from spdsim.engine import simulate
+from spdsim.engine.result import BUSY, FLUSHED
+from spdsim.engine.run import simulate
 from spdsim.errors import SpdsimError
-from spdsim.plots import (
+from spdsim.report.plots import (
     parse_window_ms,
     pick_run,
     plot_lines,
@@ -16,8 +17,7 @@ from spdsim.plots import (
     timeline_spans,
     timeline_window_ns,
 )
-from spdsim.result import BUSY, FLUSHED
-from spdsim.scenario import load_runs
+from spdsim.scenario.files import load_runs
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spdsim.errors import SpdsimError
-from spdsim.presets import (
+from spdsim.scenario.presets import (
     alpha_from_chain_tau,
     alpha_from_pipeline_speedup,
     catalog,
@@ -156,7 +156,10 @@ def test_a_dropped_preset_file_is_loaded(tmp_path):
     [
         ("{not json", "not valid JSON"),
         ('{"kind": "other", "schema_version": 1, "presets": []}', "kind"),
-        ('{"kind": "spdsim.acceptance-presets", "schema_version": 9, "presets": []}', "schema_version"),
+        (
+            '{"kind": "spdsim.acceptance-presets", "schema_version": 9, "presets": []}',
+            "schema_version",
+        ),
         (
             '{"kind": "spdsim.acceptance-presets", "schema_version": 1, "presets": '
             '[{"name": "x", "method": {"name": "spd"}, "source": "", "acceptance": {"alpha": 0.5}}]}',
@@ -185,9 +188,9 @@ def test_smollm2_presets_reproduce_the_measured_rho_with_ideal_latencies():
 
     from sim_scenarios import ideal
 
-    from spdsim.config import AcceptanceSpec
-    from spdsim.engine import simulate
-    from spdsim.metrics import summarize
+    from spdsim.engine.metrics import summarize
+    from spdsim.engine.run import simulate
+    from spdsim.scenario.config import AcceptanceSpec
 
     results = Path(__file__).resolve().parent.parent / "studies" / "results" / "heads"
     for folder, dataset in (("spd_n4_l2", "humaneval"), ("spd_n2_l1", "gsm8k")):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from spdsim.profile_schema import PHASE_COORDINATES, ProfileError, load_profile
+from spdsim.contract.profile_schema import PHASE_COORDINATES, ProfileError, load_profile
 
 
 def _bundle(**extra):

@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spdsim.errors import SpdsimError
-from spdsim.presets import get_preset
-from spdsim.scenario import (
+from spdsim.scenario.files import (
     apply_overrides,
     build_scenario,
     expand_runs,
@@ -19,6 +18,7 @@ from spdsim.scenario import (
     read_scenario_file,
     scenario_to_run_dict,
 )
+from spdsim.scenario.presets import get_preset
 
 BASE = {"model": "qwen3.5-4b", "hardware": "h100", "method": {"name": "spd", "num_stages": 8}}
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from spdsim.engine import simulate
-from spdsim.metrics import summarize
-from spdsim.optimize import SearchSpace
-from spdsim.scenario import load_runs
+from spdsim.drivers.optimize import SearchSpace
+from spdsim.engine.metrics import summarize
+from spdsim.engine.run import simulate
+from spdsim.scenario.files import load_runs
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 

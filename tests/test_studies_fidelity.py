@@ -82,7 +82,7 @@ def test_x4_validation_holds_out_every_4gpu_run(monkeypatch, tmp_path):
 def test_drafter_rows_follow_the_controller_schedule(monkeypatch):
     """n = 2: the first cycle drafts from the newest token alone; after a verification the pending token adds a
     row: 3 rows after an accept (two in flight), 2 after a reject or the fill cycle."""
-    from spdsim.measured import load_run
+    from spdsim.calibration.measured_runs import load_run
 
     fidelity = load_fidelity(monkeypatch)
     run = load_run(MEASURED / "dist_spd_n2_a0.60")
@@ -110,9 +110,9 @@ def test_one_time_rows_count_first_seen_shapes_once_per_session(monkeypatch):
 
 
 def test_per_prompt_replay_adds_up_to_the_run(monkeypatch):
-    from spdsim.calibrate import calibrate
-    from spdsim.measured import load_run
-    from spdsim.validate import modelled_cycles_ns
+    from spdsim.calibration.fit import calibrate
+    from spdsim.calibration.measured_runs import load_run
+    from spdsim.calibration.replay import modelled_cycles_ns
 
     fidelity = load_fidelity(monkeypatch)
     profile = calibrate([MEASURED / "profile_h200_qwen3-8b.json"], [MEASURED / "dist_spd_n2_a0.80"])

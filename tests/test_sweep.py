@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from spdsim.drivers.sweep import build_tasks, grid_points, parse_grid, sweep_tasks, write_table
 from spdsim.errors import SpdsimError
-from spdsim.sweep import build_tasks, grid_points, parse_grid, sweep_tasks, write_table
 
 CONSTANT = {
     "model": "qwen3.5-4b",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from spdsim.cli import app
+from spdsim.drivers.sweep import run_sweep
 from spdsim.errors import SpdsimError
-from spdsim.sweep import run_sweep
 
 distributed = pytest.importorskip("distributed")
 
@@ -78,7 +78,7 @@ def test_cli_sweep_with_scheduler_writes_the_local_table(cluster, scenario_file,
 
 
 def test_unreachable_scheduler_is_a_one_line_error():
-    from spdsim.dask_backend import run_chunks_on_dask
+    from spdsim.drivers.dask_backend import run_chunks_on_dask
 
     with pytest.raises(
         SpdsimError, match="--scheduler: cannot reach a Dask scheduler at 'tcp://127.0.0.1:9'"

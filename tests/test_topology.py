@@ -6,16 +6,23 @@ import dataclasses
 
 import pytest
 
-from spdsim.analytic import predict
-from spdsim.config import Hardware, LatencySpec, MethodSpec, Overheads, Scenario, Workload, to_dict
-from spdsim.engine import simulate
-from spdsim.host import HostBoundLatency, fit_host_costs, with_host_overhead
-from spdsim.latency import build_latency_model
+from spdsim.engine.closed_form import predict
+from spdsim.engine.metrics import empirical_acceptance, summarize
+from spdsim.engine.run import simulate
+from spdsim.latency.build import build_latency_model
+from spdsim.latency.host import HostBoundLatency, fit_host_costs, with_host_overhead
 from spdsim.methods.pipeline import pipeline_costs
-from spdsim.metrics import empirical_acceptance, summarize
-from spdsim.presets import get_hardware, get_model
-from spdsim.scenario import build_scenario
-from spdsim.topology import CONTROL_BYTES, Topology, anchor_stages, build_topology, comm_costs, place_ranks
+from spdsim.scenario.config import Hardware, LatencySpec, MethodSpec, Overheads, Scenario, Workload, to_dict
+from spdsim.scenario.files import build_scenario
+from spdsim.scenario.presets import get_hardware, get_model
+from spdsim.scenario.topology import (
+    CONTROL_BYTES,
+    Topology,
+    anchor_stages,
+    build_topology,
+    comm_costs,
+    place_ranks,
+)
 
 SHAPE = get_model("qwen3.5-4b")
 

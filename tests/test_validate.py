@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spdsim.calibrate import calibrate, write_profile
+from spdsim.calibration.fit import calibrate, write_profile
+from spdsim.calibration.measured_runs import load_run
+from spdsim.calibration.replay import modelled_cycles_ns, scenario_for, validate
 from spdsim.cli import app
-from spdsim.engine import simulate
-from spdsim.measured import load_run
-from spdsim.profile_schema import load_profile
-from spdsim.validate import modelled_cycles_ns, scenario_for, validate
+from spdsim.contract.profile_schema import load_profile
+from spdsim.engine.run import simulate
 
 DATA = Path(__file__).resolve().parents[1] / "studies" / "results" / "fidelity"
 runner = CliRunner()

@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 from sim_scenarios import roofline
 
-from spdsim.config import AcceptanceSpec, LatencySpec, MethodSpec, Overheads
 from spdsim.errors import SpdsimError
-from spdsim.validation import validate_scenario
+from spdsim.scenario.checks import validate_scenario
+from spdsim.scenario.config import AcceptanceSpec, LatencySpec, MethodSpec, Overheads
 
 
 def spd(**method_fields):

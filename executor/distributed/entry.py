@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spdsim.errors import SpdsimError
+from spdsim.contract import SpdsimError
 
 DRAFTER_PLACEMENTS = ("colocated", "own")
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from executor.distributed.comm import DistributedError, Link, Roles
 from executor.schedules.common import DecodeOptions, RunResult, as_prompts
-from spdsim.errors import SpdsimError
+from spdsim.contract import SpdsimError
 
 BACKENDS = ("auto", "nccl", "gloo")
 FAULTS = ("kill", "stall")

@@ -39,7 +39,7 @@ from executor.fastmodel import (
 )
 from executor.graphs import GraphCache
 from executor.schedules.common import DecodeOptions, PromptRun, RunResult, as_prompts
-from spdsim.errors import SpdsimError
+from spdsim.contract import SpdsimError
 
 
 @dataclass(frozen=True)

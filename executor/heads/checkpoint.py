@@ -13,7 +13,7 @@ import torch
 
 from executor.heads.layers import check_base_family
 from executor.heads.spd_v11 import SpdHeadConfig, SpeculationModuleV11
-from spdsim.errors import SpdsimError
+from spdsim.contract import SpdsimError
 
 ACCEPTED_VERSIONS = (0, 11)
 REFUSED_VERSIONS = {

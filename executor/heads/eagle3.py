@@ -24,7 +24,7 @@ from executor.heads.layers import (
     base_rotary,
     init_linear_weights,
 )
-from spdsim.errors import SpdsimError
+from spdsim.contract import SpdsimError
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch
 
 from executor.cache import KVCache, window_capacity
 from executor.fastmodel import LayerShape, LayerWeights
-from spdsim.errors import SpdsimError
+from spdsim.contract import SpdsimError
 
 
 def _eps(norm) -> float:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from spdsim.errors import SpdsimError
+from spdsim.contract import SpdsimError
 
 SUPPORTED_BASE_FAMILIES = ("qwen3", "llama")
 # Families the reference v11 loader accepts but this executor does not run (MoE / gated-attention bases).

@@ -21,7 +21,7 @@ from executor.heads.layers import (
     init_linear_weights,
     rms_norm,
 )
-from spdsim.errors import SpdsimError
+from spdsim.contract import SpdsimError
 
 
 @dataclass(frozen=True)

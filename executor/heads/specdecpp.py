@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spdsim.errors import SpdsimError
+from spdsim.contract import SpdsimError
 
 
 class ResBlock(nn.Module):

@@ -41,7 +41,7 @@ from executor.schedules.common import (
     as_prompts,
     is_stop,
 )
-from spdsim.errors import SpdsimError
+from spdsim.contract import SpdsimError
 
 # stop(hidden, drafted, timer, cycle): asked after each draft with the head output row that produced it
 StopRule = Callable[[torch.Tensor, int, PhaseTimer, int], bool]

@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from spdsim.errors import SpdsimError
-from spdsim.realised import realised_acceptance
+from spdsim.contract import SpdsimError, realised_acceptance
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from executor.schedules.chain import run_chain
 from executor.schedules.common import CycleTiming, DecodeOptions, PromptRun, RunResult, as_prompts
 from executor.schedules.spd import run_spd
 from executor.stages import split_layers
-from spdsim.errors import SpdsimError
+from spdsim.contract import SpdsimError
 
 _OPTION_FIELDS = ("max_new_tokens", "temperature", "seed", "synthetic_alpha", "stop_token_ids")
 

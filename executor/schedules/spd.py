@@ -34,7 +34,7 @@ from executor.schedules.common import (
     used_on,
 )
 from executor.stages import StageSplit
-from spdsim.errors import SpdsimError
+from spdsim.contract import SpdsimError
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from spdsim.errors import SpdsimError
+from spdsim.contract import SpdsimError
 
 GSM8K_TRAIN = Path(__file__).parent / "data" / "gsm8k_train_questions.jsonl.gz"
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from spdsim.errors import SpdsimError
+from spdsim.contract import SpdsimError
 
 
 @dataclass(frozen=True)

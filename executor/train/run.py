@@ -18,7 +18,7 @@ import torch
 
 from executor.train.corpus import CorpusConfig
 from executor.train.loop import LoopConfig
-from spdsim.errors import SpdsimError
+from spdsim.contract import SpdsimError
 
 HEADS = ("spd", "eagle3", "specdecpp")
 TRAINING_FILE = "training.json"

@@ -11,8 +11,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from spdsim.config import Scenario
 from spdsim.errors import SpdsimError
+from spdsim.scenario.config import Scenario
 
 
 @dataclass(frozen=True)

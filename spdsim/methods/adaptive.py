@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from spdsim.acceptance import logit
+from spdsim.engine.result import COMM, DRAFT
 from spdsim.methods import Method
 from spdsim.methods.chain import chain_draft_pass_ns
 from spdsim.methods.common import (
@@ -23,7 +23,7 @@ from spdsim.methods.common import (
     serial_overheads_ns,
     verify_and_commit,
 )
-from spdsim.result import COMM, DRAFT
+from spdsim.scenario.acceptance import logit
 
 _CHUNK = 1024
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from spdsim.engine.result import BUSY, COMM
 from spdsim.methods import Method
 from spdsim.methods.common import gpu_resources, serial_overheads_ns, target_verify_ns
-from spdsim.result import BUSY, COMM
 
 
 def ar_step_costs(scenario, latency) -> tuple[list[int], int, int]:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from spdsim.engine.result import COMM, DRAFT
 from spdsim.methods import Method
 from spdsim.methods.common import (
     VerifyTable,
@@ -16,7 +17,6 @@ from spdsim.methods.common import (
     serial_overheads_ns,
     verify_and_commit,
 )
-from spdsim.result import COMM, DRAFT
 
 
 def chain_draft_pass_ns(scenario, latency) -> list[int]:

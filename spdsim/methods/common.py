@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from spdsim.config import Scenario
-from spdsim.latency import LatencyModel
-from spdsim.result import BUSY
+from spdsim.engine.result import BUSY
+from spdsim.latency.model import LatencyModel
+from spdsim.scenario.config import Scenario
 
 
 def kv_lengths(scenario: Scenario) -> np.ndarray:

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spdsim.engine.result import BUSY, COMM, DRAFT, FLUSHED
 from spdsim.errors import SpdsimError
-from spdsim.latency import PPM
+from spdsim.latency.model import PPM
 from spdsim.methods import Method
 from spdsim.methods.common import kv_lengths, serial_overheads_ns
-from spdsim.result import BUSY, COMM, DRAFT, FLUSHED
-from spdsim.topology import build_topology, comm_costs, topology_active
+from spdsim.scenario.topology import build_topology, comm_costs, topology_active
 
 
 def stage_layer_counts(scenario) -> tuple[int, ...]:

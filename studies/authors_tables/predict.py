@@ -22,10 +22,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from spdsim.analytic import predict  # noqa: E402
-from spdsim.authors_metric import implied_alpha  # noqa: E402
-from spdsim.scenario import build_scenario  # noqa: E402
-from spdsim.waterfall import speedup_waterfall  # noqa: E402
+from spdsim.engine.closed_form import predict  # noqa: E402
+from spdsim.report.authors_metric import implied_alpha  # noqa: E402
+from spdsim.report.waterfall import speedup_waterfall  # noqa: E402
+from spdsim.scenario.files import build_scenario  # noqa: E402
 
 OUT = Path(__file__).parent / "results"
 AR_PUBLISHED = {"qwen3.5-4b": 35.26, "qwen3.5-9b": 34.18}

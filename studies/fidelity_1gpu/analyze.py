@@ -19,8 +19,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from spdsim.calibrate import calibrate, write_profile  # noqa: E402
-from spdsim.validate import validate  # noqa: E402
+from spdsim.calibration.fit import calibrate, write_profile  # noqa: E402
+from spdsim.calibration.replay import validate  # noqa: E402
 
 FIT_RUNS = ("ar", "eagle3_k3_a0.80")
 

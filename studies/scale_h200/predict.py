@@ -17,8 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from spdsim.analytic import predict  # noqa: E402
-from spdsim.scenario import build_scenario  # noqa: E402
+from spdsim.engine.closed_form import predict  # noqa: E402
+from spdsim.scenario.files import build_scenario  # noqa: E402
 
 OUT = Path(__file__).parent / "results"
 HARDWARE = {

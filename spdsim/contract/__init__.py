@@ -1,0 +1,87 @@
+"""The contract between the simulator (``spdsim``) and the executor: everything the executor may import from
+``spdsim``, and nothing else.
+
+- one vocabulary: method names, drafter placement, cycle states, phase names (``vocabulary``);
+- the model shape (``shape``);
+- the profile bundle schema (``profile_schema``), the per-verification trace columns (``trace``) and the
+  acceptance-presets file format (``read_preset_file``);
+- the run directory: how files are written (``files``: checked paths, atomic writes) and how a run's realised
+  acceptance is summarised (``realised``);
+- the error a user mistake raises and the CLI boundary that turns it into one line (``SpdsimError``,
+  ``user_errors``).
+
+The simulator never imports the executor; the executor imports ``spdsim.contract`` only (a test checks both).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from spdsim.boundary import user_errors
+from spdsim.contract.files import (
+    check_out_dir,
+    check_out_file,
+    write_atomically,
+    write_dir,
+    write_file,
+    write_text_file,
+)
+from spdsim.contract.profile_schema import PHASE_COORDINATES, PROFILE_KIND, SCHEMA_VERSION, validate_profile
+from spdsim.contract.realised import realised_acceptance, realised_warning
+from spdsim.contract.shape import ModelShape
+from spdsim.contract.trace import TRACE_COLUMNS
+from spdsim.contract.vocabulary import (
+    CYCLE_STATES,
+    DRAFTER_FROM_EXECUTOR,
+    DRAFTER_PLACEMENTS,
+    EXECUTOR_DRAFTER_PLACEMENTS,
+    METHODS,
+    PHASES,
+    PIPELINE_METHODS,
+    TRACE_STATES,
+    placement_from_executor,
+)
+from spdsim.errors import SpdsimError
+
+PRESET_FILE_KIND = "spdsim.acceptance-presets"
+PRESET_SCHEMA_VERSION = 1
+
+
+def read_preset_file(path: str | Path) -> list[Any]:
+    """Parse and check one acceptance-presets JSON file (the format ``spdsim.scenario.presets`` reads)."""
+    from spdsim.scenario.presets import read_preset_file as read
+
+    return read(path)
+
+
+__all__ = [
+    "CYCLE_STATES",
+    "DRAFTER_FROM_EXECUTOR",
+    "DRAFTER_PLACEMENTS",
+    "EXECUTOR_DRAFTER_PLACEMENTS",
+    "METHODS",
+    "PHASES",
+    "PHASE_COORDINATES",
+    "PIPELINE_METHODS",
+    "PRESET_FILE_KIND",
+    "PRESET_SCHEMA_VERSION",
+    "PROFILE_KIND",
+    "SCHEMA_VERSION",
+    "TRACE_COLUMNS",
+    "TRACE_STATES",
+    "ModelShape",
+    "SpdsimError",
+    "check_out_dir",
+    "check_out_file",
+    "placement_from_executor",
+    "read_preset_file",
+    "realised_acceptance",
+    "realised_warning",
+    "user_errors",
+    "validate_profile",
+    "write_atomically",
+    "write_dir",
+    "write_file",
+    "write_text_file",
+]

@@ -1,0 +1,60 @@
+"""The words the simulator and the executor share: method names, drafter placement, cycle states, phase names.
+
+Both halves import these tuples instead of spelling the words themselves (``docs/vocabulary.md`` gives the
+meaning of each word).
+
+Drafter placement has two spellings for one choice, kept because both are written into committed run
+directories and scenario files: the simulator's scenario field ``method.drafter_placement`` says where the
+drafter runs (``own-gpu`` | ``stage0``), the executor's ``--drafter`` option says which rank runs it
+(``own`` | ``colocated``). ``DRAFTER_FROM_EXECUTOR`` maps one onto the other; nothing else translates them.
+
+Cycle states: an SPD cycle is in ``fill`` (the pipeline is filling after the prompt), ``refill`` (filling again
+after a rejection flushed it) or ``saturated`` (every stage holds a speculative token); chain methods have one
+state, ``chain``. A *verification* carries the state of the cycle that issued it, so the trace's ``refill`` is
+"the first verification after a refill"; the executor's ``cycles.csv`` state of a cycle is the state of the cycle
+itself.
+"""
+
+from __future__ import annotations
+
+METHODS = (
+    "ar",
+    "spd",
+    "draft-model",
+    "eagle3",
+    "mtp",
+    "specdecpp",
+    "cascade",
+    "dflash",
+    "peagle",
+    "ppsd",
+)
+PIPELINE_METHODS = ("spd", "ppsd")  # methods whose target is split into pipeline stages
+
+DRAFTER_PLACEMENTS = ("own-gpu", "stage0")  # simulator: method.drafter_placement
+EXECUTOR_DRAFTER_PLACEMENTS = ("own", "colocated")  # executor: --drafter, run config "drafter"
+DRAFTER_FROM_EXECUTOR = {"own": "own-gpu", "colocated": "stage0"}
+
+CYCLE_STATES = ("fill", "refill", "saturated", "chain")  # executor cycles.csv "state"
+TRACE_STATES = ("saturated", "refill", "chain")  # trace.csv "state" (fill verifications count as refill)
+
+# Phase names of the profile bundle (spdsim.contract.profile_schema.PHASE_COORDINATES gives their coordinates).
+PHASES = (
+    "layers",
+    "embed",
+    "head",
+    "ar_step",
+    "drafter",
+    "chain_draft",
+    "p2p",
+    "cycle_fixed",
+    "verify_fixed",
+    "colocated_contention",
+    "layers_tp",
+    "allreduce",
+)
+
+
+def placement_from_executor(drafter: str) -> str:
+    """The simulator's ``drafter_placement`` for an executor run's ``drafter`` (``own`` -> ``own-gpu``)."""
+    return DRAFTER_FROM_EXECUTOR.get(drafter, "stage0")

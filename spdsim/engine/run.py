@@ -1,0 +1,161 @@
+"""Run a Scenario on SimPy and return a Result (integer-nanosecond clock, deterministic).
+
+Requests run back to back: an optional fixed prefill cost, then the method's decode schedule for
+``workload.new_tokens`` tokens (the prefill's own token is not counted). Each request is one SimPy process whose
+iterations (SPD cycles, draft-verify iterations, AR steps) are single timeouts of a computed length; busy spans
+of every resource are recorded as data, not as SimPy events, which keeps the event count per cycle at one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+
+from spdsim.engine.result import Interval, Result, TokenCommit, Verification
+from spdsim.latency.build import build_latency_model
+from spdsim.latency.model import LatencyModel
+from spdsim.scenario.acceptance import AcceptanceModel, build_acceptance_model
+from spdsim.scenario.config import Scenario
+
+_CHUNK = 4096
+
+
+class Recorder:
+    """Mutable sink of one run: commits, verifications and (optionally) resource busy spans."""
+
+    def __init__(self, record_intervals: bool):
+        self.record_intervals = record_intervals
+        self.tokens: list[tuple] = []
+        self.intervals: list[list] = []
+        self.verifications: list[tuple] = []
+        self.iterations = 0
+        self.busy_ns: dict[str, int] = {}  # totals kept by schedules that skip interval recording
+
+    def interval(
+        self, resource: str, start_ns: int, end_ns: int, kind: str, label: str, request: int, iteration: int
+    ) -> int:
+        """Record a busy span (skipped when empty; only totalled when not recording); returns its index for a
+        later relabel, or -1."""
+        if end_ns <= start_ns:
+            return -1
+        if not self.record_intervals:
+            self.add_busy(resource, end_ns - start_ns)
+            return -1
+        self.intervals.append([resource, start_ns, end_ns, kind, label, request, iteration])
+        return len(self.intervals) - 1
+
+    def add_busy(self, resource: str, duration_ns: int) -> None:
+        self.busy_ns[resource] = self.busy_ns.get(resource, 0) + duration_ns
+
+    def resource_busy(self) -> tuple[tuple[str, int], ...]:
+        """Busy totals per resource: from the recorded intervals, else from the schedules' running totals."""
+        totals = dict(self.busy_ns)
+        for resource, start_ns, end_ns, *_ in self.intervals:
+            totals[resource] = totals.get(resource, 0) + end_ns - start_ns
+        return tuple(sorted(totals.items()))
+
+    def relabel(self, index: int, kind: str) -> None:
+        """Change a recorded span's kind (e.g. to FLUSHED when its token is discarded)."""
+        if index >= 0:
+            self.intervals[index][3] = kind
+
+    def commit(self, request: int, index: int, commit_ns: int, iteration: int, from_draft: bool) -> None:
+        self.tokens.append((request, index, commit_ns, iteration, from_draft))
+
+    def verification(
+        self, request: int, iteration: int, time_ns: int, drafted: int, accepted: int, state: str
+    ) -> None:
+        self.verifications.append((request, iteration, time_ns, drafted, accepted, state))
+
+
+class Jitter:
+    """Lognormal latency multipliers with mean 1 and the scenario's coefficient of variation (prefetched)."""
+
+    def __init__(self, rng: np.random.Generator, cv: float):
+        self.enabled = cv > 0
+        self._rng = rng
+        self._sigma = float(np.sqrt(np.log1p(cv * cv))) if self.enabled else 0.0
+        self._mu = -0.5 * self._sigma**2
+        self._factors: list[float] = []
+
+    def apply(self, latency_ns: int) -> int:
+        """One jittered phase latency (integer ns)."""
+        if not self.enabled or latency_ns <= 0:
+            return latency_ns
+        if not self._factors:
+            self._factors = self._rng.lognormal(self._mu, self._sigma, size=_CHUNK).tolist()
+        return int(latency_ns * self._factors.pop() + 0.5)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a method's request process needs: the scenario, its models and the run's recorder."""
+
+    scenario: Scenario
+    latency: LatencyModel
+    acceptance: AcceptanceModel
+    recorder: Recorder
+
+
+@dataclass(frozen=True)
+class RequestStreams:
+    """Independent random streams of one request, one per purpose."""
+
+    acceptance: np.random.Generator
+    jitter: Jitter
+    policy: np.random.Generator  # SpecDec++ acceptance-head noise
+    inner: np.random.Generator  # cascade: inner (little -> draft) acceptance
+
+
+def request_streams(scenario: Scenario) -> list[RequestStreams]:
+    """Per-request streams derived from ``scenario.seed`` with SeedSequence.spawn (stable across runs; the
+    spawn order — acceptance, jitter, policy, inner — is part of the reproducibility contract)."""
+    children = np.random.SeedSequence(scenario.seed).spawn(scenario.workload.num_requests)
+    streams = []
+    for child in children:
+        acceptance, jitter, policy, inner = (np.random.default_rng(s) for s in child.spawn(4))
+        streams.append(
+            RequestStreams(acceptance, Jitter(jitter, scenario.overheads.jitter_cv), policy, inner)
+        )
+    return streams
+
+
+def simulate(scenario: Scenario, *, record_intervals: bool = True) -> Result:
+    """Simulate ``scenario``; the same scenario (seed included) gives an identical Result."""
+    from spdsim.methods import get_method
+
+    method = get_method(scenario.method.name)
+    recorder = Recorder(record_intervals)
+    context = RunContext(
+        scenario=scenario,
+        latency=build_latency_model(scenario),
+        acceptance=build_acceptance_model(scenario.acceptance),
+        recorder=recorder,
+    )
+    env = simpy.Environment()
+    starts: list[int] = []
+    streams = request_streams(scenario)
+    prefill_ns = scenario.workload.prefill_ns
+
+    def requests():
+        for request in range(scenario.workload.num_requests):
+            if prefill_ns > 0:
+                yield env.timeout(prefill_ns)
+            starts.append(int(env.now))
+            yield env.process(method.run_request(env, context, request, streams[request]))
+
+    env.process(requests())
+    env.run()
+    return Result(
+        scenario=scenario,
+        tokens=tuple(TokenCommit(*row) for row in recorder.tokens),
+        intervals=tuple(Interval(*row) for row in recorder.intervals),
+        verifications=tuple(Verification(*row) for row in recorder.verifications),
+        iterations=recorder.iterations,
+        gpus=method.gpus(scenario),
+        end_ns=int(env.now),
+        request_start_ns=tuple(starts),
+        resource_busy_ns=recorder.resource_busy(),
+    )

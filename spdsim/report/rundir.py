@@ -1,0 +1,149 @@
+"""The run directory: config.json, tokens.csv, summary.json and trace.json, written atomically.
+
+Written by ``spdsim.contract.files.write_dir``: a new directory (or spdsim's own one), built aside and renamed into
+place, so a failure never leaves a half-written run directory and no file spdsim did not write is touched. Contents are deterministic (no timestamps, sorted keys), so the same
+scenario gives byte-identical files. ``config.json`` is a scenario file: ``spdsim simulate config.json``
+reproduces the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from spdsim import __version__
+from spdsim.contract.files import write_dir
+from spdsim.errors import SpdsimError
+from spdsim.report.compare import RunOutcome
+from spdsim.report.plots import resource_order
+from spdsim.scenario.files import NamedScenario, scenario_to_run_dict
+
+RUN_FILES = ("config.json", "tokens.csv", "summary.json", "trace.json")
+TOKEN_COLUMNS = ("method", "request", "index", "commit_time_us", "iteration", "from_draft")
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(_finite(data), indent=2, sort_keys=True, allow_nan=False, default=_jsonable) + "\n"
+
+
+def _finite(data: Any) -> Any:
+    """NaN/inf (e.g. rho of a non-pipeline method) become null: strict JSON readers reject NaN."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def config_document(runs: list[NamedScenario], name: str) -> dict[str, Any]:
+    """The resolved scenario(s): a scenario file whose runs are complete (no names, no presets to resolve)."""
+    return {
+        "name": name,
+        "description": f"resolved by spdsim {__version__}",
+        "runs": [scenario_to_run_dict(run.label, run.scenario) for run in runs],
+    }
+
+
+def default_run_dir(runs: list[NamedScenario], name: str, root: str | Path = "runs") -> Path:
+    """``runs/<name>-<hash of the resolved config>``: deterministic, and distinct for distinct scenarios."""
+    digest = hashlib.sha256(_dumps(config_document(runs, name)).encode()).hexdigest()[:10]
+    return Path(root) / f"{name}-{digest}"
+
+
+def _us(time_ns: int) -> str:
+    return f"{time_ns / 1000:.3f}"
+
+
+def tokens_csv(outcomes: list[RunOutcome]) -> str:
+    """Per-token rows of every run: method (run label), request, index, commit_time_us, iteration, from_draft."""
+    lines = [",".join(TOKEN_COLUMNS)]
+    for outcome in outcomes:
+        label = _csv_field(outcome.label)
+        for t in outcome.result.tokens:
+            lines.append(
+                f"{label},{t.request},{t.index},{_us(t.commit_ns)},{t.iteration},{int(t.from_draft)}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _csv_field(text: str) -> str:
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n') else text
+
+
+def summary_document(outcomes: list[RunOutcome]) -> dict[str, Any]:
+    return {"spdsim_version": __version__, "runs": [outcome.summary for outcome in outcomes]}
+
+
+def chrome_trace(outcomes: list[RunOutcome]) -> str:
+    """Chrome trace event JSON (Perfetto): one pid per run, one tid per resource, "X" spans in microseconds.
+
+    The spans are those of each run's traced first request (``RunOutcome.traced``): later requests repeat the
+    same schedule, and a trace of all of them is tens of MB (tokens.csv keeps every token of every request).
+    """
+    events: list[str] = []
+    for pid, outcome in enumerate(outcomes, start=1):
+        events.append(_meta("process_name", pid, 0, outcome.label))
+        events.append(
+            json.dumps({"name": "process_sort_index", "ph": "M", "pid": pid, "args": {"sort_index": pid}})
+        )
+        intervals = outcome.traced.intervals if outcome.traced is not None else ()
+        tids: dict[str, int] = {}
+        for resource in sorted({iv.resource for iv in intervals}, key=resource_order):
+            tids[resource] = len(tids) + 1
+            events.append(_meta("thread_name", pid, tids[resource], resource))
+            sort = {"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": tids[resource]}
+            events.append(json.dumps({**sort, "args": {"sort_index": tids[resource]}}))
+        names: dict[str, str] = {}
+        for iv in intervals:
+            name = names.get(iv.label) or names.setdefault(iv.label, json.dumps(iv.label))
+            events.append(
+                f'{{"name":{name},"cat":"{iv.kind}","ph":"X","ts":{iv.start_ns / 1000:.3f},'
+                f'"dur":{(iv.end_ns - iv.start_ns) / 1000:.3f},"pid":{pid},"tid":{tids[iv.resource]},'
+                f'"args":{{"request":{iv.request},"iteration":{iv.iteration}}}}}'
+            )
+    return '{"displayTimeUnit":"ms","traceEvents":[\n' + ",\n".join(events) + "\n]}\n"
+
+
+def _meta(kind: str, pid: int, tid: int, name: str) -> str:
+    return json.dumps({"name": kind, "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}})
+
+
+def write_run_dir(out_dir: str | Path, outcomes: list[RunOutcome], name: str, force: bool = True) -> Path:
+    """The four run files for ``outcomes`` (see module docstring); ``force``: may rewrite spdsim's own directory."""
+    runs = [NamedScenario(o.label, o.scenario) for o in outcomes]
+    return write_dir(
+        out_dir,
+        {
+            "config.json": lambda: _dumps(config_document(runs, name)),
+            "tokens.csv": lambda: tokens_csv(outcomes),
+            "summary.json": lambda: _dumps(summary_document(outcomes)),
+            "trace.json": lambda: chrome_trace(outcomes),
+        },
+        force=force,
+    )
+
+
+def run_config_path(target: str | Path) -> Path:
+    """The scenario file behind a run directory (its config.json), or ``target`` itself if it is a file."""
+    target = Path(target)
+    if target.is_dir():
+        config = target / "config.json"
+        if not config.is_file():
+            raise SpdsimError(f"run directory '{target}' has no config.json")
+        return config
+    if not target.exists():
+        raise SpdsimError(f"no such run directory or scenario file '{target}'")
+    return target

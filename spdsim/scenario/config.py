@@ -1,0 +1,252 @@
+"""Scenario: everything one simulation needs, as frozen dataclasses passed explicitly.
+
+A Scenario is written verbatim to ``config.json`` of every run directory, so a run can be reproduced from its
+directory alone. Times are integer nanoseconds inside the simulator; bandwidths and peaks carry their unit in
+the field name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any
+
+from spdsim.contract.shape import ModelShape
+from spdsim.contract.vocabulary import DRAFTER_PLACEMENTS, METHODS, PIPELINE_METHODS
+from spdsim.errors import SpdsimError
+
+__all__ = [
+    "ACCEPTANCE_KINDS",
+    "DRAFTER_PLACEMENTS",
+    "LATENCY_KINDS",
+    "METHODS",
+    "PIPELINE_METHODS",
+    "AcceptanceSpec",
+    "Hardware",
+    "LatencySpec",
+    "MethodSpec",
+    "ModelShape",
+    "Overheads",
+    "Scenario",
+    "Workload",
+    "from_dict",
+    "to_dict",
+]
+
+
+def _unit_interval(value: float, where: str) -> None:
+    """The one check of a probability field, run where the field is built (files, CLI and Python alike)."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise SpdsimError(f"{where}: must be in [0, 1] (got {value})")
+
+
+ACCEPTANCE_KINDS = ("iid", "positional", "spd-state", "trace", "preset")
+LATENCY_KINDS = ("constant", "roofline", "measured", "fitted")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """One accelerator plus its links; peaks from datasheets, efficiencies fitted or assumed."""
+
+    name: str
+    mem_bandwidth_gbps: float  # achievable device copy bandwidth, GB/s (1e9 B/s)
+    peak_tflops: float  # dense bf16
+    bandwidth_efficiency: float = 0.85
+    flops_efficiency: float = 0.6
+    kernel_overhead_ns: int = 0  # fixed per-layer launch/sync cost not hidden by graphs
+    p2p_latency_ns: int = 0
+    p2p_bandwidth_gbps: float = 0.0
+    allreduce_latency_ns: int = 0
+    memory_gib: float = 80.0
+    source: str = ""
+    # Topology (spdsim/scenario/topology.py): ranks are packed onto nodes of ``gpus_per_node`` GPUs (0: one node holds
+    # every rank); a message between nodes pays the inter-node network instead of the intra-node link.
+    gpus_per_node: int = 0
+    inter_node_latency_ns: int = 0
+    inter_node_bandwidth_gbps: float = 0.0
+    collective: str = "fanout"  # control broadcast / anchor gather: "fanout" (serial sends) or "tree"
+    # Host-overhead regime (spdsim/latency/host.py): eager HF-style execution pays host time per decoder layer (kernel
+    # launches + Python; a layer takes max(GPU, host)), per module call and per message; a graph-captured executor
+    # pays only the call. All zero: a pure device roofline.
+    host_layer_ns: int = 0
+    host_call_ns: int = 0
+    host_message_ns: int = 0
+    crop_ns: int = (
+        0  # every stage crops its KV cache / rewinds DeltaNet states after a rejection (in parallel)
+    )
+
+
+@dataclass(frozen=True)
+class LatencySpec:
+    """How phase latencies are obtained.
+
+    ``constant``: the ``*_ns`` fields below are used as given (per layer for ``layer_ns``).
+    ``roofline``: from the scenario's ModelShape and Hardware. ``measured``/``fitted``: from the profile JSON
+    at ``profile_path`` (schema in ``spdsim/contract/profile_schema.py``).
+    """
+
+    kind: str = "roofline"
+    profile_path: str = ""
+    layer_ns: int = 0  # one target decoder layer, one query token
+    embed_ns: int = 0
+    head_ns: int = 0  # final norm + lm_head + verify/sampling of one position
+    draft_step_ns: int = 0  # one serial drafter pass (chain methods), one token
+    pdm_ns: int = 0  # SPD drafter (PDM) forward, whole module
+    per_query_token_ns: int = 0  # extra cost per additional query token in a verify pass (constant model)
+    little_step_ns: int = 0  # cascade: one pass of the little model (constant model; 0 = from layer_ns)
+
+
+@dataclass(frozen=True)
+class Overheads:
+    """Costs the ideal closed forms ignore (DESIGN.md §3). All zero means the ideal model."""
+
+    control_ns: int = 0  # controller broadcast per cycle / iteration
+    p2p_ns: int = 0  # hidden-state send between consecutive stages (added to each stage hop)
+    gather_ns: int = 0  # anchor gather to the drafter per cycle
+    fixed_cycle_ns: int = 0  # serial per-cycle costs: driver update, sync
+    sampling_ns: int = 0  # per verification
+    jitter_cv: float = 0.0  # coefficient of variation of every phase latency (lognormal); 0 = deterministic
+    drafter_contention: float = 1.0  # slowdown of a stage sharing its GPU with the drafter (>= 1)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Which schedule to run and its knobs. Unused knobs are ignored by a method."""
+
+    name: str = "spd"
+    num_stages: int = 8  # SPD / PPSD pipeline depth n
+    stage_layers: tuple[int, ...] = ()  # explicit per-stage layer counts (must sum to L); empty = even split
+    spec_layers: int = 3  # SPD drafter depth L_s (full-size decoder layers)
+    drafter_placement: str = "own-gpu"
+    draft_tokens: int = 3  # K for chain / parallel methods
+    draft_layers: int = 1  # drafter depth for eagle3/mtp/dflash/peagle heads, or the draft model's layers
+    draft_vocab_size: int = 32000  # draft lm_head rows (SPD PDM, EAGLE-3, P-EAGLE); 0 = target vocab
+    draft_model_layers_fraction: float = (
+        0.0  # classic draft model as a fraction of the target (0 = use draft_layers)
+    )
+    tensor_parallel: int = 1
+    stop_threshold: float = 0.3  # SpecDec++ h
+    k_min: int = 2
+    k_max: int = 20
+    exit_layer: int = 0  # PPSD early-exit layer (0 = L/n)
+    aggregation_types: int = 0  # SPD PDM aggregation projections m (15·H² for m = 5); 0 = not priced
+    rank_nodes: tuple[int, ...] = ()  # node of each rank (controller first, then the stages); empty = packed
+
+
+@dataclass(frozen=True)
+class AcceptanceSpec:
+    """Acceptance model (DESIGN.md §5)."""
+
+    kind: str = "iid"
+    alpha: float = 0.8
+    rates: tuple[float, ...] = ()  # unconditional per-position r_k (vLLM convention), non-increasing
+    alpha_saturated: float = 0.8
+    alpha_refill: float = 0.8
+    trace_path: str = ""
+    preset: str = ""
+    head_noise: float = 0.1  # SpecDec++: sd of the acceptance head's logit error
+    inner_alpha: float = 0.8  # cascade: little -> draft acceptance
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "alpha_saturated", "alpha_refill", "inner_alpha"):
+            _unit_interval(getattr(self, name), f"acceptance.{name}")
+        for i, rate in enumerate(self.rates):
+            _unit_interval(rate, f"acceptance.rates[{i}]")
+
+
+@dataclass(frozen=True)
+class Workload:
+    prompt_tokens: int = 128
+    new_tokens: int = 512
+    num_requests: int = 4
+    prefill_ns: int = 0  # fixed cost before each request's decode (prefill itself is not simulated)
+
+    def __post_init__(self) -> None:
+        for name, low in (("new_tokens", 1), ("num_requests", 1), ("prompt_tokens", 0), ("prefill_ns", 0)):
+            value = getattr(self, name)
+            if value < low:
+                raise SpdsimError(f"workload.{name}: must be >= {low} (got {value})")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    method: MethodSpec = field(default_factory=MethodSpec)
+    model: ModelShape | None = None
+    hardware: Hardware | None = None
+    latency: LatencySpec = field(default_factory=LatencySpec)
+    acceptance: AcceptanceSpec = field(default_factory=AcceptanceSpec)
+    overheads: Overheads = field(default_factory=Overheads)
+    workload: Workload = field(default_factory=Workload)
+    seed: int = 0
+
+
+# Fields added after run directories were first written: left out of ``to_dict`` while at their default, so a
+# scenario that does not use them serialises (and hashes) exactly as before.
+OPTIONAL_FIELDS = {
+    "model": ("attention_output_gate", "linear_key_heads", "linear_value_heads", "linear_head_dim"),
+    "hardware": (
+        "gpus_per_node",
+        "inter_node_latency_ns",
+        "inter_node_bandwidth_gbps",
+        "collective",
+        "host_layer_ns",
+        "host_call_ns",
+        "host_message_ns",
+        "crop_ns",
+    ),
+    "method": ("aggregation_types", "rank_nodes"),
+}
+_OPTIONAL_DEFAULTS = {
+    "model": ModelShape,
+    "hardware": Hardware,
+    "method": MethodSpec,
+}
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """JSON-ready dict of a dataclass tree (tuples become lists); optional fields at their default are left out."""
+    data = asdict(obj)
+    if isinstance(obj, Scenario):
+        for section, names in OPTIONAL_FIELDS.items():
+            table = data.get(section)
+            if not isinstance(table, dict):
+                continue
+            defaults = {f.name: f.default for f in fields(_OPTIONAL_DEFAULTS[section])}
+            for name in names:
+                value = table.get(name)
+                default = defaults[name]
+                if name in table and (value == default or (isinstance(value, list) and not value)):
+                    del table[name]
+    return data
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build a dataclass tree from a dict; unknown keys raise KeyError naming the field."""
+    names = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise KeyError(f"{cls.__name__}.{key}")
+        sub = _dataclass_type(cls, key)
+        if sub is not None and isinstance(value, dict):
+            value = from_dict(sub, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+_NESTED = {
+    ("Scenario", "method"): MethodSpec,
+    ("Scenario", "model"): ModelShape,
+    ("Scenario", "hardware"): Hardware,
+    ("Scenario", "latency"): LatencySpec,
+    ("Scenario", "acceptance"): AcceptanceSpec,
+    ("Scenario", "overheads"): Overheads,
+    ("Scenario", "workload"): Workload,
+}
+
+
+def _dataclass_type(cls: type, key: str) -> type | None:
+    sub = _NESTED.get((cls.__name__, key))
+    return sub if sub is not None and is_dataclass(sub) else None

@@ -1,0 +1,99 @@
+"""The layering rules: the simulator never imports the executor, the executor imports only ``spdsim.contract``,
+and the simulator's modules import each other without a circle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import spdsim.contract as contract
+from spdsim.contract import vocabulary
+from spdsim.contract.profile_schema import PHASE_COORDINATES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imports(path: Path, top_level_only: bool) -> set[str]:
+    """Modules ``path`` imports (``from a.b import c`` gives ``a.b`` and ``a.b.c``)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _graph(package: str, top_level_only: bool) -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in (ROOT / package).rglob("*.py")}
+    return {name: {m for m in _imports(p, top_level_only) if m in modules} for name, p in modules.items()}
+
+
+def test_the_simulator_never_imports_the_executor():
+    offenders = {
+        _module_name(p)
+        for p in (ROOT / "spdsim").rglob("*.py")
+        if any(m == "executor" or m.startswith("executor.") for m in _imports(p, top_level_only=False))
+    }
+    assert offenders == set()
+
+
+def test_the_executor_imports_only_the_contract():
+    offenders = {
+        f"{_module_name(p)}: {m}"
+        for p in (ROOT / "executor").rglob("*.py")
+        for m in _imports(p, top_level_only=False)
+        if (m == "spdsim" or m.startswith("spdsim.")) and not m.startswith("spdsim.contract")
+    }
+    assert offenders == set()
+
+
+def test_no_import_circle_inside_spdsim():
+    """Module-level imports form no cycle (imports deferred into functions are allowed to look back)."""
+    graph = _graph("spdsim", top_level_only=True)
+    # a package's __init__ runs before its submodules: an edge to the parent package is implied, not a cycle
+    state: dict[str, int] = {}
+    cycle: list[str] = []
+
+    def visit(node: str, stack: list[str]) -> bool:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if node.startswith(nxt + "."):
+                continue
+            if state.get(nxt) == 1:
+                cycle.extend([*stack, node, nxt])
+                return True
+            if state.get(nxt) is None and visit(nxt, [*stack, node]):
+                return True
+        state[node] = 2
+        return False
+
+    for name in sorted(graph):
+        if state.get(name) is None and visit(name, []):
+            break
+    assert cycle == []
+
+
+def test_one_vocabulary():
+    """Phase names, method names and states are spelled once, in spdsim.contract.vocabulary."""
+    assert tuple(PHASE_COORDINATES) == vocabulary.PHASES
+    assert set(vocabulary.TRACE_STATES) <= set(vocabulary.CYCLE_STATES)
+    assert set(vocabulary.PIPELINE_METHODS) <= set(vocabulary.METHODS)
+    assert set(vocabulary.DRAFTER_FROM_EXECUTOR) == set(vocabulary.EXECUTOR_DRAFTER_PLACEMENTS)
+    assert set(vocabulary.DRAFTER_FROM_EXECUTOR.values()) == set(vocabulary.DRAFTER_PLACEMENTS)
+    assert contract.placement_from_executor("own") == "own-gpu"
+    assert contract.placement_from_executor("colocated") == "stage0"
+
+
+def test_the_contract_names_everything_it_exports():
+    assert sorted(contract.__all__) == sorted(set(contract.__all__))
+    for name in contract.__all__:
+        assert hasattr(contract, name), name
