@@ -113,7 +113,7 @@ def simulate(
         _override_strings(overrides),
         acceptance,
         str(profile) if profile else None,
-        methods,
+        tuple(methods),
     )
     return Simulation(tuple(simulate_runs(runs)))
 

@@ -43,7 +43,7 @@ PACKAGE_HINTS = {
 }
 
 
-def one_line(text: str) -> str:
+def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 

@@ -244,7 +244,11 @@ def timeline(
     # the default window lies in the first request, which alone is quick to simulate with every interval
     scenario = run.scenario if window else traced_scenario(run.scenario)
     result = simulate(scenario)
-    write_file(out, lambda temporary: plot_timeline(result, temporary, window_ms=window, title=run.label))
+
+    def draw(temporary: Path) -> None:
+        plot_timeline(result, temporary, window_ms=window, title=run.label)
+
+    write_file(out, draw)
     _console().print(f"timeline of {run.label} -> {out}", markup=False)
 
 
@@ -314,16 +318,13 @@ def optimize(
     )
     console.print(title, markup=False)
     console.print(render_result(result, finalists))
-    best = result.best
+    best, reference = result.best, result.reference
+    assert reference is not None  # search() is given the reference design
     console.print(
         f"best: {best.design.label} ({best.gpus} GPUs), {best.simulated_speedup:.2f}x over AR; "
         f"{len(result.candidates)} designs priced, {len(result.finalists)} simulated; "
-        f"ref = the SPD authors' n=8, L_s=3 on its own GPU ({result.reference.design.split} split)"
-        + (
-            f" ({result.reference.gpus} GPUs: over the budget)"
-            if max_gpus and result.reference.gpus > max_gpus
-            else ""
-        ),
+        f"ref = the SPD authors' n=8, L_s=3 on its own GPU ({reference.design.split} split)"
+        + (f" ({reference.gpus} GPUs: over the budget)" if max_gpus and reference.gpus > max_gpus else ""),
         markup=False,
     )
     if out is not None:

@@ -14,6 +14,7 @@ import importlib
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 GROUP = "spdsim.commands"
 HELP = {"exec": "Run schedules for real on a GPU (executor extra)."}
@@ -34,9 +35,9 @@ def declared_commands() -> dict[str, str]:
     return declared
 
 
-def load_commands() -> dict[str, object]:
+def load_commands() -> dict[str, Any]:
     """Sub-command name -> the typer app, for every declared group whose package imports."""
-    apps = {}
+    apps: dict[str, Any] = {}
     for name, value in sorted(declared_commands().items()):
         module, _, attribute = value.partition(":")
         try:

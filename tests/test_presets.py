@@ -9,11 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spdsim.errors import SpdsimError
+from spdsim.formulas import alpha_from_chain_tau, chain_acceptance_length, optimal_gamma
 from spdsim.scenario.presets import (
-    alpha_from_chain_tau,
     alpha_from_pipeline_speedup,
     catalog,
-    chain_acceptance_length,
     get_hardware,
     get_model,
     get_preset,
@@ -21,7 +20,6 @@ from spdsim.scenario.presets import (
     load_presets,
     model_names,
     read_preset_file,
-    sd_optimal_speedup,
 )
 
 # reference/spd.md 5.3 (implied alpha, two decimals): (model, config) -> overall, MT, GSM8K, HumanEval
@@ -103,9 +101,9 @@ def test_pipeline_inversion_round_trips(alpha, n):
 
 def test_sd_optimal_speedup_matches_f2_table():
     # reference/baselines.md F2: alpha 0.8, c 0.1 -> S 2.47; alpha 0.6, c 0.01 -> 2.30; alpha 0.9, c 0.2 -> 2.37
-    assert sd_optimal_speedup(0.8, 0.1) == pytest.approx(2.47, abs=0.005)
-    assert sd_optimal_speedup(0.6, 0.01) == pytest.approx(2.30, abs=0.005)
-    assert sd_optimal_speedup(0.9, 0.2) == pytest.approx(2.37, abs=0.005)
+    assert optimal_gamma(0.8, 0.1)[2] == pytest.approx(2.47, abs=0.005)
+    assert optimal_gamma(0.6, 0.01)[2] == pytest.approx(2.30, abs=0.005)
+    assert optimal_gamma(0.9, 0.2)[2] == pytest.approx(2.37, abs=0.005)
 
 
 def test_hardware_and_models_are_embedded_with_sources():

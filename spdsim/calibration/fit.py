@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,8 @@ def merge_bundles(bundles: list[dict[str, Any]], names: list[str]) -> dict[str, 
     for bundle in bundles:
         for phase, entries in bundle["phases"].items():
             for entry in entries:
-                key = tuple(float(entry[c]) for c in PHASE_COORDINATES[phase])
-                phases.setdefault(phase, {}).setdefault(key, []).append(entry)
+                point = tuple(float(entry[c]) for c in PHASE_COORDINATES[phase])
+                phases.setdefault(phase, {}).setdefault(point, []).append(entry)
     merged["phases"] = {
         phase: [_combine(phase, group) for _, group in sorted(points.items())]
         for phase, points in phases.items()
@@ -254,7 +255,7 @@ def colocated_contention_entry(run: MeasuredRun, profile: dict[str, Any]) -> dic
 
 
 def calibrate(
-    bundle_paths: list[str | Path], run_paths: list[str | Path] = (), fit: bool = False
+    bundle_paths: list[str | Path], run_paths: Sequence[str | Path] = (), fit: bool = False
 ) -> dict[str, Any]:
     """The calibrated profile (schema v1, plus ``"calibration"`` provenance and, with ``fit``, ``"fit"``)."""
     names = [str(p) for p in bundle_paths]
@@ -327,7 +328,8 @@ def fit_allreduce_ring(entries: list[dict]) -> dict[str, Any]:
     for keep in range(len(terms)):  # one coefficient alone: the non-negative optimum if the joint one is not
         alone = np.zeros(len(terms))
         alone[keep] = max(
-            float(design[:, keep] @ target / max(design[:, keep] @ design[:, keep], 1e-30)), 0.0
+            float(design[:, keep] @ target / max(design[:, keep] @ design[:, keep], 1e-30)),  # type: ignore[operator]
+            0.0,
         )
         candidates.append(alone)
     feasible = [c for c in candidates if (c >= 0).all()]

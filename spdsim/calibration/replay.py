@@ -142,7 +142,7 @@ def modelled_cycles_ns(
     outcomes = list(prompt.outcomes)
     if run.pipeline:
         costs = pipeline_costs(scenario, latency)
-        plan = pipeline_plan(outcomes, costs.num_stages, new_tokens)
+        plan = pipeline_plan(tuple(outcomes), costs.num_stages, new_tokens)
         return [costs.cycle_ns[active][committed] for active, committed in plan]
     k = scenario.method.draft_tokens
     passes = chain_draft_pass_ns(scenario, latency)
@@ -258,5 +258,5 @@ def validate(
             predicted["speedup"] = predicted["tokens_per_s"] / base[1]["tokens_per_s"]
         role = "fitted" if run.name in fitted else "held-out"
         warning = realised_warning(run.config.get("synthetic_alpha"), _realised(run), run.name)
-        comparisons.append(Comparison(run.name, run.method, role, measured, predicted, warning))
+        comparisons.append(Comparison(run.name, run.method, role, measured, predicted, warning))  # type: ignore[arg-type]
     return comparisons

@@ -15,7 +15,6 @@ The simulator never imports the executor; the executor imports ``spdsim.contract
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from spdsim.boundary import user_errors
@@ -44,15 +43,21 @@ from spdsim.contract.vocabulary import (
 )
 from spdsim.errors import SpdsimError
 
-PRESET_FILE_KIND = "spdsim.acceptance-presets"
-PRESET_SCHEMA_VERSION = 1
+_LAZY = {  # the presets file format reads scenario fields: loaded on first use, so that spdsim.scenario may
+    # import the contract's vocabulary and shape without a circle
+    "PRESET_FILE_KIND": "spdsim.contract.presets_file",
+    "PRESET_SCHEMA_VERSION": "spdsim.contract.presets_file",
+    "AcceptancePreset": "spdsim.contract.presets_file",
+    "read_preset_file": "spdsim.contract.presets_file",
+}
 
 
-def read_preset_file(path: str | Path) -> list[Any]:
-    """Parse and check one acceptance-presets JSON file (the format ``spdsim.scenario.presets`` reads)."""
-    from spdsim.scenario.presets import read_preset_file as read
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
 
-    return read(path)
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'spdsim.contract' has no attribute '{name}'")
 
 
 __all__ = [
@@ -70,6 +75,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TRACE_COLUMNS",
     "TRACE_STATES",
+    "AcceptancePreset",
     "ModelShape",
     "SpdsimError",
     "check_out_dir",

@@ -130,7 +130,10 @@ def write_file(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def write_text_file(path: str | Path, text: str) -> Path:
-    return write_file(path, lambda temporary: temporary.write_text(text))
+    def write(temporary: Path) -> None:
+        temporary.write_text(text)
+
+    return write_file(path, write)
 
 
 def write_dir(out_dir: str | Path, writers: dict[str, Callable[[], str]], force: bool = True) -> Path:

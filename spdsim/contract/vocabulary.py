@@ -30,6 +30,7 @@ METHODS = (
     "ppsd",
 )
 PIPELINE_METHODS = ("spd", "ppsd")  # methods whose target is split into pipeline stages
+ACCEPTANCE_KINDS = ("iid", "positional", "spd-state", "trace", "preset")
 
 DRAFTER_PLACEMENTS = ("own-gpu", "stage0")  # simulator: method.drafter_placement
 EXECUTOR_DRAFTER_PLACEMENTS = ("own", "colocated")  # executor: --drafter, run config "drafter"

@@ -122,7 +122,7 @@ class SearchResult:
         rows = []
         for rank, candidate in enumerate(self.finalists, start=1):
             row = {"rank": rank, **candidate.row()}
-            row["margin"] = 1.0 - candidate.simulated_tokens_per_s / best
+            row["margin"] = 1.0 - candidate.simulated_tokens_per_s / best  # type: ignore[operator]
             rows.append(row)
         return rows
 
@@ -263,7 +263,7 @@ def closed_form_candidate(base: Scenario, design: Design, alpha_fit: AlphaFit | 
         gpus=prediction.gpus,
         alpha=_alpha_of(scenario),
         closed_form_tokens_per_s=float(prediction.tokens_per_s),
-        closed_form_speedup=float(prediction.speedup),
+        closed_form_speedup=float(prediction.speedup),  # type: ignore[arg-type]
         cycle_us=float(prediction.iteration_ns) / 1e3,
     )
 
@@ -314,7 +314,7 @@ def search(
     ]
     if reference_candidate is not None:
         reference_candidate = simulated.pop()
-    ranked = sorted(simulated, key=lambda c: (-c.simulated_tokens_per_s, c.gpus, c.design.label))
+    ranked = sorted(simulated, key=lambda c: (-c.simulated_tokens_per_s, c.gpus, c.design.label))  # type: ignore[operator]
     return SearchResult(tuple(candidates), tuple(ranked), reference_candidate, ar_tokens_per_s, alpha_fit)
 
 
@@ -382,7 +382,7 @@ def render_result(result: SearchResult, top: int):
     if result.reference is not None:
         best = result.best.simulated_tokens_per_s
         reference = {"rank": "ref", **result.reference.row()}
-        reference["margin"] = 1.0 - result.reference.simulated_tokens_per_s / best
+        reference["margin"] = 1.0 - result.reference.simulated_tokens_per_s / best  # type: ignore[operator]
         rows.append(reference)
     for row in rows:
         table.add_row(

@@ -25,6 +25,13 @@ from statistics import NormalDist
 
 import numpy as np
 
+from spdsim.formulas import (  # noqa: F401
+    chain_acceptance_length,
+    chain_speedup,
+    optimal_gamma,
+    spd_rho,
+    spd_speedup,
+)
 from spdsim.latency.build import build_latency_model
 from spdsim.latency.model import LatencyModel
 from spdsim.methods import get_method
@@ -94,35 +101,6 @@ def predict(scenario: Scenario, *, realized: AcceptanceSpec | None = None) -> Pr
     )
 
 
-# --- textbook formulas ----------------------------------------------------------------------------------------
-def spd_rho(alpha: float, num_stages: int) -> float:
-    """Tokens per cycle of the ideal SPD pipeline: 1 / (1 + (n-1)(1-α))."""
-    return 1.0 / (1.0 + (num_stages - 1) * (1.0 - alpha))
-
-
-def spd_speedup(alpha: float, num_stages: int) -> float:
-    """Ideal SPD speedup n·ρ (zero overheads, balanced stages, PDM hidden)."""
-    return num_stages * spd_rho(alpha, num_stages)
-
-
-def chain_acceptance_length(alpha: float, gamma: int) -> float:
-    """τ(γ) = (1 - α^{γ+1}) / (1 - α) (F1, i.i.d.)."""
-    if alpha >= 1.0:
-        return gamma + 1.0
-    return (1.0 - alpha ** (gamma + 1)) / (1.0 - alpha)
-
-
-def chain_speedup(alpha: float, gamma: int, cost_ratio: float) -> float:
-    """Leviathan's S = (1 - α^{γ+1}) / ((1 - α)(γc + 1)) (F2: T_t(γ+1) = T_t(1), no overheads)."""
-    return chain_acceptance_length(alpha, gamma) / (gamma * cost_ratio + 1.0)
-
-
-def optimal_gamma(alpha: float, cost_ratio: float, gamma_max: int = 40) -> tuple[int, float, float]:
-    """(γ*, τ(γ*), S(γ*)) maximising F2 over γ = 1..gamma_max."""
-    best = max(range(1, gamma_max + 1), key=lambda g: chain_speedup(alpha, g, cost_ratio))
-    return best, chain_acceptance_length(alpha, best), chain_speedup(alpha, best, cost_ratio)
-
-
 def stop_length_distribution(
     conditional: list[float],
     sigma: float,
@@ -171,7 +149,7 @@ def stop_length_distribution(
         lower = np.floor(position[keep]).astype(np.int64)
         fraction = position[keep] - lower
         kept = share[keep]
-        mass = np.bincount(lower, kept * (1.0 - fraction), minlength=grid_points)
+        mass = np.bincount(lower, kept * (1.0 - fraction), minlength=grid_points)  # type: ignore[assignment]
         mass += np.bincount(np.minimum(lower + 1, grid_points - 1), kept * fraction, minlength=grid_points)
         if k >= k_min:
             result[k] = absorbed

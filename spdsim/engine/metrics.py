@@ -32,7 +32,9 @@ def summarize(result: Result, baseline: Result | None = None) -> dict[str, Any]:
     drafted = sum(v.drafted for v in result.verifications)
     accepted = sum(v.accepted for v in result.verifications)
     verifications = len(result.verifications)
-    speedup = None
+    speedup: float | None = None
+    rho: float | None
+    n_rho: float | None
     if baseline is not None:
         baseline_tokens_per_s = per_s(len(baseline.tokens), decode_ns(baseline))
         speedup = tokens_per_s / baseline_tokens_per_s if baseline_tokens_per_s > 0 else None

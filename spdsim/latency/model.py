@@ -201,6 +201,9 @@ class ConstantLatency(LatencyModel):
 class RooflineLatency(LatencyModel):
     """Batch-1 decode roofline: weight + KV bytes over bandwidth vs FLOPs over peak, plus launch overhead."""
 
+    shape: ModelShape  # a roofline always has both (LatencyModel's may be None)
+    hardware: Hardware
+
     def __init__(
         self,
         shape: ModelShape,
@@ -216,7 +219,7 @@ class RooflineLatency(LatencyModel):
         q_rows = attn_out * (2 if s.attention_output_gate else 1)  # Qwen3.5: query + per-head output gate
         mlp = 3 * s.hidden_size * s.intermediate_size
         self._full_layer_params = s.hidden_size * (q_rows + 2 * kv_out) + attn_out * s.hidden_size + mlp
-        self._layer_params = self._full_layer_params
+        self._layer_params: float = self._full_layer_params
         full = max(s.num_layers - s.linear_attention_layers, 0)
         self._full_attention_share = full / s.num_layers
         self._kv_bytes_per_position = 2 * kv_out * s.dtype_bytes  # one full-attention layer, K and V

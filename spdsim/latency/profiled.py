@@ -30,7 +30,9 @@ class MeasuredLatency(LatencyModel):
         draft_vocab_size: int = 0,
     ):
         super().__init__(shape, hardware, spec, draft_vocab_size)
-        self._tables = {phase: _GridTable(phase, entries) for phase, entries in profile["phases"].items()}
+        self._tables: dict[str, Any] = {
+            phase: _GridTable(phase, entries) for phase, entries in profile["phases"].items()
+        }
         self._allreduce_fit = profile.get("allreduce_fit")
 
     def _table(self, phase: str) -> _GridTable:

@@ -125,7 +125,7 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
     stage_members = [f + sends[s] for s, f in enumerate(forwards)]
     stage_members[0] = stage_members[0] + stage0_draft + (0 if own_drafter else gather)
     drafter_member = draft + gather if own_drafter else np.zeros(kv.shape, dtype=np.int64)
-    cycles = [[]]
+    cycles: list[list[int]] = [[]]
     running_max = drafter_member
     refill_total = np.zeros(kv.shape, dtype=np.int64)
     for active in range(1, stages + 1):
@@ -137,7 +137,7 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
     return PipelineCosts(
         num_stages=stages,
         forward_ns=tuple(f.tolist() for f in forwards),
-        stage0_draft_ns=stage0_draft.tolist(),
+        stage0_draft_ns=stage0_draft.tolist(),  # type: ignore[arg-type]
         send_ns=tuple(int(x) for x in sends),
         gather_ns=int(gather),
         drafter_ns=draft.tolist() if own_drafter else [],
@@ -145,7 +145,7 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
         verify_ns=int(verify),
         fixed_ns=int(fixed),
         cycle_ns=tuple(cycles),
-        refill_total_ns=refill_total.tolist(),
+        refill_total_ns=refill_total.tolist(),  # type: ignore[arg-type]
         reject_ns=int(reject),
         inter_node_hops=hops,
     )

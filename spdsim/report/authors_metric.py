@@ -22,18 +22,19 @@ import math
 import numpy as np
 
 from spdsim.engine.result import Result
+from spdsim.formulas import alpha_from_spd_speedup, spd_speedup
 
 
 def asymptotic_speedup(alpha: float, num_stages: int) -> float:
     """S = n / (1 + (n - 1)(1 - α)): the long-sample limit of the authors' theoretical speedup."""
-    return num_stages / (1.0 + (num_stages - 1) * (1.0 - alpha))
+    return spd_speedup(alpha, num_stages)
 
 
 def implied_alpha(speedup: float, num_stages: int) -> float:
     """α with asymptotic_speedup(α, n) = S (spd.md §5.3)."""
     if num_stages <= 1:
         return math.nan
-    return 1.0 - (num_stages / speedup - 1.0) / (num_stages - 1)
+    return alpha_from_spd_speedup(num_stages, speedup)
 
 
 def expected_theoretical(

@@ -138,7 +138,7 @@ def plot_timeline(
     ax.set_xlabel("time since first decode step (ms)")
     ax.grid(axis="x", color="#cccccc", linewidth=0.5, zorder=0)
     ax.set_axisbelow(True)
-    handles = [Patch(color=color, label=label) for color, label in KIND_STYLE.values()]
+    handles: list[Any] = [Patch(color=color, label=label) for color, label in KIND_STYLE.values()]
     handles.append(Patch(facecolor=BUBBLE_COLOR, edgecolor="#bbbbbb", label="bubble (idle)"))
     handles.append(
         plt.Line2D([], [], marker="v", linestyle="", color="#2a7a3b", label="token: accepted draft")

@@ -70,13 +70,13 @@ def speedup_waterfall(label: str, scenario: Scenario) -> Waterfall:
     from spdsim.methods.pipeline import pipeline_costs
 
     steps = step_scenarios(scenario)
-    speedups = []
+    speedups: list[tuple[str, float]] = []
     cycles = []
     for name, step in steps.items():
         prediction = predict(step)
         if not speedups:
-            speedups.append(("theory", float(prediction.n_rho)))
-        speedups.append((name, float(prediction.speedup)))
+            speedups.append(("theory", float(prediction.n_rho)))  # type: ignore[arg-type]
+        speedups.append((name, float(prediction.speedup)))  # type: ignore[arg-type]
         costs = pipeline_costs(step, build_latency_model(step))
         cycles.append((name, costs.cycle_ns[costs.num_stages][0] / 1e6))
     cycle = dict(cycles)

@@ -92,6 +92,7 @@ def check_bounds(scenario: Scenario) -> Scenario:
 def _check_roofline_token_time(scenario: Scenario) -> None:
     """The weights read for one token (attention + MLP + lm_head) at the hardware's bandwidth: <= 100 s."""
     m, hw = scenario.model, scenario.hardware
+    assert m is not None and hw is not None  # roofline scenarios have both (checked before)
     per_layer = m.hidden_size * (2 * m.num_attention_heads + 2 * m.num_kv_heads) * m.head_dim
     per_layer += 3 * m.hidden_size * m.intermediate_size
     weight_bytes = (m.num_layers * per_layer + m.vocab_size * m.hidden_size) * m.dtype_bytes

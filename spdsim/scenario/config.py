@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from spdsim.contract.shape import ModelShape
-from spdsim.contract.vocabulary import DRAFTER_PLACEMENTS, METHODS, PIPELINE_METHODS
+from spdsim.contract.vocabulary import ACCEPTANCE_KINDS, DRAFTER_PLACEMENTS, METHODS, PIPELINE_METHODS
 from spdsim.errors import SpdsimError
 
 __all__ = [
@@ -40,7 +40,6 @@ def _unit_interval(value: float, where: str) -> None:
         raise SpdsimError(f"{where}: must be in [0, 1] (got {value})")
 
 
-ACCEPTANCE_KINDS = ("iid", "positional", "spd-state", "trace", "preset")
 LATENCY_KINDS = ("constant", "roofline", "measured", "fitted")
 
 

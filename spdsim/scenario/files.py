@@ -45,7 +45,7 @@ from spdsim.scenario.presets import (
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[no-redef]
 
 FILE_KEYS = ("name", "description", "runs", "label")
 _SECTIONS = {
@@ -399,7 +399,7 @@ def _apply_profile(
 
 
 def _select_methods(labelled: list[tuple[str, dict[str, Any]]], methods: tuple[str, ...] | list[str]):
-    selected = []
+    selected: list[tuple[str, dict[str, Any]]] = []
     for wanted in methods:
         matches = [
             (label, run)

@@ -8,43 +8,28 @@ file drop. A preset either states its acceptance directly or derives it from a p
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from spdsim.contract import PRESET_FILE_KIND, PRESET_SCHEMA_VERSION
+from spdsim.contract.presets_file import (  # noqa: F401 (the format's names, re-exported)
+    DERIVATIONS,
+    PRESET_FILE_KIND,
+    PRESET_SCHEMA_VERSION,
+    AcceptancePreset,
+    _read_json,
+    alpha_from_pipeline_speedup,
+    read_preset_file,
+)
 from spdsim.errors import SpdsimError
-from spdsim.scenario.config import ACCEPTANCE_KINDS, METHODS, AcceptanceSpec, Hardware, ModelShape
-
-DERIVATIONS = ("pipeline-theoretical-speedup", "chain-acceptance-length", "sd-optimal-speedup")
-
-
-@dataclass(frozen=True)
-class AcceptancePreset:
-    """Acceptance measured or implied for one (model, dataset, method configuration)."""
-
-    name: str
-    acceptance: dict[str, Any]  # AcceptanceSpec fields (kind, alpha, rates, ...)
-    method: dict[str, Any]  # MethodSpec fields of the configuration it was measured at
-    source: str
-    dataset: str = ""
-    temperature: float = 0.0
-    published: dict[str, Any] = field(default_factory=dict)  # the published figure an alpha was derived from
+from spdsim.formulas import alpha_from_chain_tau, alpha_from_sd_speedup  # noqa: F401
+from spdsim.scenario.config import Hardware, ModelShape
 
 
 def profiles_root() -> Path:
     return Path(str(resources.files("spdsim") / "profiles"))
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SpdsimError(f"{what}: '{path}' is not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
 def _named_files(kind: str) -> dict[str, Path]:
@@ -98,130 +83,6 @@ def get_model(name: str) -> ModelShape:
 # ---------------------------------------------------------------------------------------------- derivations
 
 
-def alpha_from_pipeline_speedup(num_stages: int, speedup: float) -> float:
-    """Invert S = n / (1 + (n-1)(1-alpha)) (reference/spd.md 4.2, 5.3)."""
-    if num_stages < 2:
-        raise SpdsimError("derive.num_stages: must be >= 2 to imply an alpha")
-    alpha = 1.0 - (num_stages / speedup - 1.0) / (num_stages - 1)
-    return min(1.0, max(0.0, alpha))
-
-
-def chain_acceptance_length(alpha: float, draft_tokens: int) -> float:
-    """tau(K) = 1 + sum_k alpha^k = (1 - alpha^(K+1)) / (1 - alpha), bonus token included (F1)."""
-    return sum(alpha**k for k in range(draft_tokens + 1))
-
-
-def sd_optimal_speedup(alpha: float, cost_ratio: float, max_gamma: int = 40) -> float:
-    """Leviathan's speedup maximised over gamma = 1..40: (1 - a^(g+1)) / ((1 - a)(g c + 1)) (F2)."""
-    return max(
-        chain_acceptance_length(alpha, gamma) / (gamma * cost_ratio + 1.0)
-        for gamma in range(1, max_gamma + 1)
-    )
-
-
-def _bisect_increasing(func, target: float) -> float:
-    low, high = 0.0, 1.0 - 1e-12
-    if target <= func(low):
-        return 0.0
-    if target >= func(high):
-        return 1.0
-    for _ in range(80):
-        mid = 0.5 * (low + high)
-        if func(mid) < target:
-            low = mid
-        else:
-            high = mid
-    return 0.5 * (low + high)
-
-
-def alpha_from_chain_tau(draft_tokens: int, tau: float) -> float:
-    """Effective i.i.d. alpha whose chain acceptance length at K equals a published tau (F8)."""
-    return _bisect_increasing(lambda a: chain_acceptance_length(a, draft_tokens), tau)
-
-
-def alpha_from_sd_speedup(cost_ratio: float, speedup: float) -> float:
-    """Alpha whose optimal-gamma classic-SD speedup at draft/target cost ratio c equals a published speedup."""
-    return _bisect_increasing(lambda a: sd_optimal_speedup(a, cost_ratio), speedup)
-
-
-def _derive_alpha(derive: dict[str, Any], where: str) -> float:
-    kind = derive.get("from")
-    value = derive.get("value")
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise SpdsimError(f"{where}.derive.value: must be a positive number")
-    if kind == "pipeline-theoretical-speedup":
-        return alpha_from_pipeline_speedup(int(derive["num_stages"]), float(value))
-    if kind == "chain-acceptance-length":
-        return alpha_from_chain_tau(int(derive["draft_tokens"]), float(value))
-    if kind == "sd-optimal-speedup":
-        return alpha_from_sd_speedup(float(derive["cost_ratio"]), float(value))
-    raise SpdsimError(f"{where}.derive.from: unknown derivation {kind!r} (allowed: {', '.join(DERIVATIONS)})")
-
-
-# -------------------------------------------------------------------------------------------------- presets
-
-
-def _preset_from_entry(entry: Any, where: str) -> AcceptancePreset:
-    if not isinstance(entry, dict):
-        raise SpdsimError(f"{where}: each preset must be a JSON object")
-    for key in ("name", "source", "method"):
-        if key not in entry:
-            raise SpdsimError(f"{where}: missing field '{key}'")
-    name = entry["name"]
-    where = f"{where} '{name}'"
-    if not isinstance(entry["source"], str) or not entry["source"].strip():
-        raise SpdsimError(f"{where}.source: every preset must say where its numbers come from")
-    method = dict(entry["method"])
-    if method.get("name") not in METHODS:
-        raise SpdsimError(
-            f"{where}.method.name: unknown method {method.get('name')!r} (allowed: {', '.join(METHODS)})"
-        )
-    acceptance = dict(entry.get("acceptance", {"kind": "iid"}))
-    published: dict[str, Any] = {}
-    if "derive" in entry:
-        acceptance.setdefault("kind", "iid")
-        acceptance["alpha"] = round(_derive_alpha(entry["derive"], where), 6)
-        published = dict(entry["derive"])
-    elif "acceptance" not in entry:
-        raise SpdsimError(f"{where}: needs 'acceptance' or 'derive'")
-    allowed = {f.name for f in fields(AcceptanceSpec)}
-    unknown = sorted(set(acceptance) - allowed)
-    if unknown:
-        raise SpdsimError(
-            f"{where}.acceptance: unknown field '{unknown[0]}' (allowed: {', '.join(sorted(allowed))})"
-        )
-    if acceptance.get("kind", "iid") not in ACCEPTANCE_KINDS:
-        raise SpdsimError(f"{where}.acceptance.kind: allowed {', '.join(ACCEPTANCE_KINDS)}")
-    if "rates" in acceptance:
-        acceptance["rates"] = list(acceptance["rates"])
-    return AcceptancePreset(
-        name=name,
-        acceptance=acceptance,
-        method=method,
-        source=entry["source"],
-        dataset=entry.get("dataset", ""),
-        temperature=float(entry.get("temperature", 0.0)),
-        published=published,
-    )
-
-
-def read_preset_file(path: str | Path) -> list[AcceptancePreset]:
-    """Parse one presets JSON file (``{"kind": "spdsim.acceptance-presets", "presets": [...]}``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpdsimError(f"acceptance presets: no such file '{path}'")
-    data = _read_json(path, "acceptance presets")
-    where = f"presets file '{path.name}'"
-    if not isinstance(data, dict) or data.get("kind") != PRESET_FILE_KIND:
-        raise SpdsimError(f"{where}.kind: expected '{PRESET_FILE_KIND}'")
-    if data.get("schema_version") != PRESET_SCHEMA_VERSION:
-        raise SpdsimError(f"{where}.schema_version: this spdsim reads version {PRESET_SCHEMA_VERSION}")
-    entries = data.get("presets")
-    if not isinstance(entries, list):
-        raise SpdsimError(f"{where}.presets: must be a list")
-    return [_preset_from_entry(entry, where) for entry in entries]
-
-
 def load_presets(extra_dirs: Iterable[str | Path] = ()) -> dict[str, AcceptancePreset]:
     """All presets by name: the embedded ones, then every ``*.json`` in ``extra_dirs``; a name may appear once."""
     directories = [profiles_root() / "presets", *map(Path, extra_dirs)]
@@ -259,11 +120,10 @@ def catalog(section: str) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     if section == "methods":
         from spdsim.methods import METHODS as REGISTRY
 
-        return ("method", "family", "description"), [
-            (m.name, m.family, m.description) for m in REGISTRY.values()
-        ]
+        methods: list[tuple[str, ...]] = [(m.name, m.family, m.description) for m in REGISTRY.values()]
+        return ("method", "family", "description"), methods
     if section == "hardware":
-        rows = []
+        rows: list[tuple[str, ...]] = []
         for name in hardware_names():
             hw = get_hardware(name)
             rows.append((name, f"{hw.mem_bandwidth_gbps:g} GB/s, {hw.peak_tflops:g} TFLOPS", hw.source))
