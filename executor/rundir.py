@@ -13,7 +13,14 @@ import math
 from pathlib import Path
 
 from executor.schedules.common import RunResult
-from spdsim.contract import TRACE_COLUMNS, SpdsimError, write_atomically, write_file, write_text_file
+from spdsim.contract import (
+    MEASURED_FILES,
+    TRACE_COLUMNS,
+    SpdsimError,
+    write_atomically,
+    write_file,
+    write_text_file,
+)
 
 TOKEN_COLUMNS = (
     "method",
@@ -25,7 +32,7 @@ TOKEN_COLUMNS = (
     "iteration",
     "from_draft",
 )
-RUN_FILES = ("config.json", "tokens.csv", "summary.json", "trace.csv", "cycles.csv")
+RUN_FILES = MEASURED_FILES
 
 
 def _json(data) -> str:

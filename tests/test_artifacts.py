@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from spdsim.contract.files import write_atomically
 from spdsim.engine.metrics import summarize
 from spdsim.engine.run import simulate
 from spdsim.errors import SpdsimError
@@ -17,7 +18,6 @@ from spdsim.report.rundir import (
     default_run_dir,
     run_config_path,
     tokens_csv,
-    write_atomically,
     write_run_dir,
 )
 from spdsim.scenario.files import load_runs

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from spdsim.contract.rundir import MEASURED_REQUIRED, require_measured
 from spdsim.errors import SpdsimError
 from spdsim.scenario.config import PIPELINE_METHODS
 
-RUN_FILES = ("config.json", "tokens.csv", "cycles.csv")
+RUN_FILES = MEASURED_REQUIRED
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,7 @@ def _read_csv(path: Path):
 
 def load_run(path: str | Path) -> MeasuredRun:
     """Read and check one executor run directory."""
-    path = Path(path)
-    if not path.is_dir():
-        raise SpdsimError(f"run: no such run directory '{path}'")
-    for name in RUN_FILES:
-        if not (path / name).is_file():
-            raise SpdsimError(f"run '{path}': missing {name} (not an executor run directory)")
+    path = require_measured(path)
     try:
         config = json.loads((path / "config.json").read_text())
     except json.JSONDecodeError as exc:

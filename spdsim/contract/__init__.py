@@ -5,7 +5,7 @@
 - the model shape (``shape``);
 - the profile bundle schema (``profile_schema``), the per-verification trace columns (``trace``) and the
   acceptance-presets file format (``read_preset_file``);
-- the run directory: how files are written (``files``: checked paths, atomic writes) and how a run's realised
+- the run directory: its two kinds and their files (``rundir``), how files are written (``files``: checked paths, atomic writes) and how a run's realised
   acceptance is summarised (``realised``);
 - the error a user mistake raises and the CLI boundary that turns it into one line (``SpdsimError``,
   ``user_errors``).
@@ -28,6 +28,13 @@ from spdsim.contract.files import (
 )
 from spdsim.contract.profile_schema import PHASE_COORDINATES, PROFILE_KIND, SCHEMA_VERSION, validate_profile
 from spdsim.contract.realised import realised_acceptance, realised_warning
+from spdsim.contract.rundir import (
+    MEASURED_FILES,
+    SIMULATED_FILES,
+    require_measured,
+    require_scenario,
+    run_kind,
+)
 from spdsim.contract.shape import ModelShape
 from spdsim.contract.trace import TRACE_COLUMNS
 from spdsim.contract.vocabulary import (
@@ -65,6 +72,7 @@ __all__ = [
     "DRAFTER_FROM_EXECUTOR",
     "DRAFTER_PLACEMENTS",
     "EXECUTOR_DRAFTER_PLACEMENTS",
+    "MEASURED_FILES",
     "METHODS",
     "PHASES",
     "PHASE_COORDINATES",
@@ -73,6 +81,7 @@ __all__ = [
     "PRESET_SCHEMA_VERSION",
     "PROFILE_KIND",
     "SCHEMA_VERSION",
+    "SIMULATED_FILES",
     "TRACE_COLUMNS",
     "TRACE_STATES",
     "AcceptancePreset",
@@ -84,6 +93,9 @@ __all__ = [
     "read_preset_file",
     "realised_acceptance",
     "realised_warning",
+    "require_measured",
+    "require_scenario",
+    "run_kind",
     "user_errors",
     "validate_profile",
     "write_atomically",

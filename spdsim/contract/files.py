@@ -17,14 +17,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from spdsim.contract.rundir import MEASURED_FILES, SIMULATED_FILES
 from spdsim.errors import SpdsimError
 
 MARKER = ".spdsim"
 # run files of spdsim and executor run directories: a directory holding only these (written before the marker
 # existed) counts as spdsim's own
-KNOWN_RUN_FILES = frozenset(
-    ("config.json", "tokens.csv", "summary.json", "trace.json", "trace.csv", "cycles.csv")
-)
+KNOWN_RUN_FILES = frozenset((*SIMULATED_FILES, *MEASURED_FILES))
 
 
 def _nonempty(path: str | Path, option: str) -> Path:

@@ -16,12 +16,13 @@ from typing import Any
 
 from spdsim import __version__
 from spdsim.contract.files import write_dir
+from spdsim.contract.rundir import SIMULATED_FILES, require_scenario
 from spdsim.errors import SpdsimError
 from spdsim.report.compare import RunOutcome
 from spdsim.report.plots import resource_order
 from spdsim.scenario.files import NamedScenario, scenario_to_run_dict
 
-RUN_FILES = ("config.json", "tokens.csv", "summary.json", "trace.json")
+RUN_FILES = SIMULATED_FILES
 TOKEN_COLUMNS = ("method", "request", "index", "commit_time_us", "iteration", "from_draft")
 
 
@@ -140,10 +141,7 @@ def run_config_path(target: str | Path) -> Path:
     """The scenario file behind a run directory (its config.json), or ``target`` itself if it is a file."""
     target = Path(target)
     if target.is_dir():
-        config = target / "config.json"
-        if not config.is_file():
-            raise SpdsimError(f"run directory '{target}' has no config.json")
-        return config
+        return require_scenario(target)
     if not target.exists():
         raise SpdsimError(f"no such run directory or scenario file '{target}'")
     return target
