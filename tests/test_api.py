@@ -81,3 +81,16 @@ def test_run_directories_of_the_other_kind_are_refused_in_one_line(tmp_path):
     assert "\n" not in str(info.value)
     assert require_scenario(simulated) == simulated / "config.json"
     assert require_measured(measured) == measured
+
+
+def test_the_readme_python_block_runs_as_written(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    from test_readme import MY_SCENARIO
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    (tmp_path / "my_scenario.toml").write_text(MY_SCENARIO)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
