@@ -1,4 +1,4 @@
-"""SpecDec++ decoding: the EAGLE-3 chain with an adaptive length (reference/baselines.md §3, F7).
+"""SpecDec++ decoding: the EAGLE-3 chain with an adaptive length (docs/baselines.md §3, F7).
 
 After draft step i (1-based) the acceptance head reads the chain head's output hidden of the row that produced
 draft i; ``cum *= p̂_i`` except for the first round (p̂_1 = 1, as coded in SpecDec++); stop when

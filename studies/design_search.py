@@ -30,9 +30,7 @@ BUDGETS = (4, 8, 0)  # GPUs: a 4-GPU box, one 8-GPU node, or no limit
 SPACE = SearchSpace()
 JITTER_CV = 0.1
 FINALISTS = 10
-REFERENCE = Design(
-    8, 3, "even", "own-gpu"
-)  # the SPD authors' preferred configuration (reference/spd.md §9.7)
+REFERENCE = Design(8, 3, "even", "own-gpu")  # the SPD authors' preferred configuration (docs/spd.md §9.7)
 
 
 def base_scenario(model: str, hardware: str, dataset: str):

@@ -1,4 +1,4 @@
-"""Reproduce the SPD repository's cycle profiling (reference/spd.md §5.4) and predict its wall-clock speedups.
+"""Reproduce the SPD repository's cycle profiling (docs/spd.md §5.4) and predict its wall-clock speedups.
 
 A profile bundle is built from the published Qwen3.5-4B phase times alone (no measurement of ours): slowest stage
 forward (8 layers at n = 4: 7.90 ms; 4 layers at n = 8: 4.20 ms), PDM forward (L_s = 4: 4.22 ms; L_s = 3:
@@ -26,13 +26,13 @@ from spdsim.methods.pipeline import pipeline_costs
 from spdsim.scenario.config import AcceptanceSpec, LatencySpec, MethodSpec, ModelShape, Scenario, Workload
 
 OUT = Path(__file__).resolve().parent / "results" / "spd_repro"
-SOURCE = "reference/spd.md §5.4 (SPD repo distributed_inference/README.md, cycle_wall_breakdown.png), §5.2 AR 35.26 tok/s"
+SOURCE = "docs/spd.md §5.4 (SPD repo distributed_inference/README.md, cycle_wall_breakdown.png), §5.2 AR 35.26 tok/s"
 PUBLISHED = {  # n: (L_s, stage layers, slowest stage ms, PDM ms, send ms, verify ms, cycle ms)
     4: (4, 8, 7.90, 4.22, 0.52, 0.43, 9.25),
     8: (3, 4, 4.20, 3.49, 0.53, 0.43, 5.41),
 }
 AR_TOKENS_PER_S = 35.26
-IMPLIED_ALPHA = {  # reference/spd.md §5.3, Qwen3.5-4B, T = 0: overall, mt_bench, gsm8k, humaneval
+IMPLIED_ALPHA = {  # docs/spd.md §5.3, Qwen3.5-4B, T = 0: overall, mt_bench, gsm8k, humaneval
     4: {"overall": 0.83, "mt_bench": 0.73, "gsm8k": 0.82, "humaneval": 0.91},
     8: {"overall": 0.81, "mt_bench": 0.70, "gsm8k": 0.79, "humaneval": 0.88},
 }

@@ -83,7 +83,7 @@ def measure(model, prompts, n: int, alpha: float, new_tokens: int, seconds: floa
     realised = accepted / verifications
     nominal = closed_form_rho(n, alpha)
     rho = tokens / cycles
-    # Each prompt starts with n-1 fill cycles (spd.md §1.3 step 6); the closed form is the steady state.
+    # Each prompt starts with n-1 fill cycles (docs/spd.md §1.3 step 6); the closed form is the steady state.
     rho_steady = tokens / (cycles - used * (n - 1))
     return {
         "stages": n,

@@ -247,7 +247,7 @@ def main() -> None:
         "notes": (
             "alpha per dataset is the SPD n=8 L_s=3 implied alpha, held fixed over n. pdm_ns is the roofline's "
             "PDM (aggregation + L_s full decoder layers + a draft lm_head over method.draft_vocab_size rows, the "
-            "32k draft vocabulary of the SPD checkpoints, reference/spd.md 2.3). Finite workload: 512 tokens "
+            "32k draft vocabulary of the SPD checkpoints, docs/spd.md 2.3). Finite workload: 512 tokens "
             "with fill cycles."
         ),
     }

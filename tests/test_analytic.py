@@ -26,7 +26,7 @@ from spdsim.methods.adaptive import stop_length
 from spdsim.scenario.acceptance import logit
 from spdsim.scenario.config import AcceptanceSpec, Overheads
 
-# reference/baselines.md §1 (F2): optimal γ, τ and S per (α, c)
+# docs/baselines.md §1 (F2): optimal γ, τ and S per (α, c)
 F2_TABLE = {
     (0.6, 0.01): (7, 2.46, 2.30),
     (0.6, 0.05): (4, 2.31, 1.92),
@@ -95,7 +95,7 @@ def test_chain_acceptance_length():
 
 
 def test_positional_rates_enter_the_chain_prediction():
-    rates = (0.8936, 0.7234, 0.6170)  # vLLM MTP example, τ = 3.23 (baselines.md F1)
+    rates = (0.8936, 0.7234, 0.6170)  # vLLM MTP example, τ = 3.23 (docs/baselines.md F1)
     scenario = replace(ideal("mtp", width=3), acceptance=AcceptanceSpec(kind="positional", rates=rates))
     assert predict(scenario).acceptance_length == pytest.approx(3.234, abs=1e-3)
 

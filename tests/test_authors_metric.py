@@ -1,4 +1,4 @@
-"""The SPD authors' metric (spd.md §4.1): exact step counting, and the published theoretical cells of §5.2."""
+"""The SPD authors' metric (docs/spd.md §4.1): exact step counting, and the published theoretical cells of §5.2."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from spdsim.report.authors_metric import (
 from spdsim.scenario.config import AcceptanceSpec, LatencySpec, MethodSpec, Scenario, Workload
 from spdsim.scenario.presets import get_model
 
-# spd.md 5.2 (theoretical, default mix, T = 0: overall, mt_bench, gsm8k, humaneval) and 5.3 (implied α, 2 decimals)
+# docs/spd.md 5.2 (theoretical, default mix, T = 0: overall, mt_bench, gsm8k, humaneval) and 5.3 (implied α, 2 decimals)
 CELLS = {
     ("4b", 4, 4): ((2.64, 2.19, 2.61, 3.11), (0.83, 0.73, 0.82, 0.91)),
     ("4b", 8, 4): ((3.51, 2.63, 3.32, 4.59), (0.82, 0.71, 0.80, 0.89)),

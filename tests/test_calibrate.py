@@ -115,8 +115,7 @@ def _synthetic_colocated_run(path, contention, in_run_ratio, fixed_us, verify_ex
     (a > b here). Cycle walls: that busy time + fixed
     (+ head + verify_extra when a verification cycle); every ``stall_every``-th cycle is a 40 ms one-time stall.
     """
-    from spdsim.calibration.replay import pipeline_plan
-    from spdsim.methods.pipeline import pipeline_costs
+    from spdsim.methods.pipeline import cycle_plan, pipeline_costs
     from spdsim.scenario.config import MethodSpec, Scenario, Workload
 
     bundle = load_profile(BUNDLE)
@@ -137,7 +136,7 @@ def _synthetic_colocated_run(path, contention, in_run_ratio, fixed_us, verify_ex
         clock = 0.0
         tokens.append(f"spd,0,{prompt_id},0,1,{clock},-1,0")
         verify, after_reject = 0, True
-        for cycle, (active, committed) in enumerate(pipeline_plan(tuple(outcomes), 2, len(outcomes))):
+        for cycle, (active, committed) in enumerate(cycle_plan(tuple(outcomes), 2, len(outcomes))):
             alone = in_run_ratio * costs.forward_ns[0][committed] / 1e3
             draft = costs.stage0_draft_ns[committed] / 1e3
             assert alone > draft  # so the pair stretches stage 0's span

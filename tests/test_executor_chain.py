@@ -80,7 +80,7 @@ def test_eagle3_with_a_draft_vocabulary_is_lossless(target, reference):
 
 
 def test_synthetic_chain_acceptance_length_matches_the_iid_closed_form(target, draft):
-    """τ = (1 − α^{K+1}) / (1 − α) for i.i.d. acceptance (baselines.md F1)."""
+    """τ = (1 − α^{K+1}) / (1 − α) for i.i.d. acceptance (docs/baselines.md F1)."""
     alpha, k = 0.7, 3
     result = run_method(
         "draft-model",

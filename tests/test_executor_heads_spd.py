@@ -1,4 +1,4 @@
-"""SPD v11 head: published checkpoint format (reference/spd.md §2.4, §2.6), A(d) tables, strict loading."""
+"""SPD v11 head: published checkpoint format (docs/spd.md §2.4, §2.6), A(d) tables, strict loading."""
 
 import pytest
 import torch
@@ -182,7 +182,7 @@ class _Shape:
 
 @pytest.mark.parametrize(
     "n,bound,aggr,min_depth",
-    [  # rows of the reference table (spd.md §2.1, L = 32)
+    [  # rows of the reference table (docs/spd.md §2.1, L = 32)
         (4, "0,8,16,24,31", (0, 1, 2, 3, 4), (0, 1, 2, 3, 4)),
         (8, "0,8,16,24,31", (0, 0, 1, 1, 2, 2, 3, 3, 4), (0, 2, 4, 6, 8)),
         (4, "auto", (0, 1, 1, 2, 4), (0, 1, 3, 5, 4)),

@@ -1,4 +1,4 @@
-"""SpecDec++ acceptance head: published folder format (reference/baselines.md §3) and tied-block semantics."""
+"""SpecDec++ acceptance head: published folder format (docs/baselines.md §3) and tied-block semantics."""
 
 import json
 

@@ -65,7 +65,7 @@ def test_synthetic_acceptance_is_lossless_and_refills_n_minus_1_cycles(
     for run in result.prompts:
         flags = [row["accepted"] for row in run.trace]
         assert len(flags) == run.verifications == len(run.tokens) - 1
-        # N_steps = (N − 1) + (n − 1)(1 + R) (spd.md §4.2), minus the refill a final rejection never needs.
+        # N_steps = (N − 1) + (n − 1)(1 + R) (docs/spd.md §4.2), minus the refill a final rejection never needs.
         assert run.decode_steps == len(flags) + (n - 1) * (1 + flags.count(0) - int(not flags[-1]))
         assert [cycle.state for cycle in run.cycles[: n - 1]] == ["fill"] * (n - 1)
         verify_cycles = [c.index for c in run.cycles if c.tokens]

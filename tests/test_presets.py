@@ -22,7 +22,7 @@ from spdsim.scenario.presets import (
     read_preset_file,
 )
 
-# reference/spd.md 5.3 (implied alpha, two decimals): (model, config) -> overall, MT, GSM8K, HumanEval
+# docs/spd.md 5.3 (implied alpha, two decimals): (model, config) -> overall, MT, GSM8K, HumanEval
 SPD_IMPLIED = {
     ("qwen3.5-4b", "spd-n4-l4"): (0.83, 0.73, 0.82, 0.91),
     ("qwen3.5-4b", "spd-n8-l4"): (0.82, 0.71, 0.80, 0.89),
@@ -33,7 +33,7 @@ SPD_IMPLIED = {
     ("qwen3.5-9b", "spd-n8-l3"): (0.83, 0.71, 0.81, 0.90),
     ("qwen3.5-9b", "spd-n16-l2"): (0.79, 0.67, 0.76, 0.87),
 }
-# reference/baselines.md F8: preset -> implied alpha (two decimals)
+# docs/baselines.md F8: preset -> implied alpha (two decimals)
 CHAIN_IMPLIED = {
     "qwen3.5-4b/overall/eagle3-k3": 0.68,
     "qwen3.5-4b/overall/eagle3-k7": 0.64,
@@ -100,7 +100,7 @@ def test_pipeline_inversion_round_trips(alpha, n):
 
 
 def test_sd_optimal_speedup_matches_f2_table():
-    # reference/baselines.md F2: alpha 0.8, c 0.1 -> S 2.47; alpha 0.6, c 0.01 -> 2.30; alpha 0.9, c 0.2 -> 2.37
+    # docs/baselines.md F2: alpha 0.8, c 0.1 -> S 2.47; alpha 0.6, c 0.01 -> 2.30; alpha 0.9, c 0.2 -> 2.37
     assert optimal_gamma(0.8, 0.1)[2] == pytest.approx(2.47, abs=0.005)
     assert optimal_gamma(0.6, 0.01)[2] == pytest.approx(2.30, abs=0.005)
     assert optimal_gamma(0.9, 0.2)[2] == pytest.approx(2.37, abs=0.005)

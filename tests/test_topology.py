@@ -166,7 +166,7 @@ def test_fit_host_costs_recovers_the_parameters():
     ]
     h, c = fit_host_costs(points)
     assert h == pytest.approx(925_000, rel=1e-6) and c == pytest.approx(500_000, rel=1e-6)
-    # the published phase times of spd.md 5.4 (stage forwards of 8 and 4 layers)
+    # the published phase times of docs/spd.md 5.4 (stage forwards of 8 and 4 layers)
     h, c = fit_host_costs([(8, 7.90e6, 0.8e6), (4, 4.20e6, 0.4e6)])
     assert h == pytest.approx(925_000, rel=1e-3) and c == pytest.approx(500_000, rel=1e-3)
 

@@ -2,7 +2,7 @@
 
 Every receive and collective is issued asynchronously and then polled against a deadline, so a dead or stuck peer
 ends the run with one line naming the rank instead of a hang. The control word is a fixed-size int64 tensor
-broadcast by the controller at the start of every cycle (reference/spd.md §6: GO / DISCARD + crop / SHUTDOWN).
+broadcast by the controller at the start of every cycle (docs/spd.md §6: GO / DISCARD + crop / SHUTDOWN).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The controller rank: drafter (v11 PDM), verification and the schedule's bookkeeping (reference/spd.md §1.3, §6).
+"""The controller rank: drafter (v11 PDM), verification and the schedule's bookkeeping (docs/spd.md §1.3, §6).
 
 Per cycle it broadcasts the control word, drafts x̂_{t+1} from pre-step anchor features while the stages forward
 (on its own stream; with ``colocated`` it also runs stage 0 itself), receives every stage's anchors and, when the

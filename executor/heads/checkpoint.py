@@ -1,4 +1,4 @@
-"""Load and save SPD v11 checkpoints in the published format (reference/spd.md §2.4, §2.6):
+"""Load and save SPD v11 checkpoints in the published format (docs/spd.md §2.4, §2.6):
 a torch file holding `{"state_dict": speculation_module.state_dict(), "config": {...}}`, strict key matching.
 
 Every problem a user can cause (wrong version, wrong base model, missing or extra keys, wrong shapes) ends in one

@@ -1,4 +1,4 @@
-"""EAGLE-3-style chain head (reference/baselines.md §4.1, §5.1): `fc` fuses low/mid/high target features
+"""EAGLE-3-style chain head (docs/baselines.md §4.1, §5.1): `fc` fuses low/mid/high target features
 (3H -> H); one decoder layer whose attention input is cat(norm(embed(token)), norm(hidden)) (2H); its own final
 norm and lm_head over a draft vocabulary. Run autoregressively: the first pass reads fused target features, later
 passes feed back the layer's own output hidden state.

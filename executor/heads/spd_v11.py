@@ -1,5 +1,5 @@
 """SPD v11 speculation module (PDM): aggregation projections over anchor features, L_s full decoder layers of the
-base architecture, the frozen base final norm and a draft lm_head (reference/spd.md §2).
+base architecture, the frozen base final norm and a draft lm_head (docs/spd.md §2).
 
 Parameter names and shapes are those of the published checkpoints (`aggr_projs.{a}`, `spec_layers.{j}.*`,
 `lm_head`); the base final norm, the rotary tables and the draft-vocabulary map are non-persistent, as in the

@@ -1,4 +1,4 @@
-"""SpecDec++ acceptance-prediction head (reference/baselines.md §3): one weight-tied ResBlock
+"""SpecDec++ acceptance-prediction head (docs/baselines.md §3): one weight-tied ResBlock
 (x + SiLU(Linear(H, H)(x))) applied `num_layers` times, then Linear(H, 2); softmax index 1 = "accepted".
 
 Published folder format: `config.json` {"hidden_size", "num_layers"} + `model.safetensors` with keys

@@ -1,4 +1,4 @@
-"""Chain speculative decoding (reference/baselines.md F0, F2): K serial drafts, then one target pass over K+1
+"""Chain speculative decoding (docs/baselines.md F0, F2): K serial drafts, then one target pass over K+1
 tokens; accept the longest verified prefix, emit the target's correction or bonus token, crop the KV caches.
 
 Drafters: `draft-model` (a smaller fast model with the same vocabulary, its own KV cache) and `eagle3` (the

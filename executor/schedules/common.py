@@ -256,7 +256,7 @@ class PhaseTimer:
 
 
 class Verifier:
-    """Lossless verification (reference/baselines.md F0) with a per-prompt seeded generator."""
+    """Lossless verification (docs/baselines.md F0) with a per-prompt seeded generator."""
 
     def __init__(self, temperature: float, seed: int, device: torch.device):
         self.temperature = temperature

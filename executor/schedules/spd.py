@@ -1,4 +1,4 @@
-"""The reference SPD schedule in one process (reference/spd.md §1.3), on top of the fast model.
+"""The reference SPD schedule in one process (docs/spd.md §1.3), on top of the fast model.
 
 Per cycle: (1) the v11 drafter drafts x̂_{t+1} from pre-step features, on its own stream; (2) every stage runs its
 in-flight token through its layers, each on its own stream; (3) if the pipeline is saturated the oldest token

@@ -1,6 +1,6 @@
 """Training text for the heads, disjoint from the evaluation prompts, tokenised into fixed-length blocks and cached.
 
-Sources (reference/offline-assets.md: what exists on every machine, GPU machines included): Python standard-library
+Sources (docs/presets.md §4: what exists on every machine, GPU machines included): Python standard-library
 source, installed site-packages source (capped), ``pydoc_data.topics`` (English prose) and GSM8K *train* questions
 answered by the target itself (greedy, batched) in its chat template. The evaluation sets are MT-bench, HumanEval
 and GSM8K *test*: none of these texts is among them.

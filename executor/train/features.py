@@ -1,7 +1,7 @@
 """One frozen target forward per training batch: the anchor features every head reads and the teacher logits.
 
 Partial pipeline states are exact prefixes of the full forward's layer stack (causal model), so one pass gives
-every depth's features (reference/spd.md §3). Features are pre-final-norm, as the executor's stage forwards
+every depth's features (docs/spd.md §3). Features are pre-final-norm, as the executor's stage forwards
 record them at inference.
 """
 

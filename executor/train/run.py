@@ -76,7 +76,7 @@ def stage_boundary_bound(layer_counts: tuple[int, ...]) -> tuple[int, ...]:
     """Anchors at the stage boundaries, the last at L−1: one aggregation type per depth.
 
     The reference train.py default "0,8,16,24,31" is this bound for Qwen3.5 (L = 32) at n = 4; L−1 rather than L
-    keeps the deepest anchor pre-norm in the reference's HF prefill too (reference/spd.md §2.1 note iii).
+    keeps the deepest anchor pre-norm in the reference's HF prefill too (docs/spd.md §2.1 note iii).
     """
     bounds = [0]
     for count in layer_counts[:-1]:

@@ -1,4 +1,4 @@
-"""Distillation of the v11 SPD drafter (reference/spd.md §3).
+"""Distillation of the v11 SPD drafter (docs/spd.md §3).
 
 Layout: m blocks of S rows, stage-major ``[g_{m-1}, …, g_0]``; block a = ``aggr_projs[a]`` of that type's anchors at
 every position, position ids 0…S−1 in every block; all m·S rows go through every spec layer under a structural

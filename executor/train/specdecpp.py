@@ -1,4 +1,4 @@
-"""SpecDec++ acceptance head on the (frozen, trained) EAGLE-3 chain head's hidden state (reference/baselines.md §3).
+"""SpecDec++ acceptance head on the (frozen, trained) EAGLE-3 chain head's hidden state (docs/baselines.md §3).
 
 The chain head runs its training-time-test chains over the block (executor/train/eagle3.py): at step k the row
 anchored at position r has the real prefix (every earlier draft accepted), so the target's logits at r + k + 1

@@ -1,4 +1,4 @@
-"""Executor measurements -> a calibrated profile (DESIGN.md §2, simulators.md A.12).
+"""Executor measurements -> a calibrated profile (docs/design.md §2, docs/metrics.md §2).
 
 1. Profile bundles (``executor profile``) are merged into one interpolated table per phase; where bundles measure
    the same point the median of their medians is kept.
@@ -173,7 +173,8 @@ def _nonnegative(entry: dict) -> dict:
 def fixed_cost_entries(run: MeasuredRun, profile: dict[str, Any]) -> tuple[dict, dict | None]:
     """Serial costs the phase tables miss, from measured minus modelled iteration times: ``cycle_fixed`` (over
     the iterations that verify nothing, where a pipeline run has them) and, for a pipeline, ``verify_fixed``."""
-    from spdsim.calibration.replay import modelled_cycles_ns, pipeline_plan
+    from spdsim.calibration.replay import modelled_cycles_ns
+    from spdsim.methods.pipeline import cycle_plan
 
     limit_us = one_time_limit_us(run)
     residuals, verifies = [], []
@@ -185,7 +186,7 @@ def fixed_cost_entries(run: MeasuredRun, profile: dict[str, Any]) -> tuple[dict,
         residual = measured[:count] - np.asarray(modelled_ns[:count], dtype=np.float64) / 1e3
         residuals.append(residual[keep])
         if run.pipeline:
-            plan = pipeline_plan(prompt.outcomes, run.num_stages, prompt.decode_tokens)
+            plan = cycle_plan(prompt.outcomes, run.num_stages, prompt.decode_tokens)
             verify = np.array([active == run.num_stages for active, _ in plan[:count]], dtype=bool)
         else:
             verify = np.ones(count, dtype=bool)
@@ -204,8 +205,8 @@ def colocated_contention_entry(run: MeasuredRun, profile: dict[str, Any]) -> dic
     co-located or lacks the per-stream phase times. Stats in µs per ms of the shorter member (1000·c)."""
     import pandas as pd
 
-    from spdsim.calibration.replay import _latency, pipeline_plan, replay_scenario
-    from spdsim.methods.pipeline import pipeline_costs
+    from spdsim.calibration.replay import replay_latency, replay_scenario
+    from spdsim.methods.pipeline import cycle_plan, pipeline_costs
 
     if not run.pipeline or run.config.get("drafter") != "colocated":
         return None
@@ -221,8 +222,8 @@ def colocated_contention_entry(run: MeasuredRun, profile: dict[str, Any]) -> dic
     busy, alone, drafter, in_run, priced = [], [], [], [], []
     for prompt in run.prompts:
         scenario = replay_scenario(run, prompt, serial)
-        costs = pipeline_costs(scenario, _latency(scenario, serial))
-        plan = pipeline_plan(prompt.outcomes, stages, prompt.decode_tokens)
+        costs = pipeline_costs(scenario, replay_latency(scenario, serial))
+        plan = cycle_plan(prompt.outcomes, stages, prompt.decode_tokens)
         mine = cycles[cycles["prompt_id"].astype(str) == prompt.prompt_id].sort_values("cycle")
         for (active, committed), (_, row), wall_us in zip(
             plan, mine.iterrows(), prompt.cycle_us, strict=False

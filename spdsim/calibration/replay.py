@@ -1,4 +1,4 @@
-"""Replay measured executor runs in the simulator and report signed errors (simulators.md A.12 "strict replay").
+"""Replay measured executor runs in the simulator and report signed errors (docs/metrics.md §2 "strict replay").
 
 For every prompt of a run the simulator gets the same prompt length, the same number of generated tokens and the
 run's own accept/reject trace (trace replay), with latencies from a calibrated profile. Reported per run, as
@@ -100,7 +100,7 @@ def scenario_for(
     )
 
 
-def _latency(scenario: Scenario, profile: dict):
+def replay_latency(scenario: Scenario, profile: dict):
     from spdsim.latency.profiled import FittedLatency, MeasuredLatency
 
     cls = FittedLatency if scenario.latency.kind == "fitted" else MeasuredLatency
@@ -127,14 +127,14 @@ def modelled_cycles_ns(
     from spdsim.methods.ar import ar_step_costs
     from spdsim.methods.chain import chain_draft_pass_ns
     from spdsim.methods.common import VerifyTable, serial_overheads_ns
-    from spdsim.methods.pipeline import pipeline_costs
+    from spdsim.methods.pipeline import cycle_plan, pipeline_costs
 
     if without_fixed:
         profile = copy.deepcopy(profile)
         profile["phases"].pop("cycle_fixed", None)
         profile["phases"].pop("verify_fixed", None)
     scenario = replay_scenario(run, prompt, profile)
-    latency = _latency(scenario, profile)
+    latency = replay_latency(scenario, profile)
     new_tokens = prompt.decode_tokens
     if run.method == "ar":
         steps, control, serial = ar_step_costs(scenario, latency)
@@ -142,7 +142,7 @@ def modelled_cycles_ns(
     outcomes = list(prompt.outcomes)
     if run.pipeline:
         costs = pipeline_costs(scenario, latency)
-        plan = pipeline_plan(tuple(outcomes), costs.num_stages, new_tokens)
+        plan = cycle_plan(tuple(outcomes), costs.num_stages, new_tokens)
         return [costs.cycle_ns[active][committed] for active, committed in plan]
     k = scenario.method.draft_tokens
     passes = chain_draft_pass_ns(scenario, latency)
@@ -155,23 +155,6 @@ def modelled_cycles_ns(
         index += 1
         committed += min(accepted + 1, new_tokens - committed)
     return cycles
-
-
-def pipeline_plan(outcomes: tuple[int, ...], stages: int, new_tokens: int) -> list[tuple[int, int]]:
-    """(active stages, committed tokens) of every cycle of a pipeline run that follows ``outcomes``: n-1 fill
-    cycles, then a verification per cycle (active = n); each rejection brings n-1 refill cycles."""
-    plan, committed, active, verify = [], 0, 1, 0
-    while committed < new_tokens:
-        plan.append((active, committed))
-        if active < stages:
-            active += 1
-            continue
-        accepted = outcomes[verify % len(outcomes)]
-        verify += 1
-        committed += 1
-        if not accepted and committed < new_tokens:
-            active = 1
-    return plan
 
 
 def _write_prompt_trace(run: MeasuredRun, prompt_id: str, directory: Path) -> str:

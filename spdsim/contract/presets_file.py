@@ -46,7 +46,7 @@ def _read_json(path: Path, what: str) -> Any:
 
 
 def alpha_from_pipeline_speedup(num_stages: int, speedup: float) -> float:
-    """Invert S = n / (1 + (n-1)(1-alpha)) (reference/spd.md 4.2, 5.3)."""
+    """Invert S = n / (1 + (n-1)(1-alpha)) (docs/spd.md 4.2, 5.3)."""
     if num_stages < 2:
         raise SpdsimError("derive.num_stages: must be >= 2 to imply an alpha")
     return min(1.0, max(0.0, alpha_from_spd_speedup(num_stages, speedup)))

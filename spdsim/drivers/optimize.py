@@ -10,7 +10,7 @@ verify runs serially on the controller, so no stage carries lm_head + verify in 
 
 Acceptance across designs: ``fixed`` keeps the scenario's acceptance for every design; ``fit`` fits
 α = a + b·log2(n) + c·L_s to the embedded SPD presets of the same model, dataset and temperature
-(``<model>/<dataset>/spd-n<n>-l<L_s>[-t1]``, reference/spd.md §5.3), so deeper drafters and shallower pipelines
+(``<model>/<dataset>/spd-n<n>-l<L_s>[-t1]``, docs/spd.md §5.3), so deeper drafters and shallower pipelines
 get the acceptance the published numbers imply.
 """
 
@@ -26,6 +26,7 @@ import numpy as np
 from spdsim.errors import SpdsimError
 from spdsim.latency.build import build_latency_model
 from spdsim.latency.model import LatencyModel
+from spdsim.methods.pipeline import colocated_stage0_ns
 from spdsim.scenario.config import DRAFTER_PLACEMENTS, AcceptanceSpec, Scenario
 
 SPLITS = ("even", "balanced")
@@ -138,17 +139,22 @@ def stage_member_ns(
 ) -> float:
     """What stage ``stage`` holding ``layers`` layers adds to a saturated cycle (mid-request KV length).
 
-    The hidden-state send is left out: every stage pays the same one.
+    The hidden-state send is left out: every stage pays the same one. Stage 0 is priced as the schedule prices it
+    (``spdsim.methods.pipeline.colocated_stage0_ns``: the embedding, and a co-located drafter with the calibrated
+    contention).
     """
     kv = scenario.workload.prompt_tokens + scenario.workload.new_tokens // 2
     cost = float(latency.layers_ns(layers, 1, kv))
     if stage > 0:
         return cost
-    cost += latency.embed_ns(1)
-    if design.drafter_placement == "stage0":
-        pdm = float(latency.pdm_ns(design.spec_layers, design.num_stages + 1, kv))
-        cost = (cost + pdm) * scenario.overheads.drafter_contention + scenario.overheads.gather_ns
-    return cost
+    forward0 = np.asarray([latency.layers_ns(layers, 1, kv)], dtype=np.int64) + latency.embed_ns(1)
+    if design.drafter_placement != "stage0":
+        return float(forward0[0])
+    draft = np.asarray([latency.pdm_ns(design.spec_layers, design.num_stages + 1, kv)], dtype=np.int64)
+    slowed0, added = colocated_stage0_ns(
+        latency, scenario.overheads, forward0, draft, design.num_stages, spd=True
+    )
+    return float(slowed0[0] + added[0]) + scenario.overheads.gather_ns
 
 
 def balanced_split(scenario: Scenario, latency: LatencyModel, design: Design) -> tuple[int, ...]:

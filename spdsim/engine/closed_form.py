@@ -14,7 +14,7 @@ cycle waits for its slowest member, whose expectation is integrated numerically 
   u the renewal probabilities of the inner tokens-per-iteration distribution (Wald).
 * spd / ppsd: per request, n-1 fill cycles + N saturated cycles + n-1 refill cycles per rejection among the
   first N-1 verifications; rejections from the two-state (saturated/refill) acceptance chain. Asymptotically
-  ρ = 1 / (1 + (n-1)(1-α)) and S = n·ρ in the ideal case (spd.md §4.2).
+  ρ = 1 / (1 + (n-1)(1-α)) and S = n·ρ in the ideal case (docs/spd.md §4.2).
 """
 
 from __future__ import annotations

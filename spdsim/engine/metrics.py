@@ -1,4 +1,4 @@
-"""Metrics derived from a Result, with vLLM's definitions (DESIGN.md §8) plus the pipeline ones.
+"""Metrics derived from a Result, with vLLM's definitions (docs/design.md §8) plus the pipeline ones.
 
 * acceptance rate = accepted / drafted;
 * mean acceptance length = 1 + accepted / verifications (bonus included); pipelines: tokens per verification;

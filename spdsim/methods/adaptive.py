@@ -1,5 +1,5 @@
 """Adaptive chains: SpecDec++ (stop drafting when an acceptance head predicts a likely rejection) and the
-``cascade`` little -> draft -> target hierarchy (baselines.md §3, §3.2, F7).
+``cascade`` little -> draft -> target hierarchy (docs/baselines.md §3, §3.2, F7).
 
 The acceptance head is modelled, not learned: p̂_k = sigmoid(logit(a_k) + N(0, head_noise)), with a_k the true
 conditional acceptance. As coded in SpecDec++, the first draft's p̂ is 1 ("skip the first round"); stop after

@@ -1,4 +1,4 @@
-"""Serial chain speculative decoding: K draft passes, then one target verify of K+1 tokens (baselines.md F2).
+"""Serial chain speculative decoding: K draft passes, then one target verify of K+1 tokens (docs/baselines.md F2).
 
 ``draft-model`` is a separate smaller LM (Leviathan), ``eagle3`` a one-layer head with its own lm_head,
 ``mtp`` one multi-token-prediction layer reused K times. The same loop serves parallel drafting (one pass).

@@ -1,4 +1,4 @@
-"""Parallel drafting: one drafter pass proposes a whole block, then verify K+1 (baselines.md F3).
+"""Parallel drafting: one drafter pass proposes a whole block, then verify K+1 (docs/baselines.md F3).
 
 ``dflash``: a block of K+1 query rows (the bonus token plus K masks) through ``draft_layers`` layers and the
 target's lm_head; ``peagle``: K slots in one pass, with EAGLE-3's draft vocabulary. The pass cost grows only weakly with K (query rows).

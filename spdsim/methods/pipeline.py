@@ -1,4 +1,4 @@
-"""Pipelined speculation: SPD and PPSD (DESIGN.md §3, spd.md §1, baselines.md §5.11).
+"""Pipelined speculation: SPD and PPSD (docs/design.md §3, docs/spd.md §1, docs/baselines.md §5.11).
 
 The target's L layers are split into n stages. A cycle is
 
@@ -97,14 +97,9 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
     if own_drafter:
         stage0_draft = np.zeros(kv.shape, dtype=np.int64)
     else:
-        # SPD's co-located PDM runs on its own CUDA stream beside stage 0 (partial overlap, calibrated);
-        # PPSD's exit head needs stage 0's output, so it always follows it.
-        ppm = latency.colocated_contention_ppm(stages) if method.name == "spd" else PPM
-        shared = shared_gpu_ns(forwards[0], draft, ppm)
-        contention = overheads.drafter_contention
-        slowed0 = np.rint(forwards[0] * contention).astype(np.int64)
-        stage0_draft = np.rint(shared * contention).astype(np.int64) - slowed0
-        forwards[0] = slowed0
+        forwards[0], stage0_draft = colocated_stage0_ns(
+            latency, overheads, forwards[0], draft, stages, spd=method.name == "spd"
+        )
     send = latency.p2p_ns(latency.hidden_bytes(1)) + overheads.p2p_ns
     gather = overheads.gather_ns if method.name == "spd" else 0
     control, fixed = serial_overheads_ns(scenario, latency, with_verify=False)
@@ -149,6 +144,40 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
         reject_ns=int(reject),
         inter_node_hops=hops,
     )
+
+
+def colocated_stage0_ns(latency, overheads, forward0, draft, stages: int, *, spd: bool):
+    """Stage 0's forward and the drafter sharing its GPU: (stage 0's forward slowed by ``drafter_contention``,
+    the time the drafter adds beyond it). The one price of a drafter on stage 0's GPU: the schedule, the closed
+    form and the optimizer all take it from here.
+
+    SPD's co-located PDM runs on its own CUDA stream beside stage 0 (partial overlap, calibrated contention);
+    PPSD's exit head needs stage 0's output, so it always follows it.
+    """
+    ppm = latency.colocated_contention_ppm(stages) if spd else PPM
+    shared = shared_gpu_ns(forward0, draft, ppm)
+    contention = overheads.drafter_contention
+    slowed0 = np.rint(forward0 * contention).astype(np.int64)
+    return slowed0, np.rint(shared * contention).astype(np.int64) - slowed0
+
+
+def cycle_plan(outcomes: tuple[int, ...], stages: int, new_tokens: int) -> list[tuple[int, int]]:
+    """(active stages, committed tokens) of every cycle of a pipeline request whose verifications follow
+    ``outcomes`` (cycled): n-1 fill cycles, then one verification per saturated cycle; each rejection brings n-1
+    refill cycles. The states of ``run_request``'s loop, as a list (the strict replay prices it with
+    ``PipelineCosts.cycle_ns[active][committed]``)."""
+    plan, committed, active, verify = [], 0, 1, 0
+    while committed < new_tokens:
+        plan.append((active, committed))
+        if active < stages:
+            active += 1
+            continue
+        accepted = outcomes[verify % len(outcomes)]
+        verify += 1
+        committed += 1
+        if not accepted and committed < new_tokens:
+            active = 1
+    return plan
 
 
 def shared_gpu_ns(stage0_ns, drafter_ns, contention_ppm: int):

@@ -1,4 +1,4 @@
-"""The SPD authors' metric conventions (spd.md §4.1, §5.1), beside ours (vLLM definitions, ``spdsim.engine.metrics``).
+"""The SPD authors' metric conventions (docs/spd.md §4.1, §5.1), beside ours (vLLM definitions, ``spdsim.engine.metrics``).
 
 | quantity | ours (default) | the authors' (`eval_mp_pipeline_dataset.py`) |
 | --- | --- | --- |
@@ -31,7 +31,7 @@ def asymptotic_speedup(alpha: float, num_stages: int) -> float:
 
 
 def implied_alpha(speedup: float, num_stages: int) -> float:
-    """α with asymptotic_speedup(α, n) = S (spd.md §5.3)."""
+    """α with asymptotic_speedup(α, n) = S (docs/spd.md §5.3)."""
     if num_stages <= 1:
         return math.nan
     return alpha_from_spd_speedup(num_stages, speedup)

@@ -2,7 +2,7 @@
 
 Steps (each a closed form, ``spdsim.engine.closed_form.predict``, against AR under the same settings):
 
-1. ``theory``: n·ρ, the step-counting speedup (spd.md §4.1);
+1. ``theory``: n·ρ, the step-counting speedup (docs/spd.md §4.1);
 2. ``compute``: stage forwards, embedding, drafter and the serial verify on the device model alone (no links, no
    host costs, no flat overheads);
 3. ``host overhead``: + per-layer and per-call host costs (the eager regime; AR pays them too);

@@ -1,4 +1,4 @@
-"""Acceptance models: which drafts the target accepts (DESIGN.md §5).
+"""Acceptance models: which drafts the target accepts (docs/design.md §5).
 
 * ``iid``        — every draft accepted with probability α (chains: r_k = α^k);
 * ``positional`` — unconditional per-position rates r_k (vLLM convention, non-increasing); the conditional

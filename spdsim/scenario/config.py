@@ -97,7 +97,7 @@ class LatencySpec:
 
 @dataclass(frozen=True)
 class Overheads:
-    """Costs the ideal closed forms ignore (DESIGN.md §3). All zero means the ideal model."""
+    """Costs the ideal closed forms ignore (docs/design.md §3). All zero means the ideal model."""
 
     control_ns: int = 0  # controller broadcast per cycle / iteration
     p2p_ns: int = 0  # hidden-state send between consecutive stages (added to each stage hop)
@@ -134,7 +134,7 @@ class MethodSpec:
 
 @dataclass(frozen=True)
 class AcceptanceSpec:
-    """Acceptance model (DESIGN.md §5)."""
+    """Acceptance model (docs/design.md §5)."""
 
     kind: str = "iid"
     alpha: float = 0.8

@@ -1,6 +1,6 @@
 """Topology: where SPD's ranks sit and what every message between them costs (issue 14).
 
-The SPD repository's distributed pipeline has n + 1 ranks (spd.md §6): rank 0 is the controller (drafter, embedding,
+The SPD repository's distributed pipeline has n + 1 ranks (docs/spd.md §6): rank 0 is the controller (drafter, embedding,
 final norm, lm_head, verify, sampling) and rank s + 1 holds stage s. With the drafter co-located on stage 0
 (``drafter_placement = "stage0"``) there are n ranks and the controller shares rank 0 with stage 0.
 

@@ -1,7 +1,7 @@
-"""Predict the wall-clock speedups of the SPD authors' Qwen3.5-4B / 9B tables (spd.md §5.2) without any published
+"""Predict the wall-clock speedups of the SPD authors' Qwen3.5-4B / 9B tables (docs/spd.md §5.2) without any published
 wall-clock figure as input (issue 14, item 7).
 
-Inputs: the published phase times of spd.md §5.4 (stage forwards 7.90 ms / 8 layers and 4.20 ms / 4 layers ->
+Inputs: the published phase times of docs/spd.md §5.4 (stage forwards 7.90 ms / 8 layers and 4.20 ms / 4 layers ->
 host_layer 925 us + host_call 500 us, hidden-state send 0.52 ms -> host_message 500 us, verify 0.43 ms ~ the
 lm_head roofline), the documented testbed (n + 1 ranks, HF eager fp16, 8 GPUs per node, n = 8 and 16 spill to
 further nodes over a socket network), and each row's *theoretical* speedup (-> α by the authors' metric).
@@ -29,7 +29,7 @@ from spdsim.scenario.files import build_scenario  # noqa: E402
 
 OUT = Path(__file__).parent / "results"
 AR_PUBLISHED = {"qwen3.5-4b": 35.26, "qwen3.5-9b": 34.18}
-# theoretical "overall" cells of spd.md 5.2, default mix: (model, T) -> rows
+# theoretical "overall" cells of docs/spd.md 5.2, default mix: (model, T) -> rows
 THEORY = {
     ("qwen3.5-4b", 0): {
         "eagle3-k3": 2.47,
