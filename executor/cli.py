@@ -207,7 +207,9 @@ def _print_summary(result, tokenizer) -> None:
 @user_errors
 def profile(
     model: str = typer.Option("random:qwen3-4b"),
-    out: Path = typer.Option(None, help="bundle path (default studies/results/profiles/<model>_<gpu>.json)"),
+    out: Path = typer.Option(
+        None, help="bundle path (default studies/benchmarks/results/profiles/<model>_<gpu>.json)"
+    ),
     dtype: str = typer.Option("auto"),
     device: str = typer.Option("auto"),
     kv_lens: str = typer.Option("64,256,1024,4096", help="comma list of live KV lengths"),
@@ -275,7 +277,7 @@ def _profile(**kw) -> None:
         source=f"executor/profile.py {kw['model']}",
     )
     tag = hardware["name"].replace("nvidia-", "")
-    default = Path("studies/results/profiles") / f"{kw['model'].replace(':', '-')}_{tag}.json"
+    default = Path("studies/benchmarks/results/profiles") / f"{kw['model'].replace(':', '-')}_{tag}.json"
     path = write_bundle(kw["out"] or default, bundle)
     typer.echo(f"profile bundle: {path}")
 
@@ -367,7 +369,7 @@ def eval_head(
     thresholds: str = typer.Option("0.3,0.5", help="specdecpp: stop thresholds h"),
     k_max: int = typer.Option(10, min=1, help="specdecpp: longest chain"),
     chain_head: Path = typer.Option(None, help="specdecpp: EAGLE-3 head (default: from training.json)"),
-    out: Path = typer.Option(None, help="output folder (default studies/results/heads/eval_<head>)"),
+    out: Path = typer.Option(None, help="output folder (default studies/heads/results/eval_<head>)"),
     dtype: str = typer.Option("auto"),
     device: str = typer.Option("auto"),
     seed: int = typer.Option(0),
@@ -409,7 +411,7 @@ def _eval_head(**kw) -> None:
     device = _device(kw["device"])
     dtype = kw["dtype"] if kw["dtype"] != "auto" else ("bfloat16" if device == "cuda" else "float32")
     fast, loaded = load_fast_model(kw["model"], device=device, dtype=dtype, seed=kw["seed"])
-    out = kw["out"] or Path("studies/results/heads") / f"eval_{kw['head'].stem}"
+    out = kw["out"] or Path("studies/heads/results") / f"eval_{kw['head'].stem}"
     extra = {"model": kw["model"], "model_source": loaded.source, "dtype": dtype}
     rows = evaluate_head(fast, loaded.tokenizer, kw["head"], config, out, kw["chain_head"], typer.echo, extra)
     bad = [r for r in rows if r["lossless_checked"] != "" and r["lossless_prompts"] != r["lossless_checked"]]

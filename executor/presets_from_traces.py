@@ -8,7 +8,7 @@ same chain head at its longest fixed K on the same dataset and temperature (the 
 simulator models the stopping rule itself). ``<model>/<dataset>/spd`` names the primary SPD configuration.
 Temperature 1 presets carry the suffix ``-t1`` (the convention of the embedded SPD-repository presets).
 
-    python -m executor.presets_from_traces studies/results/heads/eval_* --out spdsim/profiles/presets/smollm2_135m.json
+    python -m executor.presets_from_traces studies/heads/results/eval_* --out spdsim/profiles/presets/smollm2_135m.json
 """
 
 from __future__ import annotations

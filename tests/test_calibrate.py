@@ -16,7 +16,7 @@ from spdsim.contract.profile_schema import load_profile
 from spdsim.latency.profiled import FittedLatency, MeasuredLatency
 from spdsim.scenario.config import LatencySpec, ModelShape
 
-DATA = Path(__file__).resolve().parents[1] / "studies" / "results" / "fidelity"
+DATA = Path(__file__).resolve().parent / "data" / "fidelity"
 BUNDLE = DATA / "profile_h200_qwen3-8b.json"
 runner = CliRunner()
 

@@ -20,7 +20,7 @@ import pytest
 from spdsim.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-FIDELITY = ROOT / "studies" / "results" / "fidelity"
+FIDELITY = ROOT / "tests" / "data" / "fidelity"
 SMALL_TOML = """\
 model = "qwen3.5-4b"
 hardware = "h100"

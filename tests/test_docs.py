@@ -13,7 +13,7 @@ OUTSIDE = re.compile(
 CITED = re.compile(r"docs/([\w-]+\.md)")
 # Hardware and model `source` texts are copied verbatim into every run's config.json (and into committed results);
 # docs/presets.md says how to read their old references.
-VERBATIM = ("spdsim/profiles/hardware/", "spdsim/profiles/models/", "studies/results/", "docs/")
+VERBATIM = ("spdsim/profiles/hardware/", "spdsim/profiles/models/", "docs/")
 
 
 def _source_files() -> list[Path]:

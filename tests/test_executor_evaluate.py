@@ -124,7 +124,7 @@ def test_heads_report_draws_the_three_plots(evaluated, tmp_path):
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("heads_report", Path("studies/heads_report.py"))
+    spec = importlib.util.spec_from_file_location("heads_report", Path("studies/heads/heads_report.py"))
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
     root, _ = evaluated

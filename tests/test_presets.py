@@ -190,7 +190,7 @@ def test_smollm2_presets_reproduce_the_measured_rho_with_ideal_latencies():
     from spdsim.engine.run import simulate
     from spdsim.scenario.config import AcceptanceSpec
 
-    results = Path(__file__).resolve().parent.parent / "studies" / "results" / "heads"
+    results = Path(__file__).resolve().parent / "data" / "heads"
     for folder, dataset in (("spd_n4_l2", "humaneval"), ("spd_n2_l1", "gsm8k")):
         rows = list(csv.DictReader((results / folder / "eval" / "acceptance.csv").open()))
         measured = next(r for r in rows if r["dataset"] == dataset and float(r["temperature"]) == 0.0)

@@ -12,7 +12,7 @@ trailing ``# comment`` dropped). Skipped, by this explicit rule (``skip_reason``
 
 The files the examples name are provided: ``my_scenario.toml`` (a small SPD scenario, so that the 40-point sweep
 is quick), ``bundle.json`` and ``runs/measured`` (the committed H200 profile bundle and AR run of
-``studies/results/fidelity``).
+``tests/data/fidelity``, copied from the fidelity study).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pytest
 from spdsim.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-FIDELITY = ROOT / "studies" / "results" / "fidelity"
+FIDELITY = ROOT / "tests" / "data" / "fidelity"
 MY_SCENARIO = """\
 model = "qwen3.5-4b"
 hardware = "h100"

@@ -20,8 +20,10 @@ STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
 def load_study(name: str, monkeypatch, base: str):
     """The study module, its base-scenario builder ``base`` patched to simulate one request (speed)."""
-    monkeypatch.syspath_prepend(str(STUDIES))  # what `python3 studies/<name>.py` has: its own folder
-    spec = importlib.util.spec_from_file_location(f"study_{name}", STUDIES / f"{name}.py")
+    monkeypatch.syspath_prepend(
+        str(STUDIES / name)
+    )  # what `python3 studies/<name>/<name>.py` has: its folder
+    spec = importlib.util.spec_from_file_location(f"study_{name}", STUDIES / name / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)

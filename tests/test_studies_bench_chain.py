@@ -1,4 +1,4 @@
-"""studies/bench_chain.py runs on the CPU (tiny model) and writes the report the GPU run produces."""
+"""studies/benchmarks/bench_chain.py runs on the CPU (tiny model) and writes the report the GPU run produces."""
 
 import importlib.util
 import json
@@ -8,7 +8,7 @@ STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
 
 def test_bench_chain_runs_on_cpu(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_chain", STUDIES / "bench_chain.py")
+    spec = importlib.util.spec_from_file_location("bench_chain", STUDIES / "benchmarks" / "bench_chain.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "bench.json"

@@ -1,4 +1,4 @@
-"""studies/fidelity_x4.py (issue 6): 4-GPU runs are held out of the calibration, costs per stage count are held
+"""studies/fidelity/fidelity_x4.py (issue 6): 4-GPU runs are held out of the calibration, costs per stage count are held
 at n = 2 for n = 3, 4, the validation runs with or without the 4-GPU call's data, and the diagnoses (drafter
 shapes per cycle, one-time iterations, per-prompt replay) follow the controller's schedule."""
 
@@ -13,12 +13,14 @@ from pathlib import Path
 import pandas as pd
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
-MEASURED = STUDIES / "results" / "fidelity"
+MEASURED = STUDIES / "fidelity" / "results"
 
 
 def load_fidelity(monkeypatch):
-    monkeypatch.syspath_prepend(str(STUDIES))
-    spec = importlib.util.spec_from_file_location("study_fidelity_x4", STUDIES / "fidelity_x4.py")
+    monkeypatch.syspath_prepend(str(STUDIES / "fidelity"))
+    spec = importlib.util.spec_from_file_location(
+        "study_fidelity_x4", STUDIES / "fidelity" / "fidelity_x4.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)

@@ -1,4 +1,4 @@
-"""studies/predict_x4.py: the unmeasured 4-GPU configurations priced from the committed 1-/2-GPU calibration."""
+"""studies/fidelity/predict_x4.py: the unmeasured 4-GPU configurations priced from the committed 1-/2-GPU calibration."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
 
 def test_predictions_cover_every_configuration_and_follow_acceptance():
-    spec = importlib.util.spec_from_file_location("study_predict_x4", STUDIES / "predict_x4.py")
+    spec = importlib.util.spec_from_file_location("study_predict_x4", STUDIES / "fidelity" / "predict_x4.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -22,6 +22,6 @@ def test_predictions_cover_every_configuration_and_follow_acceptance():
         rows = table[table.configuration == label].sort_values("alpha")
         assert rows.rho.is_monotonic_increasing and rows.tpot_ms.is_monotonic_decreasing
     # what the committed table says is what the committed profile gives
-    committed = (STUDIES / "results" / "fidelity_x4" / "predictions_4gpu.csv").read_text()
+    committed = (STUDIES / "fidelity" / "results" / "x4" / "predictions_4gpu.csv").read_text()
     assert committed.splitlines()[0].startswith("configuration,gpus,alpha")
     assert len(committed.splitlines()) == len(table) + 1

@@ -14,7 +14,7 @@ from spdsim.cli import app
 from spdsim.contract.profile_schema import load_profile
 from spdsim.engine.run import simulate
 
-DATA = Path(__file__).resolve().parents[1] / "studies" / "results" / "fidelity"
+DATA = Path(__file__).resolve().parent / "data" / "fidelity"
 runner = CliRunner()
 
 

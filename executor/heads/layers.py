@@ -107,7 +107,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 CAPACITY_QUANTUM = 256
 # Attention backends for the heads' SDPA, cuDNN's left out: the GPU runs paid ~40 ms once per new attention shape
-# in the heads (studies/results/fidelity.md), as a per-shape plan build would; a head sees a new shape at every
+# in the heads (studies/fidelity/results/fidelity.md), as a per-shape plan build would; a head sees a new shape at every
 # prompt's prefill. (The cause is inferred from the timings, not confirmed by a profiler.)
 HEAD_SDPA_BACKENDS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
 
@@ -203,7 +203,7 @@ class _Attention(nn.Module):
         if cache is not None:
             # Attend over the whole preallocated capacity with a mask, not over the committed length: the
             # attention shape then changes only when the capacity doubles. A KV length that grew every call cost
-            # ~40 ms per new shape on the H100/H200 (studies/results/fidelity.md, cause 1).
+            # ~40 ms per new shape on the H100/H200 (studies/fidelity/results/fidelity.md, cause 1).
             start = cache.length
             cache.ensure_capacity(start + steps)
             cache.keys[layer_index, :, :, start : start + steps] = k

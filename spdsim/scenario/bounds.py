@@ -3,7 +3,7 @@
 ``spdsim.scenario.checks`` checks that a scenario makes sense; this layer checks that it can be simulated on an
 ordinary machine in reasonable time and memory, so that a typo (``num_requests=1000000000``) ends in one line
 instead of a hang or a MemoryError. The limits follow from the simulator's measured costs
-(``studies/results/bench_simulator_cpu.md``; on a 2-core CPU): about 30-130 µs and 0.3-0.5 kB per simulated
+(``studies/benchmarks/results/bench_simulator_cpu.md``; on a 2-core CPU): about 30-130 µs and 0.3-0.5 kB per simulated
 token without busy intervals, and up to ~14 kB per token with them (SPD n = 8; the traced first request of
 ``simulate`` and ``timeline``):
 

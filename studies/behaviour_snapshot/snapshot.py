@@ -22,7 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # The committed executor measurements and their calibrated profile (the fidelity study's 2-GPU runs).
-MEASURED = [ROOT / p for p in ("studies/results/fidelity", "studies/fidelity/results")]
+# (studies/results/fidelity before issue 13 moved the studies into folders)
+MEASURED = [ROOT / p for p in ("studies/fidelity/results", "studies/results/fidelity")]
 
 
 def spdsim(*args: str, stdout: Path | None = None) -> None:
@@ -68,10 +69,11 @@ def main(out: Path) -> None:
         stdout=out / "validate.txt",
     )
     spdsim("optimize", "--out", str(out / "optimize.csv"), stdout=out / "optimize.txt")
-    # Paths differ between checkouts; the table text is compared without them.
+    # Paths differ between checkouts and layouts; the table text is compared without them.
     for name in ("validate.txt", "optimize.txt"):
         path = out / name
-        path.write_text(path.read_text().replace(str(ROOT), "<repo>").replace(str(out), "<out>"))
+        text = path.read_text().replace(str(data), "<measured>").replace(str(ROOT), "<repo>")
+        path.write_text(text.replace(str(out), "<out>"))
 
 
 if __name__ == "__main__":
