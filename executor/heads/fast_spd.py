@@ -26,28 +26,35 @@ from executor.heads.layers import DecoderLayer
 from spdsim.errors import SpdsimError
 
 
-def pack_decoder_layer(layer: DecoderLayer) -> LayerWeights:
+# `pack_decoder_layer` and `layer_shape` have the names and signatures of `executor.heads.fast_layer` (the chain
+# heads' packing helpers, developed alongside); once both are merged, this module can import them from there.
+def pack_decoder_layer(layer: DecoderLayer, device=None, dtype=None) -> LayerWeights:
     """An HF-named `DecoderLayer` (q/k/v, gate/up separate) in the fast decoder's fused layout."""
     attn, mlp = layer.self_attn, layer.mlp
     if attn.o_proj.bias is not None:
-        raise SpdsimError("spec layers with attention bias are not supported by the fast drafter")
+        raise SpdsimError("spec layers with an o_proj bias are not supported by the fast drafter")
+
+    def take(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.detach().to(device=device or tensor.device, dtype=dtype or tensor.dtype).contiguous()
+
     qkv_bias = None
     if attn.q_proj.bias is not None:
-        qkv_bias = torch.cat((attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias)).detach()
+        qkv_bias = take(torch.cat((attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias)))
     return LayerWeights(
-        input_norm=layer.input_layernorm.weight.detach(),
-        qkv=torch.cat((attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight)).detach().contiguous(),
+        input_norm=take(layer.input_layernorm.weight),
+        qkv=take(torch.cat((attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight))),
         qkv_bias=qkv_bias,
-        q_norm=attn.q_norm.weight.detach(),
-        k_norm=attn.k_norm.weight.detach(),
-        o_proj=attn.o_proj.weight.detach(),
-        post_norm=layer.post_attention_layernorm.weight.detach(),
-        gate_up=torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight)).detach().contiguous(),
-        down=mlp.down_proj.weight.detach(),
+        q_norm=take(attn.q_norm.weight),
+        k_norm=take(attn.k_norm.weight),
+        o_proj=take(attn.o_proj.weight),
+        post_norm=take(layer.post_attention_layernorm.weight),
+        gate_up=take(torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight))),
+        down=take(mlp.down_proj.weight),
     )
 
 
-def fast_layer_shape(layer: DecoderLayer) -> LayerShape:
+def layer_shape(layer: DecoderLayer) -> LayerShape:
+    """Heads, KV heads, head dim and RMSNorm eps of a spec layer (fast decoder's `LayerShape`)."""
     attn = layer.self_attn
     return LayerShape(attn.num_heads, attn.num_kv_heads, attn.head_dim, layer.shape.rms_norm_eps)
 
@@ -69,7 +76,7 @@ class FastSpdDrafter:
         self.aggr_of_depth = tuple(module.aggr_of_depth)
         self.projections = [proj.weight.detach() for proj in module.aggr_projs]
         self.layers = [pack_decoder_layer(layer) for layer in module.spec_layers]
-        self.shape = fast_layer_shape(module.spec_layers[0])
+        self.shape = layer_shape(module.spec_layers[0])
         self.norm = module.final_norm_weight.detach()
         self.norm_eps = module.final_norm_eps
         self.lm_head = module.lm_head.weight.detach()
