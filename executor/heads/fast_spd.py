@@ -199,10 +199,12 @@ class FastSpdDrafter:
             rows = self.project(feats, types)[None]
             hidden = self.run_layers(rows, positions, window)
             logits = self.draft_logits(hidden[:, -1:])[0, 0]  # [V_draft]
+            # index_select with 1-element index tensors: no 0-dim tensor index (which could read the host).
             if synthetic:
-                token = self.plan[new_position.clamp(max=self.capacity - 1)].view(1, 1)
+                token = self.plan.index_select(0, new_position.clamp(max=self.capacity - 1)).view(1, 1)
             else:
-                token = self.draft_token_ids[logits.argmax()].view(1, 1)
+                index = logits.argmax(dim=-1, keepdim=True)
+                token = self.draft_token_ids.index_select(0, index).view(1, 1)
             outputs = (token, model.embed(token))
             return (*outputs, self.full_vocab_logits(logits)) if want_logits else outputs
 
