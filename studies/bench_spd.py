@@ -57,7 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on a GPU, float32 on the CPU")
     parser.add_argument("--no-compile", action="store_true", help="eager layers (graphs still captured)")
-    parser.add_argument("--warmup-prompts", type=int, default=1, help="untimed SPD/AR runs first (capture)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed first-prompt decode per method (default: 1 on a GPU)",
+    )
     parser.add_argument("--out", default="studies/results/bench_spd.json")
     return parser.parse_args(argv)
 
@@ -107,14 +112,15 @@ class CycleClock:
     def uninstall(self) -> None:
         spd_module.SpdPrompt.next_cycle = self._next_cycle
 
-    def medians_us(self) -> dict[str, float]:
+    def medians_us(self, skip_prompts: int = 0) -> dict[str, float]:
+        """Median cycle time per state; the first ``skip_prompts`` decodes (warm-up) left out."""
         if self.cuda:
             torch.cuda.synchronize()
         samples: dict[str, list[float]] = {}
         for (prompt, _, state, start), (prompt_next, _, _, end) in zip(
             self.marks, self.marks[1:], strict=False
         ):
-            if prompt != prompt_next:
+            if prompt != prompt_next or prompt <= skip_prompts:
                 continue
             elapsed = start.elapsed_time(end) * 1e3 if self.cuda else (end - start) * 1e6
             samples.setdefault(state, []).append(elapsed)
@@ -149,27 +155,29 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         model.compile_layers()
     cfg = model.cfg
     prompts = prompt_set(args.prompts, args.prompt_len, cfg.vocab_size)
-    warm = prompt_set(args.warmup_prompts, args.prompt_len, cfg.vocab_size, seed=1)
     copy_nbytes = (1 << 30) if device.type == "cuda" else (1 << 24)
     copy_gbps = measure_copy_bandwidth_gbps(
         device, nbytes=copy_nbytes, iters=20 if device.type == "cuda" else 3
     )
     log(f"copy bandwidth {copy_gbps:.0f} GB/s (read + write)")
 
+    # Each method's warm-up decode runs on the caches and graphs its timed prompts use (dispatch's `warmup`).
+    warmup = device.type == "cuda" if args.warmup is None else bool(args.warmup)
+    common = dict(max_new_tokens=args.new_tokens, warmup=warmup)
     spd_opts = dict(stages=args.stages, synthetic_alpha=args.alpha, spec_layers=args.spec_layers)
-    if warm:
-        run_method("ar", model, warm, max_new_tokens=args.new_tokens)
-        run_method("spd", model, warm, max_new_tokens=args.new_tokens, **spd_opts)
-    ar = run_method("ar", model, prompts, max_new_tokens=args.new_tokens).summary()
+    ar_result = run_method("ar", model, prompts, **common)
+    ar = ar_result.summary()
     step_us = ar_step_us(model, args.prompt_len + args.new_tokens // 2, graphs=device.type == "cuda")
     log(f"AR: {ar['tokens_per_s']:.1f} tok/s, step {step_us:.1f} us")
 
     clock = CycleClock(device)
     clock.install()
     try:
-        spd = run_method("spd", model, prompts, max_new_tokens=args.new_tokens, **spd_opts).summary()
+        spd_result = run_method("spd", model, prompts, **common, **spd_opts)
     finally:
         clock.uninstall()
+    spd = spd_result.summary()
+    identical = sum(a.tokens == b.tokens for a, b in zip(ar_result.prompts, spd_result.prompts, strict=True))
     phases = spd["phase_median_us"]
     split = split_layers(cfg.num_layers, args.stages)
     stages = []
@@ -207,12 +215,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "tpot_ms": spd["tpot_ms"],
             "realised_alpha": spd["realised_alpha"],
             "tokens_per_cycle": spd["tokens_per_cycle"],
-            "cycle_us_by_state": clock.medians_us(),
+            "cycle_us_by_state": clock.medians_us(skip_prompts=int(warmup)),
             "stage_steps": stages,
             "draft_us": phases.get("draft", {}),
             "verify_us": phases.get("verify", {}),
             "phase_median_us": phases,
         },
+        "warmup_prompts": int(warmup),
+        "prompts_identical_to_ar": identical,
         "speedup_vs_ar": spd["tokens_per_s"] / ar["tokens_per_s"] if ar["tokens_per_s"] else None,
     }
     log(

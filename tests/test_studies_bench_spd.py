@@ -17,7 +17,7 @@ def test_bench_spd_runs_on_the_cpu(tmp_path):
     spec.loader.exec_module(module)
     out = tmp_path / "bench.json"
     argv = ["--device", "cpu", "--model", "random:tiny-qwen3", "--new-tokens", "16", "--prompts", "1"]
-    module.main([*argv, "--stages", "2", "--prompt-len", "8", "--warmup-prompts", "0", "--out", str(out)])
+    module.main([*argv, "--stages", "2", "--prompt-len", "8", "--warmup", "0", "--out", str(out)])
     result = json.loads(out.read_text())
     assert result["torch"] and result["date"] and result["gpu"]
     assert result["ar"]["tokens_per_s"] > 0 and result["spd"]["tokens_per_s"] > 0
@@ -26,5 +26,5 @@ def test_bench_spd_runs_on_the_cpu(tmp_path):
     assert [s["stage"] for s in result["spd"]["stage_steps"]] == [0, 1]
     assert all(s["fraction_of_copy_bandwidth"] > 0 for s in result["spd"]["stage_steps"])
     assert result["spd"]["draft_us"]["all"] > 0 and result["spd"]["verify_us"]["all"] > 0
-    assert result["speedup_vs_ar"] > 0
+    assert result["speedup_vs_ar"] > 0 and result["prompts_identical_to_ar"] == 1  # float32: lossless
     assert module.spd_module.SpdPrompt.next_cycle is module.CycleClock(module.torch.device("cpu"))._next_cycle

@@ -388,13 +388,17 @@ def run_spd(
     split: StageSplit,
     options: DecodeOptions = DecodeOptions(),
     use_graphs: bool = True,
+    warmup: bool = False,
 ) -> RunResult:
-    """Decode every prompt with SPD; the drafter must have been built for this split and model."""
+    """Decode every prompt with SPD; the drafter must have been built for this split and model. ``warmup``: decode
+    the first prompt once, untimed, on the caches and graphs the timed prompts use (they capture nothing new)."""
     options.validate()
     check_drafter(model, drafter, split)
     streams = make_streams(model.device, split.num_stages + 1)
     prompt_list = as_prompts(prompts)
     decoder = _SpdDecoder(model, drafter, split, options, streams, prompt_list, use_graphs)
+    if warmup:
+        decoder.run(prompt_list[0], 0)
     runs = tuple(decoder.run(prompt, index) for index, prompt in enumerate(prompt_list))
     head = drafter.head_config
     config = {
