@@ -101,7 +101,12 @@ class FastSpdDrafter:
         self.token_ids = torch.arange(self.vocab_size, device=self.device)
         self.positions = torch.arange(capacity, device=self.device)
         self.zero_feature = torch.zeros(1, 1, self.hidden_size, device=self.device, dtype=self.dtype)
+        # Every row layout of the schedule, made once (a host-to-device copy each, never inside a cycle).
+        num_stages = len(self.aggr_of_depth) - 1
         self._types: dict[tuple[bool, int], torch.Tensor] = {}
+        for depths in range(1, num_stages + 1):
+            for has_pending in (False, True):
+                self.row_types(has_pending, depths)
         self._plan_source: list[int] | None = None
 
     # -- per prompt -----------------------------------------------------------------------------------------
