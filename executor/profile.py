@@ -230,7 +230,7 @@ def profile_phases(
         phases["p2p"].append(_entry({"bytes": src.numel() * src.element_size()}, stats))
         report(f"head/embed/p2p q={query_tokens}: {phases['head'][-1]['median_us']:.1f} us")
     if grid.spec_layers:
-        phases["drafter"] = profile_spd_drafter(model, grid, report)
+        phases["drafter"] = profile_spd_drafter(model, grid, report, use_graphs)
         phases["chain_draft"] = profile_chain_draft(model, grid, report)
     return phases
 
@@ -241,17 +241,19 @@ def _head_timer(model: FastModel, grid: ProfileGrid) -> Callable[[Callable[[], A
 
 @torch.inference_mode()
 def profile_spd_drafter(
-    model: FastModel, grid: ProfileGrid, report: Callable[[str], None]
+    model: FastModel, grid: ProfileGrid, report: Callable[[str], None], use_graphs: bool = True
 ) -> list[dict[str, Any]]:
     """One PDM forward as the SPD schedule runs it, untrained weights: n + 1 rows (the pending deepest row and
     one per in-flight depth) through aggr_projs, L_s spec layers over a ``kv_len``-long spec cache, and the draft
-    lm_head; ``query_tokens`` = n + 1. The heads keep host-side cache lengths, so this runs eagerly (events)."""
+    lm_head; ``query_tokens`` = n + 1. The schedule's fast drafter (``executor.heads.fast_spd``: fused weights,
+    static position-masked cache, the model's compiled layer function), captured as a graph on a GPU."""
+    from executor.heads.fast_spd import FastSpdDrafter
     from executor.heads.layers import base_config_of
     from executor.heads.spd_v11 import SpdHeadConfig, SpeculationModuleV11
 
     base = base_config_of(model)
     lm_head = model.embed_tokens if model.lm_head_weight is None else model.lm_head_weight
-    timed = _head_timer(model, grid)
+    timer = PhaseTimer(model.device, grid, use_graphs)
     entries = []
     for spec_layers in grid.spec_layers:
         for n in grid.stage_counts:
@@ -261,25 +263,19 @@ def profile_spd_drafter(
             drafter = SpeculationModuleV11(base, head).to(device=model.device, dtype=model.dtype).eval()
             drafter.attach_base(model.norm.detach().float().cpu(), lm_head.detach().float().cpu())
             drafter.to(device=model.device, dtype=model.dtype)
-            feats = {b: _hidden(model, 1) for b in drafter.anchor_indices}
-            types = [drafter.num_aggr_types - 1] + [drafter.aggr_of_depth[d] for d in reversed(range(n))]
-            for kv_len in grid.kv_lens:
-                spec_cache = drafter.new_cache(capacity=kv_len + n + 2)
-                positions = torch.arange(kv_len, kv_len + n + 1, device=model.device)
-
-                def forward(
-                    _c=spec_cache, _d=drafter, _f=feats, _t=types, _p=positions, _k=kv_len
-                ) -> torch.Tensor:
-                    _c.length = _k
-                    rows = torch.cat([_d.project(a, _f) for a in _t], dim=1)
-                    draft = _d.decode(rows, _p, _c, keep=1)
-                    return _d.full_vocab_logits(draft[0]).argmax(-1)
-
-                stats = timed(forward)
+            fast = FastSpdDrafter(drafter, model, max(grid.kv_lens))
+            hidden = model.cfg.hidden_size
+            feats = torch.randn(n + 1, fast.num_types, hidden, device=model.device, dtype=model.dtype)
+            types = fast.row_types(True, n)
+            for kv_len in (k for k in grid.kv_lens if k > n):
+                positions = _positions(model, kv_len, n + 1)  # the rows end a kv_len-long spec context
+                new_position = positions[-1:] + 1
+                step = fast.step_fn(fast.window(kv_len - 1), synthetic=False, want_logits=False)
+                stats = timer.time(step, feats, types, positions, new_position)
                 coords = {"spec_layers": spec_layers, "query_tokens": n + 1, "kv_len": kv_len}
                 entries.append(_entry(coords, stats))
                 report(f"drafter L_s={spec_layers} n={n} kv={kv_len}: {stats.median_us:.1f} us")
-            del drafter
+            del drafter, fast
     return entries
 
 

@@ -163,3 +163,75 @@ def test_a_saved_head_runs_with_the_split_it_was_trained_for(model, reference, t
     assert lossless_check(model, prompts(), result) == (20, 20)
     with pytest.raises(SpdsimError, match="built for stages"):
         run_method("spd", model, prompts(2), head=tmp_path / "head.pt", stages=2)
+
+
+def test_graph_keys_are_bounded_and_only_saturated_cycles_sync_once(model, reference, monkeypatch):
+    """Draft graphs per row count (1..n+1), one per stage depth, one verify (times the attention windows); the
+    decode loop reads the device once per saturated cycle (the verify outcome) and never in fill/refill."""
+    from executor.graphs import GraphCache
+    from executor.schedules import spd as spd_module
+
+    keys = []
+
+    class RecordingGraphs(GraphCache):
+        def run(self, key, fn, *inputs):
+            keys.append(key)
+            return super().run(key, fn, *inputs)
+
+    syncs = []
+    decide = spd_module.SpdPrompt.decide
+
+    def counted_decide(self, step, draft, verify_stream=None):
+        crop = decide(self, step, draft, verify_stream)
+        syncs.append((step.saturated, self.cycle_syncs[step.index]))
+        return crop
+
+    monkeypatch.setattr(spd_module, "GraphCache", RecordingGraphs)
+    monkeypatch.setattr(spd_module.SpdPrompt, "decide", counted_decide)
+    n = 4
+    result = run_method("spd", model, prompts(), max_new_tokens=NEW, synthetic_alpha=0.6, stages=n)
+    assert_lossless(result, reference)
+    assert len(syncs) == sum(p.decode_steps for p in result.prompts)
+    assert all(count == int(saturated) for saturated, count in syncs)
+    assert sum(count for _, count in syncs) == sum(p.verifications for p in result.prompts)
+    distinct = set(keys)
+    windows = {key[2] for key in distinct if key[0] in ("draft", "stage")}
+    assert {key[1] for key in distinct if key[0] == "draft"} == set(range(1, n + 2))
+    assert {key[1] for key in distinct if key[0] == "stage"} == set(range(n))
+    assert {key for key in distinct if key[0] == "verify"} == {("verify",)}
+    assert len(distinct) <= (2 * n + 1) * len(windows) + 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_steady_state_cycles_do_not_sync_on_cuda(monkeypatch):
+    """Under torch.cuda.set_sync_debug_mode("error"), every cycle of the later prompts (all graphs captured by the
+    first) runs without a device sync except the verify read (`spd.to_host`, which lifts the mode)."""
+    from contextlib import contextmanager
+
+    from executor.schedules import spd as spd_module
+
+    gpu = tiny_model(layers=LAYERS, device="cuda")
+    prompt = prompts(count=1)[0][1]
+    guarded = []
+
+    @contextmanager
+    def error_on_sync(step):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        guarded.append(step.index)
+
+    run = spd_module._SpdDecoder.run
+
+    def guarded_run(self, prompt_, index):
+        self.cycle_guard = error_on_sync if index >= 1 else (lambda step: spd_module.nullcontext())
+        return run(self, prompt_, index)
+
+    monkeypatch.setattr(spd_module._SpdDecoder, "run", guarded_run)
+    same = [(f"p{i}", prompt) for i in range(3)]
+    result = run_method("spd", gpu, same, max_new_tokens=NEW, stages=2, synthetic_alpha=0.7)
+    assert_lossless(result, greedy_ar(gpu, same, NEW))
+    assert len(guarded) == sum(p.decode_steps for p in result.prompts[1:])

@@ -50,6 +50,7 @@ class Controller:
         self.local_stage = local_stage
         self.anchors = [stage_anchors(drafter.anchor_indices, split, s) for s in range(self.n)]
         self.stage_stream, self.draft_stream = make_streams(model.device, 2)
+        self.fast = None  # the fast drafter (packed weights, spec cache), shared by the prompts
 
     # -- helpers --------------------------------------------------------------------------------------------
     def _remote_stages(self, active: int) -> list[int]:
@@ -102,7 +103,10 @@ class Controller:
         model, link, n = self.model, self.link, self.n
         # One head capacity for the whole run (the stages' cache length): the heads attend over the capacity,
         # so a per-prompt capacity meant new attention shapes, and one-time costs, in every prompt.
-        spd = SpdPrompt(model, self.drafter, n, options, prompt, prompt_index, min_spec_capacity=cache_len)
+        spd = SpdPrompt(
+            model, self.drafter, n, options, prompt, prompt_index, min_spec_capacity=cache_len, fast=self.fast
+        )
+        self.fast = spd.fast
         spd.start(*self._prefill(spd.tokens, cache_len))
         crop = NO_CROP
         local_out = None

@@ -83,9 +83,7 @@ def _spd(model, prompts, options: DecodeOptions, opts: dict, warmup: bool = Fals
         lm_head = model.embed_tokens if model.lm_head_weight is None else model.lm_head_weight
         drafter.attach_base(model.norm.detach().cpu().float(), lm_head.detach().cpu().float())
     drafter = drafter.to(device=model.device, dtype=model.dtype).eval()
-    if warmup:
-        run_spd(model, drafter, as_prompts(prompts)[:1], split, options)
-    return run_spd(model, drafter, prompts, split, options)
+    return run_spd(model, drafter, prompts, split, options, warmup=warmup)
 
 
 def _eagle3_head(model, head_path, seed: int) -> Eagle3Head:

@@ -8,18 +8,29 @@ token is emitted, all in-flight tokens and this cycle's draft are flushed, the t
 refill cycles follow in which nothing exits.
 
 Spec-cache invariant (as in the distributed reference): it holds the contiguous prefix of completed positions,
-each encoded with the deepest aggregation type; the rows of in-flight tokens are recomputed every cycle and never
-committed; the row of the token that exited in the previous cycle ("pending") is committed by this cycle's forward.
+each encoded with the deepest aggregation type; the rows of in-flight tokens are recomputed every cycle at their
+positions (the cache is position-masked, so they are overwritten, never committed); the row of the token that
+exited in the previous cycle ("pending") is written at its position by this cycle's forward and stays.
+
+Fast path (T = 0): the drafter (`executor.heads.fast_spd`), every stage step and the verify are fixed-shape
+functions run through a `GraphCache` (CUDA graphs over the compiled layers on a GPU, eager on the CPU); draft
+tokens stay on the device (embedded in the draft graph, synthetic plans read from a static device buffer), so
+fill and refill cycles never wait for the host. The one host sync of a cycle is `to_host` in `SpdPrompt.decide`
+of a saturated cycle: it reads (accepted, target token, drafted token) from the verify graph. T > 0 samples on the
+host (slower, still lossless).
 
 `SpdPrompt` (drafting, verification decision, records) is shared with the distributed controller.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
 
+from executor.graphs import GraphCache
+from executor.heads.fast_spd import FastSpdDrafter
 from executor.schedules.base import cache_length, follow_synthetic, prefill, synthetic_drafts, window
 from executor.schedules.common import (
     DecodeOptions,
@@ -37,15 +48,66 @@ from executor.stages import StageSplit
 from spdsim.contract import SpdsimError
 
 
-@dataclass
-class InFlight:
-    """A token inside the pipeline: its current hidden state and the anchor features it has produced so far."""
+class HostSyncs:
+    """Device-to-host reads of the decode loop (tests check: at most one per cycle, none in fill/refill)."""
 
-    token: int
-    position: int
-    hidden: torch.Tensor  # [1, 1, H]; the distributed controller sets only the embedding and the exit output
-    feats: dict[int, torch.Tensor]
-    draft_probs: torch.Tensor | None  # q of this token when it was drafted (sampling only)
+    count = 0
+
+
+@contextmanager
+def sync_allowed():
+    """Lift `torch.cuda.set_sync_debug_mode("error")` around a deliberate sync (the verify read, a re-anchor)."""
+    mode = torch.cuda.get_sync_debug_mode() if torch.cuda.is_available() else 0
+    if mode:
+        torch.cuda.set_sync_debug_mode(0)
+    try:
+        yield
+    finally:
+        if mode:
+            torch.cuda.set_sync_debug_mode(mode)
+
+
+def to_host(tensor: torch.Tensor, allowed: bool = True) -> list:
+    """The counted host sync: a small device tensor as a Python list."""
+    HostSyncs.count += 1
+    with sync_allowed() if allowed else nullcontext():
+        return tensor.reshape(-1).tolist()
+
+
+class InFlight:
+    """A token inside the pipeline: its id (a device ``[1, 1]`` tensor; the host int is learned at verification,
+    or read on demand), its current hidden state and the anchor features it has produced so far."""
+
+    def __init__(self, token_t, position: int, hidden, feats, draft_probs=None, token: int | None = None):
+        self.token_t = token_t
+        self.position = position
+        self.hidden = (
+            hidden  # [1, 1, H]; the distributed controller sets only the embedding and the exit output
+        )
+        self.feats: dict[int, torch.Tensor] = feats
+        self.draft_probs = draft_probs  # q of this token when it was drafted (sampling only)
+        self._token = token
+
+    @property
+    def token(self) -> int:
+        if self._token is None:  # the distributed controller's control word (one sync, as its drafting had)
+            self._token = int(to_host(self.token_t, allowed=False)[0])
+        return self._token
+
+    @token.setter
+    def token(self, value: int) -> None:
+        self._token = int(value)
+
+
+@dataclass(frozen=True)
+class Draft:
+    """One cycle's draft: device token [1, 1] and embedding [1, 1, H]; logits, host token and q when sampling."""
+
+    token_t: torch.Tensor
+    embed: torch.Tensor
+    logits: torch.Tensor | None = None
+    token: int | None = None
+    probs: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -71,10 +133,17 @@ def check_drafter(model, drafter, split: StageSplit) -> None:
         raise SpdsimError("drafter hidden size does not match the model's")
 
 
+def spec_capacity(prompt_len: int, options: DecodeOptions, num_stages: int) -> int:
+    return prompt_len + options.max_new_tokens + num_stages + 8
+
+
 class SpdPrompt:
     """One prompt's SPD schedule without the stage forwards: pipeline contents, drafting, the verification
     decision and the records. The single-process decoder and the distributed controller both drive it, so their
-    outputs are the same token for token; each runs the stages (and fills `InFlight.feats`) its own way."""
+    outputs are the same token for token; each runs the stages (and fills `InFlight.feats`) its own way.
+
+    ``fast``: a `FastSpdDrafter` shared by the prompts of a run (built here when absent or too small);
+    ``graphs``: where the draft and verify steps run (default: eager)."""
 
     def __init__(
         self,
@@ -85,34 +154,43 @@ class SpdPrompt:
         prompt,
         prompt_index: int,
         min_spec_capacity: int = 0,
+        fast: FastSpdDrafter | None = None,
+        graphs: GraphCache | None = None,
     ):
         self.model, self.drafter, self.options, self.n = model, drafter, options, num_stages
-        self.deepest = drafter.num_aggr_types - 1
         seed = options.prompt_seed(prompt_index)
         self.verifier = Verifier(options.temperature, seed, model.device)
         self.timer = PhaseTimer(model.device)
         self.tokens = list(prompt.tokens)
         self.synthetic = synthetic_drafts(model, self.tokens, options, seed, lookahead=num_stages + 1)
-        capacity = max(min_spec_capacity, len(self.tokens) + options.max_new_tokens + num_stages + 8)
-        self.spec_cache = drafter.new_cache(capacity=capacity)
-        self.arange = torch.arange(capacity, device=model.device)
+        capacity = max(min_spec_capacity, spec_capacity(len(self.tokens), options, num_stages))
+        if fast is None or fast.capacity < capacity:
+            fast = FastSpdDrafter(drafter, model, capacity)
+        self.fast = fast
+        self.graphs = graphs if graphs is not None else GraphCache(enabled=False)
+        fast.reset()
+        fast.load_plan(self.synthetic)
         self.record = PromptRecorder(prompt.prompt_id, len(self.tokens), "spd")
         self.pipeline: list[InFlight] = []  # newest first; pipeline[d] is at depth d
-        self.pending: InFlight | None = None  # exited last cycle; its spec-cache row is committed this cycle
+        self.pending: InFlight | None = None  # exited last cycle; its spec-cache row is written this cycle
         self.first_after_refill = True
+        self.cycle_syncs: dict[int, int] = {}
+        self._syncs_at_start = 0
+        self._draft_fns: dict = {}
+        self._verify_fn = None
 
     def entry(self, token: int, position: int, probs=None) -> InFlight:
-        hidden = self.model.embed(torch.tensor([[token]], device=self.model.device))
-        return InFlight(token, position, hidden, {0: hidden}, probs)
+        """A host token entering stage 0 (device id: a view of a device arange, no host-to-device copy)."""
+        token_t = self.fast.token(token)
+        hidden = self.model.embed(token_t)
+        return InFlight(token_t, position, hidden, {0: hidden}, probs, token=token)
 
     def start(self, logits: torch.Tensor, feats: dict[int, torch.Tensor]) -> None:
         """After the prefill: the prompt's anchors enter the spec cache and the first token enters stage 0."""
-        drafter, length = self.drafter, len(self.tokens)
-        prompt_positions = torch.arange(length, device=self.model.device)
-        drafter.decode(drafter.project(self.deepest, feats), prompt_positions, self.spec_cache, keep=length)
+        self.fast.prefill(feats, len(self.tokens))
         first, probs = self.verifier.sample(logits)
         self.record.commit(first)
-        self.pipeline = [self.entry(first, length, probs)]
+        self.pipeline = [self.entry(first, len(self.tokens), probs)]
 
     def running(self) -> bool:
         tokens = self.record.tokens
@@ -121,52 +199,79 @@ class SpdPrompt:
     def next_cycle(self) -> CycleStep:
         saturated = len(self.pipeline) == self.n
         state = "saturated" if saturated else ("fill" if self.record.verifications == 0 else "refill")
+        self._syncs_at_start = HostSyncs.count
         return CycleStep(len(self.record.cycles), saturated, state)
 
-    def draft(self, cycle: int, stream) -> torch.Tensor:
-        """Phase "draft" on `stream`: full-vocabulary logits of x̂_{t+1} from the pre-step anchors."""
+    def draft(self, cycle: int, stream) -> Draft:
+        """Phase "draft" on `stream`: x̂_{t+1} from the pre-step anchors (rows: [pending], depth n−1 … depth 0)."""
+        fast, pending = self.fast, self.pending
+        entries = ([pending] if pending is not None else []) + self.pipeline[::-1]
         with self.timer.phase(cycle, "draft", stream), stream_context(stream):
-            for entry in (*self.pipeline, *([self.pending] if self.pending is not None else [])):
+            for entry in entries:
                 used_on(stream, *entry.feats.values())
-            return self._draft_logits()
+            rows = len(entries)
+            feats = torch.cat([f for e in entries for f in fast.row_features(e.feats)], dim=1)
+            feats = feats.view(rows, fast.num_types, fast.hidden_size)
+            types = fast.row_types(pending is not None, len(self.pipeline))
+            # Rows are at contiguous positions (spec-cache invariant): slices of a device arange, no host copy.
+            first, newest = entries[0].position, entries[-1].position
+            positions = fast.positions[first : newest + 1]
+            new_position = fast.positions[newest + 1 : newest + 2]
+            span = fast.window(newest)
+            synthetic, want_logits = self.synthetic is not None, not self.verifier.greedy
+            fn_key = (span, synthetic, want_logits)
+            if fn_key not in self._draft_fns:
+                self._draft_fns[fn_key] = fast.step_fn(span, synthetic, want_logits)
+            key = ("draft", rows, span, synthetic, want_logits)
+            outputs = self.graphs.run(key, self._draft_fns[fn_key], feats, types, positions, new_position)
+            return Draft(*self.graphs.clone_outputs(outputs))
 
-    def _draft_logits(self) -> torch.Tensor:
-        drafter, rows, positions = self.drafter, [], []
-        if self.pending is not None:
-            rows.append(drafter.project(self.deepest, self.pending.feats))
-            positions.append(self.pending.position)
-        for depth in reversed(range(len(self.pipeline))):
-            entry = self.pipeline[depth]
-            rows.append(drafter.project(drafter.aggr_of_depth[depth], entry.feats))
-            positions.append(entry.position)
-        # Rows are at contiguous positions (spec-cache invariant): a slice of the device arange, no host copy.
-        position_t = self.arange[positions[0] : positions[-1] + 1]
-        keep = int(self.pending is not None)
-        draft = drafter.decode(torch.cat(rows, dim=1), position_t, self.spec_cache, keep=keep)
-        return drafter.full_vocab_logits(draft[0])
-
-    def sample_draft(self, draft_logits: torch.Tensor, stream) -> tuple[int, torch.Tensor | None]:
-        """The new draft token for the position after the newest in-flight one (and its q when sampling)."""
+    def sample_draft(self, draft: Draft, stream) -> Draft:
+        """Sampling (T > 0): draw the draft token and keep its q (a host sync); greedy drafts stay on the device."""
+        if draft.logits is None:
+            return draft
         with stream_context(stream):
-            token, probs = self.verifier.sample(draft_logits)
-        if self.synthetic is not None:
-            token = self.synthetic.replace(self.pipeline[0].position + 1)
-        return token, probs
+            token, probs = self.verifier.sample(draft.logits)
+            token_t = self.fast.token(token)
+            return Draft(token_t, self.model.embed(token_t), None, token, probs)
 
-    def decide(
-        self, step: CycleStep, draft: tuple[int, torch.Tensor | None], verify_stream=None
-    ) -> int | None:
+    def _verify_step(self):
+        if self._verify_fn is None:
+            model = self.model
+
+            def verify(hidden: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+                target = model.head(hidden)[0, 0].argmax()
+                drafted = candidate.view(())
+                return torch.stack(((target == drafted).long(), target, drafted))
+
+            self._verify_fn = verify
+        return self._verify_fn
+
+    def decide(self, step: CycleStep, draft: Draft, verify_stream=None) -> int | None:
         """Ends the cycle. Saturated: phase "verify" checks the draft now at depth n−1 against the target's head
         on the exiting token's last-stage output (its `hidden`). Accept: the new draft enters stage 0; reject: the
         target's token re-enters alone. Returns the position to crop the target KV to after a rejection."""
-        new_entry = self.entry(draft[0], self.pipeline[0].position + 1, draft[1])
+        position = self.pipeline[0].position + 1
+        new_entry = InFlight(draft.token_t, position, draft.embed, {0: draft.embed}, draft.probs, draft.token)
         record, crop, emitted = self.record, None, 0
         if step.saturated:
             exiting = self.pipeline[-1]
             candidate = self.pipeline[-2] if self.n >= 2 else new_entry
-            with self.timer.phase(step.index, "verify", verify_stream), stream_context(verify_stream):
-                target_logits = self.model.head(exiting.hidden)[0, 0]
-                accepted, token = self.verifier.check(target_logits, candidate.token, candidate.draft_probs)
+            with stream_context(verify_stream):
+                with self.timer.phase(step.index, "verify", verify_stream):
+                    if self.verifier.greedy:
+                        used_on(verify_stream, exiting.hidden, candidate.token_t)
+                        packed = self.graphs.run(
+                            ("verify",), self._verify_step(), exiting.hidden, candidate.token_t
+                        )
+                    else:
+                        target_logits = self.model.head(exiting.hidden)[0, 0]
+                        accepted, token = self.verifier.check(
+                            target_logits, candidate.token, candidate.draft_probs
+                        )
+                if self.verifier.greedy:
+                    accepted, token, candidate.token = to_host(packed)  # the cycle's one host sync
+            accepted = bool(accepted)
             verify_state = "refill" if self.first_after_refill else "saturated"
             row = (candidate.position, 1, candidate.token, token, int(accepted))
             record.log_verification([row], verify_state, self.n)
@@ -184,53 +289,82 @@ class SpdPrompt:
             self.pending = None
             self.pipeline = [new_entry, *self.pipeline]
         record.cycles.append((step.index, step.state, emitted))
+        self.cycle_syncs[step.index] = HostSyncs.count - self._syncs_at_start
         if emitted:
-            follow_synthetic(self.synthetic, record)
+            with sync_allowed():  # a re-anchor (rare, off the clock) runs AR decoding and rewrites the plan
+                follow_synthetic(self.synthetic, record)
+                self.fast.load_plan(self.synthetic)
         return crop
 
 
 class _SpdDecoder:
-    """Runs the stages of one prompt's SPD decode in this process; `run` returns the PromptRun."""
+    """Runs the stages of SPD in this process for every prompt of a run: one target cache, one fast drafter and one
+    `GraphCache` shared by the prompts (graphs are bound to the caches); `run` returns one prompt's PromptRun."""
 
-    def __init__(self, model, drafter, split: StageSplit, options: DecodeOptions, streams):
+    def __init__(
+        self, model, drafter, split: StageSplit, options: DecodeOptions, streams, prompts, use_graphs=True
+    ):
         self.model, self.drafter, self.split, self.options = model, drafter, split, options
-        self.n = split.num_stages
+        self.n = n = split.num_stages
         bound = drafter.anchor_indices
         self.collect = [tuple(b for b in bound if start < b <= end) for start, end in split.ranges]
-        self.stage_streams, self.draft_stream = streams[: self.n], streams[self.n]
+        self.stage_streams, self.draft_stream = streams[:n], streams[n]
+        longest = max(len(p.tokens) for p in prompts)
+        self.cache = model.new_cache(cache_length(model, longest, options, lookahead=n + 1))
+        self.fast = FastSpdDrafter(drafter, model, spec_capacity(longest, options, n))
+        self.graphs = GraphCache(enabled=use_graphs)
+        self._stage_fns: dict = {}
+        self.cycle_guard = lambda step: nullcontext()  # tests: sync-debug checks around steady-state cycles
+
+    def _stage_fn(self, depth: int, span: int):
+        key = (depth, span)
+        if key not in self._stage_fns:
+            model, cache, collect = self.model, self.cache, self.collect[depth]
+            start, end = self.split.ranges[depth]
+
+            def step(hidden: torch.Tensor, position: torch.Tensor):
+                out, got = model.forward_layers(
+                    hidden, position, start, end, cache, collect=collect, kv_len=span
+                )
+                return out, tuple(got[b] for b in collect)
+
+            self._stage_fns[key] = step
+        return self._stage_fns[key]
 
     def run(self, prompt, prompt_index: int):
-        model, options, n = self.model, self.options, self.n
-        spd = SpdPrompt(model, self.drafter, n, options, prompt, prompt_index)
-        cache = model.new_cache(cache_length(model, len(spd.tokens), options, lookahead=n + 1))
-        arange = torch.arange(cache.max_len, device=model.device)
+        model, n, cache = self.model, self.n, self.cache
+        spd = SpdPrompt(
+            model, self.drafter, n, self.options, prompt, prompt_index, fast=self.fast, graphs=self.graphs
+        )
+        cache.reset()
         spd.start(*prefill(model, spd.tokens, cache, collect=self.drafter.anchor_indices))
         while spd.running():
             step = spd.next_cycle()
-            self._fork()
-            draft_logits = spd.draft(step.index, self.draft_stream)
-            for depth, entry in enumerate(spd.pipeline):
-                start, end = self.split.ranges[depth]
-                stream = self.stage_streams[depth]
-                with spd.timer.phase(step.index, f"stage{depth}", stream), stream_context(stream):
-                    used_on(stream, entry.hidden)
-                    position = arange[entry.position : entry.position + 1]
-                    entry.hidden, got = model.forward_layers(
-                        entry.hidden,
-                        position,
-                        start,
-                        end,
-                        cache,
-                        collect=self.collect[depth],
-                        kv_len=window(cache, entry.position),
-                    )
-                    entry.feats.update(got)
-            draft = spd.sample_draft(draft_logits, self.draft_stream)
-            crop = spd.decide(step, draft, self.stage_streams[n - 1])
-            if crop is not None:
-                cache.crop(crop)
-            self._join()
+            with self.cycle_guard(step):
+                self._fork()
+                draft = spd.draft(step.index, self.draft_stream)
+                for depth, entry in enumerate(spd.pipeline):
+                    self._stage(spd, step.index, depth, entry)
+                draft = spd.sample_draft(draft, self.draft_stream)
+                crop = spd.decide(step, draft, self.stage_streams[n - 1])
+                if crop is not None:
+                    cache.crop(crop)
+                self._join()
         return spd.record.freeze(spd.timer)
+
+    def _stage(self, spd: SpdPrompt, cycle: int, depth: int, entry: InFlight) -> None:
+        """Phase "stage{depth}": the stage's graph (compiled layers) on its own stream; its outputs are cloned
+        because the next replay of the same key (next cycle, this depth) overwrites them."""
+        stream = self.stage_streams[depth]
+        span = window(self.cache, entry.position)
+        with spd.timer.phase(cycle, f"stage{depth}", stream), stream_context(stream):
+            used_on(stream, entry.hidden)
+            position = self.fast.positions[entry.position : entry.position + 1]
+            outputs = self.graphs.run(
+                ("stage", depth, span), self._stage_fn(depth, span), entry.hidden, position
+            )
+            entry.hidden, feats = self.graphs.clone_outputs(outputs)
+            entry.feats.update(zip(self.collect[depth], feats, strict=True))
 
     def _fork(self) -> None:
         current = torch.cuda.current_stream() if self.model.device.type == "cuda" else None
@@ -248,14 +382,24 @@ class _SpdDecoder:
 
 @torch.inference_mode()
 def run_spd(
-    model, drafter, prompts, split: StageSplit, options: DecodeOptions = DecodeOptions()
+    model,
+    drafter,
+    prompts,
+    split: StageSplit,
+    options: DecodeOptions = DecodeOptions(),
+    use_graphs: bool = True,
+    warmup: bool = False,
 ) -> RunResult:
-    """Decode every prompt with SPD; the drafter must have been built for this split and model."""
+    """Decode every prompt with SPD; the drafter must have been built for this split and model. ``warmup``: decode
+    the first prompt once, untimed, on the caches and graphs the timed prompts use (they capture nothing new)."""
     options.validate()
     check_drafter(model, drafter, split)
     streams = make_streams(model.device, split.num_stages + 1)
-    decoder = _SpdDecoder(model, drafter, split, options, streams)
-    runs = tuple(decoder.run(prompt, index) for index, prompt in enumerate(as_prompts(prompts)))
+    prompt_list = as_prompts(prompts)
+    decoder = _SpdDecoder(model, drafter, split, options, streams, prompt_list, use_graphs)
+    if warmup:
+        decoder.run(prompt_list[0], 0)
+    runs = tuple(decoder.run(prompt, index) for index, prompt in enumerate(prompt_list))
     head = drafter.head_config
     config = {
         "method": "spd",

@@ -14,9 +14,9 @@ if [ "${TESTS:-1}" = 1 ]; then
   tail -3 "$OUT/gpu_tests.log"
 fi
 if [ "${BENCH:-1}" = 1 ]; then
-  timeout 150 python3 studies/benchmarks/bench_chain.py --model random:qwen3-4b --k 3 --alpha 0.8 --new-tokens 256 --prompts 4 \
+  timeout "${BENCH_S:-150}" python3 studies/benchmarks/bench_chain.py --model random:qwen3-4b --k 3 --alpha 0.8 --new-tokens 256 --prompts 4 \
     --out "$OUT/bench_chain_qwen3-4b_h200.json" > "$OUT/bench.log" 2>&1
-  timeout 150 python3 studies/bench_spd.py --model random:qwen3-4b --stages 4 --alpha 0.8 --new-tokens 256 --prompts 4 \
+  timeout "${BENCH_S:-150}" python3 studies/benchmarks/bench_spd.py --model random:qwen3-4b --stages 4 --alpha 0.8 --new-tokens 256 --prompts 4 \
     --out "$OUT/bench_spd_qwen3-4b_h200.json" >> "$OUT/bench.log" 2>&1
   tail -25 "$OUT/bench.log"
 fi

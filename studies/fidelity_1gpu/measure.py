@@ -75,18 +75,18 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
             f"realised alpha {summary['realised_alpha']} (nominal {summary['nominal_alpha']})"
         )
 
-    save("ar", run_method("ar", model, prompts, **common))
+    def attempt(name: str, method: str, **opts) -> None:
+        try:
+            save(name, run_method(method, model, prompts, **common, **opts))
+        except Exception as exc:  # noqa: BLE001 - a measurement campaign logs a failed run and goes on
+            log(f"{tag} {name}: FAILED {exc!r}"[:400])
+
+    attempt("ar", "ar")
+    for n in SPD_STAGES:
+        attempt(run_name("spd", n, 0.8), "spd", stages=n, synthetic_alpha=0.8)
     for k in CHAIN_K:
         for alpha in CHAIN_ALPHA:
-            save(
-                run_name("eagle3", k, alpha),
-                run_method("eagle3", model, prompts, k=k, synthetic_alpha=alpha, **common),
-            )
-    for n in SPD_STAGES:
-        save(
-            run_name("spd", n, 0.8),
-            run_method("spd", model, prompts, stages=n, synthetic_alpha=0.8, **common),
-        )
+            attempt(run_name("eagle3", k, alpha), "eagle3", k=k, synthetic_alpha=alpha)
 
     log(f"{tag}: profile bundle")
     grid = ProfileGrid(
@@ -115,7 +115,7 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
         "command": " ".join(["python"] + sys.argv),
     }
     (folder / "measure.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    del model, loaded
+    model = loaded = None  # free the GPU before the next model
     if device == "cuda":
         torch.cuda.empty_cache()
         torch._dynamo.reset()
