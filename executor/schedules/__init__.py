@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-METHODS = ("ar", "spd", "draft-model", "eagle3")
+from spdsim.contract import METHODS as ALL_METHODS
+
+# the methods the executor runs for real, in the contract's spelling (spdsim.contract.vocabulary)
+METHODS = tuple(m for m in ALL_METHODS if m in {"ar", "spd", "draft-model", "eagle3"})
 
 
 def run_method(name: str, model, prompts, **opts):

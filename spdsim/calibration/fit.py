@@ -37,6 +37,7 @@ import numpy as np
 
 from spdsim.calibration.measured_runs import MeasuredRun, load_run
 from spdsim.contract.profile_schema import PHASE_COORDINATES, STAT_FIELDS, load_profile, validate_profile
+from spdsim.contract.vocabulary import DRAFTER_FROM_EXECUTOR
 from spdsim.errors import SpdsimError
 from spdsim.latency.profiled import DERIVED_TERMS, FIT_TERMS, fit_phase
 
@@ -208,7 +209,7 @@ def colocated_contention_entry(run: MeasuredRun, profile: dict[str, Any]) -> dic
     from spdsim.calibration.replay import replay_latency, replay_scenario
     from spdsim.methods.pipeline import cycle_plan, pipeline_costs
 
-    if not run.pipeline or run.config.get("drafter") != "colocated":
+    if not run.pipeline or DRAFTER_FROM_EXECUTOR.get(run.config.get("drafter", "")) != "stage0":
         return None
     cycles = pd.read_csv(run.path / "cycles.csv")
     if not {"stage0_us", "draft_us"} <= set(cycles.columns):

@@ -20,6 +20,7 @@ import numpy as np
 from spdsim.calibration.measured_runs import MeasuredRun, PromptMeasure, load_run
 from spdsim.contract.profile_schema import load_profile
 from spdsim.contract.realised import realised_acceptance, realised_warning
+from spdsim.contract.vocabulary import placement_from_executor
 from spdsim.errors import SpdsimError
 from spdsim.scenario.config import AcceptanceSpec, LatencySpec, MethodSpec, ModelShape, Scenario, Workload
 
@@ -64,7 +65,7 @@ def method_spec(run: MeasuredRun) -> MethodSpec:
             num_stages=run.num_stages,
             stage_layers=stage_layers,
             spec_layers=int(config.get("spec_layers") or 1),
-            drafter_placement="own-gpu" if config.get("drafter") == "own" else "stage0",
+            drafter_placement=placement_from_executor(config.get("drafter", "")),
         )
     k = int(config.get("k") or 3)
     return MethodSpec(
