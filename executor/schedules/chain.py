@@ -223,7 +223,7 @@ def run_chain(
     config = {"method": kind, "k": k, **asdict(options)}
     if options.temperature == 0.0:
         max_prompt = max(len(p.tokens) for p in prompts)
-        runtime = ChainRuntime(model, k, max_prompt, options, graphs or GraphCache())
+        runtime = ChainRuntime(model, k, max_prompt, options, graphs if graphs is not None else GraphCache())
         if kind == "eagle3":
             source = GraphedEagle3(FastEagle3.from_head(drafter, model), runtime, max_prompt, options)
         else:

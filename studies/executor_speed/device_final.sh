@@ -7,7 +7,7 @@ OUT=${OUT:-/tmp/out}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD
 for mode in graph spd eager; do
-  timeout 60 python3 studies/debug_graphs_tmp.py $mode > "$OUT/debug_$mode.log" 2>&1
+  timeout 60 python3 studies/executor_speed/cuda_smoke.py $mode > "$OUT/debug_$mode.log" 2>&1
   grep -v "CUDAEvent\|Assertion\|^KEY\|^  in" "$OUT/debug_$mode.log" | grep -E "ok|Error|error" | head -3
 done
 timeout 100 python3 studies/bench_chain.py --model random:qwen3-4b --k 3 --alpha 0.8 --new-tokens 128 --prompts 3 \
