@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from executor.heads.layers import check_base_family
+from executor.heads.layers import check_base_family, same_family
 from executor.heads.spd_v11 import SpdHeadConfig, SpeculationModuleV11
 from spdsim.errors import SpdsimError
 
@@ -107,7 +107,7 @@ def _check_version(config: dict) -> None:
 
 def _check_base_match(config: dict, state: dict, base_config) -> None:
     ckpt_type = config.get("model_type")
-    if ckpt_type is not None and ckpt_type != base_config.model_type:
+    if ckpt_type is not None and not same_family(ckpt_type, base_config.model_type):
         raise SpdsimError(
             f"SPD checkpoint was trained on a {ckpt_type!r} base; the base model given is {base_config.model_type!r}"
         )

@@ -152,6 +152,7 @@ class SpeculationModuleV11(nn.Module):
         self.base_num_layers = base_config.num_hidden_layers
         self.vocab_size = base_config.vocab_size
         self.final_norm_eps = base_config.rms_norm_eps
+        self.final_norm_centred = shape.centred_norm
         self.aggr_of_depth, self.aggr_to_min_depth = aggregation_tables(head)
         bound = head.aggr_feature_bound
         self.aggr_projs = nn.ModuleList(
@@ -163,7 +164,9 @@ class SpeculationModuleV11(nn.Module):
         self.rotary_emb = base_rotary(base_config)
         ids = range(self.vocab_size) if head.draft_token_ids is None else head.draft_token_ids
         self.register_buffer("draft_token_ids", torch.tensor(list(ids), dtype=torch.long), persistent=False)
-        self.register_buffer("final_norm_weight", torch.ones(hidden), persistent=False)
+        self.register_buffer(
+            "final_norm_weight", torch.zeros(hidden) if shape.centred_norm else torch.ones(hidden), persistent=False
+        )
         init_linear_weights(self)
         self.to(dtype)
 
@@ -209,7 +212,8 @@ class SpeculationModuleV11(nn.Module):
 
     def draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Base final norm (frozen) then the draft lm_head: logits over the draft vocabulary."""
-        return self.lm_head(rms_norm(hidden, self.final_norm_weight.to(hidden.dtype), self.final_norm_eps))
+        weight = self.final_norm_weight.to(hidden.dtype)
+        return self.lm_head(rms_norm(hidden, weight, self.final_norm_eps, self.final_norm_centred))
 
     def decode(
         self, rows: torch.Tensor, positions: torch.Tensor, cache: HeadKVCache, keep: int
