@@ -291,7 +291,12 @@ def train_head(
     stage_layers: str = typer.Option(None, help="SPD: explicit per-stage layer counts, e.g. 8,8,7,7"),
     spec_layers: int = typer.Option(2, min=1, help="SPD: drafter decoder layers L_s"),
     aggr_feature_bound: str = typer.Option(
-        "stages", help="SPD anchors: stages (stage boundaries, last L-1), auto, or a list like 0,8,16,23,29"
+        "reference",
+        help="SPD anchors: reference (train.py's 0,8,16,24,31 at L=32: 0,L/4,L/2,3L/4,L-1), stages (stage "
+        "boundaries, last L-1), auto, or a list like 0,8,16,23,29",
+    ),
+    mask_rule: str = typer.Option(
+        "reference", help="SPD training mask of deeper rows: reference (t-T >= fill is deepest) or depth"
     ),
     chain_head: Path = typer.Option(None, help="specdecpp: the trained EAGLE-3 head checkpoint"),
     minutes: float = typer.Option(10.0, min=0.0, help="wall-clock budget (0 = none)"),
@@ -344,6 +349,7 @@ def _train_head(**kw) -> None:
         stage_layers=parse_stage_layers(kw["stage_layers"]) if kw["stage_layers"] else None,
         spec_layers=kw["spec_layers"],
         aggr_feature_bound=kw["aggr_feature_bound"],
+        mask_rule=kw["mask_rule"],
         chain_head=kw["chain_head"],
         ttt_steps=kw["ttt_steps"],
         device=device,

@@ -145,7 +145,13 @@ def deltanet_layer(
     (float32): recurrent state after each of them. Both are read at the positions before ``positions[0]`` and
     written at ``positions`` in place.
     """
-    nk, nv, dk, dv, kernel = shape.key_heads, shape.value_heads, shape.key_dim, shape.value_dim, shape.conv_kernel
+    nk, nv, dk, dv, kernel = (
+        shape.key_heads,
+        shape.value_heads,
+        shape.key_dim,
+        shape.value_dim,
+        shape.conv_kernel,
+    )
     bsz, t, _ = x.shape
     ring = conv_ring.shape[1]
     key_size, value_size = nk * dk, nv * dv
@@ -186,7 +192,9 @@ def deltanet_layer(
     out = out.transpose(1, 2).to(x.dtype)  # [B, T, nv, dv]
     # Gated RMSNorm per value head: x̂·w in the input dtype, times silu(z) in float32.
     o32 = out.float()
-    normed = (w.out_norm * (o32 * torch.rsqrt(o32.pow(2).mean(-1, keepdim=True) + shape.eps)).to(x.dtype)).float()
+    normed = (
+        w.out_norm * (o32 * torch.rsqrt(o32.pow(2).mean(-1, keepdim=True) + shape.eps)).to(x.dtype)
+    ).float()
     gated = (normed * F.silu(z.reshape(bsz, t, nv, dv).float())).to(x.dtype)
     x = x + F.linear(gated.reshape(bsz, t, value_size), w.out_proj)
     return _mlp(x, w.post_norm, w.gate_up, w.down, shape.eps)
@@ -240,7 +248,11 @@ def gated_attention_layer(
 
 
 def hybrid_step_inputs(
-    rope_cos: torch.Tensor, rope_sin: torch.Tensor, positions: torch.Tensor, window: int, lengths: torch.Tensor
+    rope_cos: torch.Tensor,
+    rope_sin: torch.Tensor,
+    positions: torch.Tensor,
+    window: int,
+    lengths: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """RoPE rows and the additive position mask of one forward; raises the layers' ``lengths`` in place."""
     slots = torch.arange(window, device=positions.device)

@@ -69,10 +69,14 @@ class HybridConfig:
     @classmethod
     def from_hf(cls, hf: Any) -> HybridConfig:
         if hf.model_type not in HYBRID_MODEL_TYPES:
-            raise ValueError(f"model_type '{hf.model_type}' is not a hybrid family ({', '.join(HYBRID_MODEL_TYPES)})")
+            raise ValueError(
+                f"model_type '{hf.model_type}' is not a hybrid family ({', '.join(HYBRID_MODEL_TYPES)})"
+            )
         rope = dict(getattr(hf, "rope_parameters", None) or {})
         if rope.get("rope_type", "default") != "default":
-            raise ValueError(f"rope_type '{rope['rope_type']}' is not supported by the hybrid decoder (default)")
+            raise ValueError(
+                f"rope_type '{rope['rope_type']}' is not supported by the hybrid decoder (default)"
+            )
         factor = float(rope.get("partial_rotary_factor", getattr(hf, "partial_rotary_factor", 1.0)))
         if bool(getattr(hf, "attention_bias", False)):
             raise ValueError("attention_bias is not supported by the hybrid decoder")
@@ -104,7 +108,9 @@ class HybridConfig:
 
     @property
     def conv_dim(self) -> int:
-        return 2 * self.linear_key_heads * self.linear_key_dim + self.linear_value_heads * self.linear_value_dim
+        return (
+            2 * self.linear_key_heads * self.linear_key_dim + self.linear_value_heads * self.linear_value_dim
+        )
 
     def layer_parameters(self, index: int) -> int:
         h, i = self.hidden_size, self.intermediate_size
@@ -114,7 +120,9 @@ class HybridConfig:
             mixer = h * (self.conv_dim + vd + 2 * nv) + self.conv_dim * self.conv_kernel + 2 * nv
             return common + mixer + self.linear_value_dim + vd * h
         hd = self.head_dim
-        return common + h * (2 * self.num_heads + 2 * self.num_kv_heads) * hd + self.num_heads * hd * h + 2 * hd
+        return (
+            common + h * (2 * self.num_heads + 2 * self.num_kv_heads) * hd + self.num_heads * hd * h + 2 * hd
+        )
 
     def num_parameters(self) -> int:
         embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
@@ -139,7 +147,16 @@ class HybridCache:
     layer; ``conv_rings[i]`` ``[B, R, C]`` and ``state_rings[i]`` ``[R, B, nv, dk, dv]`` (float32) the reverse.
     """
 
-    def __init__(self, cfg: HybridConfig, max_len: int, *, batch_size=1, device="cpu", dtype=torch.float32, ring=STATE_RING):
+    def __init__(
+        self,
+        cfg: HybridConfig,
+        max_len: int,
+        *,
+        batch_size=1,
+        device="cpu",
+        dtype=torch.float32,
+        ring=STATE_RING,
+    ):
         self.num_layers = cfg.num_layers
         self.max_len = max_len
         self.batch_size = batch_size
@@ -151,9 +168,12 @@ class HybridCache:
         self.values = [torch.zeros(kv_shape if f else empty, device=device, dtype=dtype) for f in full]
         state = (ring, batch_size, cfg.linear_value_heads, cfg.linear_key_dim, cfg.linear_value_dim)
         self.conv_rings = [
-            None if f else torch.zeros(batch_size, ring, cfg.conv_dim, device=device, dtype=dtype) for f in full
+            None if f else torch.zeros(batch_size, ring, cfg.conv_dim, device=device, dtype=dtype)
+            for f in full
         ]
-        self.state_rings = [None if f else torch.zeros(state, device=device, dtype=torch.float32) for f in full]
+        self.state_rings = [
+            None if f else torch.zeros(state, device=device, dtype=torch.float32) for f in full
+        ]
         self.lengths = torch.zeros(cfg.num_layers, dtype=torch.long, device=device)
 
     def layer_range(self, start_layer: int = 0, end_layer: int | None = None) -> range:
@@ -254,7 +274,9 @@ class HybridModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.max_seq_len = max_seq_len
-        self.attn_shape = AttnShape(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rotary_dim, cfg.rms_norm_eps)
+        self.attn_shape = AttnShape(
+            cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rotary_dim, cfg.rms_norm_eps
+        )
         self.delta_shape = DeltaNetShape(
             cfg.linear_key_heads,
             cfg.linear_value_heads,
@@ -364,7 +386,9 @@ class HybridModel(nn.Module):
     def num_layers(self) -> int:
         return self.cfg.num_layers
 
-    def new_cache(self, max_len: int | None = None, batch_size: int = 1, ring: int = STATE_RING) -> HybridCache:
+    def new_cache(
+        self, max_len: int | None = None, batch_size: int = 1, ring: int = STATE_RING
+    ) -> HybridCache:
         max_len = max_len or self.max_seq_len
         if max_len > self.max_seq_len:
             raise ValueError(f"cache max_len {max_len} exceeds the model's max_seq_len {self.max_seq_len}")
@@ -452,7 +476,11 @@ class HybridModel(nn.Module):
         weight = self.embed_tokens if self.lm_head_weight is None else self.lm_head_weight
         return self._fn("head", hidden.shape[1])(hidden, self.norm, weight, self.cfg.rms_norm_eps)
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: HybridCache, kv_len: int | None = None):
+    def forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache: HybridCache, kv_len: int | None = None
+    ):
         """Whole model: tokens ``[B, T]`` at ``positions [T]`` -> logits ``[B, T, V]`` (float32)."""
-        hidden, _ = self.forward_layers(self.embed(tokens), positions, 0, self.num_layers, cache, kv_len=kv_len)
+        hidden, _ = self.forward_layers(
+            self.embed(tokens), positions, 0, self.num_layers, cache, kv_len=kv_len
+        )
         return self.head(hidden)

@@ -169,7 +169,11 @@ PRESETS["tiny-qwen3.5"] = {
     "linear_num_value_heads": 4,
     "linear_key_head_dim": 16,
     "linear_value_head_dim": 16,
-    "rope_parameters": {**_QWEN35_COMMON["rope_parameters"], "rope_theta": 10000.0, "mrope_section": [1, 1, 0]},
+    "rope_parameters": {
+        **_QWEN35_COMMON["rope_parameters"],
+        "rope_theta": 10000.0,
+        "mrope_section": [1, 1, 0],
+    },
     "tie_word_embeddings": False,
 }
 

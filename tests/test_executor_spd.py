@@ -36,7 +36,7 @@ def reference(model):
 
 
 @pytest.mark.parametrize(
-    "split", [{"stages": 2}, {"stages": 4}, {"stage_layers": [1, 3]}, {"stage_layers": [2, 1, 1]}]
+    "split", [{"stages": 2}, {"stages": 4}, {"stage_layers": [3, 1]}, {"stage_layers": [2, 1, 1]}]
 )
 def test_untrained_drafter_is_lossless(model, reference, split):
     result = run_method("spd", model, prompts(), max_new_tokens=NEW, **split)

@@ -87,7 +87,9 @@ def base_rotary(config) -> nn.Module:
         from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
         return LlamaRotaryEmbedding(config)
-    if config.model_type in QWEN35_FAMILIES:  # partial RoPE; mRoPE sections collapse to 1-D for text positions
+    if (
+        config.model_type in QWEN35_FAMILIES
+    ):  # partial RoPE; mRoPE sections collapse to 1-D for text positions
         from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5TextRotaryEmbedding
 
         return Qwen3_5TextRotaryEmbedding(getattr(config, "text_config", None) or config)
