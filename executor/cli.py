@@ -40,6 +40,10 @@ def run(
     limit: int = typer.Option(4, min=1, help="prompts per dataset"),
     max_new_tokens: int = typer.Option(64, min=1),
     temperature: float = typer.Option(0.0, min=0.0),
+    top_k: int = typer.Option(None, help="T > 0: top-k of target, draft and first token (SPD authors: 50)"),
+    top_p: float = typer.Option(
+        None, help="T > 0: top-p of target, draft and first token (SPD authors: 0.95)"
+    ),
     stages: int = typer.Option(None, help="SPD: number of pipeline stages"),
     stage_layers: str = typer.Option(None, help="SPD: explicit per-stage layer counts, e.g. 8,8,7,7"),
     k: int = typer.Option(None, help="chain SD: draft length K"),
@@ -117,6 +121,9 @@ def _run(**kw) -> None:
     }
     if kw["synthetic_alpha"] is not None:
         opts["synthetic_alpha"] = kw["synthetic_alpha"]
+    for key in ("top_k", "top_p"):  # temperature-only sampling unless asked
+        if kw[key] is not None:
+            opts[key] = kw[key]
     if kw["method"] == "ar":
         opts["use_graphs"] = kw["graphs"]
     if kw["stages"] is not None:
