@@ -66,6 +66,9 @@ def model_shape(name: str, model: FastModel) -> dict[str, Any]:
         vocab_size=cfg.vocab_size,
         tied_embeddings=cfg.tie_word_embeddings,
         dtype_bytes=model.embed_tokens.element_size(),
+        linear_attention_layers=len(
+            getattr(cfg, "linear_layers", ())
+        ),  # Qwen3.5 hybrid: Gated-DeltaNet layers
     )
     return asdict(shape)
 

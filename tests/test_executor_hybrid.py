@@ -180,3 +180,27 @@ def test_graphs_and_compiled_layers_stay_lossless_on_the_gpu(prompt_set):
     assert_lossless(ar, reference)
     result = run_method("spd", model, prompt_set, max_new_tokens=NEW, stages=4, synthetic_alpha=0.6)
     assert_lossless(result, reference)
+
+
+@pytest.mark.parametrize("name", ["qwen3.5-4b", "qwen3.5-9b"])
+def test_simulator_shapes_are_the_executor_presets(name):
+    from spdsim.presets import get_model
+
+    shape = get_model(name)
+    fields = dict(PRESETS[name])
+    fields.pop("architectures")
+    cfg = HybridConfig.from_hf(AutoConfig.for_model(fields.pop("model_type"), **fields))
+    assert (shape.num_layers, shape.hidden_size, shape.intermediate_size) == (
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.intermediate_size,
+    )
+    assert (shape.num_attention_heads, shape.num_kv_heads, shape.head_dim, shape.vocab_size) == (
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        cfg.vocab_size,
+    )
+    assert shape.tied_embeddings == cfg.tie_word_embeddings
+    assert shape.linear_attention_layers == len(cfg.linear_layers)
+    assert f"random:{name}" in shape.source
