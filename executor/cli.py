@@ -47,6 +47,7 @@ def run(
     stages: int = typer.Option(None, help="SPD: number of pipeline stages"),
     stage_layers: str = typer.Option(None, help="SPD: explicit per-stage layer counts, e.g. 8,8,7,7"),
     k: int = typer.Option(None, help="chain SD: draft length K"),
+    spec_layers: int = typer.Option(None, min=1, help="SPD without --head: drafter decoder layers L_s (1)"),
     head: Path = typer.Option(None, help="SPD / EAGLE-3 head checkpoint"),
     draft_model: str = typer.Option(None, help="draft-model: the draft model spec"),
     synthetic_alpha: float = typer.Option(None, help="timing runs: accept a draft with this probability"),
@@ -132,6 +133,8 @@ def _run(**kw) -> None:
         opts["stage_layers"] = parse_stage_layers(kw["stage_layers"])
     if kw["k"] is not None:
         opts["k"] = kw["k"]
+    if kw["spec_layers"] is not None:
+        opts["spec_layers"] = kw["spec_layers"]
     if kw["head"] is not None:
         opts["head"] = kw["head"]
     if kw["draft_model"]:

@@ -204,3 +204,14 @@ def test_simulator_shapes_are_the_executor_presets(name):
     assert shape.tied_embeddings == cfg.tie_word_embeddings
     assert shape.linear_attention_layers == len(cfg.linear_layers)
     assert f"random:{name}" in shape.source
+
+
+def test_cli_spd_run_on_the_tiny_hybrid_prints_the_lossless_line():
+    from typer.testing import CliRunner
+
+    from executor.cli import app
+
+    args = ["run", "--model", "random:tiny-qwen3.5", "--method", "spd", "--stages", "2", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--limit", "1", "--max-new-tokens", "8", "--spec-layers", "2"])
+    assert result.exit_code == 0, result.output
+    assert "1/1 prompts identical — lossless" in result.output
