@@ -203,7 +203,15 @@ def test_simulator_shapes_are_the_executor_presets(name):
     )
     assert shape.tied_embeddings == cfg.tie_word_embeddings
     assert shape.linear_attention_layers == len(cfg.linear_layers)
-    assert f"random:{name}" in shape.source
+    import json
+    from pathlib import Path
+
+    import spdsim
+
+    source = json.loads((Path(spdsim.__file__).parent / "profiles" / "models" / f"{name}.json").read_text())[
+        "source"
+    ]
+    assert f"random:{name}" in source
 
 
 def test_cli_spd_run_on_the_tiny_hybrid_prints_the_lossless_line():
