@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from executor.cache import window_capacity
 from executor.deltanet import (
     RECURRENT_MAX_TOKENS,
     AttnShape,
@@ -392,6 +393,9 @@ class HybridModel(nn.Module):
         max_len = max_len or self.max_seq_len
         if max_len > self.max_seq_len:
             raise ValueError(f"cache max_len {max_len} exceeds the model's max_seq_len {self.max_seq_len}")
+        max_len = window_capacity(
+            max_len, self.max_seq_len
+        )  # windows a function of position alone (cache.py)
         return HybridCache(
             self.cfg, max_len, batch_size=batch_size, device=self.device, dtype=self.dtype, ring=ring
         )

@@ -106,8 +106,8 @@ def test_crop_rewinds_the_deltanet_state_and_the_kv(hf_model, ids):
 def test_model_api_and_cache_shapes(hf_model):
     fast = HybridModel.from_hf(hf_model, max_seq_len=256)
     cache = fast.new_cache(64)
-    assert fast.num_layers == 8 and fast.dtype == torch.float32 and cache.max_len == 64
-    assert cache.keys[0].shape[2] == 0 and cache.keys[3].shape[2] == 64
+    assert fast.num_layers == 8 and fast.dtype == torch.float32 and cache.max_len == 256  # whole windows
+    assert cache.keys[0].shape[2] == 0 and cache.keys[3].shape[2] == 256
     assert cache.state_rings[0].dtype == torch.float32 and cache.state_rings[3] is None
     assert base_config_of(fast).model_type == "qwen3_5_text"
 
@@ -202,7 +202,12 @@ def test_simulator_shapes_are_the_executor_presets(name):
         cfg.vocab_size,
     )
     assert shape.tied_embeddings == cfg.tie_word_embeddings
-    assert shape.linear_attention_layers == len(cfg.linear_layers)
+    assert shape.linear_attention_layers == len(cfg.linear_layers) and shape.attention_output_gate
+    assert (shape.linear_key_heads, shape.linear_value_heads, shape.linear_head_dim) == (
+        cfg.linear_key_heads,
+        cfg.linear_value_heads,
+        cfg.linear_key_dim,
+    )
     import json
     from pathlib import Path
 
