@@ -416,6 +416,11 @@ class HybridModel(nn.Module):
             return self._compiled[name]
         return eager[name]
 
+    def layer_functions(self, query_tokens: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """The full-attention layer and step-input functions (compiled, or eager), as ``FastModel``'s: what the
+        SPD drafter's Qwen3.5 spec layers (gated full attention) run through (``executor.heads.fast_spd``)."""
+        return self._fn(FULL, query_tokens), self._fn("inputs", query_tokens)
+
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.embedding(tokens, self.embed_tokens)
 
