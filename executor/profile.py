@@ -66,6 +66,12 @@ def model_shape(name: str, model: FastModel) -> dict[str, Any]:
         vocab_size=cfg.vocab_size,
         tied_embeddings=cfg.tie_word_embeddings,
         dtype_bytes=model.embed_tokens.element_size(),
+        # Qwen3.5 hybrid: Gated-DeltaNet layers and their shape, the attention output gate
+        linear_attention_layers=len(getattr(cfg, "linear_layers", ())),
+        attention_output_gate=hasattr(cfg, "linear_layers"),
+        linear_key_heads=getattr(cfg, "linear_key_heads", 0),
+        linear_value_heads=getattr(cfg, "linear_value_heads", 0),
+        linear_head_dim=getattr(cfg, "linear_value_dim", 0),
     )
     return asdict(shape)
 

@@ -77,6 +77,14 @@ class FastSpdDrafter:
         self.projections = [proj.weight.detach() for proj in module.aggr_projs]
         self.layers = [pack_decoder_layer(layer) for layer in module.spec_layers]
         self.shape = layer_shape(module.spec_layers[0])
+        # Qwen3.5 base: gated-attention spec layers (the packed q rows hold query and gate per head) with
+        # zero-centred norms and partial RoPE run through the hybrid target's full-attention layer function.
+        self.centred = module.final_norm_centred
+        if module.spec_layers[0].self_attn.gated:
+            from executor.deltanet import AttnShape
+
+            s = self.shape
+            self.shape = AttnShape(s.num_heads, s.num_kv_heads, s.head_dim, model.cfg.rotary_dim, s.eps)
         self.norm = module.final_norm_weight.detach()
         self.norm_eps = module.final_norm_eps
         self.lm_head = module.lm_head.weight.detach()
@@ -178,6 +186,10 @@ class FastSpdDrafter:
 
     def draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm (frozen base) + draft lm_head: float32 logits over the draft vocabulary."""
+        if self.centred:
+            from executor.deltanet import centred_head_logits
+
+            return centred_head_logits(hidden, self.norm, self.lm_head, self.norm_eps)
         return head_logits(hidden, self.norm, self.lm_head, self.norm_eps)
 
     def full_vocab_logits(self, draft_logits: torch.Tensor) -> torch.Tensor:

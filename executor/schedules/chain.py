@@ -149,7 +149,7 @@ def run_chain_prompt(
 
     `make_drafter(prompt_tokens, prefill_feats)` builds the drafter after the prefill (features of `collect`)."""
     seed = options.prompt_seed(index)
-    verifier = Verifier(options.temperature, seed, model.device)
+    verifier = Verifier(options.temperature, seed, model.device, options.top_k, options.top_p)
     timer = PhaseTimer(model.device)
     tokens = list(prompt.tokens)
     synthetic = synthetic_drafts(model, tokens, options, seed, lookahead=k + 1)
