@@ -21,42 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from executor.cache import KVCache, kv_bucket, window_capacity
-from executor.fastmodel import LayerShape, LayerWeights, head_logits
-from executor.heads.layers import DecoderLayer
-from spdsim.errors import SpdsimError
-
-
-# `pack_decoder_layer` and `layer_shape` have the names and signatures of `executor.heads.fast_layer` (the chain
-# heads' packing helpers, developed alongside); once both are merged, this module can import them from there.
-def pack_decoder_layer(layer: DecoderLayer, device=None, dtype=None) -> LayerWeights:
-    """An HF-named `DecoderLayer` (q/k/v, gate/up separate) in the fast decoder's fused layout."""
-    attn, mlp = layer.self_attn, layer.mlp
-    if attn.o_proj.bias is not None:
-        raise SpdsimError("spec layers with an o_proj bias are not supported by the fast drafter")
-
-    def take(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.detach().to(device=device or tensor.device, dtype=dtype or tensor.dtype).contiguous()
-
-    qkv_bias = None
-    if attn.q_proj.bias is not None:
-        qkv_bias = take(torch.cat((attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias)))
-    return LayerWeights(
-        input_norm=take(layer.input_layernorm.weight),
-        qkv=take(torch.cat((attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight))),
-        qkv_bias=qkv_bias,
-        q_norm=take(attn.q_norm.weight),
-        k_norm=take(attn.k_norm.weight),
-        o_proj=take(attn.o_proj.weight),
-        post_norm=take(layer.post_attention_layernorm.weight),
-        gate_up=take(torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight))),
-        down=take(mlp.down_proj.weight),
-    )
-
-
-def layer_shape(layer: DecoderLayer) -> LayerShape:
-    """Heads, KV heads, head dim and RMSNorm eps of a spec layer (fast decoder's `LayerShape`)."""
-    attn = layer.self_attn
-    return LayerShape(attn.num_heads, attn.num_kv_heads, attn.head_dim, layer.shape.rms_norm_eps)
+from executor.fastmodel import head_logits
+from executor.heads.fast_layer import layer_shape, pack_decoder_layer
 
 
 class FastSpdDrafter:
