@@ -39,9 +39,14 @@ def run(
     limit: int = typer.Option(4, min=1, help="prompts per dataset"),
     max_new_tokens: int = typer.Option(64, min=1),
     temperature: float = typer.Option(0.0, min=0.0),
+    top_k: int = typer.Option(None, help="T > 0: top-k of target, draft and first token (SPD authors: 50)"),
+    top_p: float = typer.Option(
+        None, help="T > 0: top-p of target, draft and first token (SPD authors: 0.95)"
+    ),
     stages: int = typer.Option(None, help="SPD: number of pipeline stages"),
     stage_layers: str = typer.Option(None, help="SPD: explicit per-stage layer counts, e.g. 8,8,7,7"),
     k: int = typer.Option(None, help="chain SD: draft length K"),
+    spec_layers: int = typer.Option(None, min=1, help="SPD without --head: drafter decoder layers L_s (1)"),
     head: Path = typer.Option(None, help="SPD / EAGLE-3 head checkpoint"),
     draft_model: str = typer.Option(None, help="draft-model: the draft model spec"),
     synthetic_alpha: float = typer.Option(None, help="timing runs: accept a draft with this probability"),
@@ -116,6 +121,9 @@ def _run(**kw) -> None:
     }
     if kw["synthetic_alpha"] is not None:
         opts["synthetic_alpha"] = kw["synthetic_alpha"]
+    for key in ("top_k", "top_p"):  # temperature-only sampling unless asked
+        if kw[key] is not None:
+            opts[key] = kw[key]
     if kw["method"] == "ar":
         opts["use_graphs"] = kw["graphs"]
     if kw["stages"] is not None:
@@ -124,6 +132,8 @@ def _run(**kw) -> None:
         opts["stage_layers"] = parse_stage_layers(kw["stage_layers"])
     if kw["k"] is not None:
         opts["k"] = kw["k"]
+    if kw["spec_layers"] is not None:
+        opts["spec_layers"] = kw["spec_layers"]
     if kw["head"] is not None:
         opts["head"] = kw["head"]
     if kw["draft_model"]:
@@ -292,7 +302,12 @@ def train_head(
     stage_layers: str = typer.Option(None, help="SPD: explicit per-stage layer counts, e.g. 8,8,7,7"),
     spec_layers: int = typer.Option(2, min=1, help="SPD: drafter decoder layers L_s"),
     aggr_feature_bound: str = typer.Option(
-        "stages", help="SPD anchors: stages (stage boundaries, last L-1), auto, or a list like 0,8,16,23,29"
+        "reference",
+        help="SPD anchors: reference (train.py's 0,8,16,24,31 at L=32: 0,L/4,L/2,3L/4,L-1), stages (stage "
+        "boundaries, last L-1), auto, or a list like 0,8,16,23,29",
+    ),
+    mask_rule: str = typer.Option(
+        "reference", help="SPD training mask of deeper rows: reference (t-T >= fill is deepest) or depth"
     ),
     chain_head: Path = typer.Option(None, help="specdecpp: the trained EAGLE-3 head checkpoint"),
     minutes: float = typer.Option(10.0, min=0.0, help="wall-clock budget (0 = none)"),
@@ -345,6 +360,7 @@ def _train_head(**kw) -> None:
         stage_layers=parse_stage_layers(kw["stage_layers"]) if kw["stage_layers"] else None,
         spec_layers=kw["spec_layers"],
         aggr_feature_bound=kw["aggr_feature_bound"],
+        mask_rule=kw["mask_rule"],
         chain_head=kw["chain_head"],
         ttt_steps=kw["ttt_steps"],
         device=device,

@@ -60,7 +60,7 @@ class GraphedStep:
 
 
 class GraphCache:
-    """Lazily captured graphs keyed by shape class (e.g. ``("stage", 2, kv_bucket)``), sharing one memory pool.
+    """Lazily captured graphs keyed by shape class (e.g. ``("stage", 2, kv_bucket)``), each in its own memory pool.
 
     With ``enabled=False`` (or on a non-CUDA device) every call runs ``fn`` eagerly, so the same schedule code runs
     on the CPU in tests.
@@ -70,7 +70,11 @@ class GraphCache:
         self.enabled = enabled and torch.cuda.is_available()
         self.warmup_iters = warmup_iters
         self._graphs: dict[Hashable, GraphedStep] = {}
-        self._pool = torch.cuda.graph_pool_handle() if self.enabled else None
+        # A private memory pool per graph: with one shared pool, a graph captured earlier reuses, as scratch on
+        # replay, blocks that a later capture gave its static outputs; a schedule that replays graphs out of
+        # capture order (chain: draft, verify, draft0, draft, verify) then reads clobbered outputs (seen on the
+        # H200 as garbage token ids in the verify's inputs, studies/executor_speed/README.md).
+        self._pool = None
 
     def __len__(self) -> int:
         return len(self._graphs)

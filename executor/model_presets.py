@@ -115,8 +115,67 @@ PRESETS["tiny-llama"] = {
     },
 }
 
-# Presets whose architecture the fast decoder cannot run, with the reason (one line each).
-UNSUPPORTED: dict[str, str] = {
-    "qwen3.5-4b": "random:qwen3.5-4b: Qwen3.5's Gated DeltaNet linear-attention layers are not supported by the "
-    "executor (dense Llama/Qwen2/Qwen3 attention only); use random:qwen3-4b for a same-size dense shape",
+# Qwen3.5 (hybrid: Gated DeltaNet + gated full attention, 3:1). Source: the published Qwen/Qwen3.5-4B and
+# Qwen/Qwen3.5-9B config.json text_config as recalled (the hub is unreachable here), cross-checked against
+# transformers 5.24 ``Qwen3_5TextConfig``, whose defaults are documented as "the Qwen3.5-9B style configuration"
+# (vocab 248320, hidden 4096, intermediate 12288, 32 layers, 16 q / 4 kv heads, head_dim 256, linear attention
+# 16 key / 32 value heads of dim 128, conv kernel 4, full_attention_interval 4, partial rotary 0.25). The 4B
+# shares everything but hidden 2560, intermediate 9216 and tied embeddings (docs/spd.md §2.4).
+_QWEN35_COMMON: dict[str, Any] = {
+    "model_type": "qwen3_5_text",
+    "architectures": ["Qwen3_5ForCausalLM"],
+    "vocab_size": 248320,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 4,
+    "head_dim": 256,
+    "hidden_act": "silu",
+    "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 262144,
+    "attention_bias": False,
+    "linear_conv_kernel_dim": 4,
+    "linear_key_head_dim": 128,
+    "linear_value_head_dim": 128,
+    "linear_num_key_heads": 16,
+    "linear_num_value_heads": 32,
+    "full_attention_interval": 4,
+    "rope_parameters": {
+        "rope_type": "default",
+        "rope_theta": 10000000.0,
+        "partial_rotary_factor": 0.25,
+        "mrope_section": [11, 11, 10],
+        "mrope_interleaved": True,
+    },
+    "eos_token_id": 248044,
 }
+PRESETS["qwen3.5-4b"] = {
+    **_QWEN35_COMMON,
+    "hidden_size": 2560,
+    "intermediate_size": 9216,
+    "tie_word_embeddings": True,
+}
+PRESETS["qwen3.5-9b"] = {
+    **_QWEN35_COMMON,
+    "hidden_size": 4096,
+    "intermediate_size": 12288,
+    "tie_word_embeddings": False,
+}
+# The same architecture at a CPU-test size: 8 layers = 2 x (3 DeltaNet + 1 gated attention).
+PRESETS["tiny-qwen3.5"] = {
+    **_QWEN35_COMMON,
+    **_TINY,
+    "num_hidden_layers": 8,
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 4,
+    "linear_key_head_dim": 16,
+    "linear_value_head_dim": 16,
+    "rope_parameters": {
+        **_QWEN35_COMMON["rope_parameters"],
+        "rope_theta": 10000.0,
+        "mrope_section": [1, 1, 0],
+    },
+    "tie_word_embeddings": False,
+}
+
+# Presets whose architecture the fast decoder cannot run, with the reason (one line each).
+UNSUPPORTED: dict[str, str] = {}

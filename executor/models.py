@@ -253,12 +253,14 @@ def load_fast_model(
     max_seq_len: int = 4096,
     cache_dir: Path | None = None,
 ) -> tuple[Any, LoadedModel]:
-    """``(FastModel, LoadedModel)`` for a spec; the HF model stays available as the reference."""
+    """``(FastModel or HybridModel, LoadedModel)`` for a spec; the HF model stays available as the reference."""
     from executor.fastmodel import FastModel
+    from executor.hybrid import HYBRID_MODEL_TYPES, HybridModel
 
     loaded = load_model(spec, device=device, dtype=dtype, seed=seed, cache_dir=cache_dir)
+    hybrid = loaded.hf_model.config.model_type in HYBRID_MODEL_TYPES
     try:
-        fast = FastModel.from_hf(loaded.hf_model, max_seq_len=max_seq_len)
+        fast = (HybridModel if hybrid else FastModel).from_hf(loaded.hf_model, max_seq_len=max_seq_len)
     except ValueError as exc:
         raise SpdsimError(f"model '{spec}': {exc}") from None
     return fast, loaded

@@ -65,6 +65,12 @@ def model_shape(name: str, model: FastModel) -> dict[str, Any]:
         vocab_size=cfg.vocab_size,
         tied_embeddings=cfg.tie_word_embeddings,
         dtype_bytes=model.embed_tokens.element_size(),
+        # Qwen3.5 hybrid: Gated-DeltaNet layers and their shape, the attention output gate
+        linear_attention_layers=len(getattr(cfg, "linear_layers", ())),
+        attention_output_gate=hasattr(cfg, "linear_layers"),
+        linear_key_heads=getattr(cfg, "linear_key_heads", 0),
+        linear_value_heads=getattr(cfg, "linear_value_heads", 0),
+        linear_head_dim=getattr(cfg, "linear_value_dim", 0),
     )
     return asdict(shape)
 
@@ -263,14 +269,15 @@ def profile_spd_drafter(
             drafter = SpeculationModuleV11(base, head).to(device=model.device, dtype=model.dtype).eval()
             drafter.attach_base(model.norm.detach().float().cpu(), lm_head.detach().float().cpu())
             drafter.to(device=model.device, dtype=model.dtype)
-            fast = FastSpdDrafter(drafter, model, max(grid.kv_lens))
+            fast = FastSpdDrafter(drafter, model, max(grid.kv_lens) + n + 2)
             hidden = model.cfg.hidden_size
             feats = torch.randn(n + 1, fast.num_types, hidden, device=model.device, dtype=model.dtype)
             types = fast.row_types(True, n)
-            for kv_len in (k for k in grid.kv_lens if k > n):
-                positions = _positions(model, kv_len, n + 1)  # the rows end a kv_len-long spec context
+            for kv_len in grid.kv_lens:
+                # kv_len committed spec positions, then the n + 1 rows (the model's context covers them).
+                positions = torch.arange(kv_len, kv_len + n + 1, device=model.device)
                 new_position = positions[-1:] + 1
-                step = fast.step_fn(fast.window(kv_len - 1), synthetic=False, want_logits=False)
+                step = fast.step_fn(fast.window(kv_len + n), synthetic=False, want_logits=False)
                 stats = timer.time(step, feats, types, positions, new_position)
                 coords = {"spec_layers": spec_layers, "query_tokens": n + 1, "kv_len": kv_len}
                 entries.append(_entry(coords, stats))

@@ -99,7 +99,7 @@ def _run_graphed(
 ) -> RunResult:
     """T = 0: the chain's device path with k_max drafts, the acceptance head per draft, the stop rule on device."""
     max_prompt = max(len(p.tokens) for p in prompts)
-    runtime = ChainRuntime(model, k_max, max_prompt, options, graphs or GraphCache())
+    runtime = ChainRuntime(model, k_max, max_prompt, options, graphs if graphs is not None else GraphCache())
     source = GraphedEagle3(FastEagle3.from_head(head, model), runtime, max_prompt, options)
 
     def accept_fn(row: torch.Tensor) -> torch.Tensor:

@@ -56,7 +56,7 @@ def test_profile_writes_a_bundle(tmp_path: Path) -> None:
 
 def test_bad_inputs_exit_2_with_one_line() -> None:
     for args in (
-        ["run", "--model", "random:qwen3.5-4b"],
+        ["run", "--model", "random:qwen3.5-27b"],  # unknown preset
         ["run", "--model", "random:tiny-qwen3", "--method", "medusa"],
         ["run", "--model", "random:tiny-qwen3", "--prompts", "mmlu"],
         ["profile", "--model", "random:tiny-qwen3", "--kv-lens", "a,b"],

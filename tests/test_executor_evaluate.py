@@ -32,7 +32,7 @@ def evaluated(tmp_path_factory):
     model, loaded = load_fast_model("random:tiny-llama", seed=0)
     config = loaded.hf_model.config
     torch.manual_seed(0)
-    options = TrainHeadOptions(model="random:tiny-llama", head="spd", out=root, stage_layers=(1, 3), stages=2)
+    options = TrainHeadOptions(model="random:tiny-llama", head="spd", out=root, stage_layers=(3, 1), stages=2)
     save_spd_checkpoint(build_spd_head(model, config, options), config, root / "spd.pt")
     save_eagle3(build_eagle3_head(model, config), root / "eagle3.pt")
     save_specdecpp(AcceptanceHead(config.hidden_size, 3), root / "acc")
@@ -102,7 +102,7 @@ def test_presets_from_traces_load_in_the_simulator(evaluated, tmp_path):
     write_presets(entries, tmp_path / "tiny_model.json", "test")
     presets = load_presets([tmp_path])
     spd = presets["tiny-model/gsm8k/spd"]
-    assert spd.acceptance["kind"] == "spd-state" and spd.method["stage_layers"] == [1, 3]
+    assert spd.acceptance["kind"] == "spd-state" and spd.method["stage_layers"] == [3, 1]
     assert presets["tiny-model/gsm8k/eagle3-k2-t1"].acceptance["kind"] == "positional"
     assert presets["tiny-model/gsm8k/specdecpp-h0.3"].method["stop_threshold"] == 0.3
     assert "measured" in spd.source

@@ -19,6 +19,8 @@ def module_and_fast(model, stage_layers, spec_layers=2, draft_ids=None):
         num_spec_layers=spec_layers,
         stage_layers=stage_layers,
         draft_token_ids=draft_ids,
+        # an uneven split needs a bound the reference depth mapping can build ("auto" is refused for (2, 1, 1))
+        aggr_feature_bound="auto" if len(set(stage_layers)) == 1 else "0,2,3",
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)

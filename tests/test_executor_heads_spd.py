@@ -79,7 +79,6 @@ def hand_built_checkpoint(model_type="qwen3", version=11, num_stages=2, spec_lay
         "trained_with_use_deepest": True,
         "aggr_feature_bound": bound,
         "num_aggr_types": len(bound),
-        "spec_init_from_base_layers": False,
         "draft_token_ids": DRAFT_IDS,
         "spec_intermediate_size_fallback": 9216,
     }
@@ -217,3 +216,130 @@ def test_uneven_split_is_saved_as_stage_layers(tmp_path):
     save_spd_checkpoint(module, base, tmp_path / "h.pt")
     loaded = load_spd_checkpoint(tmp_path / "h.pt", base)
     assert loaded.head_config.stage_layers == (2, 1, 1)
+
+
+def test_writer_follows_the_reference_key_conventions(tmp_path):
+    base = qwen3_config()
+    head = SpdHeadConfig.build(base, num_stages=2, num_spec_layers=1, aggr_feature_bound="0,2,3")
+    save_spd_checkpoint(SpeculationModuleV11(base, head), base, tmp_path / "a.pt")
+    config = torch.load(tmp_path / "a.pt", weights_only=True)["config"]
+    # the reference loaders run [int(x) for x in raw] on the key: never a boolean; absent without init layers
+    assert "spec_init_from_base_layers" not in config and "draft_token_ids" not in config
+    head = SpdHeadConfig.build(
+        base, num_stages=2, num_spec_layers=1, aggr_feature_bound="0,2,3", spec_init_from_base_layers=[1]
+    )
+    save_spd_checkpoint(SpeculationModuleV11(base, head), base, tmp_path / "b.pt")
+    config = torch.load(tmp_path / "b.pt", weights_only=True)["config"]
+    assert config["spec_init_from_base_layers"] == [1]
+    assert [int(x) for x in config["spec_init_from_base_layers"]] == [1]  # what the reference loader does
+    assert load_spd_checkpoint(tmp_path / "b.pt", base).head_config.spec_init_from_base_layers == (1,)
+    legacy = hand_built_checkpoint()
+    legacy["config"]["spec_init_from_base_layers"] = False  # what our writer used to store
+    assert load_spd_checkpoint(legacy, qwen3_config()).head_config.spec_init_from_base_layers == ()
+
+
+class _Shape8:
+    num_hidden_layers = 8
+    vocab_size = 10
+
+
+def test_uneven_split_maps_depths_as_the_reference_or_is_refused_in_one_line():
+    # stage layers [3, 2, 2, 1]: the reference maps depth d by d · max(stage_layers) = 0, 3, 6, 8, 8 layers.
+    head = SpdHeadConfig.build(
+        _Shape8(), num_stages=4, num_spec_layers=1, stage_layers=[3, 2, 2, 1], aggr_feature_bound="0,2,4,5,7"
+    )
+    assert aggregation_tables(head)[0] == (0, 1, 3, 4, 4)
+    # with an anchor at h_6 the reference gives depth 2 (5 layers passed) type 3, which needs h_6: refused
+    with pytest.raises(SpdsimError, match="depth 2 to aggregation type 3") as error:
+        SpdHeadConfig.build(
+            _Shape8(),
+            num_stages=4,
+            num_spec_layers=1,
+            stage_layers=[3, 2, 2, 1],
+            aggr_feature_bound="0,2,4,6,7",
+        )
+    assert "\n" not in str(error.value)
+
+
+def qwen35_base():
+    from transformers import AutoConfig
+
+    from executor.model_presets import PRESETS
+
+    fields = dict(PRESETS["tiny-qwen3.5"])
+    fields.pop("architectures")
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
+def authors_qwen35_checkpoint(base, num_stages=4, spec_layers=2):
+    """A checkpoint laid out exactly as the reference `train.py::save_speculation_head_checkpoint` writes one for a
+    Qwen3.5 base (docs/spd.md §2.4, §2.6), by hand: gated q_proj [2·nh·hd, H], bf16 tensors, the default bound
+    "0,8,16,24,31" scaled to L = 8, no spec_init_from_base_layers key, a sorted draft vocabulary."""
+    h, nh, kv, hd, ffn = base.hidden_size, base.num_attention_heads, base.num_key_value_heads, 16, 128
+    bound = [0, 2, 4, 6, 7]
+    draft_ids = list(range(0, base.vocab_size, 3))
+    gen = torch.Generator().manual_seed(7)
+
+    def rand(*shape, scale=0.05):
+        return (scale * torch.randn(*shape, generator=gen)).to(torch.bfloat16)
+
+    state = {f"aggr_projs.{a}.weight": rand(h, (a + 1) * h) for a in range(len(bound))}
+    state["lm_head.weight"] = rand(len(draft_ids), h)
+    for j in range(spec_layers):
+        p = f"spec_layers.{j}."
+        state[p + "input_layernorm.weight"] = rand(h)  # zero-centred: x̂·(1 + w)
+        state[p + "post_attention_layernorm.weight"] = rand(h)
+        state[p + "self_attn.q_proj.weight"] = rand(2 * nh * hd, h)
+        state[p + "self_attn.k_proj.weight"] = rand(kv * hd, h)
+        state[p + "self_attn.v_proj.weight"] = rand(kv * hd, h)
+        state[p + "self_attn.o_proj.weight"] = rand(h, nh * hd)
+        state[p + "self_attn.q_norm.weight"] = rand(hd)
+        state[p + "self_attn.k_norm.weight"] = rand(hd)
+        state[p + "mlp.gate_proj.weight"] = rand(ffn, h)
+        state[p + "mlp.up_proj.weight"] = rand(ffn, h)
+        state[p + "mlp.down_proj.weight"] = rand(h, ffn)
+    config = {
+        "hidden_size": h,
+        "vocab_size": base.vocab_size,
+        "model_type": "qwen3_5",
+        "base_model_path": "Qwen/Qwen3.5-tiny",
+        "draft_vocab_size": len(draft_ids),
+        "num_stages": num_stages,
+        "num_spec_layers": spec_layers,
+        "version": 11,
+        "trained_with_use_deepest": True,
+        "aggr_feature_bound": bound,
+        "num_aggr_types": len(bound),
+        "draft_token_ids": draft_ids,
+        "spec_intermediate_size_fallback": 9216,
+    }
+    return {"state_dict": state, "config": config}
+
+
+def test_authors_qwen35_checkpoint_loads_strictly_and_drafts_on_the_hybrid_model(tmp_path):
+    from executor.hybrid import HybridModel
+    from executor.models import load_fast_model
+    from executor.schedules import run_method
+
+    base = qwen35_base()
+    ckpt = authors_qwen35_checkpoint(base)
+    torch.save(ckpt, tmp_path / "Qwen3.5-tiny_s4_l2.pt")
+    module = load_spd_checkpoint(tmp_path / "Qwen3.5-tiny_s4_l2.pt", base)
+    assert set(module.state_dict()) == set(ckpt["state_dict"])
+    for key, tensor in ckpt["state_dict"].items():
+        assert torch.equal(module.state_dict()[key], tensor), key
+    assert module.lm_head.weight.dtype == torch.bfloat16
+    assert module.aggr_of_depth == (
+        0,
+        1,
+        2,
+        3,
+        4,
+    )  # 0,2,4,6,7 at two layers per stage, as 0,8,16,24,31 at L=32
+    fast, _ = load_fast_model("random:tiny-qwen3.5")
+    assert isinstance(fast, HybridModel)
+    prompt_set = [("a", [5, 9, 2, 7, 11, 3]), ("b", [40, 41, 42, 43, 44])]
+    result = run_method("spd", fast, prompt_set, max_new_tokens=10, head=tmp_path / "Qwen3.5-tiny_s4_l2.pt")
+    reference = run_method("ar", fast, prompt_set, max_new_tokens=10)
+    assert [r.tokens for r in result.prompts] == [r.tokens for r in reference.prompts]
+    assert result.config["stages"] == 4

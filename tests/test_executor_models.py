@@ -53,7 +53,7 @@ def test_random_models_are_seeded() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("random:qwen3.5-4b", "linear-attention layers are not supported"),
+        ("random:qwen3.5-27b", "unknown preset"),
         ("random:gpt5", "unknown preset"),
         ("/nonexistent/model.gguf", "no such GGUF file"),
         ("/nonexistent/dir", "neither random:<preset>"),

@@ -36,7 +36,13 @@ def reference(model):
 
 
 @pytest.mark.parametrize(
-    "split", [{"stages": 2}, {"stages": 4}, {"stage_layers": [1, 3]}, {"stage_layers": [2, 1, 1]}]
+    "split",
+    [
+        {"stages": 2},
+        {"stages": 4},
+        {"stage_layers": [3, 1]},
+        {"stage_layers": [2, 1, 1], "aggr_feature_bound": "0,2,3"},  # "auto" (0,1,3,4) is refused for it
+    ],
 )
 def test_untrained_drafter_is_lossless(model, reference, split):
     result = run_method("spd", model, prompts(), max_new_tokens=NEW, **split)
@@ -47,7 +53,7 @@ def test_untrained_drafter_is_lossless(model, reference, split):
     "split,alpha,spec_layers",
     [
         ({"stages": 2}, 0.5, 1),
-        ({"stage_layers": [2, 1, 1]}, 0.7, 2),
+        ({"stage_layers": [2, 1, 1], "aggr_feature_bound": "0,2,3"}, 0.7, 2),
         ({"stages": 4}, 0.6, 1),
         ({"stages": 2}, 1.0, 1),
     ],
@@ -135,6 +141,10 @@ def test_bad_inputs(model):
         run_method("spd", model, prompts(2), stages=2, synthetic_alpha=1.5)
     with pytest.raises(SpdsimError, match="do not apply"):
         run_method("spd", model, prompts(2), stages=2, k=3)
+    with pytest.raises(
+        SpdsimError, match="depth 2 .* has not reached"
+    ):  # reference depth mapping, uneven split
+        run_method("spd", model, prompts(2), stage_layers=[2, 1, 1])
 
 
 @pytest.mark.gpu
@@ -144,7 +154,13 @@ def test_lossless_on_cuda_with_streams():
     expected = greedy_ar(gpu, prompts(), NEW)
     for alpha in (None, 0.8):
         result = run_method(
-            "spd", gpu, prompts(), max_new_tokens=NEW, stage_layers=[2, 1, 1], synthetic_alpha=alpha
+            "spd",
+            gpu,
+            prompts(),
+            max_new_tokens=NEW,
+            stage_layers=[2, 1, 1],
+            aggr_feature_bound="0,2,3",
+            synthetic_alpha=alpha,
         )
         assert_lossless(result, expected)
         assert all("stage0" in c.phases_us for p in result.prompts for c in p.cycles)
@@ -155,7 +171,9 @@ def test_a_saved_head_runs_with_the_split_it_was_trained_for(model, reference, t
     from executor.schedules import lossless_check
 
     base = base_config_of(model)
-    head = SpdHeadConfig.build(base, num_stages=3, num_spec_layers=1, stage_layers=[2, 1, 1])
+    head = SpdHeadConfig.build(
+        base, num_stages=3, num_spec_layers=1, stage_layers=[2, 1, 1], aggr_feature_bound="0,2,3"
+    )
     save_spd_checkpoint(SpeculationModuleV11(base, head), base, tmp_path / "head.pt")
     result = run_method("spd", model, prompts(), max_new_tokens=NEW, head=tmp_path / "head.pt")
     assert result.config["stage_layers"] == [2, 1, 1]

@@ -54,6 +54,16 @@ def test_structural_mask_hand_checked():
     assert allowed(refill, 7) == [0, 7]
 
 
+def test_deeper_rows_follow_the_reference_rule_by_default_and_ours_on_request():
+    # The g1 row (depth 1) at t = 2 with fill 1: the reference makes keys at t − T >= 1 deepest and keeps the
+    # row's own key in its type (g1); the "depth" rule counts depth 1 + 0 >= 1 as complete (g2).
+    reference = structural_mask((0, 1, 2), (0, 1, 2), 3, fill=1)
+    depth = structural_mask((0, 1, 2), (0, 1, 2), 3, fill=1, rule="depth")
+    assert allowed(reference, 5) == [0, 1, 5]
+    assert allowed(depth, 5) == [0, 1, 2]
+    assert torch.equal(reference[6:], depth[6:])  # the decoded g0 rows are the same under both
+
+
 def test_fills_are_half_saturated():
     fills = sample_fills(4000, 4, torch.Generator().manual_seed(0))
     assert abs(sum(f == 4 for f in fills) / 4000 - 0.5) < 0.03
@@ -68,7 +78,7 @@ def test_training_rows_equal_the_schedule_drafter_output(target, fill):
     tokens = torch.randint(0, 256, (1, 10), generator=torch.Generator().manual_seed(3))
     feats = teacher_forward(model, tokens, drafter.anchor_indices).features
     with torch.no_grad():
-        trained = g0_logits(drafter, feats, [fill])[0]
+        trained = g0_logits(drafter, feats, [fill], rule="depth")[0]  # ours: deeper rows as the schedule runs
         deepest = drafter.num_aggr_types - 1
         for t in range(fill, 10):
             cache = drafter.new_cache()
@@ -100,14 +110,17 @@ def test_train_head_cli_writes_a_strict_v11_checkpoint(target, tmp_path, monkeyp
     result = train_head_cli(
         "spd",
         out,
-        *("--stages", "2", "--stage-layers", "1,3", "--spec-layers", "1"),
+        *("--stages", "2", "--stage-layers", "3,1", "--spec-layers", "1"),
         *("--steps", "2", "--minutes", "0", "--batch-size", "2", "--block-len", "16"),
         *("--gsm8k-questions", "0", "--source-mb", "0.004", "--no-site-packages", "--no-progress"),
     )
     assert result.exit_code == 0, result.output
     path = out / "random-tiny-llama_s2_l1.pt"
     payload = torch.load(path, weights_only=True)
-    assert payload["config"]["version"] == 11 and payload["config"]["stage_layers"] == [1, 3]
+    config = payload["config"]
+    assert config["version"] == 11 and config["stage_layers"] == [3, 1]
+    assert config["aggr_feature_bound"] == [0, 1, 2, 3]  # the reference default rule [0, L/4, L/2, 3L/4, L−1]
+    assert "spec_init_from_base_layers" not in config  # the reference writes it only as a non-empty list
     module = load_spd_checkpoint(path, target[1].hf_model.config)
     assert set(module.state_dict()) == set(payload["state_dict"])
     assert (out / "training.json").is_file()
@@ -118,6 +131,10 @@ def test_train_head_cli_bad_input_exits_2(tmp_path):
     assert result.exit_code == 2 and "head" in result.output
     result = train_head_cli("spd", tmp_path / "y", "--stages", "3")
     assert result.exit_code == 2 and "stage" in result.output
+    # an uneven split whose reference depth mapping needs an anchor the token has not reached: one line
+    result = train_head_cli("spd", tmp_path / "z", "--stages", "2", "--stage-layers", "1,3")
+    assert result.exit_code == 2 and "has not reached" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 @pytest.mark.gpu

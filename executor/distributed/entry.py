@@ -41,6 +41,8 @@ def run_from_cli(kw: dict) -> None:
         seed=kw["seed"],
         synthetic_alpha=kw["synthetic_alpha"],
         stop_token_ids=stops,
+        top_k=kw.get("top_k") or 0,
+        top_p=kw.get("top_p") or 1.0,
     )
     source = ModelSource(kw["model"], dtype=dtype, seed=kw["seed"])
     run = run_distributed(source, prompts, config, [job])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from executor.heads.layers import check_base_family
+from executor.heads.layers import check_base_family, same_family
 from executor.heads.spd_v11 import SpdHeadConfig, SpeculationModuleV11
 from spdsim.contract import SpdsimError
 
@@ -25,7 +25,10 @@ REFUSED_VERSIONS = {
 
 
 def spd_checkpoint_config(module: SpeculationModuleV11, base_config) -> dict:
-    """The config dict `train.py::save_speculation_head_checkpoint` writes, plus stage_layers when uneven."""
+    """The config dict `train.py::save_speculation_head_checkpoint` writes, plus stage_layers when uneven.
+
+    As the reference: `spec_init_from_base_layers` only as a non-empty list of layer indices (its loaders run
+    `[int(x) for x in raw]` on it), `draft_token_ids` only when the draft vocabulary is restricted."""
     head = module.head_config
     config = {
         "hidden_size": base_config.hidden_size,
@@ -39,10 +42,12 @@ def spd_checkpoint_config(module: SpeculationModuleV11, base_config) -> dict:
         "trained_with_use_deepest": head.trained_with_use_deepest,
         "aggr_feature_bound": list(head.aggr_feature_bound),
         "num_aggr_types": len(head.aggr_feature_bound),
-        "spec_init_from_base_layers": head.spec_init_from_base_layers,
-        "draft_token_ids": None if head.draft_token_ids is None else list(head.draft_token_ids),
         "spec_intermediate_size_fallback": head.spec_intermediate_size_fallback,
     }
+    if head.spec_init_from_base_layers:
+        config["spec_init_from_base_layers"] = list(head.spec_init_from_base_layers)
+    if head.draft_token_ids is not None:
+        config["draft_token_ids"] = list(head.draft_token_ids)
     if len(set(head.stage_layers)) > 1:
         config["stage_layers"] = list(head.stage_layers)
     return config
@@ -107,7 +112,7 @@ def _check_version(config: dict) -> None:
 
 def _check_base_match(config: dict, state: dict, base_config) -> None:
     ckpt_type = config.get("model_type")
-    if ckpt_type is not None and ckpt_type != base_config.model_type:
+    if ckpt_type is not None and not same_family(ckpt_type, base_config.model_type):
         raise SpdsimError(
             f"SPD checkpoint was trained on a {ckpt_type!r} base; the base model given is {base_config.model_type!r}"
         )

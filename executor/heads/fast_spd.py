@@ -21,42 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from executor.cache import KVCache, kv_bucket, window_capacity
-from executor.fastmodel import LayerShape, LayerWeights, head_logits
-from executor.heads.layers import DecoderLayer
-from spdsim.contract import SpdsimError
-
-
-# `pack_decoder_layer` and `layer_shape` have the names and signatures of `executor.heads.fast_layer` (the chain
-# heads' packing helpers, developed alongside); once both are merged, this module can import them from there.
-def pack_decoder_layer(layer: DecoderLayer, device=None, dtype=None) -> LayerWeights:
-    """An HF-named `DecoderLayer` (q/k/v, gate/up separate) in the fast decoder's fused layout."""
-    attn, mlp = layer.self_attn, layer.mlp
-    if attn.o_proj.bias is not None:
-        raise SpdsimError("spec layers with an o_proj bias are not supported by the fast drafter")
-
-    def take(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.detach().to(device=device or tensor.device, dtype=dtype or tensor.dtype).contiguous()
-
-    qkv_bias = None
-    if attn.q_proj.bias is not None:
-        qkv_bias = take(torch.cat((attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias)))
-    return LayerWeights(
-        input_norm=take(layer.input_layernorm.weight),
-        qkv=take(torch.cat((attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight))),
-        qkv_bias=qkv_bias,
-        q_norm=take(attn.q_norm.weight),
-        k_norm=take(attn.k_norm.weight),
-        o_proj=take(attn.o_proj.weight),
-        post_norm=take(layer.post_attention_layernorm.weight),
-        gate_up=take(torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight))),
-        down=take(mlp.down_proj.weight),
-    )
-
-
-def layer_shape(layer: DecoderLayer) -> LayerShape:
-    """Heads, KV heads, head dim and RMSNorm eps of a spec layer (fast decoder's `LayerShape`)."""
-    attn = layer.self_attn
-    return LayerShape(attn.num_heads, attn.num_kv_heads, attn.head_dim, layer.shape.rms_norm_eps)
+from executor.fastmodel import head_logits
+from executor.heads.fast_layer import layer_shape, pack_decoder_layer
 
 
 class FastSpdDrafter:
@@ -77,6 +43,14 @@ class FastSpdDrafter:
         self.projections = [proj.weight.detach() for proj in module.aggr_projs]
         self.layers = [pack_decoder_layer(layer) for layer in module.spec_layers]
         self.shape = layer_shape(module.spec_layers[0])
+        # Qwen3.5 base: gated-attention spec layers (the packed q rows hold query and gate per head) with
+        # zero-centred norms and partial RoPE run through the hybrid target's full-attention layer function.
+        self.centred = module.final_norm_centred
+        if module.spec_layers[0].self_attn.gated:
+            from executor.deltanet import AttnShape
+
+            s = self.shape
+            self.shape = AttnShape(s.num_heads, s.num_kv_heads, s.head_dim, model.cfg.rotary_dim, s.eps)
         self.norm = module.final_norm_weight.detach()
         self.norm_eps = module.final_norm_eps
         self.lm_head = module.lm_head.weight.detach()
@@ -178,6 +152,10 @@ class FastSpdDrafter:
 
     def draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm (frozen base) + draft lm_head: float32 logits over the draft vocabulary."""
+        if self.centred:
+            from executor.deltanet import centred_head_logits
+
+            return centred_head_logits(hidden, self.norm, self.lm_head, self.norm_eps)
         return head_logits(hidden, self.norm, self.lm_head, self.norm_eps)
 
     def full_vocab_logits(self, draft_logits: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,7 @@
 """Building blocks shared by the draft heads: a Qwen3-style decoder layer (QK-norm, full attention, base rotary)
-with HF parameter names, and a small preallocated KV cache with crop.
+with HF parameter names, and a small preallocated KV cache with crop. On a Qwen3.5 base the layer is that family's
+dense full-attention layer (`Qwen3_5DecoderLayer` with `full_attention`): gated attention (q_proj emits query and
+gate per head, `[2·nh·hd, H]`), zero-centred RMSNorms `x̂·(1 + w)`, partial RoPE (docs/spd.md §2.2, §2.4).
 
 The layer is our own compact module rather than transformers' class so that heads can run against a cache that
 keeps only a prefix of the rows they compute (SPD's transient in-flight rows) and with explicit structural masks
@@ -17,9 +19,16 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from spdsim.contract import SpdsimError
 
-SUPPORTED_BASE_FAMILIES = ("qwen3", "llama")
-# Families the reference v11 loader accepts but this executor does not run (MoE / gated-attention bases).
-REFERENCE_ONLY_FAMILIES = ("qwen3_moe", "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text")
+SUPPORTED_BASE_FAMILIES = ("qwen3", "llama", "qwen3_5_text", "qwen3_5")
+# Qwen3.5 (hybrid) bases: their spec layers are gated-attention layers with zero-centred norms.
+QWEN35_FAMILIES = ("qwen3_5_text", "qwen3_5")
+# Families the reference v11 loader accepts but this executor does not run (MoE bases).
+REFERENCE_ONLY_FAMILIES = ("qwen3_moe", "qwen3_5_moe", "qwen3_5_moe_text")
+
+
+def same_family(a: str | None, b: str | None) -> bool:
+    """Model types naming the same base family (`qwen3_5` is the multimodal wrapper of `qwen3_5_text`)."""
+    return (a in QWEN35_FAMILIES and b in QWEN35_FAMILIES) or a == b
 
 
 @dataclass(frozen=True)
@@ -33,10 +42,14 @@ class LayerShape:
     intermediate_size: int
     rms_norm_eps: float
     attention_bias: bool = False
+    gated_attention: bool = False  # Qwen3.5: q_proj emits (query, gate) per head; sigmoid(gate) on the output
+    centred_norm: bool = False  # Qwen3.5: RMSNorm x̂·(1 + w), weights initialised to 0
 
     @staticmethod
     def from_base_config(config) -> LayerShape:
         check_base_family(config)
+        qwen35 = config.model_type in QWEN35_FAMILIES
+        config = getattr(config, "text_config", None) or config
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         return LayerShape(
             hidden_size=config.hidden_size,
@@ -46,6 +59,8 @@ class LayerShape:
             intermediate_size=config.intermediate_size,
             rms_norm_eps=config.rms_norm_eps,
             attention_bias=bool(getattr(config, "attention_bias", False)),
+            gated_attention=qwen35,
+            centred_norm=qwen35,
         )
 
 
@@ -72,27 +87,36 @@ def base_rotary(config) -> nn.Module:
         from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
         return LlamaRotaryEmbedding(config)
+    if (
+        config.model_type in QWEN35_FAMILIES
+    ):  # partial RoPE; mRoPE sections collapse to 1-D for text positions
+        from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5TextRotaryEmbedding
+
+        return Qwen3_5TextRotaryEmbedding(getattr(config, "text_config", None) or config)
     from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
     return Qwen3RotaryEmbedding(config)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Qwen3/Llama RMSNorm (x̂·w), computed in float32 like transformers."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, centred: bool = False) -> torch.Tensor:
+    """Qwen3/Llama RMSNorm (x̂·w), or Qwen3.5's zero-centred one (x̂·(1 + w) in float32), like transformers."""
     dtype = x.dtype
     x32 = x.float()
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    if centred:
+        return (x32 * (1.0 + weight.float())).to(dtype)
     return weight * x32.to(dtype)
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float):
+    def __init__(self, size: int, eps: float, centred: bool = False):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
+        self.weight = nn.Parameter(torch.zeros(size) if centred else torch.ones(size))
         self.eps = eps
+        self.centred = centred
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps, self.centred)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -101,7 +125,11 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, heads, T, hd]; cos/sin: [B, T, hd]."""
+    """x: [B, heads, T, hd]; cos/sin: [B, T, rd] with rd <= hd (partial RoPE rotates the first rd dims)."""
+    dim = cos.shape[-1]
+    if dim < x.shape[-1]:
+        rot, rest = x[..., :dim], x[..., dim:]
+        return torch.cat((rot * cos.unsqueeze(1) + _rotate_half(rot) * sin.unsqueeze(1), rest), dim=-1)
     return x * cos.unsqueeze(1) + _rotate_half(x) * sin.unsqueeze(1)
 
 
@@ -150,8 +178,8 @@ class DecoderLayer(nn.Module):
         super().__init__()
         in_size = attn_input_size or shape.hidden_size
         self.shape = shape
-        self.input_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps)
+        self.input_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps, shape.centred_norm)
+        self.post_attention_layernorm = RMSNorm(shape.hidden_size, shape.rms_norm_eps, shape.centred_norm)
         self.self_attn = _Attention(shape, in_size)
         self.mlp = _MLP(shape)
 
@@ -186,16 +214,23 @@ class _Attention(nn.Module):
         super().__init__()
         s = shape
         self.num_heads, self.num_kv_heads, self.head_dim = s.num_heads, s.num_kv_heads, s.head_dim
-        self.q_proj = nn.Linear(in_size, s.num_heads * s.head_dim, bias=s.attention_bias)
+        self.gated = s.gated_attention
+        q_rows = (2 if s.gated_attention else 1) * s.num_heads * s.head_dim
+        self.q_proj = nn.Linear(in_size, q_rows, bias=s.attention_bias)
         self.k_proj = nn.Linear(in_size, s.num_kv_heads * s.head_dim, bias=s.attention_bias)
         self.v_proj = nn.Linear(in_size, s.num_kv_heads * s.head_dim, bias=s.attention_bias)
         self.o_proj = nn.Linear(s.num_heads * s.head_dim, s.hidden_size, bias=s.attention_bias)
-        self.q_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
-        self.k_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
+        self.q_norm = RMSNorm(s.head_dim, s.rms_norm_eps, s.centred_norm)
+        self.k_norm = RMSNorm(s.head_dim, s.rms_norm_eps, s.centred_norm)
 
     def forward(self, x, cos_sin, layer_index, cache, attn_mask):
         batch, steps, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(batch, steps, self.num_heads, self.head_dim)).transpose(1, 2)
+        q = self.q_proj(x)
+        gate = None
+        if self.gated:
+            q, gate = q.view(batch, steps, self.num_heads, 2 * self.head_dim).chunk(2, dim=-1)
+            gate = gate.reshape(batch, steps, -1)
+        q = self.q_norm(q.reshape(batch, steps, self.num_heads, self.head_dim)).transpose(1, 2)
         k = self.k_norm(self.k_proj(x).view(batch, steps, self.num_kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(batch, steps, self.num_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = cos_sin
@@ -220,7 +255,8 @@ class _Attention(nn.Module):
             v = v.repeat_interleave(groups, dim=1)
         with sdpa_kernel(list(HEAD_SDPA_BACKENDS)):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, steps, -1))
+        out = out.transpose(1, 2).reshape(batch, steps, -1)
+        return self.o_proj(out if gate is None else out * torch.sigmoid(gate))
 
 
 def causal_mask(steps: int, prefix: int, device, width: int | None = None) -> torch.Tensor:
@@ -238,7 +274,7 @@ def init_linear_weights(module: nn.Module, std: float = 0.02) -> None:
             if sub.bias is not None:
                 nn.init.zeros_(sub.bias)
         elif isinstance(sub, RMSNorm):
-            nn.init.ones_(sub.weight)
+            (nn.init.zeros_ if sub.centred else nn.init.ones_)(sub.weight)
 
 
 def base_config_of(model) -> object:
@@ -247,6 +283,9 @@ def base_config_of(model) -> object:
     if hasattr(cfg, "num_hidden_layers"):
         return cfg
     from transformers import LlamaConfig, Qwen3Config
+
+    if cfg.model_type in QWEN35_FAMILIES:
+        return _qwen35_config(cfg)
 
     if cfg.model_type not in SUPPORTED_BASE_FAMILIES:
         check_base_family(cfg)
@@ -275,4 +314,34 @@ def base_config_of(model) -> object:
         attention_bias=cfg.attention_bias,
         tie_word_embeddings=cfg.tie_word_embeddings,
         rope_parameters=rope,
+    )
+
+
+def _qwen35_config(cfg) -> object:
+    """transformers' ``Qwen3_5TextConfig`` of a ``hybrid.HybridConfig``."""
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(
+        "qwen3_5_text",
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim,
+        rms_norm_eps=cfg.rms_norm_eps,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        layer_types=list(cfg.layer_types),
+        linear_conv_kernel_dim=cfg.conv_kernel,
+        linear_num_key_heads=cfg.linear_key_heads,
+        linear_num_value_heads=cfg.linear_value_heads,
+        linear_key_head_dim=cfg.linear_key_dim,
+        linear_value_head_dim=cfg.linear_value_dim,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": cfg.rope_theta,
+            "partial_rotary_factor": cfg.rotary_dim / cfg.head_dim,
+        },
     )

@@ -35,7 +35,9 @@ class SpdHeadConfig:
     draft_token_ids: tuple[int, ...] | None = None
     trained_with_use_deepest: bool = True
     spec_intermediate_size_fallback: int = 9216
-    spec_init_from_base_layers: bool = False
+    # Base layer indices the spec layers were initialised from (the reference writes the key only as a non-empty
+    # list; empty = random init, key omitted).
+    spec_init_from_base_layers: tuple[int, ...] = ()
     base_model_path: str = ""
 
     @staticmethod
@@ -61,7 +63,9 @@ class SpdHeadConfig:
             if draft_token_ids is None
             else check_draft_token_ids(draft_token_ids, base_config.vocab_size)
         )
-        return SpdHeadConfig(
+        if "spec_init_from_base_layers" in extra:
+            extra["spec_init_from_base_layers"] = parse_spec_init(extra["spec_init_from_base_layers"])
+        head = SpdHeadConfig(
             num_stages=num_stages,
             num_spec_layers=num_spec_layers,
             aggr_feature_bound=bound,
@@ -69,6 +73,25 @@ class SpdHeadConfig:
             draft_token_ids=ids,
             **extra,
         )
+        aggregation_tables(
+            head
+        )  # refuses a split whose reference depth mapping reads anchors not yet computed
+        return head
+
+
+def parse_spec_init(value) -> tuple[int, ...]:
+    """The reference's `[int(x) for x in raw]` over a list of base layer indices; our older checkpoints stored a
+    boolean (False = none), read as no layers."""
+    if value is None or isinstance(value, bool):
+        return ()
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    try:
+        return tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise SpdsimError(
+            f"spec_init_from_base_layers must be a list of layer indices, got {value!r}"
+        ) from None
 
 
 def resolve_stage_layers(num_layers: int, num_stages: int, stage_layers=None) -> tuple[int, ...]:
@@ -128,12 +151,26 @@ def check_draft_token_ids(ids, vocab_size: int) -> tuple[int, ...]:
 
 
 def aggregation_tables(head: SpdHeadConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(A(d) for d = 0..n, aggr_to_min_depth) with A(d) = max{i : b_i <= layers passed after d stages}."""
+    """(A(d) for d = 0..n, aggr_to_min_depth) as the reference computes them (`_depth_to_aggr_idx`):
+    A(d) = max{i : b_i <= min(L, d · max(stage_layers))} — d · L/n for an even split.
+
+    An uneven split passes only sum(stage_layers[:d]) layers by depth d; when the reference's A(d) needs an anchor
+    deeper than that, no schedule can build the row, and the split is refused in one line."""
     n = head.num_stages
-    passed = [sum(head.stage_layers[:d]) for d in range(n + 1)]
+    total, widest = sum(head.stage_layers), max(head.stage_layers)
+    bound = head.aggr_feature_bound
     aggr_of_depth = tuple(
-        max(i for i, b in enumerate(head.aggr_feature_bound) if b <= passed[d]) for d in range(n + 1)
+        max(i for i, b in enumerate(bound) if b <= min(total, d * widest)) for d in range(n + 1)
     )
+    for d in range(n + 1):
+        passed = sum(head.stage_layers[:d])
+        if bound[aggr_of_depth[d]] > passed:
+            raise SpdsimError(
+                f"stage_layers {list(head.stage_layers)} with aggr_feature_bound {list(bound)}: the reference maps "
+                f"depth {d} to aggregation type {aggr_of_depth[d]} (d·max(stage_layers) = {d * widest} layers), whose "
+                f"anchor h_{bound[aggr_of_depth[d]]} a token at depth {d} has not reached ({passed} layers); "
+                "put the larger stages first or choose a bound without anchors in that gap"
+            )
     min_depth = tuple(
         next((d for d in range(n + 1) if aggr_of_depth[d] == a), n + 1)
         for a in range(len(head.aggr_feature_bound))
@@ -152,6 +189,7 @@ class SpeculationModuleV11(nn.Module):
         self.base_num_layers = base_config.num_hidden_layers
         self.vocab_size = base_config.vocab_size
         self.final_norm_eps = base_config.rms_norm_eps
+        self.final_norm_centred = shape.centred_norm
         self.aggr_of_depth, self.aggr_to_min_depth = aggregation_tables(head)
         bound = head.aggr_feature_bound
         self.aggr_projs = nn.ModuleList(
@@ -163,7 +201,11 @@ class SpeculationModuleV11(nn.Module):
         self.rotary_emb = base_rotary(base_config)
         ids = range(self.vocab_size) if head.draft_token_ids is None else head.draft_token_ids
         self.register_buffer("draft_token_ids", torch.tensor(list(ids), dtype=torch.long), persistent=False)
-        self.register_buffer("final_norm_weight", torch.ones(hidden), persistent=False)
+        self.register_buffer(
+            "final_norm_weight",
+            torch.zeros(hidden) if shape.centred_norm else torch.ones(hidden),
+            persistent=False,
+        )
         init_linear_weights(self)
         self.to(dtype)
 
@@ -209,7 +251,8 @@ class SpeculationModuleV11(nn.Module):
 
     def draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Base final norm (frozen) then the draft lm_head: logits over the draft vocabulary."""
-        return self.lm_head(rms_norm(hidden, self.final_norm_weight.to(hidden.dtype), self.final_norm_eps))
+        weight = self.final_norm_weight.to(hidden.dtype)
+        return self.lm_head(rms_norm(hidden, weight, self.final_norm_eps, self.final_norm_centred))
 
     def decode(
         self, rows: torch.Tensor, positions: torch.Tensor, cache: HeadKVCache, keep: int

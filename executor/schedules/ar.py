@@ -10,12 +10,14 @@ import torch
 from executor.cache import KVCache, kv_bucket
 from executor.fastmodel import FastModel
 from executor.graphs import GraphCache
+from executor.sampling import warp_probs
 from executor.timing import IntervalRecorder
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """T = 0 is greedy; T > 0 samples from softmax(logits / T) after optional top-k / top-p."""
+    """T = 0 is greedy; T > 0 samples from softmax(logits / T) after optional top-k / top-p
+    (``executor.sampling.warp_probs``)."""
 
     temperature: float = 0.0
     top_k: int = 0
@@ -47,21 +49,6 @@ class ARResult:
     @property
     def tokens_per_s(self) -> float:
         return len(self.tokens) / self.wall_s if self.wall_s > 0 else float("nan")
-
-
-def warp_probs(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
-    """Temperature, top-k, top-p applied to ``logits [..., V]``; returns probabilities (float32)."""
-    scores = logits.float() / sampling.temperature
-    if sampling.top_k > 0:
-        kth = torch.topk(scores, min(sampling.top_k, scores.shape[-1]), dim=-1).values[..., -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if sampling.top_p < 1.0:
-        ordered, order = torch.sort(scores, dim=-1, descending=True)
-        cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
-        drop_sorted = cumulative - torch.softmax(ordered, dim=-1) > sampling.top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        scores = scores.masked_fill(drop, float("-inf"))
-    return torch.softmax(scores, dim=-1)
 
 
 def pick_token(

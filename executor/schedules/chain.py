@@ -149,7 +149,7 @@ def run_chain_prompt(
 
     `make_drafter(prompt_tokens, prefill_feats)` builds the drafter after the prefill (features of `collect`)."""
     seed = options.prompt_seed(index)
-    verifier = Verifier(options.temperature, seed, model.device)
+    verifier = Verifier(options.temperature, seed, model.device, options.top_k, options.top_p)
     timer = PhaseTimer(model.device)
     tokens = list(prompt.tokens)
     synthetic = synthetic_drafts(model, tokens, options, seed, lookahead=k + 1)
@@ -223,7 +223,7 @@ def run_chain(
     config = {"method": kind, "k": k, **asdict(options)}
     if options.temperature == 0.0:
         max_prompt = max(len(p.tokens) for p in prompts)
-        runtime = ChainRuntime(model, k, max_prompt, options, graphs or GraphCache())
+        runtime = ChainRuntime(model, k, max_prompt, options, graphs if graphs is not None else GraphCache())
         if kind == "eagle3":
             source = GraphedEagle3(FastEagle3.from_head(drafter, model), runtime, max_prompt, options)
         else:

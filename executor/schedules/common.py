@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from executor.sampling import check_warp, speculative_accept, warp_probs
 from spdsim.contract import SpdsimError, realised_acceptance
 
 
@@ -25,12 +26,13 @@ class DecodeOptions:
     synthetic_alpha: float | None = None
     stop_token_ids: tuple[int, ...] = ()
     kv_margin: int = 64
+    top_k: int = 0  # T > 0: top-k / top-p warping of target, draft and first token (off by default; the SPD
+    top_p: float = 1.0  # authors use 50 / 0.95: executor.sampling.AUTHORS_TOP_K / AUTHORS_TOP_P)
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
             raise SpdsimError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not self.temperature >= 0.0:
-            raise SpdsimError(f"temperature must be >= 0, got {self.temperature}")
+        check_warp(self.temperature, self.top_k, self.top_p)
         if self.synthetic_alpha is not None:
             if not 0.0 <= self.synthetic_alpha <= 1.0:
                 raise SpdsimError(f"synthetic_alpha must lie in [0, 1], got {self.synthetic_alpha}")
@@ -256,10 +258,14 @@ class PhaseTimer:
 
 
 class Verifier:
-    """Lossless verification (docs/baselines.md F0) with a per-prompt seeded generator."""
+    """Lossless verification (docs/baselines.md F0) with a per-prompt seeded generator; warping and the
+    accept/resample rule live in ``executor.sampling``."""
 
-    def __init__(self, temperature: float, seed: int, device: torch.device):
+    def __init__(
+        self, temperature: float, seed: int, device: torch.device, top_k: int = 0, top_p: float = 1.0
+    ):
         self.temperature = temperature
+        self.top_k, self.top_p = top_k, top_p
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     @property
@@ -267,8 +273,8 @@ class Verifier:
         return self.temperature == 0.0
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """Sampling distribution of float32 logits [..., V] at this temperature."""
-        return torch.softmax(logits.float() / self.temperature, dim=-1)
+        """Sampling distribution of float32 logits [..., V] at this temperature (and top-k / top-p)."""
+        return warp_probs(logits, self)
 
     def sample(self, logits: torch.Tensor) -> tuple[int, torch.Tensor | None]:
         """(token, its distribution q or None when greedy) from logits [V]."""
@@ -284,16 +290,7 @@ class Verifier:
         if self.greedy:
             target = int(target_logits.argmax())
             return target == draft, target
-        p = self.probs(target_logits)
-        q = draft_probs
-        ratio = p[draft] / q[draft].clamp_min(1e-30)
-        u = torch.rand((), generator=self.generator, device=p.device)
-        if bool(u < ratio):
-            return True, draft
-        residual = (p - q).clamp_min(0.0)
-        total = residual.sum()
-        residual = residual / total if bool(total > 0) else p
-        return False, int(torch.multinomial(residual, 1, generator=self.generator))
+        return speculative_accept(self.probs(target_logits), draft_probs, draft, self.generator)
 
 
 class SyntheticDrafts:

@@ -18,7 +18,15 @@ from executor.schedules.spd import run_spd
 from executor.stages import split_layers
 from spdsim.contract import SpdsimError
 
-_OPTION_FIELDS = ("max_new_tokens", "temperature", "seed", "synthetic_alpha", "stop_token_ids")
+_OPTION_FIELDS = (
+    "max_new_tokens",
+    "temperature",
+    "seed",
+    "synthetic_alpha",
+    "stop_token_ids",
+    "top_k",
+    "top_p",
+)
 
 
 def dispatch(name: str, model, prompts, opts: dict) -> RunResult:
@@ -122,7 +130,12 @@ def ar_prompt_runs(model, prompts, options: DecodeOptions, cache, graphs) -> tup
 
     runs = []
     for index, prompt in enumerate(prompts):
-        sampling = SamplingConfig(temperature=options.temperature, seed=options.prompt_seed(index))
+        sampling = SamplingConfig(
+            temperature=options.temperature,
+            top_k=options.top_k,
+            top_p=options.top_p,
+            seed=options.prompt_seed(index),
+        )
         gen = GenerationConfig(options.max_new_tokens, sampling, options.stop_token_ids, graphs.enabled)
         out = generate_ar(model, prompt.tokens, gen, cache=cache, graphs=graphs)
         times = out.token_times_us

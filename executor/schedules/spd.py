@@ -159,7 +159,7 @@ class SpdPrompt:
     ):
         self.model, self.drafter, self.options, self.n = model, drafter, options, num_stages
         seed = options.prompt_seed(prompt_index)
-        self.verifier = Verifier(options.temperature, seed, model.device)
+        self.verifier = Verifier(options.temperature, seed, model.device, options.top_k, options.top_p)
         self.timer = PhaseTimer(model.device)
         self.tokens = list(prompt.tokens)
         self.synthetic = synthetic_drafts(model, self.tokens, options, seed, lookahead=num_stages + 1)

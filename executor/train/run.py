@@ -32,7 +32,10 @@ class TrainHeadOptions:
     stages: int | None = None
     stage_layers: tuple[int, ...] | None = None
     spec_layers: int = 2
-    aggr_feature_bound: str = "stages"  # "stages", "auto" (reference auto rule) or "0,8,16,..."
+    # "reference" (train.py's default 0,8,16,24,31 at L = 32: [0, L/4, L/2, 3L/4, L−1]), "stages" (one type per
+    # depth: stage boundaries, last L−1), "auto" (the reference auto rule) or an explicit "0,8,16,..."
+    aggr_feature_bound: str = "reference"
+    mask_rule: str = "reference"  # deeper query rows: "reference" (t − T ≥ fill is deepest) or "depth"
     chain_head: Path | None = None  # specdecpp: the trained EAGLE-3 head it reads hidden states from
     ttt_steps: int = 7
     weight_mismatch: float = 6.0
@@ -72,6 +75,13 @@ def _save_dtype(model) -> torch.dtype:
     return model.dtype
 
 
+def reference_bound(num_layers: int) -> tuple[int, ...]:
+    """The reference train.py default `--aggr_feature_bound "0,8,16,24,31"` (written for Qwen3.5, L = 32) as a rule
+    of L: [0, L/4, L/2, 3L/4, L−1] — five types, 15·H² of aggregation weights (docs/spd.md §2.1, §9)."""
+    raw = (0, num_layers // 4, num_layers // 2, 3 * num_layers // 4, num_layers - 1)
+    return tuple(sorted(set(raw)))
+
+
 def stage_boundary_bound(layer_counts: tuple[int, ...]) -> tuple[int, ...]:
     """Anchors at the stage boundaries, the last at L−1: one aggregation type per depth.
 
@@ -93,6 +103,8 @@ def build_spd_head(model, hf_config, options: TrainHeadOptions):
     bound = options.aggr_feature_bound
     if bound == "stages":
         bound = stage_boundary_bound(split.layer_counts)
+    elif bound == "reference":
+        bound = reference_bound(split.num_layers)
     head_config = SpdHeadConfig.build(
         hf_config,
         num_stages=split.num_stages,
@@ -182,7 +194,7 @@ def _objective(model, hf_config, options: TrainHeadOptions, device):
             save_spd_checkpoint(module.cpu(), hf_config, path)
             return path
 
-        return SpdObjective(model, drafter, fills), drafter, write_spd
+        return SpdObjective(model, drafter, fills, options.mask_rule), drafter, write_spd
     if options.head == "eagle3":
         head = build_eagle3_head(model, hf_config).to(device)
         path = options.out / "eagle3_head.pt"

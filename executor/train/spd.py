@@ -6,9 +6,10 @@ mask; only the g_0 rows (the newest token's query) are decoded and trained (KL t
 
 Structural mask. A query of type a_q stands for a row at depth d_q = aggr_to_min_depth[a_q]; the key at distance
 j = t − T ≥ 0 is then the token at depth d_q + j, so it may be attended only in the block of the type the schedule
-gives that depth: A(min(n, d_q + j)), or the deepest type m−1 once d_q + j ≥ f, the simulated fill (tokens that
-deep are complete: spec-cache or pending rows). For g_0 queries (d_q = 0) this is exactly the reference rule
-"keys with t − T ≥ f are deepest"; for deeper rows it is the depth the executor's schedule really gives them.
+gives that depth: A(min(n, d_q + j)), or the deepest type m−1 once the key counts as complete under the simulated
+fill f. Rule "reference" (the default, `_build_pipeline_training_structural_mask_v11`): complete iff j ≥ f. Rule
+"depth" (ours, kept as an option): complete iff d_q + j ≥ f, the depth the executor's schedule really gives a key
+of a deeper row. Both agree for the g_0 queries (d_q = 0), the only rows that are decoded.
 Simulated fill: per sequence, 50 % saturated (f = n), 50 % f ~ U{1, …, n−1} (post-rejection refill states).
 """
 
@@ -26,6 +27,9 @@ from executor.train.features import (
     teacher_forward,
     top1_agreement,
 )
+from spdsim.contract import SpdsimError
+
+MASK_RULES = ("reference", "depth")
 
 
 def key_type(aggr_of_depth: tuple[int, ...], depth: int, fill: int) -> int:
@@ -41,8 +45,11 @@ def structural_mask(
     seq_len: int,
     fill: int,
     device=None,
+    rule: str = "reference",
 ) -> torch.Tensor:
     """Boolean ``[m·S, m·S]`` (True = may attend) for the stage-major layout ``[g_{m-1}, …, g_0]``."""
+    if rule not in MASK_RULES:
+        raise SpdsimError(f"mask_rule: unknown '{rule}' (allowed: {', '.join(MASK_RULES)})")
     num_types = len(aggr_to_min_depth)
     num_stages = len(aggr_of_depth) - 1
     block_type = torch.arange(num_types - 1, -1, -1, device=device).repeat_interleave(seq_len)
@@ -52,8 +59,9 @@ def structural_mask(
     q_depth = min_depth[block_type][:, None]
     distance = position[:, None] - position[None, :]
     depth = q_depth + distance.clamp_min(0)
+    complete = depth >= fill if rule == "depth" else distance >= fill
     expected = torch.where(
-        depth >= fill,
+        complete,
         torch.full_like(depth, max(aggr_of_depth)),
         by_depth[depth.clamp(max=num_stages)],
     )
@@ -74,24 +82,29 @@ def training_rows(drafter: SpeculationModuleV11, features: dict[int, torch.Tenso
     return torch.cat([drafter.project(a, features) for a in reversed(range(drafter.num_aggr_types))], dim=1)
 
 
-def batch_mask(drafter: SpeculationModuleV11, seq_len: int, fills: list[int], device) -> torch.Tensor:
+def batch_mask(
+    drafter: SpeculationModuleV11, seq_len: int, fills: list[int], device, rule: str = "reference"
+) -> torch.Tensor:
     """``[B, 1, m·S, m·S]``: one structural mask per sequence (its own simulated fill)."""
     cache: dict[int, torch.Tensor] = {}
     for fill in set(fills):
         cache[fill] = structural_mask(
-            drafter.aggr_of_depth, drafter.aggr_to_min_depth, seq_len, fill, device=device
+            drafter.aggr_of_depth, drafter.aggr_to_min_depth, seq_len, fill, device=device, rule=rule
         )
     return torch.stack([cache[f] for f in fills])[:, None]
 
 
 def g0_logits(
-    drafter: SpeculationModuleV11, features: dict[int, torch.Tensor], fills: list[int]
+    drafter: SpeculationModuleV11,
+    features: dict[int, torch.Tensor],
+    fills: list[int],
+    rule: str = "reference",
 ) -> torch.Tensor:
     """Draft logits ``[B, S, V_d]`` of the newest-token (g_0) rows under the structural mask."""
     rows = training_rows(drafter, features)
     seq_len = rows.shape[1] // drafter.num_aggr_types
     positions = torch.arange(seq_len, device=rows.device).repeat(drafter.num_aggr_types)
-    mask = batch_mask(drafter, seq_len, fills, rows.device)
+    mask = batch_mask(drafter, seq_len, fills, rows.device, rule)
     hidden = drafter.run_layers(rows, positions, attn_mask=mask)
     return drafter.draft_logits(hidden[:, -seq_len:])
 
@@ -103,6 +116,7 @@ class SpdObjective:
     model: object  # FastModel (frozen target)
     drafter: SpeculationModuleV11
     generator: torch.Generator
+    mask_rule: str = "reference"
 
     def __call__(self, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         teacher = teacher_forward(self.model, tokens, self.drafter.anchor_indices)
@@ -111,7 +125,7 @@ class SpdObjective:
     def loss(self, teacher: TeacherBatch) -> tuple[torch.Tensor, dict[str, float]]:
         n = self.drafter.head_config.num_stages
         fills = sample_fills(teacher.tokens.shape[0], n, self.generator)
-        student = g0_logits(self.drafter, teacher.features, fills)
+        student = g0_logits(self.drafter, teacher.features, fills, self.mask_rule)
         ids = None if self.drafter.head_config.draft_token_ids is None else self.drafter.draft_token_ids
         target = restrict_to_draft_vocab(teacher.logits, ids)
         keep = torch.ones(student.shape[:2], dtype=torch.bool, device=student.device)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from executor.cache import kv_bucket  # noqa: E402
 from executor.fastmodel import FastModel  # noqa: E402
 from executor.graphs import GraphCache, GraphedStep  # noqa: E402
+from executor.hybrid import HYBRID_MODEL_TYPES, HybridModel  # noqa: E402
 from executor.models import load_model  # noqa: E402
 from executor.profile import (  # noqa: E402
     ProfileGrid,
@@ -47,8 +48,14 @@ def log(msg: str) -> None:
 
 
 def kv_live_bytes(model: FastModel, kv_len: int) -> int:
+    """K/V of the attention layers at ``kv_len``; a Qwen3.5 hybrid adds its DeltaNet states (fp32, read + written)."""
     cfg = model.cfg
-    return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * model.embed_tokens.element_size() * kv_len
+    attention_layers = cfg.num_layers - len(getattr(cfg, "linear_layers", ()))
+    states = 2 * cfg.state_bytes() if hasattr(cfg, "state_bytes") else 0
+    return (
+        2 * attention_layers * cfg.num_kv_heads * cfg.head_dim * model.embed_tokens.element_size() * kv_len
+        + states
+    )
 
 
 @torch.inference_mode()
@@ -335,7 +342,8 @@ def main() -> int:
     }
     log(f"{hardware['gpu']}: copy {copy_gbps:.0f} GB/s; loading {args.model}")
     loaded = load_model(args.model, device=device, dtype=args.dtype, seed=0)
-    model = FastModel.from_hf(loaded.hf_model, max_seq_len=4096)
+    hybrid = loaded.hf_model.config.model_type in HYBRID_MODEL_TYPES
+    model = (HybridModel if hybrid else FastModel).from_hf(loaded.hf_model, max_seq_len=4096)
     weight_bytes = model.cfg.decode_weight_bytes(model.embed_tokens.element_size())
     report["weight_bytes"] = weight_bytes
     ar_rows: list[dict] = []
