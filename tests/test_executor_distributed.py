@@ -1,5 +1,7 @@
-"""Multi-process SPD on the CPU (gloo): lossless against greedy AR in both drafter placements, the run directory
-it writes replays in the simulator, and a killed or stalled rank ends the run with one line naming it."""
+"""Multi-process SPD on the CPU (gloo): lossless against greedy AR in both drafter placements (2, 3 and 4
+processes), the same cycles as the single-process schedule, no host sync on the controller's steady-state path
+but the verify's one read per saturated cycle, the run directory it writes replays in the simulator, and a killed
+or stalled rank ends the run with one line naming it."""
 
 import time
 
@@ -12,6 +14,40 @@ from executor.schedules.common import DecodeOptions
 
 SOURCE = tiny_source(layers=4)
 NEW_TOKENS = 14
+
+
+def single_process(prompts, config: DistributedConfig, job: DecodeOptions):
+    """The same prompts through the single-process SPD schedule with the drafter the ranks build."""
+    from executor.distributed.launch import build_drafter
+    from executor.schedules.spd import run_spd
+    from executor.stages import split_layers
+
+    model = SOURCE.build("cpu")
+    split = split_layers(model.num_layers, config.roles.num_stages, config.stage_layers)
+    drafter = build_drafter(model, split, config, job.seed)
+    return run_spd(model, drafter, prompts, split, job, use_graphs=False)
+
+
+def assert_like_single_process(run, prompts, config, jobs):
+    """Per job and prompt: the single-process schedule's tokens and cycles (index, state, tokens emitted)."""
+    for result, job in zip(run.spd, jobs, strict=True):
+        reference = single_process(prompts, config, job)
+        for got, want in zip(result.prompts, reference.prompts, strict=True):
+            assert got.tokens == want.tokens, got.prompt_id
+            assert [(c.index, c.state, c.tokens) for c in got.cycles] == [
+                (c.index, c.state, c.tokens) for c in want.cycles
+            ], got.prompt_id
+
+
+def assert_steady_state_syncs(run):
+    """The controller reads the device only for the verify: once per saturated cycle, never in fill/refill."""
+    assert len(run.cycle_syncs) == sum(len(result.prompts) for result in run.spd)
+    states = set()
+    for cycles in run.cycle_syncs:
+        for state, syncs in cycles:
+            states.add(state)
+            assert syncs == (1 if state == "saturated" else 0), (state, syncs)
+    assert {"fill", "saturated"} <= states
 
 
 def greedy(prompts):
@@ -29,8 +65,11 @@ def test_colocated_lossless_synthetic_and_replayable(tmp_path):
         DecodeOptions(max_new_tokens=NEW_TOKENS),
         DecodeOptions(max_new_tokens=NEW_TOKENS, synthetic_alpha=0.7),
     ]
-    run = run_distributed(SOURCE, prompts, DistributedConfig(num_stages=2, timeout_s=90), jobs)
+    config = DistributedConfig(num_stages=2, timeout_s=90)
+    run = run_distributed(SOURCE, prompts, config, jobs)
     expected = greedy(prompts)
+    assert_like_single_process(run, prompts, config, jobs)
+    assert_steady_state_syncs(run)
     assert run.world_size == 2 and run.backend == "gloo"
     for result in run.spd:
         for prompt_run, tokens in zip(result.prompts, expected, strict=True):
@@ -53,12 +92,26 @@ def test_colocated_lossless_synthetic_and_replayable(tmp_path):
 def test_own_drafter_rank_lossless():
     prompts = prompt_set(2, seed=5)
     config = DistributedConfig(num_stages=2, colocated=False, timeout_s=90)
-    run = run_distributed(
-        SOURCE, prompts, config, [DecodeOptions(max_new_tokens=NEW_TOKENS, synthetic_alpha=0.8)]
-    )
+    jobs = [DecodeOptions(max_new_tokens=NEW_TOKENS, synthetic_alpha=0.8)]
+    run = run_distributed(SOURCE, prompts, config, jobs)
     assert run.world_size == 3
     for prompt_run, tokens in zip(run.spd[0].prompts, greedy(prompts), strict=True):
         assert prompt_run.tokens == tokens
+    assert_like_single_process(run, prompts, config, jobs)
+    assert_steady_state_syncs(run)
+
+
+def test_four_stages_four_processes_lossless_same_cycles_as_single_process():
+    prompts = prompt_set(2, seed=11)
+    config = DistributedConfig(num_stages=4, timeout_s=90)
+    jobs = [DecodeOptions(max_new_tokens=NEW_TOKENS, synthetic_alpha=0.6)]
+    run = run_distributed(SOURCE, prompts, config, jobs)
+    assert run.world_size == 4
+    for prompt_run, tokens in zip(run.spd[0].prompts, greedy(prompts), strict=True):
+        assert prompt_run.tokens == tokens
+    assert any(c.state == "refill" for p in run.spd[0].prompts for c in p.cycles)  # rejections were flushed
+    assert_like_single_process(run, prompts, config, jobs)
+    assert_steady_state_syncs(run)
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ OP_END_PROMPT = 3  # the prompt is done: stages send their per-cycle timings and
 OP_SHUTDOWN = 4
 CONTROL_FIELDS = ("op", "cycle", "active", "crop_len", "token", "position", "prompt_len", "cache_len")
 NO_CROP = -1
+TOKEN_FIELD = CONTROL_FIELDS.index("token")
 
 
 class DistributedError(RuntimeError):
@@ -41,10 +42,16 @@ class Control:
     prompt_len: int = 0
     cache_len: int = 0  # PREFILL: KV cache length every stage allocates (the same for all prompts of a run)
 
-    def encode(self, device: torch.device) -> torch.Tensor:
-        return torch.tensor(
-            [getattr(self, name) for name in CONTROL_FIELDS], dtype=torch.int64, device=device
-        )
+    def encode(self, device: torch.device, token_t: torch.Tensor | None = None) -> torch.Tensor:
+        """The control word as a device tensor, built without blocking the host: on a GPU the host fields go
+        through pinned memory by a non-blocking copy (the caching host allocator keeps the pinned block until
+        the copy is done); ``token_t`` (a device ``[1, 1]`` id, e.g. a draft still on the device) is copied into
+        the token field on the device, so the host never reads it."""
+        host = torch.tensor([getattr(self, name) for name in CONTROL_FIELDS], dtype=torch.int64)
+        tensor = host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
+        if token_t is not None:
+            tensor[TOKEN_FIELD : TOKEN_FIELD + 1].copy_(token_t.reshape(1))
+        return tensor
 
     @staticmethod
     def decode(tensor: torch.Tensor) -> Control:
@@ -94,6 +101,7 @@ class Link:
         self.timeout_s = timeout_s
         self.idle_timeout_s = idle_timeout_s  # stages waiting for the next prompt
         self._pending_sends: list[tuple[object, int, torch.Tensor]] = []
+        self.control_tensor: torch.Tensor | None = None
 
     def wait(self, work, peer: int, what: str, idle: bool = False) -> None:
         """Block until ``work`` completes or the deadline passes; errors name ``peer``.
@@ -124,19 +132,29 @@ class Link:
                 f"{self.roles.name(self.rank)}: lost {self.roles.name(peer)} ({what}): {text[:160]}"
             ) from None
 
-    def broadcast_control(self, control: Control | None, idle: bool = False) -> Control:
+    def broadcast_control(
+        self, control: Control | None, idle: bool = False, token_t: torch.Tensor | None = None
+    ) -> Control:
         """The controller sends ``control`` to every other rank; they receive it (``idle``: between prompts).
+        ``token_t``: the controller's device token id, written into the word on the device (no host read).
 
         A point-to-point fan-out rather than a collective: a rank that stops answering is then named by the
-        wait that misses it, instead of stalling an anonymous collective."""
+        wait that misses it, instead of stalling an anonymous collective. The received word stays on the device
+        as ``control_tensor`` (stage 0 embeds its token from there; the host decodes only the other fields)."""
         if control is not None:
-            tensor = control.encode(self.device)
+            tensor = control.encode(self.device, token_t)
+            self.control_tensor = tensor
             self._fan_out(tensor)
             return control
         tensor = torch.empty(len(CONTROL_FIELDS), dtype=torch.int64, device=self.device)
         [(work, peer)] = self.exchange([], [(tensor, self.roles.controller)])
         self.wait(work, peer, "control word", idle)
+        self.control_tensor = tensor
         return Control.decode(tensor)
+
+    def control_token(self) -> torch.Tensor:
+        """The last control word's token as a device ``[1, 1]`` id (a view: no copy, no host read)."""
+        return self.control_tensor[TOKEN_FIELD : TOKEN_FIELD + 1].view(1, 1)
 
     def broadcast_ids(self, ids: torch.Tensor | None, length: int) -> torch.Tensor:
         if ids is not None:

@@ -26,6 +26,8 @@ from executor.distributed.comm import (
     Link,
 )
 from executor.distributed.worker import StageRunner, stage_anchors
+from executor.graphs import GraphCache
+from executor.heads.fast_spd import FastSpdDrafter
 from executor.schedules.base import cache_length
 from executor.schedules.common import (
     CycleTiming,
@@ -36,21 +38,42 @@ from executor.schedules.common import (
     make_streams,
     stream_context,
 )
-from executor.schedules.spd import SpdPrompt
+from executor.schedules.spd import SpdPrompt, spec_capacity
 from executor.stages import StageSplit
 
 
 class Controller:
     """Runs prompts through the distributed pipeline; ``local_stage`` is stage 0 when co-located."""
 
-    def __init__(self, model, drafter, split: StageSplit, link: Link, local_stage: StageRunner | None):
+    def __init__(
+        self,
+        model,
+        drafter,
+        split: StageSplit,
+        link: Link,
+        local_stage: StageRunner | None,
+        use_graphs: bool = True,
+    ):
         self.model, self.drafter, self.split, self.link = model, drafter, split, link
+        self.use_graphs = use_graphs
         self.n = split.num_stages
         self.roles = link.roles
         self.local_stage = local_stage
         self.anchors = [stage_anchors(drafter.anchor_indices, split, s) for s in range(self.n)]
         self.stage_stream, self.draft_stream = make_streams(model.device, 2)
-        self.fast = None  # the fast drafter (packed weights, spec cache), shared by the prompts
+        # The fast drafter (packed weights, spec cache, static buffers) and the graphs of its draft step and of
+        # the verify (`SpdPrompt`'s, as in the single-process schedule), shared by the prompts; a larger
+        # drafter (a job with a longer cache) gets a fresh GraphCache (graphs are bound to its buffers).
+        self.fast: FastSpdDrafter | None = None
+        self.graphs = GraphCache(enabled=use_graphs)
+        self.cycle_syncs: list[tuple[tuple[str, int], ...]] = []  # per prompt: (state, host syncs) per cycle
+
+    def _drafter_for(self, prompt, options: DecodeOptions, cache_len: int) -> FastSpdDrafter:
+        capacity = max(cache_len, spec_capacity(len(prompt.tokens), options, self.n))
+        if self.fast is None or self.fast.capacity < capacity:
+            self.fast = FastSpdDrafter(self.drafter, self.model, capacity)
+            self.graphs = GraphCache(enabled=self.use_graphs)
+        return self.fast
 
     # -- helpers --------------------------------------------------------------------------------------------
     def _remote_stages(self, active: int) -> list[int]:
@@ -103,10 +126,18 @@ class Controller:
         model, link, n = self.model, self.link, self.n
         # One head capacity for the whole run (the stages' cache length): the heads attend over the capacity,
         # so a per-prompt capacity meant new attention shapes, and one-time costs, in every prompt.
+        fast = self._drafter_for(prompt, options, cache_len)
         spd = SpdPrompt(
-            model, self.drafter, n, options, prompt, prompt_index, min_spec_capacity=cache_len, fast=self.fast
+            model,
+            self.drafter,
+            n,
+            options,
+            prompt,
+            prompt_index,
+            min_spec_capacity=cache_len,
+            fast=fast,
+            graphs=self.graphs,
         )
-        self.fast = spd.fast
         spd.start(*self._prefill(spd.tokens, cache_len))
         crop = NO_CROP
         local_out = None
@@ -115,8 +146,9 @@ class Controller:
             t_start = time.perf_counter()
             step = spd.next_cycle()
             cycle, newest = step.index, spd.pipeline[0]
-            control = Control(OP_GO, cycle, len(spd.pipeline), crop, newest.token, newest.position)
-            link.broadcast_control(control)
+            # The token stays on the device (a draft is known to the host only once verified): no host read.
+            control = Control(OP_GO, cycle, len(spd.pipeline), crop, 0, newest.position)
+            link.broadcast_control(control, token_t=newest.token_t)
             crop = NO_CROP
             t_control = time.perf_counter()
             link.flush_sends("send of stage 0")
@@ -124,7 +156,7 @@ class Controller:
             self._fork()
             if self.local_stage is not None:
                 with spd.timer.phase(cycle, "stage0", self.stage_stream), stream_context(self.stage_stream):
-                    sends, _, local, local_out = self.local_stage.cycle(control)
+                    sends, _, local, local_out = self.local_stage.cycle(control, newest.token_t)
             draft_logits = spd.draft(cycle, self.draft_stream)
             recvs, outputs, anchors = self._recv_plan(len(spd.pipeline), 1, step.saturated)
             with stream_context(self.stage_stream):
@@ -154,6 +186,8 @@ class Controller:
                 "decide": (t_end - t_received) * 1e6,
                 "cycle": (t_end - t_start) * 1e6,
             }
+        states = {index: state for index, state, _ in spd.record.cycles}
+        self.cycle_syncs.append(tuple((states[c], k) for c, k in sorted(spd.cycle_syncs.items())))
         return self._finish(spd.record, spd.timer, host)
 
     def _finish(self, record: PromptRecorder, timer: PhaseTimer, host: dict) -> PromptRun:

@@ -103,6 +103,9 @@ class DistributedRun:
     spd: tuple[RunResult, ...]
     world_size: int
     backend: str
+    # The controller's host syncs (device-to-host reads) per cycle: per prompt of every job in order, one
+    # (cycle state, count) per cycle (steady state: none in fill/refill cycles, the verify's one when saturated).
+    cycle_syncs: tuple[tuple[tuple[str, int], ...], ...] = ()
 
 
 def pick_backend(requested: str, world_size: int) -> str:
@@ -138,7 +141,9 @@ def run_distributed(
     prompt_list = as_prompts(prompts)
     backend = pick_backend(config.backend, roles.world_size)
     payload = launch_ranks(_rank_main, roles, (backend, source, prompt_list, config, list(jobs)))
-    return DistributedRun(payload["ar"], tuple(payload["spd"]), roles.world_size, backend)
+    return DistributedRun(
+        payload["ar"], tuple(payload["spd"]), roles.world_size, backend, payload["cycle_syncs"]
+    )
 
 
 def launch_ranks(target, roles, args: tuple):
@@ -293,7 +298,7 @@ def _serve(rank, roles, link, source, prompts, config, jobs, device):
             worker_loop(runner, config.fault if config.fault and config.fault[1] == rank else None)
             return None
         drafter = build_drafter(model, split, config, seed)
-        controller = Controller(model, drafter, split, link, runner)
+        controller = Controller(model, drafter, split, link, runner, config.use_graphs)
         ar = None
         if config.with_ar:
             from executor.schedules.dispatch import run_ar
@@ -310,7 +315,7 @@ def _serve(rank, roles, link, source, prompts, config, jobs, device):
                 RunResult("spd", _run_config(split, drafter, config, job, roles), prompt_runs, str(device))
             )
         controller.shutdown()
-        return {"ar": ar, "spd": runs}
+        return {"ar": ar, "spd": runs, "cycle_syncs": tuple(controller.cycle_syncs)}
 
 
 def _anchor_indices(model, split, config, seed) -> tuple[int, ...]:

@@ -55,6 +55,7 @@ class StageRunner:
         self.local_controller = link.rank == roles.controller
         self.graphs = GraphCache(enabled=graphs)
         self.cache = None
+        self.positions: torch.Tensor | None = None  # device arange: per-cycle positions are views of it
         self.inbox: torch.Tensor | None = None
         self.inbox_handles: list = []
         self.forward_us: list[float] = []
@@ -66,6 +67,8 @@ class StageRunner:
             self.cache = self.model.new_cache(cache_len)
             self.graphs = GraphCache(enabled=self.graphs.enabled)
         self.cache.reset()
+        if self.positions is None or self.positions.numel() != cache_len:
+            self.positions = torch.arange(cache_len, device=self.model.device)
         self.inbox, self.inbox_handles = None, []
         self.forward_us, self._events = [], []
 
@@ -96,8 +99,13 @@ class StageRunner:
     def _stack(self, feats: dict[int, torch.Tensor]) -> torch.Tensor:
         return torch.stack([feats[b] for b in self.anchors]).contiguous()
 
-    def cycle(self, control: Control) -> tuple[list, list, dict[int, torch.Tensor], torch.Tensor | None]:
-        """One GO cycle; returns (sends, recvs, anchors, output) — empty when this stage holds no token."""
+    def cycle(
+        self, control: Control, token_t: torch.Tensor | None = None
+    ) -> tuple[list, list, dict[int, torch.Tensor], torch.Tensor | None]:
+        """One GO cycle; returns (sends, recvs, anchors, output) — empty when this stage holds no token.
+
+        Stage 0 embeds ``token_t`` (a device ``[1, 1]`` id: the received control word's token field, or the
+        co-located controller's draft) and positions are views of a device arange: no host-to-device copy."""
         model, stage = self.model, self.stage
         if control.crop_len != NO_CROP:
             self.cache.crop(control.crop_len)
@@ -107,12 +115,12 @@ class StageRunner:
         if stage < control.active:
             position = control.position - stage
             if stage == 0:
-                hidden = model.embed(torch.tensor([[control.token]], device=model.device))
+                hidden = model.embed(token_t if token_t is not None else self.link.control_token())
             else:
                 self.link.wait_recvs(self.inbox_handles, f"hidden state from stage {stage - 1}")
                 hidden = self.inbox
             window = kv_bucket(position + 1, self.cache.max_len)
-            position_t = torch.tensor([position], device=model.device)
+            position_t = self.positions[position : position + 1]
             self._mark()
             outputs = self.graphs.run(("stage", window), self._step_fn(window), hidden, position_t)
             out, feats = self.graphs.clone_outputs(outputs)
