@@ -11,7 +11,7 @@ Cycle model (DESIGN.md §3, one barrier per cycle), per phase, every term stated
 * the host is off the critical path except one device-to-host read of the verify triple and the launch of the
   next cycle's first graph (``host_exposed_us``).
 
-Tokens per cycle: ρ = 1 / (1 + (n−1)(1−α)) (`spdsim.analytic.spd_rho`; refill cycles are taken at the saturated
+Tokens per cycle: ρ = 1 / (1 + (n−1)(1−α)) (`spdsim.formulas.spd_rho`; refill cycles are taken at the saturated
 cycle's cost, which over-states them slightly: fewer stages, no verify). Speedup over compiled AR on one GPU:
 ρ · T_AR / T_cycle. Run: ``python studies/distributed_prediction/predict.py`` (writes results/).
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from spdsim.analytic import spd_rho  # a public closed form; import path may move with the spdsim restructure
+from spdsim.formulas import spd_rho  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "studies" / "executor_speed" / "results"
