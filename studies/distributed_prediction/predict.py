@@ -1,7 +1,7 @@
 """Predicted cycle time and speedup of distributed SPD with the host off the critical path (issue 15), from the
 committed single-H200 measurements (compiled stage graphs, lm_head + verify, compiled AR step).
 
-Cycle model (DESIGN.md §3, one barrier per cycle), per phase, every term stated in ``ASSUMPTIONS``:
+Cycle model (docs/spd.md, the SPD cycle, one barrier per cycle), per phase, every term stated in ``ASSUMPTIONS``:
 
 * the stages run their compiled graphs in parallel; the last stage also runs final norm + lm_head + verify on its
   own GPU ("verify where it costs least": only the packed (accepted, target, draft) int64 triple leaves it);
