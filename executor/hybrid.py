@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from executor.cache import window_capacity
+from executor.cache import KVCache, window_capacity
 from executor.deltanet import (
     RECURRENT_MAX_TOKENS,
     AttnShape,
@@ -32,6 +32,7 @@ from executor.deltanet import (
     gated_attention_layer,
     hybrid_step_inputs,
 )
+from executor.fastmodel import DecoderAPI
 
 HYBRID_MODEL_TYPES = ("qwen3_5_text",)
 LINEAR, FULL = "linear_attention", "full_attention"
@@ -141,8 +142,10 @@ class HybridConfig:
         return per * len(self.linear_layers)
 
 
-class HybridCache:
-    """K/V windows of the full-attention layers and the DeltaNet state rings; the ``KVCache`` interface.
+class HybridCache(KVCache):
+    """K/V windows of the full-attention layers and the DeltaNet state rings; ``KVCache``'s length bookkeeping
+    (``crop`` moves lengths only: a DeltaNet layer's next forward at ``length`` reads its ring's state after
+    ``length − 1``, valid within ``ring − conv_kernel`` positions).
 
     ``keys[i]``/``values[i]`` are ``[B, kv, max_len, hd]`` for a full-attention layer and empty for a DeltaNet
     layer; ``conv_rings[i]`` ``[B, R, C]`` and ``state_rings[i]`` ``[R, B, nv, dk, dv]`` (float32) the reverse.
@@ -176,30 +179,6 @@ class HybridCache:
             None if f else torch.zeros(state, device=device, dtype=torch.float32) for f in full
         ]
         self.lengths = torch.zeros(cfg.num_layers, dtype=torch.long, device=device)
-
-    def layer_range(self, start_layer: int = 0, end_layer: int | None = None) -> range:
-        end = self.num_layers if end_layer is None else end_layer
-        if not 0 <= start_layer <= end <= self.num_layers:
-            raise ValueError(f"layer range [{start_layer}, {end}) outside [0, {self.num_layers})")
-        return range(start_layer, end)
-
-    def crop(self, length: int, start_layer: int = 0, end_layer: int | None = None) -> None:
-        """Forget every position >= ``length``: the attention lengths drop; a DeltaNet layer's next forward at
-        ``length`` reads its ring's state after ``length − 1`` (valid within ``ring − conv_kernel`` positions)."""
-        if length < 0:
-            raise ValueError(f"crop length must be >= 0, got {length}")
-        layers = self.layer_range(start_layer, end_layer)
-        self.lengths[layers.start : layers.stop].clamp_(max=length)
-
-    def reset(self) -> None:
-        self.lengths.zero_()
-
-    def length(self, layer: int = 0) -> int:
-        return int(self.lengths[layer])
-
-    def note_written(self, start_layer: int, end_layer: int, positions: torch.Tensor) -> None:
-        view = self.lengths[start_layer:end_layer]
-        torch.maximum(view, positions.max() + 1, out=view)
 
     def nbytes(self, kv_len: int | None = None) -> int:
         """Bytes of K+V over the full-attention layers for ``kv_len`` positions, plus one state per DeltaNet layer."""
@@ -268,7 +247,7 @@ def _rope_tables(cfg: HybridConfig, max_seq_len: int, device) -> tuple[torch.Ten
     return angles.cos(), angles.sin()
 
 
-class HybridModel(nn.Module):
+class HybridModel(DecoderAPI, nn.Module):
     """Qwen3.5 hybrid decoder with fused weights and static-shape steps; see the module docstring."""
 
     def __init__(self, cfg: HybridConfig, max_seq_len: int = 4096) -> None:
@@ -374,19 +353,7 @@ class HybridModel(nn.Module):
     def uncompile_layers(self) -> None:
         self._compiled = None
 
-    # -- the decoder API ------------------------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return self.embed_tokens.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embed_tokens.dtype
-
-    @property
-    def num_layers(self) -> int:
-        return self.cfg.num_layers
-
+    # -- the decoder API (device, dtype, num_layers, embed, forward: DecoderAPI) ---------------------------
     def new_cache(
         self, max_len: int | None = None, batch_size: int = 1, ring: int = STATE_RING
     ) -> HybridCache:
@@ -420,9 +387,6 @@ class HybridModel(nn.Module):
         """The full-attention layer and step-input functions (compiled, or eager), as ``FastModel``'s: what the
         SPD drafter's Qwen3.5 spec layers (gated full attention) run through (``executor.heads.fast_spd``)."""
         return self._fn(FULL, query_tokens), self._fn("inputs", query_tokens)
-
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        return F.embedding(tokens, self.embed_tokens)
 
     def forward_layers(
         self,
@@ -484,12 +448,3 @@ class HybridModel(nn.Module):
         """Final norm + lm_head; logits in float32 ``[B, T, V]``."""
         weight = self.embed_tokens if self.lm_head_weight is None else self.lm_head_weight
         return self._fn("head", hidden.shape[1])(hidden, self.norm, weight, self.cfg.rms_norm_eps)
-
-    def forward(
-        self, tokens: torch.Tensor, positions: torch.Tensor, cache: HybridCache, kv_len: int | None = None
-    ):
-        """Whole model: tokens ``[B, T]`` at ``positions [T]`` -> logits ``[B, T, V]`` (float32)."""
-        hidden, _ = self.forward_layers(
-            self.embed(tokens), positions, 0, self.num_layers, cache, kv_len=kv_len
-        )
-        return self.head(hidden)
