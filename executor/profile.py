@@ -12,6 +12,7 @@ import datetime
 import json
 import platform
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -235,10 +236,52 @@ def profile_phases(
         )
         phases["p2p"].append(_entry({"bytes": src.numel() * src.element_size()}, stats))
         report(f"head/embed/p2p q={query_tokens}: {phases['head'][-1]['median_us']:.1f} us")
+    phases["host_issue"] = profile_host_issue(model, cache, grid, timer.use_graphs)
+    issue = ", ".join(f"{entry['graphs']}: {entry['median_us']:.1f}" for entry in phases["host_issue"])
+    report(f"host_issue (graphs: us): {issue}")
     if grid.spec_layers:
         phases["drafter"] = profile_spd_drafter(model, grid, report, use_graphs)
         phases["chain_draft"] = profile_chain_draft(model, grid, report)
     return phases
+
+
+def profile_host_issue(
+    model: FastModel,
+    cache: KVCache,
+    grid: ProfileGrid,
+    use_graphs: bool,
+    counts: tuple[int, ...] = (1, 2, 4, 8),
+) -> list[dict[str, Any]]:
+    """Host microseconds to launch ``g`` one-layer graphs back to back, each with its input copy, and no sync.
+
+    This is the host's share of a cycle once it runs ahead of the device: it is hidden while it stays below the
+    device time of the cycle. Eager on the CPU (there it includes the compute)."""
+    hidden, positions = _hidden(model, 1), _positions(model, min(grid.kv_lens), 1)
+    window = kv_bucket(min(grid.kv_lens), cache.max_len)
+
+    def layer(h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return model.forward_layers(h, p, 0, 1, cache, kv_len=window)[0]
+
+    steps = [GraphedStep(layer, (hidden, positions)) if use_graphs else None for _ in range(max(counts))]
+    entries = []
+    for count in counts:
+        samples_us = []
+        for i in range(grid.warmup + grid.iters):
+            if model.device.type == "cuda":
+                torch.cuda.synchronize(model.device)
+            start = time.perf_counter()
+            for step in steps[:count]:
+                if step is None:
+                    layer(hidden, positions)
+                else:
+                    step(hidden, positions)
+            elapsed_us = (time.perf_counter() - start) * 1e6
+            if i >= grid.warmup:
+                samples_us.append(elapsed_us)
+        entries.append(_entry({"graphs": count}, TimingStats.from_samples(samples_us)))
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+    return entries
 
 
 def _head_timer(model: FastModel, grid: ProfileGrid) -> Callable[[Callable[[], Any]], TimingStats]:

@@ -36,6 +36,8 @@ phase              coordinates                                 what is timed
 ``layers_tp``      tp_degree, layers, query_tokens, kv_len     one rank's shard of ``layers`` layers under
                                                                tp_degree-way tensor parallelism, no all-reduce
 ``allreduce``      tp_degree, bytes                            one all-reduce of ``bytes`` over tp_degree GPUs
+``host_issue``     graphs                                      host time to launch ``graphs`` captured graphs
+                                                               back to back (input copies included, no sync)
 =================  ==========================================  ==============================================
 
 A reader interpolates linearly along each coordinate between measured points and refuses (a ``ProfileError``
@@ -77,6 +79,7 @@ PHASE_COORDINATES: dict[str, tuple[str, ...]] = {
     "colocated_contention": ("num_stages",),
     "layers_tp": ("tp_degree", "layers", "query_tokens", "kv_len"),  # kv_len last: readers take arrays
     "allreduce": ("tp_degree", "bytes"),
+    "host_issue": ("graphs",),
 }
 assert tuple(PHASE_COORDINATES) == PHASES, "the profile phases are the contract's PHASES"
 STAT_FIELDS = ("median_us", "p10_us", "p90_us", "samples")

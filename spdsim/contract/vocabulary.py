@@ -53,6 +53,7 @@ PHASES = (
     "colocated_contention",
     "layers_tp",
     "allreduce",
+    "host_issue",
 )
 
 

@@ -90,7 +90,7 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
 
     log(f"{tag}: profile bundle")
     grid = ProfileGrid(
-        stage_counts=(1, 2, 4),
+        stage_counts=(1, 2, 4, 8),
         query_tokens=(1, 3, 4, 6, 8),
         kv_lens=(256, 512, 1024),
         spec_layers=(1,),
