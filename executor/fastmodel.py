@@ -245,6 +245,8 @@ class DecoderAPI:
     ``rope_cos``/``rope_sin``, ``layer_weights(i)``, ``layer_functions(query_tokens)`` and ``head(hidden)``.
     Shared by FastModel and a tensor-parallel shard (``executor.distributed.tp.ShardedModel``)."""
 
+    is_hybrid = False  # HybridModel (Qwen3.5: DeltaNet + gated attention) says True
+
     @property
     def device(self) -> torch.device:
         return self.embed_tokens.device

@@ -250,6 +250,8 @@ def _rope_tables(cfg: HybridConfig, max_seq_len: int, device) -> tuple[torch.Ten
 class HybridModel(DecoderAPI, nn.Module):
     """Qwen3.5 hybrid decoder with fused weights and static-shape steps; see the module docstring."""
 
+    is_hybrid = True
+
     def __init__(self, cfg: HybridConfig, max_seq_len: int = 4096) -> None:
         super().__init__()
         self.cfg = cfg

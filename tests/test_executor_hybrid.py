@@ -228,3 +228,26 @@ def test_cli_spd_run_on_the_tiny_hybrid_prints_the_lossless_line():
     result = CliRunner().invoke(app, [*args, "--limit", "1", "--max-new-tokens", "8", "--spec-layers", "2"])
     assert result.exit_code == 0, result.output
     assert "1/1 prompts identical — lossless" in result.output
+
+
+def test_eagle3_on_the_hybrid_is_refused_in_one_line_and_the_profile_skips_its_chain_draft(fast_model):
+    from executor.profile import ProfileGrid, profile_phases
+    from spdsim.contract import SpdsimError
+
+    with pytest.raises(SpdsimError, match="eagle3 on a Qwen3.5 hybrid"):
+        run_method("eagle3", fast_model, prompts(count=1, seed=1, vocab=VOCAB), max_new_tokens=4, k=2)
+    grid = ProfileGrid(
+        stage_counts=(2,), query_tokens=(1,), kv_lens=(16,), spec_layers=(1,), warmup=1, iters=3
+    )
+    phases = profile_phases(fast_model, grid)
+    assert (
+        "chain_draft" not in phases
+        and phases["drafter"]
+        and [e["graphs"] for e in phases["host_issue"]]
+        == [
+            1,
+            2,
+            4,
+            8,
+        ]
+    )

@@ -95,6 +95,11 @@ def _spd(model, prompts, options: DecodeOptions, opts: dict, warmup: bool = Fals
 
 
 def _eagle3_head(model, head_path, seed: int) -> Eagle3Head:
+    if getattr(model, "is_hybrid", False):
+        raise SpdsimError(
+            "method eagle3 on a Qwen3.5 hybrid model is not supported yet (the EAGLE-3 head layer is not "
+            "wired to the hybrid's partial-RoPE tables); use --method spd, ar or draft-model"
+        )
     base = base_config_of(model)
     if head_path is not None:
         head = load_eagle3(head_path, base)
