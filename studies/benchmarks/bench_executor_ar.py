@@ -315,6 +315,7 @@ def main() -> int:
     parser.add_argument("--out-dir", default=str(ROOT / "studies" / "benchmarks" / "results"))
     parser.add_argument("--compile-modes", default="default", help="comma list; '' to skip compiled variants")
     parser.add_argument("--profile-out", default="", help="also write the profile bundle to this path")
+    parser.add_argument("--profile-spec-layers", default="1,2,3", help="SPD drafter depths L_s of the bundle")
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument(
         "--whole-step", action="store_true", help="also time the whole step compiled as one graph"
@@ -453,7 +454,11 @@ def main() -> int:
     if args.profile_out:
         log("profile bundle")
         grid = (
-            ProfileGrid()
+            ProfileGrid(
+                spec_layers=tuple(int(x) for x in args.profile_spec_layers.split(",")),
+                kv_lens=(256, 1024, 4096),
+                iters=30,
+            )
             if device.type == "cuda"
             else ProfileGrid(kv_lens=(256,), query_tokens=(1,), iters=3)
         )

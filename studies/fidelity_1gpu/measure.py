@@ -84,7 +84,7 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
     attempt("ar", "ar")
     for n in SPD_STAGES:
         attempt(run_name("spd", n, 0.8), "spd", stages=n, synthetic_alpha=0.8)
-    for k in CHAIN_K:
+    for k in args.chain_k:
         for alpha in CHAIN_ALPHA:
             attempt(run_name("eagle3", k, alpha), "eagle3", k=k, synthetic_alpha=alpha)
 
@@ -93,7 +93,7 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
         stage_counts=(1, 2, 4, 8),
         query_tokens=(1, 3, 4, 6, 8),
         kv_lens=(256, 512, 1024),
-        spec_layers=(1,),
+        spec_layers=args.spec_layers,
         iters=args.iters,
     )
     if device != "cuda":
@@ -130,7 +130,11 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--chain-k", default=",".join(map(str, CHAIN_K)), help="EAGLE-3 K values; '' skips")
+    parser.add_argument("--spec-layers", default="1", help="SPD drafter depths L_s of the profile bundle")
     args = parser.parse_args()
+    args.chain_k = tuple(int(k) for k in args.chain_k.split(",") if k)
+    args.spec_layers = tuple(int(k) for k in args.spec_layers.split(",") if k)
     for spec in args.models.split(","):
         measure_model(spec, Path(args.out), args, args.device)
     return 0
