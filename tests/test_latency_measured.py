@@ -235,3 +235,19 @@ def test_one_gpu_ar_step_is_the_measured_whole_step_where_the_profile_has_it(tmp
     assert latency.target_ns(1, 1_000) == pytest.approx(510_000, abs=2)
     assert latency.target_ns(1, np.array([0, 2_000])).tolist() == pytest.approx([500_000, 520_000], abs=2)
     assert latency.target_ns(4, 1_000) == plain.target_ns(4, 1_000)
+
+
+def test_fitted_serial_costs_hold_the_nearest_fitted_stage_count(tmp_path):
+    phases = {
+        "layers": _layers_table(),
+        "cycle_fixed": [_entry(30.0, num_stages=1), _entry(50.0, num_stages=2)],
+        "verify_fixed": [_entry(7.0, num_stages=2)],
+        "colocated_contention": [_entry(400.0, num_stages=2)],
+    }
+    spec = LatencySpec(kind="measured", profile_path=_profile(tmp_path, phases))
+    latency = build_latency_model(Scenario(model=TOY_SHAPE, latency=spec))
+    assert [latency.cycle_fixed_ns(n) for n in (1, 2, 4, 8)] == [30_000, 50_000, 50_000, 50_000]
+    assert latency.verify_fixed_ns(1) == latency.verify_fixed_ns(8) == 7_000
+    assert latency.colocated_contention_ppm(4) == 400_000
+    with pytest.raises(ProfileError, match="layers=16 outside"):  # measured phases still refuse
+        latency.layers_ns(16, 1, 0)

@@ -46,7 +46,9 @@ naming the phase and coordinate range) to extrapolate outside them.
 ``colocated_contention`` is dimensionless: the contention factor c in [0, 1] of an SPD drafter running on its own
 stream beside stage 0 on one GPU (together they keep it busy max(a, b) + c·min(a, b); 1 = back to back, 0 =
 perfect overlap), stored in the stat fields as µs added per ms of the shorter of the two (``median_us`` = 1000·c).
-``verify_fixed``, ``cycle_fixed`` and ``colocated_contention`` are fitted from runs by ``spdsim calibrate``.
+``verify_fixed``, ``cycle_fixed`` and ``colocated_contention`` are fitted from runs by ``spdsim calibrate``; outside
+the stage counts they were fitted at, a reader takes the nearest fitted one (a held-out n is priced with what
+calibration saw) instead of refusing.
 
 Tensor parallelism: a TP step is embed + ``layers_tp`` + 2 ``allreduce`` per layer + head. ``spdsim calibrate``
 fits a ring model t = a·(d−1) + b·2(d−1)/d·bytes to the measured ``allreduce`` degrees and stores it in the

@@ -99,18 +99,27 @@ class MeasuredLatency(LatencyModel):
     def cycle_fixed_ns(self, num_stages: int) -> int:
         if "cycle_fixed" not in self._tables:
             return 0
-        return self._table("cycle_fixed").lookup_ns(num_stages=num_stages)
+        return self._fitted_serial_ns("cycle_fixed", num_stages)
 
     def verify_fixed_ns(self, num_stages: int) -> int:
         if "verify_fixed" not in self._tables:
             return 0
-        return self._table("verify_fixed").lookup_ns(num_stages=num_stages)
+        return self._fitted_serial_ns("verify_fixed", num_stages)
+
+    def _fitted_serial_ns(self, phase: str, num_stages: int) -> int:
+        """A serial cost fitted from runs, held at the nearest fitted stage count outside the fitted ones: a
+        held-out n is priced with what calibration saw (docs/profile-schema.md), and validate shows the error."""
+        table = self._table(phase)
+        if isinstance(table, _GridTable):
+            axis = table.axes[0]
+            num_stages = int(min(max(num_stages, axis[0]), axis[-1]))
+        return table.lookup_ns(num_stages=num_stages)
 
     def colocated_contention_ppm(self, num_stages: int) -> int:
         if "colocated_contention" not in self._tables:
             return PPM
         # stored as µs per ms of the shorter member (c·1000); the table's ns are therefore c·10^6
-        value = self._table("colocated_contention").lookup_ns(num_stages=num_stages)
+        value = self._fitted_serial_ns("colocated_contention", num_stages)
         return min(max(int(value), 0), PPM)
 
 

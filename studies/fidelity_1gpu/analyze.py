@@ -48,6 +48,74 @@ def analyze_model(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def layer_weight_bytes(shape: dict) -> int:
+    """Weight bytes of one Qwen3/Llama decoder layer (q, k, v, o and the SwiGLU MLP; norms are negligible)."""
+    attn = shape["num_attention_heads"] * shape["head_dim"]
+    kv = shape["num_kv_heads"] * shape["head_dim"]
+    params = (
+        shape["hidden_size"] * (2 * attn + 2 * kv) + 3 * shape["hidden_size"] * shape["intermediate_size"]
+    )
+    return params * shape.get("dtype_bytes", 2)
+
+
+def speed(folder: Path) -> dict:
+    """Issue 11's speed figures from the same process's runs and bundle: the EAGLE-3 K = 3 iteration over the AR
+    step, the chain speedup at nominal alpha 0.8, and the stage steps' fraction of the measured copy bandwidth."""
+    out: dict = {"model": folder.name}
+    ar = folder / "ar"
+    chain = folder / "eagle3_k3_a0.80"
+    if (ar / "summary.json").is_file() and (chain / "summary.json").is_file():
+        ar_summary = json.loads((ar / "summary.json").read_text())
+        chain_summary = json.loads((chain / "summary.json").read_text())
+        ar_cycles = pd.read_csv(ar / "cycles.csv")
+        chain_cycles = pd.read_csv(chain / "cycles.csv")
+        phase_columns = [c for c in chain_cycles.columns if c.endswith("_us")]
+        ar_step_us = float(ar_cycles["step_us"].median())
+        iteration_us = float(chain_cycles[phase_columns].sum(axis=1).median())
+        out.update(
+            ar_tpot_ms=ar_summary["tpot_ms"],
+            ar_step_us=ar_step_us,
+            eagle3_k3_iteration_us=iteration_us,
+            iteration_over_ar_step=iteration_us / ar_step_us,
+            chain_tpot_ms=chain_summary["tpot_ms"],
+            chain_speedup=ar_summary["tpot_ms"] / chain_summary["tpot_ms"],
+            chain_realised_alpha=chain_summary.get("realised_alpha"),
+        )
+    bundle = json.loads((folder / "profile.json").read_text())
+    shape, copy_gbps = bundle["model"], bundle["hardware"]["copy_bandwidth_gbps"]
+    per_layer = layer_weight_bytes(shape)
+    fractions = {}
+    for entry in bundle["phases"]["layers"]:
+        if entry["query_tokens"] == 1 and entry["kv_len"] == 256:
+            gbps = entry["layers"] * per_layer / (entry["median_us"] * 1e-6) / 1e9
+            fractions[str(entry["layers"])] = round(gbps / copy_gbps, 4)
+    out.update(copy_bandwidth_gbps=copy_gbps, stage_step_fraction_of_copy_bw_q1_kv256=fractions)
+    out.update(gpu=bundle["hardware"].get("gpu"), software=bundle.get("software"), date=bundle.get("date"))
+    return out
+
+
+def speed_report(rows: list[dict]) -> str:
+    lines = ["", "## Speed (issue 11), same process as the fidelity runs", ""]
+    for row in rows:
+        lines.append(
+            f"- **{row['model']}** on {row.get('gpu')} (copy bandwidth {row['copy_bandwidth_gbps']:.0f} GB/s):"
+        )
+        if "chain_speedup" in row:
+            lines.append(
+                f"  AR step {row['ar_step_us']:.0f} us; EAGLE-3 K=3 iteration {row['eagle3_k3_iteration_us']:.0f} us "
+                f"= {row['iteration_over_ar_step']:.2f} x the AR step (goal <= 1.4); chain speedup at nominal 0.8 "
+                f"(realised {row['chain_realised_alpha']}) {row['chain_speedup']:.2f}x (goal >= 1.8)"
+            )
+        stages = ", ".join(
+            f"{k} layers {v:.1%}"
+            for k, v in sorted(
+                row["stage_step_fraction_of_copy_bw_q1_kv256"].items(), key=lambda kv: -int(kv[0])
+            )
+        )
+        lines.append(f"  stage step (q=1, kv=256) fraction of copy bandwidth: {stages}")
+    return "\n".join(lines) + "\n"
+
+
 def report(frame: pd.DataFrame) -> str:
     lines = [
         "# One-GPU fidelity (calibrated on AR + EAGLE-3 K=3 alpha 0.8; everything else held out)",
@@ -107,9 +175,12 @@ def main() -> int:
     folders = sorted(p for p in results.iterdir() if (p / "profile.json").is_file())
     frame = pd.concat([analyze_model(folder) for folder in folders], ignore_index=True)
     frame.to_csv(results / "validation.csv", index=False)
-    (results / "report.md").write_text(report(frame))
+    speeds = [speed(folder) for folder in folders]
+    (results / "speed.json").write_text(json.dumps(speeds, indent=1, default=str) + "\n")
+    text = report(frame) + speed_report(speeds)
+    (results / "report.md").write_text(text)
     plot(frame, results / "fidelity.png")
-    print(report(frame))
+    print(text)
     return 0
 
 
