@@ -72,6 +72,16 @@ class StageRunner:
         self.inbox, self.inbox_handles = None, []
         self.forward_us, self._events = [], []
 
+    def drain_inbox(self) -> None:
+        """Complete the receive posted last cycle, also when its hidden state is stale (a rejection flushed it).
+
+        Every posted receive is awaited before its handle is dropped: with gloo, a receive whose work is
+        destroyed while pending leaves the pair's send/receive matching inconsistent, and a later receive
+        never completes (the intermittent 4-rank hang, issue 15)."""
+        if self.inbox_handles:
+            self.link.wait_recvs(self.inbox_handles, f"hidden state from stage {self.stage - 1}")
+            self.inbox_handles = []
+
     def _hidden(self, tokens: int) -> torch.Tensor:
         cfg = self.model.cfg
         return torch.empty(1, tokens, cfg.hidden_size, device=self.model.device, dtype=self.model.dtype)
@@ -112,12 +122,12 @@ class StageRunner:
         feats: dict[int, torch.Tensor] = {}
         out = None
         sends: list = []
+        self.drain_inbox()
         if stage < control.active:
             position = control.position - stage
             if stage == 0:
                 hidden = model.embed(token_t if token_t is not None else self.link.control_token())
             else:
-                self.link.wait_recvs(self.inbox_handles, f"hidden state from stage {stage - 1}")
                 hidden = self.inbox
             window = kv_bucket(position + 1, self.cache.max_len)
             position_t = self.positions[position : position + 1]
@@ -201,6 +211,7 @@ def worker_loop(runner: StageRunner, fault: tuple[str, int, int] | None = None) 
             runner.inbox_handles = link.exchange(sends, recvs)
         elif control.op == OP_END_PROMPT:
             link.flush_sends(f"send of stage {runner.stage}")
+            runner.drain_inbox()
             timing = runner.timings().to(link.device)
             link.exchange([(timing, controller)], [])
             link.flush_sends(f"timings of stage {runner.stage}")
