@@ -87,15 +87,17 @@ def test_colocated_lossless_synthetic_and_replayable(tmp_path):
             prompt_run.trace[-1]["accepted"] == 0
         )
         assert all("stage1" in c.phases_us for c in prompt_run.cycles if c.state == "saturated")
+        # the last stage verified (only its triple came back): no verify phase on the controller
+        assert not any("verify" in c.phases_us for c in prompt_run.cycles)
     out = write_run_dir(synthetic, tmp_path / "run")
     trace = load_trace(out / "trace.csv")
     assert trace.accepted_total == synthetic.summary()["accepted"]
     assert len(trace.outcomes) == len(prompts)
 
 
-def test_own_drafter_rank_lossless():
+def test_own_drafter_rank_lossless_verifying_on_the_controller():
     prompts = prompt_set(2, seed=5)
-    config = DistributedConfig(num_stages=2, colocated=False, timeout_s=90)
+    config = DistributedConfig(num_stages=2, colocated=False, timeout_s=90, verify_on="controller")
     jobs = [DecodeOptions(max_new_tokens=NEW_TOKENS, synthetic_alpha=0.8)]
     run = run_distributed(SOURCE, prompts, config, jobs)
     assert run.world_size == 3
@@ -103,6 +105,8 @@ def test_own_drafter_rank_lossless():
         assert prompt_run.tokens == tokens
     assert_like_single_process(run, prompts, config, jobs)
     assert_steady_state_syncs(run)
+    saturated = [c for p in run.spd[0].prompts for c in p.cycles if c.state == "saturated"]
+    assert saturated and all("verify" in c.phases_us for c in saturated)
 
 
 def test_four_stages_four_processes_lossless_same_cycles_as_single_process():
@@ -197,3 +201,11 @@ def test_a_stage_awaits_every_receive_it_posts_also_across_a_rejection():
     gc.collect()
     assert link.dropped == []
     assert runner.inbox_handles == []
+
+
+def test_unknown_verify_place_is_refused_before_launching():
+    from spdsim.contract import SpdsimError
+
+    config = DistributedConfig(num_stages=2, verify_on="gpu")
+    with pytest.raises(SpdsimError, match="verify_on: unknown 'gpu'"):
+        run_distributed(SOURCE, prompt_set(1), config, [DecodeOptions(max_new_tokens=2)])
