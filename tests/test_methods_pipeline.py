@@ -158,6 +158,25 @@ def test_overheads_add_to_the_cycle():
     assert predict(scenario).tokens_per_s == pytest.approx(summarize(result)["tokens_per_s"], rel=0.02)
 
 
+def test_verify_on_the_last_stage_leaves_the_serial_part_of_the_cycle():
+    """Controller: the verify follows the slowest member; last stage: it lengthens only the last stage's member,
+    so with stage 0 + a co-located drafter as the slowest member it costs nothing."""
+    base = ideal("spd", 1.0, 2, new_tokens=60, requests=1)
+    base = replace(
+        base,
+        latency=replace(base.latency, head_ns=300),
+        method=replace(base.method, drafter_placement="stage0"),
+    )
+    last = replace(base, method=replace(base.method, verify_placement="last-stage"))
+    stage_ns = 16 * 1_000  # 32 layers / 2 stages at 1 us
+    steady = [
+        (r.tokens[-1].commit_ns - r.tokens[-2].commit_ns)
+        for r in (simulate(base, record_intervals=False), simulate(last, record_intervals=False))
+    ]
+    assert steady == [stage_ns + 1_000 + 300, stage_ns + 1_000]
+    assert predict(last).iteration_ns == pytest.approx(stage_ns + 1_000)
+
+
 def test_ppsd_drafts_with_its_early_exit_on_stage0():
     scenario = replace(ideal("ppsd", 1.0, 4, new_tokens=50, requests=1))
     scenario = replace(scenario, latency=replace(scenario.latency, head_ns=500))

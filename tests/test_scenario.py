@@ -156,6 +156,10 @@ BAD_OVERRIDES = [
         ["method.drafter_placement=cpu"],
         "method.drafter_placement: unknown placement 'cpu' (allowed: own-gpu, stage0)",
     ),
+    (
+        ["method.verify_placement=gpu"],
+        "method.verify_placement: unknown placement 'gpu' (allowed: controller, last-stage)",
+    ),
     (["latency.kind=constant", "latency.layer_ns=-5"], "latency.layer_ns: must be >= 0 ns (got -5)"),
     (["latency.kind=magic"], "latency.kind: unknown kind 'magic' (allowed: constant"),
     (["overheads.p2p_ns=-1"], "overheads.p2p_ns: must be a finite number >= 0 (got -1)"),

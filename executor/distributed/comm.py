@@ -19,7 +19,17 @@ OP_GO = 1  # one decode cycle: stages 0..active-1 forward their token
 OP_PREFILL = 2  # a new prompt: its ids follow in a second broadcast of `prompt_len` int64
 OP_END_PROMPT = 3  # the prompt is done: stages send their per-cycle timings and reset their caches
 OP_SHUTDOWN = 4
-CONTROL_FIELDS = ("op", "cycle", "active", "crop_len", "token", "position", "prompt_len", "cache_len")
+CONTROL_FIELDS = (
+    "op",
+    "cycle",
+    "active",
+    "crop_len",
+    "token",
+    "position",
+    "prompt_len",
+    "cache_len",
+    "verify",
+)
 NO_CROP = -1
 TOKEN_FIELD = CONTROL_FIELDS.index("token")
 
@@ -41,6 +51,9 @@ class Control:
     position: int = 0
     prompt_len: int = 0
     cache_len: int = 0  # PREFILL: KV cache length every stage allocates (the same for all prompts of a run)
+    verify: int = (
+        0  # GO, saturated: the last stage verifies (greedy) and sends the packed triple, not its output
+    )
 
     def encode(self, device: torch.device, token_t: torch.Tensor | None = None) -> torch.Tensor:
         """The control word as a device tensor, built without blocking the host: on a GPU the host fields go

@@ -53,9 +53,12 @@ class Controller:
         link: Link,
         local_stage: StageRunner | None,
         use_graphs: bool = True,
+        verify_on: str = "last-stage",
     ):
         self.model, self.drafter, self.split, self.link = model, drafter, split, link
         self.use_graphs = use_graphs
+        # greedy jobs: the last stage verifies, only its (accepted, target, drafted) triple comes back
+        self.verify_last = verify_on == "last-stage"
         self.n = split.num_stages
         self.roles = link.roles
         self.local_stage = local_stage
@@ -79,15 +82,20 @@ class Controller:
     def _remote_stages(self, active: int) -> list[int]:
         return [s for s in range(active) if not (s == 0 and self.local_stage is not None)]
 
-    def _recv_plan(self, active: int, tokens: int, saturated: bool):
-        """Receive buffers for one cycle (or prefill): per remote stage [output if last] + [anchors]."""
+    def _recv_plan(self, active: int, tokens: int, saturated: bool, verified: bool = False):
+        """Receive buffers for one cycle (or prefill): per remote stage [output if last] + [anchors]; the last
+        stage's output is the packed int64 verify triple when it ``verified``."""
         hidden = self.model.cfg.hidden_size
         device, dtype = self.model.device, self.model.dtype
         recvs, outputs, anchors = [], {}, {}
         for s in self._remote_stages(active):
             rank = self.roles.stage_rank(s)
             if s == self.n - 1 and saturated:
-                outputs[s] = torch.empty(1, tokens, hidden, device=device, dtype=dtype)
+                outputs[s] = (
+                    torch.empty(3, dtype=torch.int64, device=device)
+                    if verified
+                    else torch.empty(1, tokens, hidden, device=device, dtype=dtype)
+                )
                 recvs.append((outputs[s], rank))
             if self.anchors[s]:
                 anchors[s] = torch.empty(len(self.anchors[s]), 1, tokens, hidden, device=device, dtype=dtype)
@@ -147,7 +155,8 @@ class Controller:
             step = spd.next_cycle()
             cycle, newest = step.index, spd.pipeline[0]
             # The token stays on the device (a draft is known to the host only once verified): no host read.
-            control = Control(OP_GO, cycle, len(spd.pipeline), crop, 0, newest.position)
+            verify = int(step.saturated and self.verify_last and spd.verifier.greedy)
+            control = Control(OP_GO, cycle, len(spd.pipeline), crop, 0, newest.position, verify=verify)
             link.broadcast_control(control, token_t=newest.token_t)
             crop = NO_CROP
             t_control = time.perf_counter()
@@ -158,7 +167,7 @@ class Controller:
                 with spd.timer.phase(cycle, "stage0", self.stage_stream), stream_context(self.stage_stream):
                     sends, _, local, local_out = self.local_stage.cycle(control, newest.token_t)
             draft_logits = spd.draft(cycle, self.draft_stream)
-            recvs, outputs, anchors = self._recv_plan(len(spd.pipeline), 1, step.saturated)
+            recvs, outputs, anchors = self._recv_plan(len(spd.pipeline), 1, step.saturated, bool(verify))
             with stream_context(self.stage_stream):
                 handles = link.exchange(sends, recvs)
             draft = spd.sample_draft(draft_logits, self.draft_stream)
@@ -171,11 +180,9 @@ class Controller:
                 if got is None and depth in anchors:
                     got = self._unstack(depth, anchors[depth])
                 entry.feats.update(got or {})
-            if step.saturated:
-                spd.pipeline[-1].hidden = outputs.get(
-                    n - 1, local_out
-                )  # the exiting token's last-stage output
-            rejected_at = spd.decide(step, draft)
+            if step.saturated and not verify:  # the exiting token's last-stage output, verified here
+                spd.pipeline[-1].hidden = outputs.get(n - 1, local_out)
+            rejected_at = spd.decide(step, draft, verified=outputs[n - 1] if verify else None)
             if rejected_at is not None:
                 crop = rejected_at
             t_end = time.perf_counter()

@@ -20,7 +20,7 @@ from typing import Any
 
 from executor.distributed.comm import DistributedError, Link, Roles
 from executor.schedules.common import DecodeOptions, RunResult, as_prompts
-from spdsim.contract import SpdsimError
+from spdsim.contract import VERIFY_PLACEMENTS, SpdsimError
 
 BACKENDS = ("auto", "nccl", "gloo")
 FAULTS = ("kill", "stall")
@@ -90,6 +90,10 @@ class DistributedConfig:
     use_graphs: bool = True  # CUDA graphs for stage steps (GPU only)
     with_ar: bool = False  # also decode the prompts with AR on the controller's device (same session)
     fault: tuple[str, int, int] | None = None  # ("kill" | "stall", rank, cycle): fault injection for tests
+    # Greedy verification (final norm + lm_head + argmax + compare) on the last stage's rank ("last-stage": only the
+    # int64 (accepted, target, drafted) travels back) or on the controller ("controller": the [1, 1, H] hidden
+    # state travels back). Sampling (T > 0) verifies on the controller, which holds the draft's q.
+    verify_on: str = "last-stage"
 
     @property
     def roles(self) -> Roles:
@@ -134,6 +138,10 @@ def run_distributed(
     roles = config.roles
     if roles.num_stages < 2:
         raise SpdsimError(f"stages: the distributed pipeline needs n >= 2, got {roles.num_stages}")
+    if config.verify_on not in VERIFY_PLACEMENTS:
+        raise SpdsimError(
+            f"verify_on: unknown '{config.verify_on}' (allowed: {', '.join(VERIFY_PLACEMENTS)})"
+        )
     if config.fault is not None and config.fault[0] not in FAULTS:
         raise SpdsimError(f"fault: unknown '{config.fault[0]}' (allowed: {', '.join(FAULTS)})")
     for job in jobs:
@@ -298,7 +306,7 @@ def _serve(rank, roles, link, source, prompts, config, jobs, device):
             worker_loop(runner, config.fault if config.fault and config.fault[1] == rank else None)
             return None
         drafter = build_drafter(model, split, config, seed)
-        controller = Controller(model, drafter, split, link, runner, config.use_graphs)
+        controller = Controller(model, drafter, split, link, runner, config.use_graphs, config.verify_on)
         ar = None
         if config.with_ar:
             from executor.schedules.dispatch import run_ar
@@ -368,5 +376,6 @@ def _run_config(split, drafter, config: DistributedConfig, job: DecodeOptions, r
         "distributed": True,
         "drafter": "colocated" if config.colocated else "own",
         "world_size": roles.world_size,
+        "verify_on": config.verify_on if job.temperature == 0 else "controller",
         **asdict(job),
     }

@@ -27,6 +27,7 @@ from executor.distributed.comm import (
     Link,
 )
 from executor.graphs import GraphCache
+from executor.schedules.spd import greedy_verify_fn
 from executor.stages import StageSplit
 
 
@@ -60,6 +61,8 @@ class StageRunner:
         self.inbox_handles: list = []
         self.forward_us: list[float] = []
         self._events: list = []
+        self.tokens_at: torch.Tensor | None = None  # last stage: the id that entered stage 0 at each position
+        self._verify_fn = greedy_verify_fn(model) if self.last else None
 
     # -- prompt lifecycle -----------------------------------------------------------------------------------
     def begin(self, cache_len: int) -> None:
@@ -69,8 +72,20 @@ class StageRunner:
         self.cache.reset()
         if self.positions is None or self.positions.numel() != cache_len:
             self.positions = torch.arange(cache_len, device=self.model.device)
+            if self.last:
+                self.tokens_at = torch.zeros(cache_len, dtype=torch.int64, device=self.model.device)
         self.inbox, self.inbox_handles = None, []
         self.forward_us, self._events = [], []
+
+    def drain_inbox(self) -> None:
+        """Complete the receive posted last cycle, also when its hidden state is stale (a rejection flushed it).
+
+        Every posted receive is awaited before its handle is dropped: with gloo, a receive whose work is
+        destroyed while pending leaves the pair's send/receive matching inconsistent, and a later receive
+        never completes (the intermittent 4-rank hang, issue 15)."""
+        if self.inbox_handles:
+            self.link.wait_recvs(self.inbox_handles, f"hidden state from stage {self.stage - 1}")
+            self.inbox_handles = []
 
     def _hidden(self, tokens: int) -> torch.Tensor:
         cfg = self.model.cfg
@@ -112,12 +127,14 @@ class StageRunner:
         feats: dict[int, torch.Tensor] = {}
         out = None
         sends: list = []
+        self.drain_inbox()
+        if self.last and control.op == OP_GO:  # the control word's token, kept on the device for the verify
+            self.tokens_at[control.position : control.position + 1].copy_(self.link.control_token().view(1))
         if stage < control.active:
             position = control.position - stage
             if stage == 0:
                 hidden = model.embed(token_t if token_t is not None else self.link.control_token())
             else:
-                self.link.wait_recvs(self.inbox_handles, f"hidden state from stage {stage - 1}")
                 hidden = self.inbox
             window = kv_bucket(position + 1, self.cache.max_len)
             position_t = self.positions[position : position + 1]
@@ -125,7 +142,9 @@ class StageRunner:
             outputs = self.graphs.run(("stage", window), self._step_fn(window), hidden, position_t)
             out, feats = self.graphs.clone_outputs(outputs)
             self._mark(stop=True)
-            sends.append((out, self.next_rank))
+            sends.append(
+                (self._verify(control, out) if control.verify and self.last else out, self.next_rank)
+            )
             if self.anchors and not self.local_controller:
                 sends.append((self._stack(feats), self.link.roles.controller))
         else:
@@ -135,6 +154,15 @@ class StageRunner:
             self.inbox = self._hidden(1)
             recvs.append((self.inbox, self.prev_rank))
         return sends, recvs, feats, out
+
+    def _verify(self, control: Control, out: torch.Tensor) -> torch.Tensor:
+        """Verify where it costs least (greedy): final norm + lm_head + argmax of the exiting token here, compared
+        with the draft one position after it (depth n−1, which entered stage 0 n−2 cycles ago); only the packed
+        int64 (accepted, target, drafted) goes to the controller instead of the [1, 1, H] hidden state."""
+        candidate = control.position - self.split.num_stages + 2
+        drafted = self.tokens_at[candidate : candidate + 1].view(1, 1)
+        packed = self.graphs.run(("verify",), self._verify_fn, out, drafted)
+        return self.graphs.clone_outputs(packed)
 
     def _step_fn(self, window: int):
         model, cache, start, end, anchors = self.model, self.cache, self.start, self.end, self.anchors
@@ -201,6 +229,7 @@ def worker_loop(runner: StageRunner, fault: tuple[str, int, int] | None = None) 
             runner.inbox_handles = link.exchange(sends, recvs)
         elif control.op == OP_END_PROMPT:
             link.flush_sends(f"send of stage {runner.stage}")
+            runner.drain_inbox()
             timing = runner.timings().to(link.device)
             link.exchange([(timing, controller)], [])
             link.flush_sends(f"timings of stage {runner.stage}")

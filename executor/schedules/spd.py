@@ -237,40 +237,40 @@ class SpdPrompt:
 
     def _verify_step(self):
         if self._verify_fn is None:
-            model = self.model
-
-            def verify(hidden: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
-                target = model.head(hidden)[0, 0].argmax()
-                drafted = candidate.view(())
-                return torch.stack(((target == drafted).long(), target, drafted))
-
-            self._verify_fn = verify
+            self._verify_fn = greedy_verify_fn(self.model)
         return self._verify_fn
 
-    def decide(self, step: CycleStep, draft: Draft, verify_stream=None) -> int | None:
+    def _verify(self, step: CycleStep, exiting: InFlight, candidate: InFlight, verify_stream) -> tuple:
+        """Phase "verify" here: the greedy verify graph (its triple read back: the cycle's one host sync) or, when
+        sampling, speculative sampling on the host."""
+        with stream_context(verify_stream):
+            with self.timer.phase(step.index, "verify", verify_stream):
+                if not self.verifier.greedy:
+                    target_logits = self.model.head(exiting.hidden)[0, 0]
+                    return self.verifier.check(target_logits, candidate.token, candidate.draft_probs)
+                used_on(verify_stream, exiting.hidden, candidate.token_t)
+                packed = self.graphs.run(("verify",), self._verify_step(), exiting.hidden, candidate.token_t)
+            accepted, token, candidate.token = to_host(packed)  # the cycle's one host sync
+        return accepted, token
+
+    def decide(
+        self, step: CycleStep, draft: Draft, verify_stream=None, verified: torch.Tensor | None = None
+    ) -> int | None:
         """Ends the cycle. Saturated: phase "verify" checks the draft now at depth n−1 against the target's head
-        on the exiting token's last-stage output (its `hidden`). Accept: the new draft enters stage 0; reject: the
-        target's token re-enters alone. Returns the position to crop the target KV to after a rejection."""
+        on the exiting token's last-stage output (its `hidden`), or takes ``verified``, the packed (accepted,
+        target, drafted) triple the last stage computed (greedy; the distributed pipeline's verify where it costs
+        least). Accept: the new draft enters stage 0; reject: the target's token re-enters alone. Returns the
+        position to crop the target KV to after a rejection."""
         position = self.pipeline[0].position + 1
         new_entry = InFlight(draft.token_t, position, draft.embed, {0: draft.embed}, draft.probs, draft.token)
         record, crop, emitted = self.record, None, 0
         if step.saturated:
             exiting = self.pipeline[-1]
             candidate = self.pipeline[-2] if self.n >= 2 else new_entry
-            with stream_context(verify_stream):
-                with self.timer.phase(step.index, "verify", verify_stream):
-                    if self.verifier.greedy:
-                        used_on(verify_stream, exiting.hidden, candidate.token_t)
-                        packed = self.graphs.run(
-                            ("verify",), self._verify_step(), exiting.hidden, candidate.token_t
-                        )
-                    else:
-                        target_logits = self.model.head(exiting.hidden)[0, 0]
-                        accepted, token = self.verifier.check(
-                            target_logits, candidate.token, candidate.draft_probs
-                        )
-                if self.verifier.greedy:
-                    accepted, token, candidate.token = to_host(packed)  # the cycle's one host sync
+            if verified is not None:
+                accepted, token, candidate.token = to_host(verified)  # the cycle's one host sync
+            else:
+                accepted, token = self._verify(step, exiting, candidate, verify_stream)
             accepted = bool(accepted)
             verify_state = "refill" if self.first_after_refill else "saturated"
             row = (candidate.position, 1, candidate.token, token, int(accepted))
@@ -295,6 +295,19 @@ class SpdPrompt:
                 follow_synthetic(self.synthetic, record)
                 self.fast.load_plan(self.synthetic)
         return crop
+
+
+def greedy_verify_fn(model):
+    """The greedy verify as one fixed-shape function (graph-capturable): final norm + lm_head + argmax on the
+    exiting token's last-stage output ``[1, 1, H]``, compared with the drafted ``candidate`` id; returns the packed
+    int64 (accepted, target, drafted). The controller runs it, or the last stage's rank (only 24 bytes travel)."""
+
+    def verify(hidden: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        target = model.head(hidden)[0, 0].argmax()
+        drafted = candidate.reshape(())
+        return torch.stack(((target == drafted).long(), target, drafted))
+
+    return verify
 
 
 class _SpdDecoder:

@@ -66,6 +66,7 @@ def method_spec(run: MeasuredRun) -> MethodSpec:
             stage_layers=stage_layers,
             spec_layers=int(config.get("spec_layers") or 1),
             drafter_placement=placement_from_executor(config.get("drafter", "")),
+            verify_placement=config.get("verify_on", "controller"),
         )
     k = int(config.get("k") or 3)
     return MethodSpec(

@@ -46,6 +46,7 @@ from spdsim.contract.vocabulary import (
     PHASES,
     PIPELINE_METHODS,
     TRACE_STATES,
+    VERIFY_PLACEMENTS,
     placement_from_executor,
 )
 from spdsim.errors import SpdsimError
@@ -71,6 +72,7 @@ __all__ = [
     "CYCLE_STATES",
     "DRAFTER_FROM_EXECUTOR",
     "DRAFTER_PLACEMENTS",
+    "VERIFY_PLACEMENTS",
     "EXECUTOR_DRAFTER_PLACEMENTS",
     "MEASURED_FILES",
     "METHODS",

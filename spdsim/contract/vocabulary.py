@@ -35,6 +35,10 @@ ACCEPTANCE_KINDS = ("iid", "positional", "spd-state", "trace", "preset")
 DRAFTER_PLACEMENTS = ("own-gpu", "stage0")  # simulator: method.drafter_placement
 EXECUTOR_DRAFTER_PLACEMENTS = ("own", "colocated")  # executor: --drafter, run config "drafter"
 DRAFTER_FROM_EXECUTOR = {"own": "own-gpu", "colocated": "stage0"}
+# Where SPD's greedy verify (final norm + lm_head + argmax + compare) runs: on the controller (the exiting hidden
+# state travels there, the verify is serial after the stages) or on the last stage's GPU (only the token ids travel
+# back, the verify is part of the last stage's member). Simulator: method.verify_placement; executor: verify_on.
+VERIFY_PLACEMENTS = ("controller", "last-stage")
 
 CYCLE_STATES = ("fill", "refill", "saturated", "chain")  # executor cycles.csv "state"
 TRACE_STATES = ("saturated", "refill", "chain")  # trace.csv "state" (fill verifications count as refill)

@@ -17,6 +17,7 @@ from spdsim.scenario.config import (
     LATENCY_KINDS,
     METHODS,
     PIPELINE_METHODS,
+    VERIFY_PLACEMENTS,
     AcceptanceSpec,
     LatencySpec,
     MethodSpec,
@@ -55,6 +56,11 @@ def _validate_method(method: MethodSpec, model: ModelShape | None) -> None:
         method.drafter_placement in DRAFTER_PLACEMENTS,
         f"method.drafter_placement: unknown placement '{method.drafter_placement}' "
         f"(allowed: {', '.join(DRAFTER_PLACEMENTS)})",
+    )
+    check(
+        method.verify_placement in VERIFY_PLACEMENTS,
+        f"method.verify_placement: unknown placement '{method.verify_placement}' "
+        f"(allowed: {', '.join(VERIFY_PLACEMENTS)})",
     )
     check(method.exit_layer >= 0, f"method.exit_layer: must be >= 0 (got {method.exit_layer})")
     if method.name not in PIPELINE_METHODS:

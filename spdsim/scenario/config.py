@@ -12,7 +12,13 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from spdsim.contract.shape import ModelShape
-from spdsim.contract.vocabulary import ACCEPTANCE_KINDS, DRAFTER_PLACEMENTS, METHODS, PIPELINE_METHODS
+from spdsim.contract.vocabulary import (
+    ACCEPTANCE_KINDS,
+    DRAFTER_PLACEMENTS,
+    METHODS,
+    PIPELINE_METHODS,
+    VERIFY_PLACEMENTS,
+)
 from spdsim.errors import SpdsimError
 
 __all__ = [
@@ -21,6 +27,7 @@ __all__ = [
     "LATENCY_KINDS",
     "METHODS",
     "PIPELINE_METHODS",
+    "VERIFY_PLACEMENTS",
     "AcceptanceSpec",
     "Hardware",
     "LatencySpec",
@@ -117,6 +124,7 @@ class MethodSpec:
     stage_layers: tuple[int, ...] = ()  # explicit per-stage layer counts (must sum to L); empty = even split
     spec_layers: int = 3  # SPD drafter depth L_s (full-size decoder layers)
     drafter_placement: str = "own-gpu"
+    verify_placement: str = "controller"  # SPD: "last-stage" prices the verify inside the last stage's member
     draft_tokens: int = 3  # K for chain / parallel methods
     draft_layers: int = 1  # drafter depth for eagle3/mtp/dflash/peagle heads, or the draft model's layers
     draft_vocab_size: int = 32000  # draft lm_head rows (SPD PDM, EAGLE-3, P-EAGLE); 0 = target vocab

@@ -1,0 +1,44 @@
+"""studies/distributed_prediction/predict.py: simulator predictions from a phase bundle, or the committed numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+STUDY = Path(__file__).resolve().parent.parent / "studies" / "distributed_prediction" / "predict.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("study_distributed_prediction", STUDY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_bundle_with_host_issue_prices_the_host_and_a_missing_one_falls_back(tmp_path):
+    module = load()
+    bundle = module.committed_bundle("qwen3-8b")
+    bundle["phases"]["host_issue"] = [{"graphs": 1, "median_us": 100.0}, {"graphs": 2, "median_us": 300.0}]
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(bundle))
+    rows = module.predict({"qwen3-8b": path, "qwen3-4b": tmp_path / "absent.json"})
+    assert len(rows) == 2 * 3 * 2 * 3
+    key = {(r["model"], r["n"], r["placement"], r["alpha"]): r for r in rows}
+    with_bundle = key[("qwen3-8b", 2, "colocated", 0.8)]
+    assert with_bundle["host_us_per_cycle"] == module.ASSUMPTIONS["d2h_read_us"] + 300.0
+    assert "absent.json" in key[("qwen3-4b", 2, "colocated", 0.8)]["source"]
+    fallback = {
+        (r["n"], r["placement"], r["alpha"]): r for r in module.predict({}) if r["model"] == "qwen3-8b"
+    }
+    # the bundle's 300 us of launches (instead of 2 x 25 assumed) lengthen the saturated cycle by 250 us
+    delta = with_bundle["saturated_cycle_ms"] - fallback[(2, "colocated", 0.8)]["saturated_cycle_ms"]
+    assert abs(delta - 0.25) < 1e-6
+    for (model, n, placement, _), row in key.items():
+        rows_alpha = [key[(model, n, placement, a)] for a in module.ALPHAS]
+        assert [r["speedup_vs_compiled_ar"] for r in rows_alpha] == sorted(
+            r["speedup_vs_compiled_ar"] for r in rows_alpha
+        )
+        assert row["gpus"] == (n if placement == "colocated" else n + 1)
