@@ -1,79 +1,22 @@
-"""Real architecture configs for ``random:<preset>`` models (values from the published HF config.json files)."""
+"""Architecture configs for ``random:<preset>`` models: the published HF ``config.json`` files the simulator ships
+(``spdsim/profiles/models/<name>.json``, each naming its source in ``_source``; read through
+``spdsim.contract.model_config``), plus tiny shapes of the same families for CPU tests."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-_QWEN3_COMMON: dict[str, Any] = {
-    "model_type": "qwen3",
-    "architectures": ["Qwen3ForCausalLM"],
-    "vocab_size": 151936,
-    "head_dim": 128,
-    "hidden_act": "silu",
-    "rms_norm_eps": 1e-6,
-    "rope_theta": 1000000.0,
-    "max_position_embeddings": 40960,
-    "attention_bias": False,
-    "bos_token_id": 151643,
-    "eos_token_id": 151645,
-}
+from spdsim.contract.model_config import embedded_model_names, read_model_config, transformers_fields
+
+# The fast decoders (executor/fastmodel.py, executor/hybrid.py) run these model types; the other shipped
+# configs (Mistral, mixtures of experts) are simulator shapes only.
+FAST_MODEL_TYPES = ("llama", "qwen2", "qwen3", "qwen3_5_text")
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "qwen3-0.6b": {
-        **_QWEN3_COMMON,
-        "hidden_size": 1024,
-        "intermediate_size": 3072,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 16,
-        "num_key_value_heads": 8,
-        "tie_word_embeddings": True,
-    },
-    "qwen3-4b": {
-        **_QWEN3_COMMON,
-        "hidden_size": 2560,
-        "intermediate_size": 9728,
-        "num_hidden_layers": 36,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "tie_word_embeddings": True,
-    },
-    "qwen3-8b": {
-        **_QWEN3_COMMON,
-        "hidden_size": 4096,
-        "intermediate_size": 12288,
-        "num_hidden_layers": 36,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "tie_word_embeddings": False,
-    },
-    "llama3.1-8b": {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
-        "vocab_size": 128256,
-        "hidden_size": 4096,
-        "intermediate_size": 14336,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "head_dim": 128,
-        "hidden_act": "silu",
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 500000.0,
-        "rope_scaling": {
-            "rope_type": "llama3",
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192,
-        },
-        "max_position_embeddings": 131072,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "tie_word_embeddings": False,
-        "bos_token_id": 128000,
-        "eos_token_id": [128001, 128008, 128009],
-    },
+    name: transformers_fields(read_model_config(name)[1]) for name in embedded_model_names()
 }
+PRESETS["llama3.1-8b"] = copy.deepcopy(PRESETS["llama-3.1-8b"])  # the executor's earlier name of the config
 
 # Tiny shapes of the two families for tests and CPU dry runs (not published models).
 _TINY: dict[str, Any] = {
@@ -115,50 +58,12 @@ PRESETS["tiny-llama"] = {
     },
 }
 
-# Qwen3.5 (hybrid: Gated DeltaNet + gated full attention, 3:1). Source: the published Qwen/Qwen3.5-4B and
-# Qwen/Qwen3.5-9B config.json text_config as recalled (the hub is unreachable here), cross-checked against
-# transformers 5.24 ``Qwen3_5TextConfig``, whose defaults are documented as "the Qwen3.5-9B style configuration"
-# (vocab 248320, hidden 4096, intermediate 12288, 32 layers, 16 q / 4 kv heads, head_dim 256, linear attention
-# 16 key / 32 value heads of dim 128, conv kernel 4, full_attention_interval 4, partial rotary 0.25). The 4B
-# shares everything but hidden 2560, intermediate 9216 and tied embeddings (docs/spd.md §2.4).
+# Qwen3.5 (hybrid: Gated DeltaNet + gated full attention, 3:1): random:qwen3.5-4b and random:qwen3.5-9b are the
+# shipped text configs (their _source and _notes say where the values come from).
 _QWEN35_COMMON: dict[str, Any] = {
-    "model_type": "qwen3_5_text",
-    "architectures": ["Qwen3_5ForCausalLM"],
-    "vocab_size": 248320,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 4,
-    "head_dim": 256,
-    "hidden_act": "silu",
-    "rms_norm_eps": 1e-6,
-    "max_position_embeddings": 262144,
-    "attention_bias": False,
-    "linear_conv_kernel_dim": 4,
-    "linear_key_head_dim": 128,
-    "linear_value_head_dim": 128,
-    "linear_num_key_heads": 16,
-    "linear_num_value_heads": 32,
-    "full_attention_interval": 4,
-    "rope_parameters": {
-        "rope_type": "default",
-        "rope_theta": 10000000.0,
-        "partial_rotary_factor": 0.25,
-        "mrope_section": [11, 11, 10],
-        "mrope_interleaved": True,
-    },
-    "eos_token_id": 248044,
-}
-PRESETS["qwen3.5-4b"] = {
-    **_QWEN35_COMMON,
-    "hidden_size": 2560,
-    "intermediate_size": 9216,
-    "tie_word_embeddings": True,
-}
-PRESETS["qwen3.5-9b"] = {
-    **_QWEN35_COMMON,
-    "hidden_size": 4096,
-    "intermediate_size": 12288,
-    "tie_word_embeddings": False,
+    k: v
+    for k, v in PRESETS["qwen3.5-9b"].items()
+    if k not in ("hidden_size", "intermediate_size", "tie_word_embeddings")
 }
 # The same architecture at a CPU-test size: 8 layers = 2 x (3 DeltaNet + 1 gated attention).
 PRESETS["tiny-qwen3.5"] = {
@@ -178,4 +83,11 @@ PRESETS["tiny-qwen3.5"] = {
 }
 
 # Presets whose architecture the fast decoder cannot run, with the reason (one line each).
-UNSUPPORTED: dict[str, str] = {}
+UNSUPPORTED: dict[str, str] = {
+    name: (
+        f"model: random:{name} is a '{config['model_type']}' model, which the executor's fast decoders do not run "
+        f"(they run {', '.join(FAST_MODEL_TYPES)}); the simulator prices it (spdsim simulate --model {name})"
+    )
+    for name, config in PRESETS.items()
+    if config["model_type"] not in FAST_MODEL_TYPES
+}

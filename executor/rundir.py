@@ -21,6 +21,7 @@ from spdsim.contract import (
     write_file,
     write_text_file,
 )
+from spdsim.contract.extras import require_parquet
 
 TOKEN_COLUMNS = (
     "method",
@@ -101,6 +102,7 @@ def write_trace(result: RunResult, path: str | Path) -> Path:
     if path.suffix.lower() in (".parquet", ".pq"):
         import pandas as pd
 
+        require_parquet("Parquet output")
         frame = pd.DataFrame(trace_rows(result), columns=list(TRACE_COLUMNS))
         write_file(path, lambda temporary: frame.to_parquet(temporary, index=False))
     elif path.suffix.lower() == ".csv":

@@ -27,18 +27,9 @@ EXIT_USER = 2
 EXIT_BUG = 1
 EXIT_INTERRUPTED = 130
 
-# optional packages -> what to install (the executor extra, or a core dependency missing from the environment)
+# core dependencies missing from the environment -> what to install (optional ones: spdsim.contract.extras)
 PACKAGE_HINTS = {
-    "torch": "pip install 'spdsim[executor]' (CPU build: pip install torch==2.13.0)",
-    "transformers": "pip install 'spdsim[executor]'",
-    "safetensors": "pip install 'spdsim[executor]'",
-    "gguf": "pip install 'spdsim[executor]'",
-    "accelerate": "pip install 'spdsim[executor]'",
-    "tqdm": "pip install 'spdsim[executor]'",
-    "dask": "pip install 'spdsim[dask]'",
-    "distributed": "pip install 'spdsim[dask]'",
     "matplotlib": "pip install matplotlib (a dependency of spdsim: pip install -e .)",
-    "pyarrow": "pip install pyarrow (a dependency of spdsim: pip install -e .)",
     "pandas": "pip install pandas (a dependency of spdsim: pip install -e .)",
 }
 
@@ -51,12 +42,24 @@ def message_of(exc: BaseException) -> tuple[int, str] | None:
     """(exit code, one line) for an expected failure, None for a bug."""
     if isinstance(exc, SpdsimError):
         return EXIT_USER, one_line(exc)
+    # deferred: spdsim.contract imports this module
+    from spdsim.contract.extras import EXTRA_OF, missing_extra_message
+
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         top = exc.name.split(".")[0]
+        extra = EXTRA_OF.get(top)
+        if extra is not None:
+            cpu = "; the CPU build: pip install torch==2.13.0" if top == "torch" else ""
+            return (
+                EXIT_USER,
+                f"{missing_extra_message('this command', extra)} ('{top}' is not installed{cpu})",
+            )
         hint = PACKAGE_HINTS.get(top)
         if hint is not None:
             return EXIT_USER, f"this command needs the package '{top}', which is not installed: {hint}"
         return None
+    if isinstance(exc, ImportError) and "pyarrow" in str(exc):  # pandas: "Unable to find a usable engine"
+        return EXIT_USER, missing_extra_message("Parquet input and output", "parquet")
     if isinstance(exc, MemoryError):
         return EXIT_USER, "out of memory: the run is too large for this machine (fewer tokens or requests)"
     if isinstance(exc, OSError) and (exc.filename or exc.strerror):

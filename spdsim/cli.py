@@ -13,6 +13,7 @@ User mistakes end with one line ``error: <field>: <what is allowed>`` and exit c
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -59,6 +60,22 @@ def _console() -> Console:
     return Console(highlight=False, soft_wrap=False, width=160)
 
 
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Model for every run: an embedded name (`spdsim list models`), a HF config.json or a directory "
+        "holding one.",
+    ),
+]
+
+
+def _named_overrides(hardware: str | None, model: str | None) -> list[str]:
+    """``--hardware`` / ``--model`` as the overrides they stand for (JSON strings: a path stays one value)."""
+    pairs = (("hardware", hardware), ("model", model))
+    return [f"{key}={json.dumps(value)}" for key, value in pairs if value]
+
+
 ForceOpt = Annotated[
     bool,
     typer.Option(
@@ -73,6 +90,14 @@ def _check_workers(workers: int) -> int:
     if not 0 <= workers <= WORKERS_MAX:
         raise SpdsimError(f"--workers: must be 0 (one per CPU core) to {WORKERS_MAX} (got {workers})")
     return workers
+
+
+def _check_table_extra(out: Path) -> None:
+    """A Parquet table needs the 'parquet' extra: said before any work, in one line."""
+    from spdsim.contract.extras import is_parquet, require_parquet
+
+    if is_parquet(out):
+        require_parquet("Parquet output")
 
 
 def _scenario_paths(targets: list[Path] | None) -> list[Path]:
@@ -146,10 +171,11 @@ def simulate(
         bool, typer.Option("--waterfall", help="Also print where SPD's speedup goes (topology, host, ...).")
     ] = False,
     force: ForceOpt = False,
+    model: ModelOpt = None,
 ) -> None:
     """Simulate a scenario (all its runs), print the comparison table and write a run directory."""
     paths = _scenario_paths([scenario] if scenario else None)
-    overrides = ([f"hardware={hardware}"] if hardware else []) + list(set_ or [])
+    overrides = _named_overrides(hardware, model) + list(set_ or [])
     _simulate_and_report(
         paths,
         overrides,
@@ -175,10 +201,22 @@ def compare(
     acceptance: AcceptanceOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Also write a new run directory.")] = None,
     force: ForceOpt = False,
+    model: ModelOpt = None,
+    hardware: Annotated[
+        str | None, typer.Option("--hardware", help="Hardware for every run (`spdsim list hardware`).")
+    ] = None,
 ) -> None:
     """Compare methods or configurations side by side, each against AR on the same hardware."""
+    overrides = _named_overrides(hardware, model) + list(set_ or [])
     _simulate_and_report(
-        _scenario_paths(scenarios), set_, profile, acceptance, method, out, write_default=False, force=force
+        _scenario_paths(scenarios),
+        overrides,
+        profile,
+        acceptance,
+        method,
+        out,
+        write_default=False,
+        force=force,
     )
 
 
@@ -204,6 +242,7 @@ def sweep(
     if out is None:
         raise SpdsimError("--out: give the output table, FILE.csv or FILE.parquet")
     check_out_file(out, TABLE_SUFFIXES)
+    _check_table_extra(out)
     if not grid:
         raise SpdsimError("--grid: give at least one KEY=VALUES axis, e.g. method.num_stages=2,4,8,16")
     _check_workers(workers)
@@ -295,6 +334,7 @@ def optimize(
         raise SpdsimError(f"--max-gpus: SPD needs at least 2 GPUs, or 0 for no limit (got {max_gpus})")
     if out is not None:
         check_out_file(out, TABLE_SUFFIXES)
+        _check_table_extra(out)
     _check_workers(workers)
     space = SearchSpace(
         stages=parse_int_range(stages, "--stages"),

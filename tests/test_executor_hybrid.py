@@ -208,15 +208,12 @@ def test_simulator_shapes_are_the_executor_presets(name):
         cfg.linear_value_heads,
         cfg.linear_key_dim,
     )
-    import json
-    from pathlib import Path
+    from spdsim.contract.model_config import read_model_config
 
-    import spdsim
-
-    source = json.loads((Path(spdsim.__file__).parent / "profiles" / "models" / f"{name}.json").read_text())[
-        "source"
-    ]
-    assert f"random:{name}" in source
+    # one file: the executor's preset is the shipped config the simulator's shape is read from
+    config = read_model_config(name)[1]
+    assert PRESETS[name]["hidden_size"] == config["hidden_size"]
+    assert config["_source"].startswith("text_config of https://huggingface.co/Qwen/Qwen3.5-")
 
 
 def test_cli_spd_run_on_the_tiny_hybrid_prints_the_lossless_line():

@@ -10,12 +10,14 @@ from hypothesis import strategies as st
 
 from spdsim.errors import SpdsimError
 from spdsim.formulas import alpha_from_chain_tau, chain_acceptance_length, optimal_gamma
+from spdsim.scenario.files import load_runs
 from spdsim.scenario.presets import (
     alpha_from_pipeline_speedup,
     catalog,
     get_hardware,
     get_model,
     get_preset,
+    hardware_datasheet,
     hardware_names,
     load_presets,
     model_names,
@@ -121,7 +123,7 @@ def test_hardware_and_models_are_embedded_with_sources():
 
 
 def test_unknown_names_list_the_allowed_ones():
-    with pytest.raises(SpdsimError, match="allowed: h100-2node-100g, "):
+    with pytest.raises(SpdsimError, match="allowed: a100-80gb, b200, h100-2node-100g, "):
         get_hardware("a100")
     with pytest.raises(SpdsimError, match="qwen3.5-4b"):
         get_model("gpt-5")
@@ -200,3 +202,66 @@ def test_smollm2_presets_reproduce_the_measured_rho_with_ideal_latencies():
         scenario = replace(scenario, acceptance=AcceptanceSpec(**preset.acceptance))
         rho = summarize(simulate(scenario))["rho"]
         assert rho == pytest.approx(float(measured["rho"]), rel=0.02)
+
+
+CATALOGUE = ("a100-80gb", "h100", "h200", "b200", "l40s", "mi300x")
+
+
+@pytest.mark.parametrize("name", CATALOGUE)
+def test_the_hardware_catalogue_carries_datasheet_figures_and_their_source(name):
+    sheet = hardware_datasheet(name)
+    assert sheet["url"].startswith("https://www.") and sheet["gpu"]
+    for key in ("memory_gib", "memory_bandwidth_gbps", "bf16_dense_tflops", "intra_node_bandwidth_gbps"):
+        assert sheet[key] > 0, key
+    assert sheet["inter_node_bandwidth_gbps"] > 0 and sheet["intra_node_link"] and sheet["inter_node_link"]
+    assert sheet["fp8_dense_tflops"] is None if name == "a100-80gb" else sheet["fp8_dense_tflops"] > 0
+    hw = get_hardware(name)
+    assert hw.memory_gib == sheet["memory_gib"] and hw.peak_tflops == sheet["bf16_dense_tflops"]
+    assert hw.p2p_bandwidth_gbps == sheet["intra_node_bandwidth_gbps"]
+    if name == "h100":  # the project's measured copy bandwidth, 90% of the datasheet's 3.35 TB/s
+        assert (hw.mem_bandwidth_gbps, sheet["memory_bandwidth_gbps"]) == (3020.0, 3350.0)
+    else:
+        assert hw.mem_bandwidth_gbps == sheet["memory_bandwidth_gbps"]
+        assert sheet["url"] in hw.source or name == "h200"
+
+
+def test_variants_name_the_gpu_they_use():
+    assert hardware_datasheet("h100-2node-200g") == hardware_datasheet("h100")
+    assert hardware_datasheet("h200-nvl8")["gpu"] == "NVIDIA H200 SXM 141GB"
+    headers, rows = catalog("hardware")
+    row = dict(zip(headers, next(r for r in rows if r[0] == "h100-nvl8"), strict=True))
+    assert row["source"].startswith("as h100: One H100 NVLink node")
+    row = dict(zip(headers, next(r for r in rows if r[0] == "h100"), strict=True))
+    assert row["bandwidth GB/s"] == "3350 (simulated 3020)" and row["source"].startswith(
+        "https://www.nvidia.com"
+    )
+
+
+def test_list_shows_the_catalogue_with_sources():
+    from typer.testing import CliRunner
+
+    from spdsim.cli import app
+
+    result = CliRunner().invoke(app, ["list", "hardware"])
+    assert result.exit_code == 0, result.output
+    for text in (*CATALOGUE, "BF16 / FP8", "source", "https://www.amd.com", "AMD Instinct MI300X"):
+        assert text in result.output, text
+    result = CliRunner().invoke(app, ["list", "models"])
+    for text in ("qwen3-30b-a3b", "qwen3_moe, 8/128 experts", "24/32 DeltaNet", "https://huggingface.co/"):
+        assert text in result.output, text
+
+
+def test_a_measured_copy_bandwidth_replaces_the_datasheet_one():
+    from spdsim.report.compare import simulate_runs
+    from spdsim.scenario.config import to_dict
+
+    small = ["workload.new_tokens=16", "workload.num_requests=1", "hardware=a100-80gb"]
+    datasheet, measured = (
+        simulate_runs(load_runs(methods=["ar"], overrides=[*small, *extra]))[0]
+        for extra in ([], ["hardware.copy_bandwidth_gbps=1835.1"])
+    )
+    assert "copy_bandwidth_gbps" not in to_dict(datasheet.scenario)["hardware"]
+    assert to_dict(measured.scenario)["hardware"]["copy_bandwidth_gbps"] == 1835.1
+    # a memory-bound AR step streams at 90% of the datasheet bandwidth: 1/0.9 as long
+    ratio = measured.result.tokens[-1].commit_ns / datasheet.result.tokens[-1].commit_ns
+    assert ratio == pytest.approx(2039 / 1835.1, rel=0.01)

@@ -135,7 +135,7 @@ def test_several_files_prefix_labels(tmp_path):
 
 BAD_OVERRIDES = [
     (["method.name=medusa"], "method.name: unknown method 'medusa' (allowed: ar, spd"),
-    (["hardware=a100"], "hardware: unknown hardware 'a100' (allowed: h100-2node-100g, "),
+    (["hardware=a100"], "hardware: unknown hardware 'a100' (allowed: a100-80gb, b200, h100-2node-100g, "),
     (["model=gpt-9"], "model: unknown model 'gpt-9' (allowed:"),
     (["acceptance.preset=qwen3.5-4b/overall/nope"], "acceptance.preset: unknown preset"),
     (["acceptance.alpha=1.5"], "acceptance.alpha: must be in [0, 1] (got 1.5)"),

@@ -85,7 +85,8 @@ def run_training(
     show_progress: bool = True,
 ) -> TrainLog:
     """Optimise ``params`` on ``objective(batch_of_blocks)`` until the step or time budget runs out."""
-    from tqdm.auto import tqdm
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     config.validate()
     if blocks.shape[0] < 1:
@@ -95,26 +96,30 @@ def run_training(
     order = block_order(blocks.shape[0], config.seed)
     log = TrainLog()
     start = time.perf_counter()
-    bar = tqdm(total=config.max_steps, disable=not show_progress, unit="step", dynamic_ncols=True)
-    for step in range(config.max_steps):
-        elapsed = time.perf_counter() - start
-        if config.minutes > 0 and elapsed >= 60.0 * config.minutes:
-            log.stopped_by = "time"
-            break
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, step, elapsed)
-        batch = blocks[[next(order) for _ in range(config.batch_size)]].to(device, non_blocking=True)
-        with autocast:
-            loss, metrics = objective(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
-        log.losses.append(float(loss.detach()))
-        log.metrics.append(metrics)
-        bar.update(1)
-        if step % 10 == 0:
-            bar.set_postfix({k: f"{v:.3f}" for k, v in list(metrics.items())[:4]})
-    bar.close()
+    columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[metrics]}"))
+    with Progress(
+        *columns, console=Console(stderr=True), disable=not show_progress
+    ) as bar:  # stderr, as tqdm
+        task = bar.add_task("train", total=config.max_steps, metrics="")
+        for step in range(config.max_steps):
+            elapsed = time.perf_counter() - start
+            if config.minutes > 0 and elapsed >= 60.0 * config.minutes:
+                log.stopped_by = "time"
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, step, elapsed)
+            batch = blocks[[next(order) for _ in range(config.batch_size)]].to(device, non_blocking=True)
+            with autocast:
+                loss, metrics = objective(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            log.losses.append(float(loss.detach()))
+            log.metrics.append(metrics)
+            bar.advance(task)
+            if step % 10 == 0:
+                shown = " ".join(f"{k}={v:.3f}" for k, v in list(metrics.items())[:4])
+                bar.update(task, metrics=shown)
     log.seconds = time.perf_counter() - start
     return log

@@ -2,7 +2,9 @@
 ``spdsim``, and nothing else.
 
 - one vocabulary: method names, drafter placement, cycle states, phase names (``vocabulary``);
-- the model shape (``shape``);
+- the model shape (``shape``) and how it is read from a HF ``config.json``, the embedded model files included
+  (``model_config``: the simulator's shapes and the executor's ``random:`` presets read the same files);
+- the optional extras of the install and the one-line error naming a missing one (``extras``);
 - the profile bundle schema (``profile_schema``), the per-verification trace columns (``trace``) and the
   acceptance-presets file format (``read_preset_file``);
 - the run directory: its two kinds and their files (``rundir``), how files are written (``files``: checked paths, atomic writes) and how a run's realised

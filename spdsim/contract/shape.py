@@ -28,3 +28,9 @@ class ModelShape:
     linear_key_heads: int = 0
     linear_value_heads: int = 0
     linear_head_dim: int = 0
+    # Mixture of experts (0 = dense). ``intermediate_size`` is then the MLP width one token reads (its
+    # ``experts_per_token`` routed experts plus any shared expert), which is what a batch-1 decode step streams;
+    # the weights held are ``num_experts`` experts of ``expert_intermediate_size`` (spdsim.scenario.memory).
+    num_experts: int = 0
+    experts_per_token: int = 0
+    expert_intermediate_size: int = 0

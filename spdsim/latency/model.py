@@ -237,7 +237,7 @@ class RooflineLatency(LatencyModel):
         m = aggregation_types
         self._aggregation_types = m
         self._aggregation_params = m * (m + 1) // 2 * s.hidden_size * s.hidden_size
-        self._bytes_per_ns = hardware.mem_bandwidth_gbps * hardware.bandwidth_efficiency  # GB/s == B/ns
+        self._bytes_per_ns = hardware.stream_bandwidth_gbps * hardware.bandwidth_efficiency  # GB/s == B/ns
         self._flops_per_ns = hardware.peak_tflops * 1e3 * hardware.flops_efficiency  # TFLOP/s == 1e3 FLOP/ns
 
     def _roof_ns(self, bytes_moved: Any, flops: Any) -> Any:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spdsim.contract.extras import is_parquet, require_parquet
 from spdsim.contract.trace import TRACE_COLUMNS, TRACE_STATES
 from spdsim.errors import SpdsimError
 from spdsim.scenario.config import AcceptanceSpec
@@ -171,6 +172,8 @@ def load_trace(path: str | Path) -> Trace:
     path = Path(path)
     if not path.is_file():
         raise SpdsimError(f"trace: no such file '{path}'")
+    if is_parquet(path):
+        require_parquet("Parquet input")
     try:
         frame = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
     except Exception as exc:  # any reader failure is a user file problem

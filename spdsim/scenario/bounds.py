@@ -74,7 +74,8 @@ def check_bounds(scenario: Scenario) -> Scenario:
     if model is not None:
         _at_most(model.num_layers, MAX_LAYERS, "model.num_layers")
         _at_most(model.dtype_bytes, 16, "model.dtype_bytes")
-        for name in ("hidden_size", "intermediate_size", "vocab_size", "num_attention_heads", "head_dim"):
+        dims = ("hidden_size", "intermediate_size", "vocab_size", "num_attention_heads", "head_dim")
+        for name in (*dims, "num_experts", "expert_intermediate_size"):
             _at_most(getattr(model, name), MAX_DIM, f"model.{name}")
     hardware = scenario.hardware
     if hardware is not None:
@@ -96,9 +97,9 @@ def _check_roofline_token_time(scenario: Scenario) -> None:
     per_layer = m.hidden_size * (2 * m.num_attention_heads + 2 * m.num_kv_heads) * m.head_dim
     per_layer += 3 * m.hidden_size * m.intermediate_size
     weight_bytes = (m.num_layers * per_layer + m.vocab_size * m.hidden_size) * m.dtype_bytes
-    seconds = weight_bytes / (hw.mem_bandwidth_gbps * hw.bandwidth_efficiency * 1e9)
+    seconds = weight_bytes / (hw.stream_bandwidth_gbps * hw.bandwidth_efficiency * 1e9)
     check(
         seconds * 1e9 <= MAX_PHASE_NS,
         f"model/hardware: reading {weight_bytes:.3g} bytes of weights per token at "
-        f"{hw.mem_bandwidth_gbps:g} GB/s takes {seconds:.3g} s (limit {MAX_PHASE_NS / 1e9:g} s per phase)",
+        f"{hw.stream_bandwidth_gbps:g} GB/s takes {seconds:.3g} s (limit {MAX_PHASE_NS / 1e9:g} s per phase)",
     )

@@ -140,7 +140,29 @@ def _validate_latency(lat: LatencySpec, scenario: Scenario) -> None:
         load_profile(lat.profile_path)
 
 
-_MODEL_ZERO_OK = ("linear_attention_layers", "linear_key_heads", "linear_value_heads", "linear_head_dim")
+_MODEL_ZERO_OK = (
+    "linear_attention_layers",
+    "linear_key_heads",
+    "linear_value_heads",
+    "linear_head_dim",
+    "num_experts",
+    "experts_per_token",
+    "expert_intermediate_size",
+)
+
+
+def _validate_experts(model: ModelShape) -> None:
+    if model.num_experts == 0:
+        return
+    check(
+        1 <= model.experts_per_token <= model.num_experts,
+        f"model.experts_per_token: must be in 1..model.num_experts = {model.num_experts} "
+        f"(got {model.experts_per_token})",
+    )
+    check(
+        model.expert_intermediate_size >= 1,
+        f"model.expert_intermediate_size: must be >= 1 for a mixture of experts (got {model.expert_intermediate_size})",
+    )
 
 
 def validate_scenario(scenario: Scenario) -> Scenario:
@@ -163,6 +185,7 @@ def validate_scenario(scenario: Scenario) -> Scenario:
                 check(value >= 1, f"model.{f.name}: must be >= 1 (got {value})")
             elif isinstance(value, int) and not isinstance(value, bool):
                 check(value >= 0, f"model.{f.name}: must be >= 0 (got {value})")
+        _validate_experts(scenario.model)
     if scenario.hardware is not None:
         hw = scenario.hardware
         for f in fields(hw):

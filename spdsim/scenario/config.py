@@ -55,7 +55,7 @@ class Hardware:
     """One accelerator plus its links; peaks from datasheets, efficiencies fitted or assumed."""
 
     name: str
-    mem_bandwidth_gbps: float  # achievable device copy bandwidth, GB/s (1e9 B/s)
+    mem_bandwidth_gbps: float  # memory bandwidth, GB/s (1e9 B/s): datasheet, or as measured (the file says)
     peak_tflops: float  # dense bf16
     bandwidth_efficiency: float = 0.85
     flops_efficiency: float = 0.6
@@ -80,6 +80,14 @@ class Hardware:
     crop_ns: int = (
         0  # every stage crops its KV cache / rewinds DeltaNet states after a rejection (in parallel)
     )
+    # A measured device-to-device copy bandwidth (GB/s) that replaces mem_bandwidth_gbps (the datasheet figure of
+    # the hardware catalogue) in the roofline; 0: none measured.
+    copy_bandwidth_gbps: float = 0.0
+
+    @property
+    def stream_bandwidth_gbps(self) -> float:
+        """The bandwidth weights and caches stream at: the measured copy bandwidth if given, else the datasheet's."""
+        return self.copy_bandwidth_gbps if self.copy_bandwidth_gbps > 0 else self.mem_bandwidth_gbps
 
 
 @dataclass(frozen=True)
@@ -190,7 +198,15 @@ class Scenario:
 # Fields added after run directories were first written: left out of ``to_dict`` while at their default, so a
 # scenario that does not use them serialises (and hashes) exactly as before.
 OPTIONAL_FIELDS = {
-    "model": ("attention_output_gate", "linear_key_heads", "linear_value_heads", "linear_head_dim"),
+    "model": (
+        "attention_output_gate",
+        "linear_key_heads",
+        "linear_value_heads",
+        "linear_head_dim",
+        "num_experts",
+        "experts_per_token",
+        "expert_intermediate_size",
+    ),
     "hardware": (
         "gpus_per_node",
         "inter_node_latency_ns",
@@ -200,6 +216,7 @@ OPTIONAL_FIELDS = {
         "host_call_ns",
         "host_message_ns",
         "crop_ns",
+        "copy_bandwidth_gbps",
     ),
     "method": ("aggregation_types", "rank_nodes"),
 }

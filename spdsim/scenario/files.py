@@ -33,6 +33,7 @@ from spdsim.scenario.config import (
     Scenario,
     Workload,
 )
+from spdsim.scenario.memory import check_memory
 from spdsim.scenario.presets import (
     AcceptancePreset,
     get_hardware,
@@ -269,7 +270,7 @@ def build_scenario(raw: dict[str, Any], presets: dict[str, AcceptancePreset] | N
         if key == "acceptance" and isinstance(value, dict):
             value = resolve_acceptance(value, presets)
         kwargs[key] = _build_section(_SECTIONS[key], value, key)
-    return check_bounds(validate_scenario(Scenario(**kwargs)))
+    return check_memory(check_bounds(validate_scenario(Scenario(**kwargs))))
 
 
 def default_label(method: MethodSpec) -> str:

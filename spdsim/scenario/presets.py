@@ -1,6 +1,9 @@
 """Embedded hardware profiles, model shapes and acceptance presets, each with the source of its numbers.
 
-Data lives as JSON under ``spdsim/profiles/{hardware,models,presets}/``. Acceptance presets are read from every
+Data lives as JSON under ``spdsim/profiles/{hardware,models,presets}/``. A hardware file holds the simulated
+fields of ``Hardware`` and a ``datasheet`` block (the vendor's published figures and their address; a variant
+names the catalogue entry whose GPU it uses); a model file is a HF ``config.json`` copied from a published one
+(``_source``), read by ``spdsim.contract.model_config``, which also reads a user's config by path. Acceptance presets are read from every
 ``*.json`` in ``profiles/presets/`` (and from extra directories a caller names), so adding measured presets is a
 file drop. A preset either states its acceptance directly or derives it from a published figure
 (``derive``), so the JSON records the number that was published, not our arithmetic on it.
@@ -14,6 +17,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from spdsim.contract.model_config import (
+    embedded_model_names,
+    model_shape,
+    read_model_config,
+    text_config,
+)
 from spdsim.contract.presets_file import (  # noqa: F401 (the format's names, re-exported)
     DERIVATIONS,
     PRESET_FILE_KIND,
@@ -38,7 +47,7 @@ def _named_files(kind: str) -> dict[str, Path]:
 
 def _build(cls: type, data: dict[str, Any], what: str) -> Any:
     allowed = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - allowed - {"source"})
+    unknown = sorted(set(data) - allowed - {"source", "datasheet"})
     if unknown:
         raise SpdsimError(f"{what}: unknown field '{unknown[0]}' (allowed: {', '.join(sorted(allowed))})")
     return cls(**{k: v for k, v in data.items() if k in allowed})
@@ -49,7 +58,7 @@ def hardware_names() -> list[str]:
 
 
 def model_names() -> list[str]:
-    return list(_named_files("models"))
+    return embedded_model_names()
 
 
 def hardware_source(name: str) -> str:
@@ -57,7 +66,9 @@ def hardware_source(name: str) -> str:
 
 
 def model_source(name: str) -> str:
-    return _read_json(_lookup("models", name, "model"), "model").get("source", "")
+    """Where an embedded model's config was copied from (its ``_source``), and any notes on it."""
+    config = read_model_config(name)[1]
+    return "; ".join(str(config[key]) for key in ("_source", "_notes") if config.get(key))
 
 
 def _lookup(kind: str, name: str, field_name: str) -> Path:
@@ -75,9 +86,45 @@ def get_hardware(name: str) -> Hardware:
 
 
 def get_model(name: str) -> ModelShape:
-    """An embedded model shape by name (``qwen3.5-4b``, ``llama-3.1-8b``, ...)."""
-    data = _read_json(_lookup("models", name, "model"), "model")
-    return _build(ModelShape, data, f"model '{name}'")
+    """A model shape by embedded name (``qwen3.5-4b``, ``llama-3.1-8b``, ...) or from a HF ``config.json`` path
+    (or a directory holding one); ``spdsim.contract.model_config`` reads both."""
+    return model_shape(name)
+
+
+def hardware_datasheet(name: str) -> dict[str, Any]:
+    """The datasheet block of a hardware file: the GPU's published figures and their source; a variant (two
+    nodes, host-overhead regimes) names the catalogue entry whose GPU it uses."""
+    sheet = _read_json(_lookup("hardware", name, "hardware"), "hardware").get("datasheet", {})
+    if isinstance(sheet, str):
+        return hardware_datasheet(sheet)
+    return dict(sheet)
+
+
+def _hardware_row(name: str) -> tuple[str, ...]:
+    """A catalogue row: the datasheet's figures and its address; a variant (a file whose datasheet names
+    another entry) shows its own source text, which says what it changes."""
+    hw = get_hardware(name)
+    data = _read_json(_lookup("hardware", name, "hardware"), "hardware")
+    sheet = hardware_datasheet(name)
+    if not sheet:
+        return (
+            name,
+            "-",
+            f"{hw.memory_gib:g}",
+            f"{hw.mem_bandwidth_gbps:g}",
+            f"{hw.peak_tflops:g}",
+            "-",
+            hw.source,
+        )
+    bandwidth = f"{sheet['memory_bandwidth_gbps']:g}"
+    if hw.stream_bandwidth_gbps != sheet["memory_bandwidth_gbps"]:
+        bandwidth += f" (simulated {hw.stream_bandwidth_gbps:g})"
+    fp8 = f"{sheet['fp8_dense_tflops']:g}" if sheet.get("fp8_dense_tflops") else "-"
+    links = f"{sheet['intra_node_bandwidth_gbps']:g} / {sheet['inter_node_bandwidth_gbps']:g}"
+    variant = isinstance(data.get("datasheet"), str)
+    source = f"as {data['datasheet']}: {hw.source}" if variant else sheet["url"]
+    peaks = f"{sheet['bf16_dense_tflops']:g} / {fp8}"
+    return (name, sheet["gpu"], f"{sheet['memory_gib']:g}", bandwidth, peaks, links, source)
 
 
 # ---------------------------------------------------------------------------------------------- derivations
@@ -125,16 +172,33 @@ def catalog(section: str) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     if section == "hardware":
         rows: list[tuple[str, ...]] = []
         for name in hardware_names():
-            hw = get_hardware(name)
-            rows.append((name, f"{hw.mem_bandwidth_gbps:g} GB/s, {hw.peak_tflops:g} TFLOPS", hw.source))
-        return ("hardware", "bandwidth, peak", "source"), rows
+            rows.append(_hardware_row(name))
+        headers = (
+            "hardware",
+            "GPU",
+            "memory GB",
+            "bandwidth GB/s",
+            "BF16 / FP8 dense TFLOPS",
+            "intra / inter-node GB/s",
+            "source",
+        )
+        return headers, rows
     if section == "models":
         rows = []
         for name in model_names():
             m = get_model(name)
-            shape = f"L={m.num_layers} H={m.hidden_size} V={m.vocab_size}"
-            rows.append((name, shape, model_source(name)))
-        return ("model", "shape", "source"), rows
+            config = text_config(read_model_config(name)[1])
+            kind = str(config.get("model_type", "?"))
+            if m.linear_attention_layers:
+                kind += f", {m.linear_attention_layers}/{m.num_layers} DeltaNet"
+            if m.num_experts:
+                kind += f", {m.experts_per_token}/{m.num_experts} experts"
+            shape = (
+                f"L={m.num_layers} H={m.hidden_size} q/kv={m.num_attention_heads}/{m.num_kv_heads} "
+                f"I={m.intermediate_size} V={m.vocab_size}"
+            )
+            rows.append((name, kind, shape, model_source(name)))
+        return ("model", "type", "shape", "source"), rows
     if section == "presets":
         rows = []
         for preset in load_presets().values():

@@ -23,7 +23,16 @@ from spdsim.engine.metrics import summarize
 from spdsim.engine.run import simulate
 from spdsim.latency.build import build_latency_model
 from spdsim.methods.pipeline import pipeline_costs
-from spdsim.scenario.config import AcceptanceSpec, LatencySpec, MethodSpec, ModelShape, Scenario, Workload
+from spdsim.scenario.config import (
+    AcceptanceSpec,
+    LatencySpec,
+    MethodSpec,
+    ModelShape,
+    Scenario,
+    Workload,
+    to_dict,
+)
+from spdsim.scenario.presets import get_model
 
 OUT = Path(__file__).resolve().parent / "results"
 SOURCE = "docs/spd.md §5.4 (SPD repo distributed_inference/README.md, cycle_wall_breakdown.png), §5.2 AR 35.26 tok/s"
@@ -48,10 +57,8 @@ def _entry(coords: dict, ms: float) -> dict:
 
 
 def build_profile(with_fixed: bool) -> dict:
-    model = json.loads(
-        (Path(__file__).resolve().parents[2] / "spdsim/profiles/models/qwen3.5-4b.json").read_text()
-    )
-    model.pop("source", None)
+    # the embedded shape as a run's config.json writes it (spdsim/profiles/models/qwen3.5-4b.json is a HF config)
+    model = to_dict(Scenario(model=get_model("qwen3.5-4b")))["model"]
     verify_ms = 0.43
     ar_layers_ms = 1e3 / AR_TOKENS_PER_S - verify_ms
     layers = [(32, ar_layers_ms)] + [(PUBLISHED[n][1], PUBLISHED[n][2]) for n in (8, 4)]

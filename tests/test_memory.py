@@ -1,0 +1,93 @@
+"""GPU memory check (spdsim/scenario/memory.py): weights + caches of the busiest GPU must fit hardware.memory_gib,
+else one line and exit 2; tensor parallelism, pipeline stages and the drafter's placement move the load."""
+
+from __future__ import annotations
+
+import pytest
+
+from spdsim.cli import main
+from spdsim.errors import SpdsimError
+from spdsim.scenario.files import load_runs
+from spdsim.scenario.memory import GIB, gpu_loads
+
+SMALL = ["workload.new_tokens=32", "workload.num_requests=1"]
+
+
+def loads(method: str, *overrides: str):
+    run = load_runs(methods=[method], overrides=[*SMALL, *overrides])[0]
+    return {load.gpu: load for load in gpu_loads(run.scenario)}
+
+
+def test_weights_are_the_published_parameter_counts():
+    # bf16: Llama-3.1-8B 8.03B, Qwen3-8B 8.19B, Qwen3-30B-A3B 30.5B parameters (every expert held)
+    for model, billions in (("llama-3.1-8b", 8.03), ("qwen3-8b", 8.19), ("qwen3-30b-a3b", 30.5)):
+        gpu = loads("ar", f"model={model}")["gpu0"]
+        assert gpu.weight_bytes / 2 / 1e9 == pytest.approx(billions, rel=0.01), model
+
+
+def test_kv_cache_of_every_position_and_the_hybrid_states():
+    # Qwen3-8B: 36 layers x K,V x 8 heads x 128 x 2 bytes = 147,456 bytes per position
+    gpu = loads("ar", "model=qwen3-8b", "workload.prompt_tokens=968")["gpu0"]
+    assert gpu.cache_bytes == 147_456 * (968 + 32)
+    # Qwen3.5-4B: 8 full-attention layers x 4 heads x 256 x K,V x 2 bytes = 4,096 bytes per position + 24 DeltaNet states of 32 x 128 x 128 x 2
+    gpu = loads("ar", "model=qwen3.5-4b", "workload.prompt_tokens=968")["gpu0"]
+    assert gpu.cache_bytes == 8 * 4_096 * 1000 + 24 * 32 * 128 * 128 * 2
+
+
+def test_stages_tensor_parallelism_and_the_drafter_split_the_load():
+    ar = loads("ar", "model=qwen3-8b")["gpu0"]
+    tp = loads("ar", "model=qwen3-8b", "method.tensor_parallel=4")
+    assert list(tp) == ["gpu0 (of tensor_parallel 4)"]
+    assert next(iter(tp.values())).weight_bytes == pytest.approx(ar.weight_bytes / 4)
+    spd = loads("spd", "model=qwen3-8b", "method.num_stages=4")
+    assert list(spd) == ["stage 0", "stage 1", "stage 2", "stage 3", "the drafter's GPU"]
+    vocab = 151_936 * 4096 * 2
+    assert spd["stage 0"].weight_bytes == pytest.approx(spd["stage 1"].weight_bytes + vocab)
+    assert spd["stage 3"].weight_bytes == spd["stage 0"].weight_bytes  # the untied lm_head
+    colocated = loads("spd", "model=qwen3-8b", "method.num_stages=4", "method.drafter_placement=stage0")
+    assert colocated["stage 0 with the drafter"].weight_bytes == pytest.approx(
+        spd["stage 0"].weight_bytes + spd["the drafter's GPU"].weight_bytes
+    )
+
+
+def test_a_run_that_does_not_fit_is_one_line_and_exit_2(tmp_path, capsys):
+    args = ["simulate", "--model", "qwen3-8b", "--hardware", "l40s", "--set", "method.num_stages=4"]
+    with pytest.raises(SystemExit) as info:
+        main(
+            [
+                *args,
+                "--set",
+                "workload.prompt_tokens=400000",
+                "--set",
+                SMALL[0],
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(
+        "error: hardware.memory_gib: qwen3-8b does not fit on l40s (48 GiB per GPU): ar's gpu0 needs 70.2 GiB "
+    )
+    assert "(weights 15.3 GiB + caches 54.9 GiB for 1 sequence(s) of 400,032 positions)" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_check_follows_memory_gib():
+    too_long = ["model=qwen3-8b", "hardware=l40s", "workload.prompt_tokens=400000", "method.num_stages=4"]
+    with pytest.raises(SpdsimError, match="hardware.memory_gib: qwen3-8b does not fit"):
+        load_runs(methods=["ar"], overrides=[*SMALL, *too_long])
+    # four-way tensor parallelism holds a quarter on each GPU; memory_gib 0 turns the check off
+    load_runs(methods=["ar"], overrides=[*SMALL, *too_long, "method.tensor_parallel=4"])
+    load_runs(methods=["ar"], overrides=[*SMALL, *too_long, "hardware.memory_gib=0"])
+    # the MoE holds all 128 experts: 57 GiB, over an L40S, under an H100
+    with pytest.raises(SpdsimError, match=r"qwen3-30b-a3b does not fit on l40s .*weights 56\.9 GiB"):
+        load_runs(methods=["ar"], overrides=[*SMALL, "model=qwen3-30b-a3b", "hardware=l40s"])
+    load_runs(methods=["ar"], overrides=[*SMALL, "model=qwen3-30b-a3b", "hardware=h100"])
+
+
+def test_every_embedded_default_run_fits():
+    for hardware in ("h100", "h200", "a100-80gb", "b200", "mi300x"):
+        assert load_runs(overrides=[f"hardware={hardware}"])
+    gpus = max(load.total_bytes for run in load_runs() for load in gpu_loads(run.scenario))
+    assert gpus < 16 * GIB  # the cascade holds three models
