@@ -14,6 +14,7 @@ import numpy as np
 import simpy
 
 from spdsim.engine.result import Interval, Result, TokenCommit, Verification
+from spdsim.engine.table import Table, TableBuilder
 from spdsim.latency.build import build_latency_model
 from spdsim.latency.model import LatencyModel
 from spdsim.scenario.acceptance import AcceptanceModel, build_acceptance_model
@@ -23,13 +24,19 @@ _CHUNK = 4096
 
 
 class Recorder:
-    """Mutable sink of one run: commits, verifications and (optionally) resource busy spans."""
+    """Mutable sink of one run: commits, verifications and (optionally) resource busy spans, kept as rows of
+    plain tuples or numpy column blocks (``spdsim.engine.table``) rather than one object per row."""
 
     def __init__(self, record_intervals: bool):
         self.record_intervals = record_intervals
-        self.tokens: list[tuple] = []
-        self.intervals: list[list] = []
-        self.verifications: list[tuple] = []
+        self.token_table = TableBuilder(TokenCommit, bools=("from_draft",))
+        self.span_table = TableBuilder(Interval, text=("resource", "kind", "label"))
+        self.verification_table = TableBuilder(Verification, text=("state",))
+        self.tokens = self.token_table.rows  # (request, index, commit_ns, iteration, from_draft)
+        self.intervals = self.span_table.rows  # (resource, start_ns, end_ns, kind, label, request, iteration)
+        self.verifications = (
+            self.verification_table.rows
+        )  # (request, iteration, time_ns, drafted, accepted, state)
         self.iterations = 0
         self.busy_ns: dict[str, int] = {}  # totals kept by schedules that skip interval recording
 
@@ -43,23 +50,25 @@ class Recorder:
         if not self.record_intervals:
             self.add_busy(resource, end_ns - start_ns)
             return -1
-        self.intervals.append([resource, start_ns, end_ns, kind, label, request, iteration])
-        return len(self.intervals) - 1
+        self.intervals.append((resource, start_ns, end_ns, kind, label, request, iteration))
+        return len(self.span_table) - 1
 
     def add_busy(self, resource: str, duration_ns: int) -> None:
         self.busy_ns[resource] = self.busy_ns.get(resource, 0) + duration_ns
 
-    def resource_busy(self) -> tuple[tuple[str, int], ...]:
-        """Busy totals per resource: from the recorded intervals, else from the schedules' running totals."""
+    def resource_busy(self, spans: Table) -> tuple[tuple[str, int], ...]:
+        """Busy totals per resource: from the recorded spans, else from the schedules' running totals."""
         totals = dict(self.busy_ns)
-        for resource, start_ns, end_ns, *_ in self.intervals:
-            totals[resource] = totals.get(resource, 0) + end_ns - start_ns
+        if spans:
+            durations = spans.column("end_ns") - spans.column("start_ns")
+            for resource, busy in spans.totals_by("resource", durations).items():
+                totals[resource] = totals.get(resource, 0) + busy
         return tuple(sorted(totals.items()))
 
     def relabel(self, index: int, kind: str) -> None:
         """Change a recorded span's kind (e.g. to FLUSHED when its token is discarded)."""
         if index >= 0:
-            self.intervals[index][3] = kind
+            self.span_table.set(index, "kind", kind)
 
     def commit(self, request: int, index: int, commit_ns: int, iteration: int, from_draft: bool) -> None:
         self.tokens.append((request, index, commit_ns, iteration, from_draft))
@@ -148,14 +157,15 @@ def simulate(scenario: Scenario, *, record_intervals: bool = True) -> Result:
 
     env.process(requests())
     env.run()
+    spans = recorder.span_table.build()
     return Result(
         scenario=scenario,
-        tokens=tuple(TokenCommit(*row) for row in recorder.tokens),
-        intervals=tuple(Interval(*row) for row in recorder.intervals),
-        verifications=tuple(Verification(*row) for row in recorder.verifications),
+        tokens=recorder.token_table.build(),
+        intervals=spans,
+        verifications=recorder.verification_table.build(),
         iterations=recorder.iterations,
         gpus=method.gpus(scenario),
         end_ns=int(env.now),
         request_start_ns=tuple(starts),
-        resource_busy_ns=recorder.resource_busy(),
+        resource_busy_ns=recorder.resource_busy(spans),
     )
