@@ -70,3 +70,4 @@ class Result:
     request_start_ns: tuple[int, ...]  # decode start of each request (after prefill)
     # total busy time per resource, sorted by name; filled even when intervals are not recorded (pipelines)
     resource_busy_ns: tuple[tuple[str, int], ...] = ()
+    request_sent_ns: tuple[int, ...] = ()  # when each request was sent (TTFT and E2E count from here)

@@ -1,19 +1,22 @@
 """Run a Scenario on SimPy and return a Result (integer-nanosecond clock, deterministic).
 
-Requests run back to back: an optional fixed prefill cost, then the method's decode schedule for
-``workload.new_tokens`` tokens (the prefill's own token is not counted). Each request is one SimPy process whose
+Requests are sent by the workload's arrival process and served one at a time or in batches
+(``spdsim.engine.serving``): a prefill, then the method's decode schedule for the request's output tokens (the
+prefill's own token is not counted). Each request is one SimPy process whose
 iterations (SPD cycles, draft-verify iterations, AR steps) are single timeouts of a computed length; busy spans
 of every resource are recorded as data, not as SimPy events, which keeps the event count per cycle at one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import simpy
 
+from spdsim.engine.arrivals import RequestSpec, build_requests
 from spdsim.engine.result import Interval, Result, TokenCommit, Verification
+from spdsim.engine.serving import check_batching, request_scenario, serve_one_at_a_time, start_serving
 from spdsim.engine.table import Table, TableBuilder
 from spdsim.latency.build import build_latency_model
 from spdsim.latency.model import LatencyModel
@@ -118,10 +121,11 @@ class RequestStreams:
     inner: np.random.Generator  # cascade: inner (little -> draft) acceptance
 
 
-def request_streams(scenario: Scenario) -> list[RequestStreams]:
+def request_streams(scenario: Scenario, count: int | None = None) -> list[RequestStreams]:
     """Per-request streams derived from ``scenario.seed`` with SeedSequence.spawn (stable across runs; the
     spawn order — acceptance, jitter, policy, inner — is part of the reproducibility contract)."""
-    children = np.random.SeedSequence(scenario.seed).spawn(scenario.workload.num_requests)
+    count = scenario.workload.num_requests if count is None else count
+    children = np.random.SeedSequence(scenario.seed).spawn(count)
     streams = []
     for child in children:
         acceptance, jitter, policy, inner = (np.random.default_rng(s) for s in child.spawn(4))
@@ -144,18 +148,21 @@ def simulate(scenario: Scenario, *, record_intervals: bool = True) -> Result:
         recorder=recorder,
     )
     env = simpy.Environment()
-    starts: list[int] = []
-    streams = request_streams(scenario)
-    prefill_ns = scenario.workload.prefill_ns
+    requests = build_requests(scenario)
+    streams = request_streams(scenario, len(requests))
+    state = start_serving(env, scenario, requests)
+    contexts: dict[tuple[int, int], RunContext] = {}
 
-    def requests():
-        for request in range(scenario.workload.num_requests):
-            if prefill_ns > 0:
-                yield env.timeout(prefill_ns)
-            starts.append(int(env.now))
-            yield env.process(method.run_request(env, context, request, streams[request]))
+    def context_for(spec: RequestSpec) -> RunContext:
+        key = (spec.prompt_tokens, spec.new_tokens)
+        if key not in contexts:
+            contexts[key] = replace(context, scenario=request_scenario(scenario, spec))
+        return contexts[key]
 
-    env.process(requests())
+    check_batching(scenario, method)
+    server = method.serve_batch if scenario.workload.max_batch > 1 else serve_one_at_a_time
+    assert server is not None  # check_batching refused it
+    env.process(server(env, context, method, state, streams, len(requests), context_for))
     env.run()
     spans = recorder.span_table.build()
     return Result(
@@ -166,6 +173,7 @@ def simulate(scenario: Scenario, *, record_intervals: bool = True) -> Result:
         iterations=recorder.iterations,
         gpus=method.gpus(scenario),
         end_ns=int(env.now),
-        request_start_ns=tuple(starts),
+        request_start_ns=tuple(state.start_ns),
+        request_sent_ns=tuple(state.sent_ns),
         resource_busy_ns=recorder.resource_busy(spans),
     )

@@ -26,6 +26,21 @@ TABLE_COLUMNS = (
     ("n_rho", "n*rho", "{:.2f}"),
     ("bubble_fraction", "bubble", "{:.1%}"),
 )
+# the table of serving workloads (their summaries carry these keys)
+SERVING_COLUMNS = (
+    ("label", "run", "{}"),
+    ("gpus", "GPUs", "{}"),
+    ("output_throughput", "tokens/s", "{:,.1f}"),
+    ("request_throughput", "req/s", "{:.2f}"),
+    ("median_ttft_ms", "TTFT p50 ms", "{:.2f}"),
+    ("p99_ttft_ms", "TTFT p99 ms", "{:.2f}"),
+    ("median_tpot_ms", "TPOT p50 ms", "{:.3f}"),
+    ("p99_tpot_ms", "TPOT p99 ms", "{:.3f}"),
+    ("median_itl_ms", "ITL p50 ms", "{:.3f}"),
+    ("p99_itl_ms", "ITL p99 ms", "{:.3f}"),
+    ("p99_e2el_ms", "E2E p99 ms", "{:.1f}"),
+    ("request_goodput", "goodput req/s", "{:.2f}"),
+)
 
 
 @dataclass(frozen=True)
@@ -112,10 +127,13 @@ def render_table(outcomes: list[RunOutcome], title: str = ""):
     from rich.text import Text
 
     table = Table(title=Text(title) if title else None, header_style="bold")
-    for key, header, _ in TABLE_COLUMNS:
+    columns: tuple[tuple[str, str, str], ...] = TABLE_COLUMNS
+    if any("request_throughput" in outcome.summary for outcome in outcomes):
+        columns = SERVING_COLUMNS
+    for key, header, _ in columns:
         table.add_column(header, justify="left" if key == "label" else "right", no_wrap=True)
     for outcome in outcomes:
-        cells = (format_cell(outcome.summary.get(key), pattern) for key, _, pattern in TABLE_COLUMNS)
+        cells = (format_cell(outcome.summary.get(key), pattern) for key, _, pattern in columns)
         table.add_row(*(Text(cell) for cell in cells))  # Text: labels like "x [roofline]" are not markup
     return table
 
