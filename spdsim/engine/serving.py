@@ -28,16 +28,16 @@ class ServingState:
     queue: simpy.Store
     sent_ns: list[int]  # when each request was sent (its TTFT and E2E are measured from here)
     start_ns: list[int]  # when its decode began (after its prefill)
-    slots: simpy.Resource | None  # the concurrency limit
-    held: dict[
-        int, simpy.resources.resource.Request
-    ]  # request -> its slot's claim, released when it finishes
+    limit: int  # requests in flight at most (0: unlimited)
+    in_flight: int = 0
+    slot_freed: simpy.Event | None = None  # what a client waiting for a place waits on
 
     def finish(self, request: int) -> None:
         """A request committed its last token: its client may send the next one."""
-        claim = self.held.pop(request, None)
-        if self.slots is not None and claim is not None:
-            self.slots.release(claim)
+        self.in_flight -= 1
+        if self.slot_freed is not None:
+            self.slot_freed.succeed()
+            self.slot_freed = None
 
 
 def start_serving(env: simpy.Environment, scenario, requests: tuple[RequestSpec, ...]) -> ServingState:
@@ -47,18 +47,18 @@ def start_serving(env: simpy.Environment, scenario, requests: tuple[RequestSpec,
         queue=simpy.Store(env),
         sent_ns=[0] * len(requests),
         start_ns=[0] * len(requests),
-        slots=simpy.Resource(env, capacity=limit) if limit > 0 else None,
-        held={},
+        limit=limit,
     )
 
     def client():
+        # requests due at one instant are sent together, before the server's next step looks at the queue
         for spec in requests:
             if spec.arrival_ns > env.now:
                 yield env.timeout(spec.arrival_ns - env.now)
-            if state.slots is not None:
-                claim = state.slots.request()
-                yield claim
-                state.held[spec.index] = claim
+            while state.limit and state.in_flight >= state.limit:
+                state.slot_freed = env.event()
+                yield state.slot_freed
+            state.in_flight += 1
             state.sent_ns[spec.index] = int(env.now)
             state.queue.put(spec)
 

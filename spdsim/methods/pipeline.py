@@ -430,6 +430,13 @@ def ppsd_gpus(scenario) -> int:
     return stages * max(method.tensor_parallel, 1)
 
 
+def serve_pipeline_batch(env, context, method, state, streams, count, context_for):
+    """Several requests in flight (``spdsim.methods.pipeline_batch``, which imports this module)."""
+    from spdsim.methods.pipeline_batch import serve_pipeline_batch as serve
+
+    yield from serve(env, context, method, state, streams, count, context_for)
+
+
 METHODS = (
     Method(
         "spd",
@@ -437,6 +444,7 @@ METHODS = (
         "pipeline",
         spd_gpus,
         run_request,
+        serve_pipeline_batch,
     ),
     Method(
         "ppsd",
@@ -444,5 +452,6 @@ METHODS = (
         "pipeline",
         ppsd_gpus,
         run_request,
+        serve_pipeline_batch,
     ),
 )

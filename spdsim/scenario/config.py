@@ -214,6 +214,8 @@ class Workload:
             raise SpdsimError(f"workload.arrival: unknown '{self.arrival}' (allowed: {', '.join(ARRIVALS)})")
         if self.prefill not in PREFILLS:
             raise SpdsimError(f"workload.prefill: unknown '{self.prefill}' (allowed: {', '.join(PREFILLS)})")
+        if self.chunk_tokens and self.prefill != "modelled":
+            raise SpdsimError('workload.chunk_tokens: chunked prefill needs workload.prefill = "modelled"')
         kind = self.arrival_kind
         if kind in ("poisson", "gamma") and self.arrival_rate <= 0:
             raise SpdsimError(f"workload.arrival_rate: {kind} arrivals need a rate > 0 requests/s")
