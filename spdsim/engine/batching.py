@@ -65,7 +65,7 @@ def serve_batched(
     recorder = context.recorder
     waiting: deque[RequestSpec] = deque()
     running: list[Sequence] = []
-    finished = step = 0
+    finished = step = decode_steps = 0
     while finished < count:
         waiting.extend(state.queue.items)
         state.queue.items.clear()
@@ -118,6 +118,7 @@ def serve_batched(
         end = int(env.now)
         if decoding:
             decoder.finish(end, decoding, step)
+            decode_steps += 1
         if chunk_owner is not None:
             chunk_owner.prefilled_tokens += chunk_rows
             if chunk_owner.prefilled_tokens >= chunk_owner.spec.prompt_tokens:
@@ -129,4 +130,4 @@ def serve_batched(
                 state.finish(seq.spec.index)
                 finished += 1
         step += 1
-    recorder.iterations += step
+    recorder.iterations += decode_steps  # prefill-only steps are not decode iterations

@@ -10,8 +10,6 @@ own accepted count from its own stream (per-request verify) and commits accepted
 
 from __future__ import annotations
 
-import numpy as np
-
 from spdsim.engine.batching import Sequence, serve_batched
 from spdsim.engine.result import BUSY, COMM, DRAFT
 from spdsim.latency.model import RooflineLatency
@@ -40,31 +38,22 @@ class ChainDecoder:
             acceptance = seq.context.acceptance
             seq.state = acceptance.stream(seq.streams.acceptance, seq.spec.index, self.drafted)
 
-    def draft_pass_ns(self, kv: np.ndarray) -> int:
+    def draft_pass_ns(self, batch: int, kv_sum: int, kv_max: int) -> int:
         """One drafter pass over the batch (batch roofline; other latency kinds: the batch-1 pass at the
         longest context, as their drafter costs carry no batch coordinate)."""
-        latency, batch, method = self.latency, len(kv), self.context.scenario.method
-        ones = np.ones(batch, dtype=np.int64)
+        latency, method = self.latency, self.context.scenario.method
         if not isinstance(latency, RooflineLatency):
-            return int(self._batch1_pass_ns(int(kv.max())))
+            return int(self._batch1_pass_ns(kv_max))
         if self.name in ("draft-model", "specdecpp"):
             layers = draft_model_layers(self.context.scenario)
-            return (
-                latency.embed_ns(batch) + latency.batch_layers_ns(layers, ones, kv) + latency.head_ns(batch)
-            )
-        if self.name == "mtp":
-            return latency.batch_layers_ns(1, ones, kv) + latency.lm_head_ns(batch, 0)
-        if self.name == "dflash":
-            rows = method.draft_tokens + 1
-            return latency.batch_layers_ns(method.draft_layers, ones * rows, kv) + latency.lm_head_ns(
-                batch * rows, 0
-            )
-        if self.name == "peagle":
-            rows = method.draft_tokens
-            return latency.batch_layers_ns(method.draft_layers, ones * rows, kv) + latency.lm_head_ns(
-                batch * rows, None
-            )
-        return latency.batch_layers_ns(method.draft_layers, ones, kv) + latency.lm_head_ns(batch, None)
+            body = latency.batch_sums_ns(layers, batch, batch, kv_sum, kv_sum)
+            return latency.embed_ns(batch) + body + latency.head_ns(batch)
+        if self.name in ("dflash", "peagle"):
+            rows = method.draft_tokens + (1 if self.name == "dflash" else 0)
+            body = latency.batch_sums_ns(method.draft_layers, batch * rows, batch, kv_sum, rows * kv_sum)
+            return body + latency.lm_head_ns(batch * rows, 0 if self.name == "dflash" else None)
+        layers, vocab = (1, 0) if self.name == "mtp" else (method.draft_layers, None)
+        return latency.batch_sums_ns(layers, batch, batch, kv_sum, kv_sum) + latency.lm_head_ns(batch, vocab)
 
     def _batch1_pass_ns(self, kv: int) -> int:
         latency, method = self.latency, self.context.scenario.method
@@ -79,16 +68,19 @@ class ChainDecoder:
         return latency.chain_draft_ns(method.draft_layers, kv)
 
     def step(self, start_ns: int, seqs: list[Sequence], chunk_rows: int, chunk_kv: int, index: int) -> int:
-        kv = np.asarray([seq.kv for seq in seqs], dtype=np.int64)
-        rows = np.full(len(seqs), self.drafted + 1, dtype=np.int64)
-        if chunk_rows:
-            rows = np.append(rows, chunk_rows)
-            kv_all = np.append(kv, chunk_kv)
-        else:
-            kv_all = kv
+        kvs = [seq.kv for seq in seqs]
+        batch, kv_sum, width = len(seqs), sum(kvs), self.drafted + 1
         jitter = seqs[0].streams.jitter
-        draft = jitter.apply(self.draft_pass_ns(kv)) if self.passes else 0
-        verify = jitter.apply(self.latency.batch_target_ns(rows, kv_all, self.tp))
+        draft = jitter.apply(self.draft_pass_ns(batch, kv_sum, max(kvs))) if self.passes else 0
+        verify = jitter.apply(
+            self.latency.batch_target_sums_ns(
+                batch * width + chunk_rows,
+                batch + (1 if chunk_rows else 0),
+                kv_sum + chunk_kv,
+                width * kv_sum + chunk_rows * chunk_kv,
+                self.tp,
+            )
+        )
         control, serial = jitter.apply(self.control_ns), jitter.apply(self.serial_ns)
         recorder = self.context.recorder
         first = self.resources[0]

@@ -20,8 +20,6 @@ overlap of the one-request cycle are not applied here (a co-located drafter runs
 
 from __future__ import annotations
 
-import numpy as np
-
 from spdsim.engine.batching import Sequence, serve_batched
 from spdsim.engine.result import BUSY, COMM, DRAFT
 from spdsim.methods.common import serial_overheads_ns
@@ -57,30 +55,38 @@ class PipelineDecoder:
         stream = seq.context.acceptance.stream(seq.streams.acceptance, seq.spec.index, 1)
         seq.state = [1, True, stream]  # tokens in flight, next verification follows a fill/refill, stream
 
-    def _drafter_ns(self, kv: np.ndarray) -> int:
-        latency, batch = self.latency, len(kv)
+    def _drafter_ns(self, batch: int, kv_sum: int) -> int:
         if self.spd:
             spec_layers = self.context.scenario.method.spec_layers
-            return int(latency.pdm_ns(spec_layers, (self.stages + 1) * batch, int(kv.sum())))
-        return int(latency.head_ns(batch))  # PPSD: the early-exit head after stage 0's layers
+            return int(self.latency.pdm_ns(spec_layers, (self.stages + 1) * batch, kv_sum))
+        return int(self.latency.head_ns(batch))  # PPSD: the early-exit head after stage 0's layers
 
     def step(self, start_ns: int, seqs: list[Sequence], chunk_rows: int, chunk_kv: int, index: int) -> int:
         latency, n = self.latency, self.stages
-        active = np.asarray([seq.state[0] for seq in seqs])
-        kv = np.asarray([seq.kv for seq in seqs], dtype=np.int64)
+        count_at = [0] * (n + 1)  # requests by tokens in flight
+        kv_at = [0] * (n + 1)
+        for seq in seqs:
+            depth = seq.state[0]
+            count_at[depth] += 1
+            kv_at[depth] += seq.kv
         members = []
-        for s in range(n):
-            holding = active > s
-            count = int(holding.sum())
+        count = kv_sum = 0
+        holding = []
+        for s in range(n, 0, -1):  # stage s-1 holds a token of every request with more than s-1 in flight
+            count += count_at[s]
+            kv_sum += kv_at[s]
+            holding.append((count, kv_sum))
+        holding.reverse()
+        for s, (count, kv_sum) in enumerate(holding):
             if not count:
                 members.append((0, 0))
                 continue
-            forward = latency.batch_layers_ns(self.counts[s], np.ones(count), kv[holding], self.tp)
+            forward = latency.batch_sums_ns(self.counts[s], count, count, kv_sum, kv_sum, self.tp)
             if s == 0:
                 forward += latency.embed_ns(count)
             send = latency.p2p_ns(latency.hidden_bytes(count)) + self.p2p_ns
             members.append((forward, send))
-        drafter = self._drafter_ns(kv)
+        drafter = self._drafter_ns(len(seqs), holding[0][1])
         forward0, send0 = members[0]
         if not self.own_drafter:  # the drafter shares stage 0's GPU, after its forward
             forward0 = round(forward0 * self.contention)
