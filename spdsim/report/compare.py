@@ -64,6 +64,26 @@ def traced_scenario(scenario: Scenario, requests: int = 1) -> Scenario:
     return dataclasses.replace(scenario, workload=workload)
 
 
+def served_trace(result: Result, requests: int) -> Result:
+    """A serving run's spans of its first ``requests`` requests and of the batched steps (request -1) until the
+    last of them finishes: requests share the GPUs, so the run is traced whole and then cut, not re-run alone."""
+    from spdsim.engine.table import Table
+
+    spans = result.intervals
+    if not isinstance(spans, Table) or not spans:
+        return result
+    owner = spans.column("request")
+    tokens = result.tokens
+    ends = (
+        [t.commit_ns for t in tokens if t.request < requests]
+        if not isinstance(tokens, Table)
+        else (tokens.column("commit_ns")[tokens.column("request") < requests].tolist())
+    )
+    horizon = max(ends, default=result.end_ns)
+    keep = ((owner >= 0) & (owner < requests)) | ((owner < 0) & (spans.column("start_ns") < horizon))
+    return dataclasses.replace(result, intervals=spans.where(keep))
+
+
 def baseline_scenario(scenario: Scenario) -> Scenario:
     """AR on one GPU with everything else (model, hardware, latency, overheads, workload, seed) unchanged."""
     return dataclasses.replace(scenario, method=MethodSpec(name="ar"), acceptance=AcceptanceSpec())
@@ -91,7 +111,9 @@ def simulate_runs(runs: list[NamedScenario], *, trace_requests: int = 1) -> list
         if key not in baselines:
             baselines[key] = simulate(key, record_intervals=False)
         traced = None
-        if trace_requests > 0:
+        if trace_requests > 0 and run.scenario.workload.serving:
+            traced = served_trace(simulate(run.scenario, record_intervals=True), trace_requests)
+        elif trace_requests > 0:
             traced = simulate(traced_scenario(run.scenario, trace_requests), record_intervals=True)
         summary = summarize_run(run, result, baselines[key])
         outcomes.append(RunOutcome(run.label, run.scenario, result, summary, traced))
