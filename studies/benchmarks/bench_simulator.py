@@ -240,7 +240,7 @@ def main() -> None:
         "and the sweep) the cycle lengths are precomputed tables (per KV length and number of active stages), the "
         "silent fill/refill cycles — which commit and record nothing — are folded into the timeout of the verify "
         "cycle after them, so SimPy sees one event per token while every cycle is still counted (at α = 0.8, "
-        "n = 8: 2.4 cycles per event); busy time is totalled from the tables. With jitter or interval recording "
+        "n = 8: 2.4 cycles per event); busy time is totalled from the tables. With jitter "
         "every cycle is its own timeout whose length is the slowest sampled member plus the serial parts. The full "
         "trace (issue 16) keeps spans as numpy columns (spdsim/engine/table.py), not one object per span; with fixed "
         "latencies a pipeline request's spans are rebuilt with numpy from one row per event "
