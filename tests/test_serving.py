@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sim_scenarios import ideal
+from sim_scenarios import ideal, roofline
 
 from spdsim.engine.metrics import request_latencies_ns, summarize
 from spdsim.engine.run import simulate
 from spdsim.errors import SpdsimError
-from spdsim.scenario.files import default_scenario_path, load_runs
+from spdsim.methods import METHODS
 
 REFERENCE = Path(__file__).parent / "data" / "serving" / "sequential_reference.json"
 
@@ -38,15 +38,20 @@ def digest(result) -> str:
 
 
 def _one_request_runs():
-    for run in load_runs([default_scenario_path()]):
-        for jitter in (0.0, 0.05):
-            s = run.scenario
-            s = replace(
-                s,
-                workload=replace(s.workload, num_requests=1, new_tokens=300, prefill_ns=2_000_000),
-                overheads=replace(s.overheads, jitter_cv=jitter),
-            )
-            yield f"{run.label}/jitter{jitter}", s
+    """Every method (SPD with both drafter placements) on the tests' own roofline scenario (no presets), one
+    request of 300 tokens after a 2 ms prefill, with and without jitter: as the reference was made."""
+    for name in METHODS:
+        for placement in ("own-gpu", "stage0") if name == "spd" else ("own-gpu",):
+            for jitter in (0.0, 0.05):
+                s = roofline(
+                    name, num_stages=4, spec_layers=2, draft_tokens=4, k_max=8, drafter_placement=placement
+                )
+                s = replace(
+                    s,
+                    workload=replace(s.workload, num_requests=1, new_tokens=300, prefill_ns=2_000_000),
+                    overheads=replace(s.overheads, jitter_cv=jitter),
+                )
+                yield f"{name}/{placement}/jitter{jitter}", s
 
 
 @pytest.mark.parametrize(
