@@ -18,8 +18,8 @@ def _cycle_by_cycle(monkeypatch, scenario):
     """Force the per-cycle SimPy path: jitter switched on with a spread of zero (every factor is exactly 1)."""
     original = run.request_streams
 
-    def streams(s):
-        out = original(s)
+    def streams(s, count=None):
+        out = original(s, count)
         for stream in out:
             stream.jitter.enabled = True
         return out
