@@ -91,3 +91,14 @@ def test_every_embedded_default_run_fits():
         assert load_runs(overrides=[f"hardware={hardware}"])
     gpus = max(load.total_bytes for run in load_runs() for load in gpu_loads(run.scenario))
     assert gpus < 16 * GIB  # the cascade holds three models
+
+
+def test_the_decode_batch_multiplies_the_cache_up_to_the_concurrency_and_the_requests():
+    one = loads("ar", "model=qwen3-8b")["gpu0"].cache_bytes
+    batch = ["model=qwen3-8b", "workload.num_requests=16", "workload.max_batch=8"]
+    assert loads("ar", *batch)["gpu0"].cache_bytes == 8 * one
+    assert loads("ar", *batch, "workload.max_concurrency=3")["gpu0"].cache_bytes == 3 * one
+    assert (
+        loads("ar", "model=qwen3-8b", "workload.num_requests=2", "workload.max_batch=8")["gpu0"].cache_bytes
+        == 2 * one
+    )

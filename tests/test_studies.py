@@ -130,3 +130,19 @@ def test_sensitivity(tmp_path, monkeypatch):
     assert alpha["high_speedup"] > base > alpha["low_speedup"]
     assert frame.loc["chain draft step", "swing"] == 0.0  # a chain drafter's latency cannot move SPD
     assert_png(tmp_path / "tornado.png")
+
+
+def test_serving_load(tmp_path, monkeypatch):
+    """Two rates, twelve requests: the table has one row per method and rate, with the serving metrics."""
+    monkeypatch.syspath_prepend(str(STUDIES / "serving_load"))
+    spec = importlib.util.spec_from_file_location(
+        "study_serving_load", STUDIES / "serving_load" / "serving_load.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    frame = module.run(tmp_path, rates=(5.0, 50.0), requests=12)
+    assert len(frame) == 2 * len(module.METHODS)
+    assert (frame["gpus"] == 8).all()
+    assert (frame["p99_tpot_ms"] >= frame["median_tpot_ms"]).all()
+    assert (frame["request_goodput"] <= frame["request_throughput"] + 1e-9).all()
+    assert (tmp_path / "serving_load.csv").is_file() and (tmp_path / "metadata.json").is_file()

@@ -11,15 +11,21 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
+
 from spdsim.engine.result import Result
+from spdsim.engine.table import Table
 from spdsim.methods import get_method
 from spdsim.scenario.config import AcceptanceSpec
 from spdsim.units import ns_to_ms, ns_to_us, per_s
 
 
 def decode_ns(result: Result) -> int:
-    """Simulated decode time: the run's span minus the fixed prefill costs."""
+    """Simulated decode time: the run's span minus the fixed prefill costs (sequential requests); a serving run's
+    whole span from the first request sent to the last token (vLLM's benchmark duration)."""
     workload = result.scenario.workload
+    if workload.serving:
+        return result.end_ns - min(result.request_sent_ns, default=0)
     return result.end_ns - workload.num_requests * workload.prefill_ns
 
 
@@ -47,7 +53,7 @@ def summarize(result: Result, baseline: Result | None = None) -> dict[str, Any]:
         acceptance_length = 1.0 + accepted / verifications if verifications else 1.0
         rho = n_rho = None
         bubble = 0.0
-    return {
+    summary = {
         "method": result.scenario.method.name,
         "gpus": result.gpus,
         "tokens": tokens,
@@ -62,6 +68,80 @@ def summarize(result: Result, baseline: Result | None = None) -> dict[str, Any]:
         "iterations": result.iterations,
         "end_ms": ns_to_ms(result.end_ns),
     }
+    if result.scenario.workload.serving:
+        summary.update(serving_metrics(result))
+    return summary
+
+
+SERVING_LATENCIES = ("ttft", "tpot", "itl", "e2el")
+PERCENTILES = (("median", 50), ("p90", 90), ("p99", 99))
+
+
+def request_latencies_ns(result: Result) -> dict[str, np.ndarray]:
+    """Per request (index order): sent, first and last token (ns) and output tokens; and every ITL (ns).
+
+    ITL counts the gaps between a request's distinct commit times: tokens a speculative verification commits
+    together reach the client as one chunk, which vLLM's benchmark times once."""
+    count = len(result.request_sent_ns)
+    tokens = result.tokens
+    if isinstance(tokens, Table):
+        request, commit = tokens.column("request"), tokens.column("commit_ns")
+    else:
+        request = np.asarray([t.request for t in tokens], dtype=np.int64)
+        commit = np.asarray([t.commit_ns for t in tokens], dtype=np.int64)
+    order = np.lexsort((commit, request))
+    request, commit = request[order], commit[order]
+    produced = np.bincount(request, minlength=count)
+    last_of = np.cumsum(produced) - 1
+    first_of = last_of - produced + 1
+    has = produced > 0
+    first = np.where(has, commit[np.clip(first_of, 0, None)] if len(commit) else 0, 0)
+    last = np.where(has, commit[np.clip(last_of, 0, None)] if len(commit) else 0, 0)
+    gaps = np.diff(commit)
+    itl = gaps[(request[1:] == request[:-1]) & (gaps > 0)]
+    return {
+        "sent": np.asarray(result.request_sent_ns, dtype=np.int64),
+        "first": first,
+        "last": last,
+        "tokens": produced,
+        "itl": itl,
+    }
+
+
+def serving_metrics(result: Result) -> dict[str, Any]:
+    """vLLM's serving benchmark metrics: TTFT, TPOT, ITL, E2E latency (mean, median, p90, p99, in ms), request
+    and output-token throughput, and request goodput under the workload's SLOs (docs/metrics.md §3)."""
+    workload = result.scenario.workload
+    per = request_latencies_ns(result)
+    ttft = per["first"] - per["sent"]
+    e2el = per["last"] - per["sent"]
+    several = per["tokens"] > 1
+    tpot = (per["last"] - per["first"])[several] / (per["tokens"][several] - 1)
+    duration_ns = decode_ns(result)
+    values = {"ttft": ttft, "tpot": tpot, "itl": per["itl"], "e2el": e2el}
+    metrics: dict[str, Any] = {
+        "completed": len(per["sent"]),
+        "duration_s": duration_ns / 1e9,
+        "request_throughput": per_s(len(per["sent"]), duration_ns),
+        "output_throughput": per_s(int(per["tokens"].sum()), duration_ns),
+    }
+    for name in SERVING_LATENCIES:
+        data = values[name].astype(np.float64) / 1e6
+        metrics[f"mean_{name}_ms"] = float(data.mean()) if len(data) else None
+        for label, q in PERCENTILES:
+            metrics[f"{label}_{name}_ms"] = float(np.percentile(data, q)) if len(data) else None
+    slos = {"ttft": workload.slo_ttft_ms, "tpot": workload.slo_tpot_ms, "e2el": workload.slo_e2el_ms}
+    if any(slos.values()):
+        request_tpot = np.zeros(len(ttft))
+        request_tpot[several] = tpot
+        good = np.ones(len(ttft), dtype=bool)
+        for name, limit in slos.items():
+            if limit:
+                good &= {"ttft": ttft, "tpot": request_tpot, "e2el": e2el}[name] / 1e6 <= limit
+        metrics["request_goodput"] = per_s(int(good.sum()), duration_ns)
+    else:
+        metrics["request_goodput"] = None
+    return metrics
 
 
 def num_stages(result: Result) -> int:

@@ -1,13 +1,18 @@
 """What a simulation returns: token commit times, resource busy intervals and counters.
 
-Metrics, tables, Chrome traces and plots are all derived from a Result; nothing else is kept.
+Metrics, tables, Chrome traces and plots are all derived from a Result; nothing else is kept. The engine stores
+the rows as columns (``spdsim.engine.table.Table``); they iterate as the dataclasses below.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from spdsim.scenario.config import Scenario
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 # Interval kinds, drawn in distinct colours by the timeline.
 BUSY = "busy"  # useful work
@@ -55,12 +60,14 @@ class Verification:
 @dataclass(frozen=True)
 class Result:
     scenario: Scenario
-    tokens: tuple[TokenCommit, ...]
-    intervals: tuple[Interval, ...]
-    verifications: tuple[Verification, ...]
+    # columnar tables (spdsim.engine.table.Table) from the engine; any sequence of rows is accepted
+    tokens: Sequence[TokenCommit]
+    intervals: Sequence[Interval]
+    verifications: Sequence[Verification]
     iterations: int  # cycles (pipelines) or draft-verify iterations (chains), summed over requests
     gpus: int  # GPUs the method occupies
     end_ns: int
     request_start_ns: tuple[int, ...]  # decode start of each request (after prefill)
     # total busy time per resource, sorted by name; filled even when intervals are not recorded (pipelines)
     resource_busy_ns: tuple[tuple[str, int], ...] = ()
+    request_sent_ns: tuple[int, ...] = ()  # when each request was sent (TTFT and E2E count from here)

@@ -130,6 +130,34 @@ class LatencyModel:
             + self.head_ns(query_tokens)
         )
 
+    def batch_layers_ns(self, layers: int, query_tokens: Any, kv_len: Any, tp: int = 1) -> int:
+        """``layers`` layers over a batch: sequence i brings ``query_tokens[i]`` query rows against
+        ``kv_len[i]`` cached positions. Without a roofline the batch is priced as one sequence of all the query
+        rows against all the cached positions (a profile's query coordinate stands in for the batch one)."""
+        q = np.asarray(query_tokens, dtype=np.int64)
+        kv = np.asarray(kv_len, dtype=np.int64)
+        return self.batch_sums_ns(layers, int(q.sum()), len(q), int(kv.sum()), int((q * kv).sum()), tp)
+
+    def batch_sums_ns(
+        self, layers: int, rows: int, sequences: int, kv_sum: int, rows_kv_sum: int, tp: int = 1
+    ) -> int:
+        """``batch_layers_ns`` from the batch's sums: query rows, sequences, cached positions and
+        Σ rows_i · kv_i (what the schedules keep per step without building arrays)."""
+        return int(self.layers_ns(layers, rows, kv_sum, tp))
+
+    def batch_target_ns(self, query_tokens: Any, kv_len: Any, tp: int = 1) -> int:
+        """One target forward over a batch (an AR step of B sequences, or B verifies of K+1 rows)."""
+        q = np.asarray(query_tokens, dtype=np.int64)
+        kv = np.asarray(kv_len, dtype=np.int64)
+        return self.batch_target_sums_ns(int(q.sum()), len(q), int(kv.sum()), int((q * kv).sum()), tp)
+
+    def batch_target_sums_ns(
+        self, rows: int, sequences: int, kv_sum: int, rows_kv_sum: int, tp: int = 1
+    ) -> int:
+        """``batch_target_ns`` from the batch's sums (see ``batch_sums_ns``)."""
+        layers = self.batch_sums_ns(self.num_layers, rows, sequences, kv_sum, rows_kv_sum, tp)
+        return self.embed_ns(rows) + layers + self.head_ns(rows)
+
     def draft_model_ns(self, layers: int, query_tokens: int, kv_len: KvLen) -> Any:
         """A separate smaller LM with the target's layer shape and ``layers`` layers (classic draft model)."""
         return self.embed_ns(query_tokens) + self.layers_ns(layers, query_tokens, kv_len) + self.head_ns(1)
@@ -262,6 +290,28 @@ class RooflineLatency(LatencyModel):
         if tp > 1:
             total = total + 2 * layers * self.allreduce_ns(self.hidden_bytes(query_tokens), tp)
         return _to_ns(total) if isinstance(kv_len, np.ndarray) else _to_ns(float(total))
+
+    def batch_sums_ns(
+        self, layers: int, rows: int, sequences: int, kv_sum: int, rows_kv_sum: int, tp: int = 1
+    ) -> int:
+        """The batch roofline: weights read once, each sequence's KV (or linear state) read, FLOPs of every query
+        row; memory-bound below the ridge point, compute-bound above (docs/serving.md §3)."""
+        s = self.shape
+        share = self._full_attention_share
+        weight_bytes = self._layer_params * s.dtype_bytes
+        state_bytes = (
+            share * kv_sum * self._kv_bytes_per_position
+            + (1.0 - share) * self._linear_state_bytes * sequences
+        )
+        attention_flops = 4.0 * rows_kv_sum * s.num_attention_heads * s.head_dim
+        flops = 2.0 * rows * self._layer_params + share * attention_flops
+        per_layer = max(
+            (weight_bytes + state_bytes) / tp / self._bytes_per_ns, flops / tp / self._flops_per_ns
+        )
+        total = layers * per_layer + self._overhead(layers)
+        if tp > 1:
+            total += 2 * layers * self.allreduce_ns(self.hidden_bytes(rows), tp)
+        return _to_ns(total)
 
     def head_ns(self, query_tokens: int = 1) -> int:
         return self.lm_head_ns(query_tokens, 0)

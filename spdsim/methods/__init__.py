@@ -22,6 +22,9 @@ class Method:
     family: str  # "ar" | "chain" | "adaptive" | "parallel" | "pipeline"
     gpus: Callable[[Scenario], int]
     run_request: Callable[..., Generator[Any, Any, None]]
+    # several requests decoded together (workload.max_batch > 1): serve_batch(env, context, state, streams,
+    # count, context_for), a SimPy process generator that takes requests from ``state.queue``; None: unbatched only
+    serve_batch: Callable[..., Generator[Any, Any, None]] | None = None
 
     @property
     def pipeline(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from spdsim.engine.result import BUSY, COMM
 from spdsim.methods import Method
+from spdsim.methods.batched import serve_chain_batch
 from spdsim.methods.common import gpu_resources, serial_overheads_ns, target_verify_ns
 
 
@@ -44,4 +45,5 @@ METHOD = Method(
     family="ar",
     gpus=lambda scenario: max(scenario.method.tensor_parallel, 1),
     run_request=run_request,
+    serve_batch=serve_chain_batch,
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from spdsim.engine.result import COMM, DRAFT
 from spdsim.methods import Method
+from spdsim.methods.batched import serve_chain_batch
 from spdsim.methods.common import (
     VerifyTable,
     draft_model_layers,
@@ -76,6 +77,7 @@ METHODS = (
         "chain",
         _tp_gpus,
         run_request,
+        serve_chain_batch,
     ),
     Method(
         "eagle3",
@@ -83,6 +85,7 @@ METHODS = (
         "chain",
         _tp_gpus,
         run_request,
+        serve_chain_batch,
     ),
     Method(
         "mtp",
@@ -90,5 +93,6 @@ METHODS = (
         "chain",
         _tp_gpus,
         run_request,
+        serve_chain_batch,
     ),
 )

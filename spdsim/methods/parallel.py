@@ -7,6 +7,7 @@ target's lm_head; ``peagle``: K slots in one pass, with EAGLE-3's draft vocabula
 from __future__ import annotations
 
 from spdsim.methods import Method
+from spdsim.methods.batched import serve_chain_batch
 from spdsim.methods.chain import run_draft_verify
 from spdsim.methods.common import kv_lengths
 
@@ -37,6 +38,7 @@ METHODS = (
         "parallel",
         _tp_gpus,
         run_request,
+        serve_chain_batch,
     ),
     Method(
         "peagle",
@@ -44,5 +46,6 @@ METHODS = (
         "parallel",
         _tp_gpus,
         run_request,
+        serve_chain_batch,
     ),
 )

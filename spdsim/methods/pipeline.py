@@ -29,6 +29,7 @@ from spdsim.errors import SpdsimError
 from spdsim.latency.model import PPM
 from spdsim.methods import Method
 from spdsim.methods.common import kv_lengths, serial_overheads_ns
+from spdsim.methods.pipeline_trace import record_pipeline_spans
 from spdsim.scenario.topology import build_topology, comm_costs, topology_active
 
 
@@ -215,7 +216,7 @@ def run_request(env, context, request, streams):
     new_tokens = scenario.workload.new_tokens
     if new_tokens <= 0:
         return
-    if not jitter.enabled and not recorder.record_intervals:
+    if not jitter.enabled:
         yield from _run_deterministic(env, recorder, stream, costs, request, new_tokens)
         return
     stages = costs.num_stages
@@ -275,8 +276,9 @@ def _total_cycle(busy: list[int], spans) -> None:
 
 
 def _run_deterministic(env, recorder, stream, costs: PipelineCosts, request, new_tokens):
-    """Fixed latencies, no interval recording: the silent fill/refill cycles (nothing commits, nothing is
-    recorded) are folded into the timeout of the verify cycle that follows them; one event per token."""
+    """Fixed latencies: the silent fill/refill cycles (nothing commits) are folded into the timeout of the verify
+    cycle that follows them; one event per token. Busy spans, when recorded, are rebuilt from one row per event
+    afterwards (``pipeline_trace``); otherwise only busy totals are kept."""
     stages = costs.num_stages
     saturated = costs.cycle_ns[stages]
     refill_total = costs.refill_total_ns
@@ -289,7 +291,11 @@ def _run_deterministic(env, recorder, stream, costs: PipelineCosts, request, new
     pending = refill_total[0]
     after_refill = True
     refills_at = [0]  # committed counts at which a fill/refill block ran
+    segments: list[tuple[int, int, bool, bool]] | None = [] if recorder.record_intervals else None
+    rejected = False
     while committed < new_tokens:
+        if segments is not None:
+            segments.append((env.now, committed, after_refill, rejected))
         yield timeout(pending + saturated[committed])
         accepted = accept(after_refill)
         now = env.now
@@ -299,14 +305,17 @@ def _run_deterministic(env, recorder, stream, costs: PipelineCosts, request, new
         cycle += 1
         if accepted or committed == new_tokens:
             pending = 0
-            after_refill = False
+            after_refill = rejected = False
         else:
             pending = refill_total[committed] + costs.reject_ns
             refills_at.append(committed)
             cycle += stages - 1
-            after_refill = True
+            after_refill = rejected = True
     recorder.iterations += cycle
-    _add_busy_totals(recorder, costs, new_tokens, refills_at)
+    if segments is not None:
+        record_pipeline_spans(recorder, costs, request, segments)
+    else:
+        _add_busy_totals(recorder, costs, new_tokens, refills_at)
 
 
 def _add_busy_totals(recorder, costs: PipelineCosts, new_tokens: int, refills_at: list[int]) -> None:
@@ -426,6 +435,13 @@ def ppsd_gpus(scenario) -> int:
     return stages * max(method.tensor_parallel, 1)
 
 
+def serve_pipeline_batch(env, context, method, state, streams, count, context_for):
+    """Several requests in flight (``spdsim.methods.pipeline_batch``, which imports this module)."""
+    from spdsim.methods.pipeline_batch import serve_pipeline_batch as serve
+
+    yield from serve(env, context, method, state, streams, count, context_for)
+
+
 METHODS = (
     Method(
         "spd",
@@ -433,6 +449,7 @@ METHODS = (
         "pipeline",
         spd_gpus,
         run_request,
+        serve_pipeline_batch,
     ),
     Method(
         "ppsd",
@@ -440,5 +457,6 @@ METHODS = (
         "pipeline",
         ppsd_gpus,
         run_request,
+        serve_pipeline_batch,
     ),
 )

@@ -26,6 +26,21 @@ TABLE_COLUMNS = (
     ("n_rho", "n*rho", "{:.2f}"),
     ("bubble_fraction", "bubble", "{:.1%}"),
 )
+# the table of serving workloads (their summaries carry these keys)
+SERVING_COLUMNS = (
+    ("label", "run", "{}"),
+    ("gpus", "GPUs", "{}"),
+    ("output_throughput", "tokens/s", "{:,.1f}"),
+    ("request_throughput", "req/s", "{:.2f}"),
+    ("median_ttft_ms", "TTFT p50 ms", "{:.2f}"),
+    ("p99_ttft_ms", "TTFT p99 ms", "{:.2f}"),
+    ("median_tpot_ms", "TPOT p50 ms", "{:.3f}"),
+    ("p99_tpot_ms", "TPOT p99 ms", "{:.3f}"),
+    ("median_itl_ms", "ITL p50 ms", "{:.3f}"),
+    ("p99_itl_ms", "ITL p99 ms", "{:.3f}"),
+    ("p99_e2el_ms", "E2E p99 ms", "{:.1f}"),
+    ("request_goodput", "goodput req/s", "{:.2f}"),
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,26 @@ def traced_scenario(scenario: Scenario, requests: int = 1) -> Scenario:
         scenario.workload, num_requests=min(requests, scenario.workload.num_requests)
     )
     return dataclasses.replace(scenario, workload=workload)
+
+
+def served_trace(result: Result, requests: int) -> Result:
+    """A serving run's spans of its first ``requests`` requests and of the batched steps (request -1) until the
+    last of them finishes: requests share the GPUs, so the run is traced whole and then cut, not re-run alone."""
+    from spdsim.engine.table import Table
+
+    spans = result.intervals
+    if not isinstance(spans, Table) or not spans:
+        return result
+    owner = spans.column("request")
+    tokens = result.tokens
+    ends = (
+        [t.commit_ns for t in tokens if t.request < requests]
+        if not isinstance(tokens, Table)
+        else (tokens.column("commit_ns")[tokens.column("request") < requests].tolist())
+    )
+    horizon = max(ends, default=result.end_ns)
+    keep = ((owner >= 0) & (owner < requests)) | ((owner < 0) & (spans.column("start_ns") < horizon))
+    return dataclasses.replace(result, intervals=spans.where(keep))
 
 
 def baseline_scenario(scenario: Scenario) -> Scenario:
@@ -76,7 +111,9 @@ def simulate_runs(runs: list[NamedScenario], *, trace_requests: int = 1) -> list
         if key not in baselines:
             baselines[key] = simulate(key, record_intervals=False)
         traced = None
-        if trace_requests > 0:
+        if trace_requests > 0 and run.scenario.workload.serving:
+            traced = served_trace(simulate(run.scenario, record_intervals=True), trace_requests)
+        elif trace_requests > 0:
             traced = simulate(traced_scenario(run.scenario, trace_requests), record_intervals=True)
         summary = summarize_run(run, result, baselines[key])
         outcomes.append(RunOutcome(run.label, run.scenario, result, summary, traced))
@@ -112,10 +149,13 @@ def render_table(outcomes: list[RunOutcome], title: str = ""):
     from rich.text import Text
 
     table = Table(title=Text(title) if title else None, header_style="bold")
-    for key, header, _ in TABLE_COLUMNS:
+    columns: tuple[tuple[str, str, str], ...] = TABLE_COLUMNS
+    if any("request_throughput" in outcome.summary for outcome in outcomes):
+        columns = SERVING_COLUMNS
+    for key, header, _ in columns:
         table.add_column(header, justify="left" if key == "label" else "right", no_wrap=True)
     for outcome in outcomes:
-        cells = (format_cell(outcome.summary.get(key), pattern) for key, _, pattern in TABLE_COLUMNS)
+        cells = (format_cell(outcome.summary.get(key), pattern) for key, _, pattern in columns)
         table.add_row(*(Text(cell) for cell in cells))  # Text: labels like "x [roofline]" are not markup
     return table
 

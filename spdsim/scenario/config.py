@@ -169,18 +169,99 @@ class AcceptanceSpec:
             _unit_interval(rate, f"acceptance.rates[{i}]")
 
 
+ARRIVALS = ("sequential", "closed", "poisson", "gamma", "trace")
+PREFILLS = ("fixed", "modelled")
+
+
 @dataclass(frozen=True)
 class Workload:
+    """The requests and how they arrive (docs/serving.md). The defaults are the paper's setting: requests one
+    after another, each alone on the GPUs; the serving fields take vLLM's benchmark names where one exists."""
+
     prompt_tokens: int = 128
     new_tokens: int = 512
     num_requests: int = 4
-    prefill_ns: int = 0  # fixed cost before each request's decode (prefill itself is not simulated)
+    prefill_ns: int = 0  # fixed cost before each request's decode (``prefill = "fixed"``)
+    # arrivals: "" infers it (trace_path -> trace, arrival_rate -> poisson/gamma, max_concurrency -> closed,
+    # else sequential)
+    arrival: str = ""
+    arrival_rate: float = 0.0  # requests/s (vLLM --request-rate)
+    burstiness: float = 1.0  # gamma shape of the inter-arrival times (vLLM --burstiness; 1 = Poisson)
+    max_concurrency: int = 0  # requests in flight at most (vLLM --max-concurrency); 0 = unlimited
+    trace_path: str = ""  # replay: JSONL/CSV of timestamp (ms), input_length, output_length
+    length_range_ratio: float = 0.0  # lengths uniform in [L(1-r), L(1+r)] (vLLM --random-range-ratio)
+    max_batch: int = 1  # sequences decoded together (vLLM max_num_seqs); 1 = one request at a time
+    prefill: str = "fixed"  # "fixed": prefill_ns; "modelled": a target forward over the prompt
+    chunk_tokens: int = (
+        0  # chunked prefill: prompt tokens per step beside the decodes; 0 = whole prompt, stalls
+    )
+    slo_ttft_ms: float = 0.0  # goodput SLOs (vLLM --goodput); 0 = none
+    slo_tpot_ms: float = 0.0
+    slo_e2el_ms: float = 0.0
 
     def __post_init__(self) -> None:
-        for name, low in (("new_tokens", 1), ("num_requests", 1), ("prompt_tokens", 0), ("prefill_ns", 0)):
+        for name, low in (
+            ("new_tokens", 1),
+            ("num_requests", 1),
+            ("prompt_tokens", 0),
+            ("prefill_ns", 0),
+            ("max_concurrency", 0),
+            ("max_batch", 1),
+            ("chunk_tokens", 0),
+        ):
             value = getattr(self, name)
             if value < low:
                 raise SpdsimError(f"workload.{name}: must be >= {low} (got {value})")
+        for name in ("arrival_rate", "slo_ttft_ms", "slo_tpot_ms", "slo_e2el_ms"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise SpdsimError(f"workload.{name}: must be a finite number >= 0 (got {value})")
+        if not (
+            isinstance(self.burstiness, (int, float))
+            and math.isfinite(self.burstiness)
+            and self.burstiness > 0
+        ):
+            raise SpdsimError(f"workload.burstiness: must be > 0 (got {self.burstiness})")
+        if not 0.0 <= self.length_range_ratio < 1.0:
+            raise SpdsimError(
+                f"workload.length_range_ratio: must be in [0, 1) (got {self.length_range_ratio})"
+            )
+        if self.arrival not in ("", *ARRIVALS):
+            raise SpdsimError(f"workload.arrival: unknown '{self.arrival}' (allowed: {', '.join(ARRIVALS)})")
+        if self.prefill not in PREFILLS:
+            raise SpdsimError(f"workload.prefill: unknown '{self.prefill}' (allowed: {', '.join(PREFILLS)})")
+        if self.chunk_tokens and self.prefill != "modelled":
+            raise SpdsimError('workload.chunk_tokens: chunked prefill needs workload.prefill = "modelled"')
+        kind = self.arrival_kind
+        if kind in ("poisson", "gamma") and self.arrival_rate <= 0:
+            raise SpdsimError(f"workload.arrival_rate: {kind} arrivals need a rate > 0 requests/s")
+        if kind == "closed" and self.max_concurrency < 1:
+            raise SpdsimError("workload.max_concurrency: closed-loop arrivals need a concurrency >= 1")
+        if kind == "trace" and not self.trace_path:
+            raise SpdsimError("workload.trace_path: trace arrivals need a file")
+
+    @property
+    def arrival_kind(self) -> str:
+        """The arrival process, ``arrival`` or inferred from the fields set."""
+        if self.arrival:
+            return self.arrival
+        if self.trace_path:
+            return "trace"
+        if self.arrival_rate > 0:
+            return "poisson" if self.burstiness == 1.0 else "gamma"
+        if self.max_concurrency > 0:
+            return "closed"
+        return "sequential"
+
+    @property
+    def serving(self) -> bool:
+        """A serving workload (arrivals, batching or SLOs): its summary carries the serving metrics."""
+        return (
+            self.arrival_kind != "sequential"
+            or self.max_batch > 1
+            or self.prefill != "fixed"
+            or any((self.slo_ttft_ms, self.slo_tpot_ms, self.slo_e2el_ms))
+        )
 
 
 @dataclass(frozen=True)
@@ -219,11 +300,26 @@ OPTIONAL_FIELDS = {
         "copy_bandwidth_gbps",
     ),
     "method": ("aggregation_types", "rank_nodes"),
+    "workload": (
+        "arrival",
+        "arrival_rate",
+        "burstiness",
+        "max_concurrency",
+        "trace_path",
+        "length_range_ratio",
+        "max_batch",
+        "prefill",
+        "chunk_tokens",
+        "slo_ttft_ms",
+        "slo_tpot_ms",
+        "slo_e2el_ms",
+    ),
 }
 _OPTIONAL_DEFAULTS = {
     "model": ModelShape,
     "hardware": Hardware,
     "method": MethodSpec,
+    "workload": Workload,
 }
 
 

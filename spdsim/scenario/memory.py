@@ -42,10 +42,12 @@ class GpuLoad:
 
 
 def sequences_in_flight(workload: Workload) -> int:
-    """Sequences whose caches are held at once: requests run one after another (one sequence) unless the
-    workload caps a concurrency (``max_concurrency``), then up to that many."""
-    concurrency = int(getattr(workload, "max_concurrency", 0) or 0)
-    return max(1, min(concurrency, workload.num_requests)) if concurrency else 1
+    """Sequences whose caches are held at once: the decode batch (``max_batch``, one request at a time by
+    default), capped by the concurrency and by the number of requests."""
+    sequences = workload.max_batch
+    if workload.max_concurrency:
+        sequences = min(sequences, workload.max_concurrency)
+    return max(1, min(sequences, workload.num_requests))
 
 
 def _mlp_params(s: ModelShape) -> float:
