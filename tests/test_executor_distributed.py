@@ -209,3 +209,57 @@ def test_unknown_verify_place_is_refused_before_launching():
     config = DistributedConfig(num_stages=2, verify_on="gpu")
     with pytest.raises(SpdsimError, match="verify_on: unknown 'gpu'"):
         run_distributed(SOURCE, prompt_set(1), config, [DecodeOptions(max_new_tokens=2)])
+
+
+class _SendWork:
+    """A send's work: records, when awaited, the control ring's slots as they are at that moment."""
+
+    def __init__(self, log: list, link, name: str):
+        self.log, self.link, self.name = log, link, name
+
+    def wait(self, timeout=None):
+        self.log.append((self.name, self.link._ring.device[:, 1].tolist()))
+
+
+def test_control_words_reuse_one_ring_and_sends_are_awaited_where_their_slot_is_reused(monkeypatch):
+    """Issue 15, control plane: every word is staged through the same two host/device slots (nothing allocated or
+    pinned per cycle), the draft token is copied into the word on the device, a send is awaited two words later
+    just before its slot is rewritten (never at the start of its own or the next cycle), and only a flush that
+    waits for a young send counts as a host sync."""
+    from executor.distributed import comm
+    from executor.schedules.spd import HostSyncs
+
+    link = comm.Link(0, Roles(2, colocated=True), torch.device("cpu"), 5.0, 5.0)
+    log: list = []
+    posted: list[str] = []
+
+    def batch_isend_irecv(ops):
+        return [_SendWork(log, link, posted.pop(0)) for _ in ops]
+
+    monkeypatch.setattr(comm.dist, "P2POp", lambda op, tensor, peer: (op, tensor, peer))
+    monkeypatch.setattr(comm.dist, "batch_isend_irecv", batch_isend_irecv)
+    syncs = HostSyncs.count
+    words, hosts = [], set()
+    for cycle in range(4):
+        posted.append(f"control {cycle}")
+        token = torch.tensor([[40 + cycle]])
+        link.broadcast_control(Control(OP_GO, cycle, 2, NO_CROP, 0, 7 + cycle), token_t=token)
+        words.append(link.control_tensor)
+        hosts.add(link._ring.host.data_ptr())
+        assert Control.decode(link.control_tensor) == Control(OP_GO, cycle, 2, NO_CROP, 40 + cycle, 7 + cycle)
+        posted.append(f"stage 0 output {cycle}")
+        link.exchange([(torch.zeros(3), 1)], [])
+        if cycle < 2:
+            assert log == []  # nothing awaited in the first two cycles
+    assert len({w.data_ptr() for w in words}) == 2 and len(hosts) == 1
+    # cycle 2's word retired cycle 0's sends while their slot (1) still held cycle 0's word; cycle 3's, cycle 1's
+    assert log == [
+        ("control 0", [1, 0]),
+        ("stage 0 output 0", [1, 0]),
+        ("control 1", [1, 2]),
+        ("stage 0 output 1", [1, 2]),
+    ]
+    assert HostSyncs.count == syncs
+    link.flush_sends()
+    assert [name for name, _ in log[4:]] == ["control 2", "stage 0 output 2", "control 3", "stage 0 output 3"]
+    assert HostSyncs.count == syncs + 1  # the end-of-prompt flush waits for young sends: one counted sync

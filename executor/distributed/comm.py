@@ -2,7 +2,9 @@
 
 Every receive and collective is issued asynchronously and then polled against a deadline, so a dead or stuck peer
 ends the run with one line naming the rank instead of a hang. The control word is a fixed-size int64 tensor
-broadcast by the controller at the start of every cycle (docs/spd.md §6: GO / DISCARD + crop / SHUTDOWN).
+broadcast by the controller at the start of every cycle (docs/spd.md §6: GO / DISCARD + crop / SHUTDOWN), staged
+through a host buffer allocated once (`ControlRing`); a rank awaits its sends two words later, where their buffers
+are next reused, never at the start of a cycle.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from executor.schedules.spd import HostSyncs
 
 # Control ops.
 OP_GO = 1  # one decode cycle: stages 0..active-1 forward their token
@@ -55,20 +59,34 @@ class Control:
         0  # GO, saturated: the last stage verifies (greedy) and sends the packed triple, not its output
     )
 
-    def encode(self, device: torch.device, token_t: torch.Tensor | None = None) -> torch.Tensor:
-        """The control word as a device tensor, built without blocking the host: on a GPU the host fields go
-        through pinned memory by a non-blocking copy (the caching host allocator keeps the pinned block until
-        the copy is done); ``token_t`` (a device ``[1, 1]`` id, e.g. a draft still on the device) is copied into
-        the token field on the device, so the host never reads it."""
-        host = torch.tensor([getattr(self, name) for name in CONTROL_FIELDS], dtype=torch.int64)
-        tensor = host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
-        if token_t is not None:
-            tensor[TOKEN_FIELD : TOKEN_FIELD + 1].copy_(token_t.reshape(1))
-        return tensor
-
     @staticmethod
     def decode(tensor: torch.Tensor) -> Control:
         return Control(*tensor.tolist())
+
+
+class ControlRing:
+    """The controller's control words, staged through one host buffer allocated once (pinned on a GPU) and reused:
+    no allocation or pinning per cycle, and a non-blocking host-to-device copy. Two slots, so word m rewrites the
+    slot of word m − 2, whose copy and sends `Link` has retired first (`Link.retire_sends`)."""
+
+    SLOTS = 2
+
+    def __init__(self, device: torch.device):
+        shape = (self.SLOTS, len(CONTROL_FIELDS))
+        self.host = torch.zeros(shape, dtype=torch.int64, pin_memory=device.type == "cuda")
+        self._host_view = self.host.numpy()  # writes through numpy: no tensor built per cycle
+        self.device = torch.zeros(shape, dtype=torch.int64, device=device)
+
+    def encode(self, control: Control, sequence: int, token_t: torch.Tensor | None = None) -> torch.Tensor:
+        """Word number ``sequence`` as a device tensor (a slot of the ring); ``token_t`` (a device ``[1, 1]`` id,
+        e.g. a draft still on the device) is copied into the token field on the device: the host never reads it."""
+        slot = sequence % self.SLOTS
+        self._host_view[slot] = [getattr(control, name) for name in CONTROL_FIELDS]
+        tensor = self.device[slot]
+        tensor.copy_(self.host[slot], non_blocking=True)
+        if token_t is not None:
+            tensor[TOKEN_FIELD : TOKEN_FIELD + 1].copy_(token_t.reshape(1))
+        return tensor
 
 
 @dataclass(frozen=True)
@@ -113,8 +131,10 @@ class Link:
         self.device = device
         self.timeout_s = timeout_s
         self.idle_timeout_s = idle_timeout_s  # stages waiting for the next prompt
-        self._pending_sends: list[tuple[object, int, torch.Tensor]] = []
+        self._pending_sends: list[tuple[int, object, int, torch.Tensor]] = []  # (word, work, peer, tensor)
         self.control_tensor: torch.Tensor | None = None
+        self.sequence = 0  # control words sent (controller) or received so far; tags the sends posted after
+        self._ring: ControlRing | None = None
 
     def wait(self, work, peer: int, what: str, idle: bool = False) -> None:
         """Block until ``work`` completes or the deadline passes; errors name ``peer``.
@@ -154,8 +174,12 @@ class Link:
         A point-to-point fan-out rather than a collective: a rank that stops answering is then named by the
         wait that misses it, instead of stalling an anonymous collective. The received word stays on the device
         as ``control_tensor`` (stage 0 embeds its token from there; the host decodes only the other fields)."""
+        self.sequence += 1
+        self.retire_sends(f"send before control word {self.sequence}")
         if control is not None:
-            tensor = control.encode(self.device, token_t)
+            if self._ring is None:
+                self._ring = ControlRing(self.device)
+            tensor = self._ring.encode(control, self.sequence, token_t)
             self.control_tensor = tensor
             self._fan_out(tensor)
             return control
@@ -188,7 +212,8 @@ class Link:
         Every point-to-point op of the run goes through here (batched), so NCCL uses one communicator for all of
         them: mixing batched and plain p2p calls can put the two ends on different communicators (a hang).
 
-        Send handles are kept and awaited by ``flush_sends`` (the tensors stay referenced until then)."""
+        Send handles are kept, tagged with the current control word, and awaited by ``retire_sends`` two words later
+        or ``flush_sends`` (the tensors stay referenced until then)."""
         ops = [dist.P2POp(dist.isend, tensor, peer) for tensor, peer in sends]
         ops += [dist.P2POp(dist.irecv, tensor, peer) for tensor, peer in recvs]
         if not ops:
@@ -197,14 +222,30 @@ class Link:
         if len(works) != len(ops):  # NCCL may return one work for the whole group
             works = works * len(ops) if len(works) == 1 else works
         for (tensor, peer), work in zip(sends, works[: len(sends)], strict=True):
-            self._pending_sends.append((work, peer, tensor))
+            self._pending_sends.append((self.sequence, work, peer, tensor))
         return [(work, peer) for work, (_, peer) in zip(works[len(sends) :], recvs, strict=True)]
 
     def wait_recvs(self, handles: list, what: str) -> None:
         for work, peer in handles:
             self.wait(work, peer, what)
 
+    def retire_sends(self, what: str = "send") -> None:
+        """Await the sends posted two control words ago or earlier, where their buffers are next reused (the
+        control ring's slot): by then their receivers have answered a later word, so the wait does not block on
+        work still in flight, and the start of a cycle never waits for its own or the previous cycle's sends."""
+        old = [entry for entry in self._pending_sends if entry[0] <= self.sequence - ControlRing.SLOTS]
+        self._pending_sends = [
+            entry for entry in self._pending_sends if entry[0] > self.sequence - ControlRing.SLOTS
+        ]
+        for _word, work, peer, _tensor in old:
+            self.wait(work, peer, what)
+
     def flush_sends(self, what: str = "send") -> None:
-        for work, peer, _tensor in self._pending_sends:
+        """Await every pending send (prefill, end of prompt, shutdown). A send of this or the previous word may
+        still be in flight, so awaiting it is a host sync (on a GPU: the host waits for the stream) and is counted
+        as one (`HostSyncs`: the tests check that no steady-state cycle does it)."""
+        if any(word >= self.sequence - 1 for word, *_ in self._pending_sends):
+            HostSyncs.count += 1
+        for _word, work, peer, _tensor in self._pending_sends:
             self.wait(work, peer, what)
         self._pending_sends.clear()
