@@ -263,3 +263,45 @@ def test_control_words_reuse_one_ring_and_sends_are_awaited_where_their_slot_is_
     link.flush_sends()
     assert [name for name, _ in log[4:]] == ["control 2", "stage 0 output 2", "control 3", "stage 0 output 3"]
     assert HostSyncs.count == syncs + 1  # the end-of-prompt flush waits for young sends: one counted sync
+
+
+class _NcclWork:
+    """A stream-ordered work: ``wait`` returns at once (it only orders streams); ``is_completed`` says when."""
+
+    def __init__(self, completes_after_s: float | None):
+        self.posted, self.after, self.waits = time.monotonic(), completes_after_s, 0
+
+    def wait(self, timeout=None):
+        assert timeout is None  # the NCCL path never passes a timeout: the host does not block
+        self.waits += 1
+
+    def is_completed(self) -> bool:
+        return self.after is not None and time.monotonic() - self.posted >= self.after
+
+
+def test_stream_ordered_waits_do_not_block_and_the_watchdog_names_a_silent_peer():
+    """Issue 15: on a GPU, ``Link.wait`` issues the stream-ordered wait and returns at once (no polling loop); the
+    watchdog drops work that completes and, for work still incomplete at the deadline, reports one line naming the
+    peer (the launcher's ``on_stall``) and makes the next wait raise it. Run here with stand-in works: the path is
+    the one an NCCL rank takes."""
+    from executor.distributed import comm
+
+    reports: list[str] = []
+    link = comm.Link(2, Roles(3, colocated=True), torch.device("cuda"), 0.4, 5.0, on_stall=reports.append)
+    fast, silent = _NcclWork(0.05), _NcclWork(None)
+    started = time.monotonic()
+    link.wait(fast, 0, "control word")
+    link.wait(silent, 1, "hidden state from stage 1")
+    assert time.monotonic() - started < 0.1 and fast.waits == silent.waits == 1
+    time.sleep(0.2)
+    assert link.watchdog().pending() == 1 and reports == []  # the completed work was dropped
+    deadline = time.monotonic() + 5
+    while not reports and time.monotonic() < deadline:
+        time.sleep(0.02)
+    expected = "rank 2 (stage 2): no answer from rank 1 (stage 1) within 0.4 s (hidden state from stage 1)"
+    assert reports == [expected]
+    assert 0.4 <= time.monotonic() - started < 2
+    with pytest.raises(DistributedError) as info:
+        link.wait(_NcclWork(0.0), 0, "control word")
+    assert str(info.value) == expected
+    link.watchdog().close()

@@ -1,7 +1,8 @@
 """Point-to-point plumbing of the multi-process SPD: the control word, deadline-bounded waits, rank naming.
 
-Every receive and collective is issued asynchronously and then polled against a deadline, so a dead or stuck peer
-ends the run with one line naming the rank instead of a hang. The control word is a fixed-size int64 tensor
+Every receive and collective is issued asynchronously and awaited against a deadline, so a dead or stuck peer ends
+the run with one line naming the rank instead of a hang: gloo waits with a timeout; NCCL waits in stream order (the
+host does not block) and a `Watchdog` thread names the peer whose work is still incomplete at the deadline. The control word is a fixed-size int64 tensor
 broadcast by the controller at the start of every cycle (docs/spd.md §6: GO / DISCARD + crop / SHUTDOWN), staged
 through a host buffer allocated once (`ControlRing`); a rank awaits its sends two words later, where their buffers
 are next reused, never at the start of a cycle.
@@ -9,7 +10,9 @@ are next reused, never at the start of a cycle.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -76,14 +79,20 @@ class ControlRing:
         self.host = torch.zeros(shape, dtype=torch.int64, pin_memory=device.type == "cuda")
         self._host_view = self.host.numpy()  # writes through numpy: no tensor built per cycle
         self.device = torch.zeros(shape, dtype=torch.int64, device=device)
+        self._copied: list = [None] * self.SLOTS  # GPU: the event after each slot's host-to-device copy
 
     def encode(self, control: Control, sequence: int, token_t: torch.Tensor | None = None) -> torch.Tensor:
         """Word number ``sequence`` as a device tensor (a slot of the ring); ``token_t`` (a device ``[1, 1]`` id,
         e.g. a draft still on the device) is copied into the token field on the device: the host never reads it."""
         slot = sequence % self.SLOTS
+        if self._copied[slot] is not None:  # GPU: the host runs ahead; its last copy must have read the slot
+            self._copied[slot].synchronize()
         self._host_view[slot] = [getattr(control, name) for name in CONTROL_FIELDS]
         tensor = self.device[slot]
         tensor.copy_(self.host[slot], non_blocking=True)
+        if tensor.is_cuda:
+            self._copied[slot] = torch.cuda.Event()
+            self._copied[slot].record()
         if token_t is not None:
             tensor[TOKEN_FIELD : TOKEN_FIELD + 1].copy_(token_t.reshape(1))
         return tensor
@@ -120,11 +129,65 @@ class Roles:
         return f"rank {rank} (stage {stage})"
 
 
+class Watchdog:
+    """The bound of a wait that does not block the host (NCCL's stream-ordered ``Work.wait``): a daemon thread that
+    checks every ``tick_s`` the work it watches, drops what completed and, at the first deadline passed with the
+    work incomplete, records its one-line message as ``failure`` and calls ``fail`` (the launcher reports the line
+    and ends the rank: the host may be blocked in a device read that the missing work stalls)."""
+
+    def __init__(self, fail: Callable[[str], None] | None = None, tick_s: float = 0.05, device=None):
+        self.failure: str | None = None
+        self._fail, self.tick_s, self._device = fail, tick_s, device
+        self._watched: list[tuple[float, Callable[[], bool], str]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="link-watchdog")
+        self._thread.start()
+
+    def watch(self, done: Callable[[], bool], message: str, limit_s: float) -> None:
+        with self._lock:
+            self._watched.append((time.monotonic() + limit_s, done, message))
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._watched)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+
+    def _run(self) -> None:
+        if self._device is not None and self._device.type == "cuda" and torch.cuda.is_available():
+            torch.cuda.set_device(self._device)
+        while not self._stop.wait(self.tick_s):
+            with self._lock:
+                watched, self._watched = self._watched, []
+            now, keep = time.monotonic(), []
+            for entry in watched:
+                deadline, done, message = entry
+                if done():
+                    continue
+                if now > deadline:
+                    self.failure = message
+                    if self._fail is not None:
+                        self._fail(message)
+                    return
+                keep.append(entry)
+            with self._lock:
+                self._watched[:0] = keep
+
+
 class Link:
     """This rank's view of the process group: async sends/receives and deadline-bounded waits."""
 
     def __init__(
-        self, rank: int, roles: Roles, device: torch.device, timeout_s: float, idle_timeout_s: float
+        self,
+        rank: int,
+        roles: Roles,
+        device: torch.device,
+        timeout_s: float,
+        idle_timeout_s: float,
+        on_stall: Callable[[str], None] | None = None,
     ):
         self.rank = rank
         self.roles = roles
@@ -135,32 +198,41 @@ class Link:
         self.control_tensor: torch.Tensor | None = None
         self.sequence = 0  # control words sent (controller) or received so far; tags the sends posted after
         self._ring: ControlRing | None = None
+        self._on_stall = (
+            on_stall  # GPU: the watchdog's report (the launcher's: report the line, end the rank)
+        )
+        self._watchdog: Watchdog | None = None
+
+    def watchdog(self) -> Watchdog:
+        if self._watchdog is None:
+            self._watchdog = Watchdog(self._on_stall, device=self.device)
+        return self._watchdog
+
+    def _silent(self, peer: int, what: str, limit: float) -> str:
+        return f"{self.roles.name(self.rank)}: no answer from {self.roles.name(peer)} within {limit:g} s ({what})"
 
     def wait(self, work, peer: int, what: str, idle: bool = False) -> None:
-        """Block until ``work`` completes or the deadline passes; errors name ``peer``.
+        """Await ``work`` with a deadline; errors name ``peer``.
 
-        gloo: ``Work.wait(timeout)`` (its p2p works never report completion to ``is_completed``); NCCL: poll
-        ``is_completed`` (a plain ``wait`` only orders streams, it does not block the host)."""
+        gloo: ``Work.wait(timeout)`` blocks the host (its p2p works never report completion to ``is_completed``).
+        NCCL: ``Work.wait()`` only makes the current stream wait, the host goes on (no polling loop); the
+        `Watchdog` fails the rank if the work is still incomplete at the deadline, and a failure it saw is raised
+        here at the next wait."""
         limit = self.idle_timeout_s if idle else self.timeout_s
         try:
             if self.device.type == "cuda":
-                deadline = time.monotonic() + limit
-                spins = 0
-                while not work.is_completed():
-                    if time.monotonic() > deadline:
-                        raise TimeoutError
-                    spins += 1
-                    time.sleep(0 if spins < 2000 else 1e-4)
+                if self._watchdog is not None and self._watchdog.failure is not None:
+                    raise DistributedError(self._watchdog.failure)
                 work.wait()
+                self.watchdog().watch(work.is_completed, self._silent(peer, what, limit), limit)
             else:
                 work.wait(timeout=timedelta(seconds=limit))
+        except DistributedError:
+            raise
         except Exception as exc:  # a timeout or a broken connection: say which peer it was
             text = " ".join(str(exc).split())
-            if isinstance(exc, TimeoutError) or "timed out" in text.lower() or "timeout" in text.lower():
-                raise DistributedError(
-                    f"{self.roles.name(self.rank)}: no answer from {self.roles.name(peer)} within "
-                    f"{limit:g} s ({what})"
-                ) from None
+            if "timed out" in text.lower() or "timeout" in text.lower():
+                raise DistributedError(self._silent(peer, what, limit)) from None
             raise DistributedError(
                 f"{self.roles.name(self.rank)}: lost {self.roles.name(peer)} ({what}): {text[:160]}"
             ) from None
@@ -231,8 +303,9 @@ class Link:
 
     def retire_sends(self, what: str = "send") -> None:
         """Await the sends posted two control words ago or earlier, where their buffers are next reused (the
-        control ring's slot): by then their receivers have answered a later word, so the wait does not block on
-        work still in flight, and the start of a cycle never waits for its own or the previous cycle's sends."""
+        control ring's slot; on a GPU the stream waits, so the next copy into the slot follows the send): by then
+        their receivers have answered a later word, and the start of a cycle never waits for its own or the
+        previous cycle's sends."""
         old = [entry for entry in self._pending_sends if entry[0] <= self.sequence - ControlRing.SLOTS]
         self._pending_sends = [
             entry for entry in self._pending_sends if entry[0] > self.sequence - ControlRing.SLOTS
@@ -242,8 +315,8 @@ class Link:
 
     def flush_sends(self, what: str = "send") -> None:
         """Await every pending send (prefill, end of prompt, shutdown). A send of this or the previous word may
-        still be in flight, so awaiting it is a host sync (on a GPU: the host waits for the stream) and is counted
-        as one (`HostSyncs`: the tests check that no steady-state cycle does it)."""
+        still be in flight, so awaiting it is counted as a host sync (`HostSyncs`; gloo: the host waits, NCCL: the
+        stream does): the tests check that no steady-state cycle does it."""
         if any(word >= self.sequence - 1 for word, *_ in self._pending_sends):
             HostSyncs.count += 1
         for _word, work, peer, _tensor in self._pending_sends:
