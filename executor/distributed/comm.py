@@ -198,9 +198,8 @@ class Link:
         self.control_tensor: torch.Tensor | None = None
         self.sequence = 0  # control words sent (controller) or received so far; tags the sends posted after
         self._ring: ControlRing | None = None
-        self._on_stall = (
-            on_stall  # GPU: the watchdog's report (the launcher's: report the line, end the rank)
-        )
+        # GPU: the watchdog's report (the launcher's: report the line, end the rank)
+        self._on_stall = on_stall
         self._watchdog: Watchdog | None = None
 
     def watchdog(self) -> Watchdog:
