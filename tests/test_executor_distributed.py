@@ -209,3 +209,99 @@ def test_unknown_verify_place_is_refused_before_launching():
     config = DistributedConfig(num_stages=2, verify_on="gpu")
     with pytest.raises(SpdsimError, match="verify_on: unknown 'gpu'"):
         run_distributed(SOURCE, prompt_set(1), config, [DecodeOptions(max_new_tokens=2)])
+
+
+class _SendWork:
+    """A send's work: records, when awaited, the control ring's slots as they are at that moment."""
+
+    def __init__(self, log: list, link, name: str):
+        self.log, self.link, self.name = log, link, name
+
+    def wait(self, timeout=None):
+        self.log.append((self.name, self.link._ring.device[:, 1].tolist()))
+
+
+def test_control_words_reuse_one_ring_and_sends_are_awaited_where_their_slot_is_reused(monkeypatch):
+    """Issue 15, control plane: every word is staged through the same two host/device slots (nothing allocated or
+    pinned per cycle), the draft token is copied into the word on the device, a send is awaited two words later
+    just before its slot is rewritten (never at the start of its own or the next cycle), and only a flush that
+    waits for a young send counts as a host sync."""
+    from executor.distributed import comm
+    from executor.schedules.spd import HostSyncs
+
+    link = comm.Link(0, Roles(2, colocated=True), torch.device("cpu"), 5.0, 5.0)
+    log: list = []
+    posted: list[str] = []
+
+    def batch_isend_irecv(ops):
+        return [_SendWork(log, link, posted.pop(0)) for _ in ops]
+
+    monkeypatch.setattr(comm.dist, "P2POp", lambda op, tensor, peer: (op, tensor, peer))
+    monkeypatch.setattr(comm.dist, "batch_isend_irecv", batch_isend_irecv)
+    syncs = HostSyncs.count
+    words, hosts = [], set()
+    for cycle in range(4):
+        posted.append(f"control {cycle}")
+        token = torch.tensor([[40 + cycle]])
+        link.broadcast_control(Control(OP_GO, cycle, 2, NO_CROP, 0, 7 + cycle), token_t=token)
+        words.append(link.control_tensor)
+        hosts.add(link._ring.host.data_ptr())
+        assert Control.decode(link.control_tensor) == Control(OP_GO, cycle, 2, NO_CROP, 40 + cycle, 7 + cycle)
+        posted.append(f"stage 0 output {cycle}")
+        link.exchange([(torch.zeros(3), 1)], [])
+        if cycle < 2:
+            assert log == []  # nothing awaited in the first two cycles
+    assert len({w.data_ptr() for w in words}) == 2 and len(hosts) == 1
+    # cycle 2's word retired cycle 0's sends while their slot (1) still held cycle 0's word; cycle 3's, cycle 1's
+    assert log == [
+        ("control 0", [1, 0]),
+        ("stage 0 output 0", [1, 0]),
+        ("control 1", [1, 2]),
+        ("stage 0 output 1", [1, 2]),
+    ]
+    assert HostSyncs.count == syncs
+    link.flush_sends()
+    assert [name for name, _ in log[4:]] == ["control 2", "stage 0 output 2", "control 3", "stage 0 output 3"]
+    assert HostSyncs.count == syncs + 1  # the end-of-prompt flush waits for young sends: one counted sync
+
+
+class _NcclWork:
+    """A stream-ordered work: ``wait`` returns at once (it only orders streams); ``is_completed`` says when."""
+
+    def __init__(self, completes_after_s: float | None):
+        self.posted, self.after, self.waits = time.monotonic(), completes_after_s, 0
+
+    def wait(self, timeout=None):
+        assert timeout is None  # the NCCL path never passes a timeout: the host does not block
+        self.waits += 1
+
+    def is_completed(self) -> bool:
+        return self.after is not None and time.monotonic() - self.posted >= self.after
+
+
+def test_stream_ordered_waits_do_not_block_and_the_watchdog_names_a_silent_peer():
+    """Issue 15: on a GPU, ``Link.wait`` issues the stream-ordered wait and returns at once (no polling loop); the
+    watchdog drops work that completes and, for work still incomplete at the deadline, reports one line naming the
+    peer (the launcher's ``on_stall``) and makes the next wait raise it. Run here with stand-in works: the path is
+    the one an NCCL rank takes."""
+    from executor.distributed import comm
+
+    reports: list[str] = []
+    link = comm.Link(2, Roles(3, colocated=True), torch.device("cuda"), 0.4, 5.0, on_stall=reports.append)
+    fast, silent = _NcclWork(0.05), _NcclWork(None)
+    started = time.monotonic()
+    link.wait(fast, 0, "control word")
+    link.wait(silent, 1, "hidden state from stage 1")
+    assert time.monotonic() - started < 0.1 and fast.waits == silent.waits == 1
+    time.sleep(0.2)
+    assert link.watchdog().pending() == 1 and reports == []  # the completed work was dropped
+    deadline = time.monotonic() + 5
+    while not reports and time.monotonic() < deadline:
+        time.sleep(0.02)
+    expected = "rank 2 (stage 2): no answer from rank 1 (stage 1) within 0.4 s (hidden state from stage 1)"
+    assert reports == [expected]
+    assert 0.4 <= time.monotonic() - started < 2
+    with pytest.raises(DistributedError) as info:
+        link.wait(_NcclWork(0.0), 0, "control word")
+    assert str(info.value) == expected
+    link.watchdog().close()

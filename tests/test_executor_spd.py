@@ -105,6 +105,40 @@ def test_tokens_per_cycle_matches_the_closed_form(model, alpha, n):
     assert result.tokens_per_cycle == pytest.approx(verifications / steps)
 
 
+def stage_forwards(result) -> int:
+    return sum(key.startswith("stage") for p in result.prompts for c in p.cycles for key in c.phases_us)
+
+
+@pytest.mark.parametrize(
+    "split", [{"stages": 2}, {"stage_layers": [2, 1, 1], "aggr_feature_bound": "0,2,3"}, {"stages": 4}]
+)
+def test_drain_after_a_rejection_keeps_tokens_and_cycles_at_more_stage_work(model, reference, split):
+    """Issue 15 item 4: draining the rejected in-flight tokens (no flush, no crop; position masking makes their
+    KV writes harmless) gives today's flush's tokens and cycles, and n(n−1)/2 more stage forwards per rejection
+    followed by a refill: the target's token still needs n cycles to exit, so nothing is saved."""
+    runs = {
+        flush: run_method(
+            "spd", model, prompts(), max_new_tokens=NEW, synthetic_alpha=0.6, seed=3, flush=flush, **split
+        )
+        for flush in ("flush", "drain")
+    }
+    flushed, drained = runs["flush"], runs["drain"]
+    n = flushed.config["stages"]
+    assert_lossless(drained, reference)
+    refilled = 0
+    for got, want in zip(drained.prompts, flushed.prompts, strict=True):
+        assert got.tokens == want.tokens
+        assert [(c.index, c.state, c.tokens) for c in got.cycles] == [
+            (c.index, c.state, c.tokens) for c in want.cycles
+        ]
+        refilled += sum(not row["accepted"] for row in want.trace[:-1])
+    assert refilled > 0
+    assert stage_forwards(drained) - stage_forwards(flushed) == n * (n - 1) // 2 * refilled
+    assert drained.config["flush"] == "drain" and "flush" not in flushed.config
+    with pytest.raises(SpdsimError, match="flush: unknown 'spill'"):
+        run_method("spd", model, prompts(2), stages=2, flush="spill")
+
+
 def test_llama_base_is_lossless():
     llama = tiny_model(family="llama", layers=4)
     expected = greedy_ar(llama, prompts(count=20, seed=3), 16)

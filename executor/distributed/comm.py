@@ -1,18 +1,25 @@
 """Point-to-point plumbing of the multi-process SPD: the control word, deadline-bounded waits, rank naming.
 
-Every receive and collective is issued asynchronously and then polled against a deadline, so a dead or stuck peer
-ends the run with one line naming the rank instead of a hang. The control word is a fixed-size int64 tensor
-broadcast by the controller at the start of every cycle (docs/spd.md §6: GO / DISCARD + crop / SHUTDOWN).
+Every receive and collective is issued asynchronously and awaited against a deadline, so a dead or stuck peer ends
+the run with one line naming the rank instead of a hang: gloo waits with a timeout; NCCL waits in stream order (the
+host does not block) and a `Watchdog` thread names the peer whose work is still incomplete at the deadline. The control word is a fixed-size int64 tensor
+broadcast by the controller at the start of every cycle (docs/spd.md §6: GO / DISCARD + crop / SHUTDOWN), staged
+through a host buffer allocated once (`ControlRing`); a rank awaits its sends two words later, where their buffers
+are next reused, never at the start of a cycle.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from executor.schedules.spd import HostSyncs
 
 # Control ops.
 OP_GO = 1  # one decode cycle: stages 0..active-1 forward their token
@@ -55,20 +62,40 @@ class Control:
         0  # GO, saturated: the last stage verifies (greedy) and sends the packed triple, not its output
     )
 
-    def encode(self, device: torch.device, token_t: torch.Tensor | None = None) -> torch.Tensor:
-        """The control word as a device tensor, built without blocking the host: on a GPU the host fields go
-        through pinned memory by a non-blocking copy (the caching host allocator keeps the pinned block until
-        the copy is done); ``token_t`` (a device ``[1, 1]`` id, e.g. a draft still on the device) is copied into
-        the token field on the device, so the host never reads it."""
-        host = torch.tensor([getattr(self, name) for name in CONTROL_FIELDS], dtype=torch.int64)
-        tensor = host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
-        if token_t is not None:
-            tensor[TOKEN_FIELD : TOKEN_FIELD + 1].copy_(token_t.reshape(1))
-        return tensor
-
     @staticmethod
     def decode(tensor: torch.Tensor) -> Control:
         return Control(*tensor.tolist())
+
+
+class ControlRing:
+    """The controller's control words, staged through one host buffer allocated once (pinned on a GPU) and reused:
+    no allocation or pinning per cycle, and a non-blocking host-to-device copy. Two slots, so word m rewrites the
+    slot of word m − 2, whose copy and sends `Link` has retired first (`Link.retire_sends`)."""
+
+    SLOTS = 2
+
+    def __init__(self, device: torch.device):
+        shape = (self.SLOTS, len(CONTROL_FIELDS))
+        self.host = torch.zeros(shape, dtype=torch.int64, pin_memory=device.type == "cuda")
+        self._host_view = self.host.numpy()  # writes through numpy: no tensor built per cycle
+        self.device = torch.zeros(shape, dtype=torch.int64, device=device)
+        self._copied: list = [None] * self.SLOTS  # GPU: the event after each slot's host-to-device copy
+
+    def encode(self, control: Control, sequence: int, token_t: torch.Tensor | None = None) -> torch.Tensor:
+        """Word number ``sequence`` as a device tensor (a slot of the ring); ``token_t`` (a device ``[1, 1]`` id,
+        e.g. a draft still on the device) is copied into the token field on the device: the host never reads it."""
+        slot = sequence % self.SLOTS
+        if self._copied[slot] is not None:  # GPU: the host runs ahead; its last copy must have read the slot
+            self._copied[slot].synchronize()
+        self._host_view[slot] = [getattr(control, name) for name in CONTROL_FIELDS]
+        tensor = self.device[slot]
+        tensor.copy_(self.host[slot], non_blocking=True)
+        if tensor.is_cuda:
+            self._copied[slot] = torch.cuda.Event()
+            self._copied[slot].record()
+        if token_t is not None:
+            tensor[TOKEN_FIELD : TOKEN_FIELD + 1].copy_(token_t.reshape(1))
+        return tensor
 
 
 @dataclass(frozen=True)
@@ -102,45 +129,109 @@ class Roles:
         return f"rank {rank} (stage {stage})"
 
 
+class Watchdog:
+    """The bound of a wait that does not block the host (NCCL's stream-ordered ``Work.wait``): a daemon thread that
+    checks every ``tick_s`` the work it watches, drops what completed and, at the first deadline passed with the
+    work incomplete, records its one-line message as ``failure`` and calls ``fail`` (the launcher reports the line
+    and ends the rank: the host may be blocked in a device read that the missing work stalls)."""
+
+    def __init__(self, fail: Callable[[str], None] | None = None, tick_s: float = 0.05, device=None):
+        self.failure: str | None = None
+        self._fail, self.tick_s, self._device = fail, tick_s, device
+        self._watched: list[tuple[float, Callable[[], bool], str]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="link-watchdog")
+        self._thread.start()
+
+    def watch(self, done: Callable[[], bool], message: str, limit_s: float) -> None:
+        with self._lock:
+            self._watched.append((time.monotonic() + limit_s, done, message))
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._watched)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+
+    def _run(self) -> None:
+        if self._device is not None and self._device.type == "cuda" and torch.cuda.is_available():
+            torch.cuda.set_device(self._device)
+        while not self._stop.wait(self.tick_s):
+            with self._lock:
+                watched, self._watched = self._watched, []
+            now, keep = time.monotonic(), []
+            for entry in watched:
+                deadline, done, message = entry
+                if done():
+                    continue
+                if now > deadline:
+                    self.failure = message
+                    if self._fail is not None:
+                        self._fail(message)
+                    return
+                keep.append(entry)
+            with self._lock:
+                self._watched[:0] = keep
+
+
 class Link:
     """This rank's view of the process group: async sends/receives and deadline-bounded waits."""
 
     def __init__(
-        self, rank: int, roles: Roles, device: torch.device, timeout_s: float, idle_timeout_s: float
+        self,
+        rank: int,
+        roles: Roles,
+        device: torch.device,
+        timeout_s: float,
+        idle_timeout_s: float,
+        on_stall: Callable[[str], None] | None = None,
     ):
         self.rank = rank
         self.roles = roles
         self.device = device
         self.timeout_s = timeout_s
         self.idle_timeout_s = idle_timeout_s  # stages waiting for the next prompt
-        self._pending_sends: list[tuple[object, int, torch.Tensor]] = []
+        self._pending_sends: list[tuple[int, object, int, torch.Tensor]] = []  # (word, work, peer, tensor)
         self.control_tensor: torch.Tensor | None = None
+        self.sequence = 0  # control words sent (controller) or received so far; tags the sends posted after
+        self._ring: ControlRing | None = None
+        # GPU: the watchdog's report (the launcher's: report the line, end the rank)
+        self._on_stall = on_stall
+        self._watchdog: Watchdog | None = None
+
+    def watchdog(self) -> Watchdog:
+        if self._watchdog is None:
+            self._watchdog = Watchdog(self._on_stall, device=self.device)
+        return self._watchdog
+
+    def _silent(self, peer: int, what: str, limit: float) -> str:
+        return f"{self.roles.name(self.rank)}: no answer from {self.roles.name(peer)} within {limit:g} s ({what})"
 
     def wait(self, work, peer: int, what: str, idle: bool = False) -> None:
-        """Block until ``work`` completes or the deadline passes; errors name ``peer``.
+        """Await ``work`` with a deadline; errors name ``peer``.
 
-        gloo: ``Work.wait(timeout)`` (its p2p works never report completion to ``is_completed``); NCCL: poll
-        ``is_completed`` (a plain ``wait`` only orders streams, it does not block the host)."""
+        gloo: ``Work.wait(timeout)`` blocks the host (its p2p works never report completion to ``is_completed``).
+        NCCL: ``Work.wait()`` only makes the current stream wait, the host goes on (no polling loop); the
+        `Watchdog` fails the rank if the work is still incomplete at the deadline, and a failure it saw is raised
+        here at the next wait."""
         limit = self.idle_timeout_s if idle else self.timeout_s
         try:
             if self.device.type == "cuda":
-                deadline = time.monotonic() + limit
-                spins = 0
-                while not work.is_completed():
-                    if time.monotonic() > deadline:
-                        raise TimeoutError
-                    spins += 1
-                    time.sleep(0 if spins < 2000 else 1e-4)
+                if self._watchdog is not None and self._watchdog.failure is not None:
+                    raise DistributedError(self._watchdog.failure)
                 work.wait()
+                self.watchdog().watch(work.is_completed, self._silent(peer, what, limit), limit)
             else:
                 work.wait(timeout=timedelta(seconds=limit))
+        except DistributedError:
+            raise
         except Exception as exc:  # a timeout or a broken connection: say which peer it was
             text = " ".join(str(exc).split())
-            if isinstance(exc, TimeoutError) or "timed out" in text.lower() or "timeout" in text.lower():
-                raise DistributedError(
-                    f"{self.roles.name(self.rank)}: no answer from {self.roles.name(peer)} within "
-                    f"{limit:g} s ({what})"
-                ) from None
+            if "timed out" in text.lower() or "timeout" in text.lower():
+                raise DistributedError(self._silent(peer, what, limit)) from None
             raise DistributedError(
                 f"{self.roles.name(self.rank)}: lost {self.roles.name(peer)} ({what}): {text[:160]}"
             ) from None
@@ -154,8 +245,12 @@ class Link:
         A point-to-point fan-out rather than a collective: a rank that stops answering is then named by the
         wait that misses it, instead of stalling an anonymous collective. The received word stays on the device
         as ``control_tensor`` (stage 0 embeds its token from there; the host decodes only the other fields)."""
+        self.sequence += 1
+        self.retire_sends(f"send before control word {self.sequence}")
         if control is not None:
-            tensor = control.encode(self.device, token_t)
+            if self._ring is None:
+                self._ring = ControlRing(self.device)
+            tensor = self._ring.encode(control, self.sequence, token_t)
             self.control_tensor = tensor
             self._fan_out(tensor)
             return control
@@ -188,7 +283,8 @@ class Link:
         Every point-to-point op of the run goes through here (batched), so NCCL uses one communicator for all of
         them: mixing batched and plain p2p calls can put the two ends on different communicators (a hang).
 
-        Send handles are kept and awaited by ``flush_sends`` (the tensors stay referenced until then)."""
+        Send handles are kept, tagged with the current control word, and awaited by ``retire_sends`` two words later
+        or ``flush_sends`` (the tensors stay referenced until then)."""
         ops = [dist.P2POp(dist.isend, tensor, peer) for tensor, peer in sends]
         ops += [dist.P2POp(dist.irecv, tensor, peer) for tensor, peer in recvs]
         if not ops:
@@ -197,14 +293,31 @@ class Link:
         if len(works) != len(ops):  # NCCL may return one work for the whole group
             works = works * len(ops) if len(works) == 1 else works
         for (tensor, peer), work in zip(sends, works[: len(sends)], strict=True):
-            self._pending_sends.append((work, peer, tensor))
+            self._pending_sends.append((self.sequence, work, peer, tensor))
         return [(work, peer) for work, (_, peer) in zip(works[len(sends) :], recvs, strict=True)]
 
     def wait_recvs(self, handles: list, what: str) -> None:
         for work, peer in handles:
             self.wait(work, peer, what)
 
+    def retire_sends(self, what: str = "send") -> None:
+        """Await the sends posted two control words ago or earlier, where their buffers are next reused (the
+        control ring's slot; on a GPU the stream waits, so the next copy into the slot follows the send): by then
+        their receivers have answered a later word, and the start of a cycle never waits for its own or the
+        previous cycle's sends."""
+        old = [entry for entry in self._pending_sends if entry[0] <= self.sequence - ControlRing.SLOTS]
+        self._pending_sends = [
+            entry for entry in self._pending_sends if entry[0] > self.sequence - ControlRing.SLOTS
+        ]
+        for _word, work, peer, _tensor in old:
+            self.wait(work, peer, what)
+
     def flush_sends(self, what: str = "send") -> None:
-        for work, peer, _tensor in self._pending_sends:
+        """Await every pending send (prefill, end of prompt, shutdown). A send of this or the previous word may
+        still be in flight, so awaiting it is counted as a host sync (`HostSyncs`; gloo: the host waits, NCCL: the
+        stream does): the tests check that no steady-state cycle does it."""
+        if any(word >= self.sequence - 1 for word, *_ in self._pending_sends):
+            HostSyncs.count += 1
+        for _word, work, peer, _tensor in self._pending_sends:
             self.wait(work, peer, what)
         self._pending_sends.clear()

@@ -159,8 +159,7 @@ class Controller:
             control = Control(OP_GO, cycle, len(spd.pipeline), crop, 0, newest.position, verify=verify)
             link.broadcast_control(control, token_t=newest.token_t)
             crop = NO_CROP
-            t_control = time.perf_counter()
-            link.flush_sends("send of stage 0")
+            t_control = time.perf_counter()  # last cycle's sends are retired a word later, not awaited here
             sends, local = [], {}
             self._fork()
             if self.local_stage is not None:

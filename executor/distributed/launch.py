@@ -217,7 +217,14 @@ def _rank_main(rank, port, backend, source, prompts, config, jobs, results) -> N
         device = init_rank(
             rank, port, backend, roles.world_size, max(config.idle_timeout_s, config.timeout_s) + 60
         )
-        link = Link(rank, roles, device, config.timeout_s, config.idle_timeout_s)
+        link = Link(
+            rank,
+            roles,
+            device,
+            config.timeout_s,
+            config.idle_timeout_s,
+            on_stall=lambda message: _fail(results, rank, message),  # GPU: the watchdog thread's report
+        )
         payload = _serve(rank, roles, link, source, prompts, config, jobs, device)
         results.put(("result" if payload is not None else "done", rank, payload))
         dist.destroy_process_group()

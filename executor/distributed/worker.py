@@ -223,8 +223,7 @@ def worker_loop(runner: StageRunner, fault: tuple[str, int, int] | None = None) 
             sends, recvs, _, _ = runner.prefill(ids)
             link.exchange(sends, recvs)
             link.flush_sends(f"prefill send of stage {runner.stage}")
-        elif control.op == OP_GO:
-            link.flush_sends(f"send of stage {runner.stage}")
+        elif control.op == OP_GO:  # last cycle's sends: retired by the next control word, not awaited here
             sends, recvs, _, _ = runner.cycle(control)
             runner.inbox_handles = link.exchange(sends, recvs)
         elif control.op == OP_END_PROMPT:

@@ -71,6 +71,7 @@ def _spd(model, prompts, options: DecodeOptions, opts: dict, warmup: bool = Fals
     base = base_config_of(model)
     spec_layers = opts.pop("spec_layers", 1)
     bound = opts.pop("aggr_feature_bound", "auto")
+    flush = opts.pop("flush", "flush")
     if head_path is not None:
         drafter = load_spd_checkpoint(head_path, base, final_norm_weight=model.norm.detach().cpu())
         if stages is None and stage_layers is None:  # the checkpoint fixes the split it was trained for
@@ -91,7 +92,7 @@ def _spd(model, prompts, options: DecodeOptions, opts: dict, warmup: bool = Fals
         lm_head = model.embed_tokens if model.lm_head_weight is None else model.lm_head_weight
         drafter.attach_base(model.norm.detach().cpu().float(), lm_head.detach().cpu().float())
     drafter = drafter.to(device=model.device, dtype=model.dtype).eval()
-    return run_spd(model, drafter, prompts, split, options, warmup=warmup)
+    return run_spd(model, drafter, prompts, split, options, warmup=warmup, flush=flush)
 
 
 def _eagle3_head(model, head_path, seed: int) -> Eagle3Head:

@@ -20,6 +20,12 @@ of a saturated cycle: it reads (accepted, target token, drafted token) from the 
 host (slower, still lossless).
 
 `SpdPrompt` (drafting, verification decision, records) is shared with the distributed controller.
+
+``flush="drain"`` (issue 15's alternative, kept for the comparison test; docs/spd.md §6): after a rejection the
+in-flight tokens are not flushed but pass through the remaining stages and are discarded on exit, and the KV is
+not cropped; position masking (`executor.cache`) makes their writes harmless, since every stale write at a
+position lands before the real token at that position rewrites it. Same tokens, same cycles, n(n−1)/2 more stage
+forwards per rejection. Attention-only models (a DeltaNet layer reads its state by cache length).
 """
 
 from __future__ import annotations
@@ -131,6 +137,18 @@ def check_drafter(model, drafter, split: StageSplit) -> None:
         )
     if drafter.lm_head.weight.shape[1] != model.cfg.hidden_size:
         raise SpdsimError("drafter hidden size does not match the model's")
+
+
+FLUSH_MODES = ("flush", "drain")
+
+
+def check_flush(model, flush: str) -> None:
+    if flush not in FLUSH_MODES:
+        raise SpdsimError(f"flush: unknown {flush!r} (allowed: {', '.join(FLUSH_MODES)})")
+    if flush == "drain" and getattr(model, "is_hybrid", False):
+        raise SpdsimError(
+            "flush='drain' needs an attention-only model (DeltaNet state is read by cache length)"
+        )
 
 
 def spec_capacity(prompt_len: int, options: DecodeOptions, num_stages: int) -> int:
@@ -315,9 +333,18 @@ class _SpdDecoder:
     `GraphCache` shared by the prompts (graphs are bound to the caches); `run` returns one prompt's PromptRun."""
 
     def __init__(
-        self, model, drafter, split: StageSplit, options: DecodeOptions, streams, prompts, use_graphs=True
+        self,
+        model,
+        drafter,
+        split: StageSplit,
+        options: DecodeOptions,
+        streams,
+        prompts,
+        use_graphs=True,
+        flush: str = "flush",
     ):
         self.model, self.drafter, self.split, self.options = model, drafter, split, options
+        self.drain = flush == "drain"
         self.n = n = split.num_stages
         bound = drafter.anchor_indices
         self.collect = [tuple(b for b in bound if start < b <= end) for start, end in split.ranges]
@@ -351,6 +378,9 @@ class _SpdDecoder:
         )
         cache.reset()
         spd.start(*prefill(model, spd.tokens, cache, collect=self.drafter.anchor_indices))
+        stale: dict[
+            int, InFlight
+        ] = {}  # drain: rejected tokens still in the pipe, by depth (outputs discarded)
         while spd.running():
             step = spd.next_cycle()
             with self.cycle_guard(step):
@@ -358,9 +388,15 @@ class _SpdDecoder:
                 draft = spd.draft(step.index, self.draft_stream)
                 for depth, entry in enumerate(spd.pipeline):
                     self._stage(spd, step.index, depth, entry)
+                for depth, entry in stale.items():
+                    self._stage(spd, step.index, depth, entry)
                 draft = spd.sample_draft(draft, self.draft_stream)
+                in_flight = spd.pipeline[:-1]
                 crop = spd.decide(step, draft, self.stage_streams[n - 1])
-                if crop is not None:
+                stale = {d + 1: e for d, e in stale.items() if d + 1 < n}
+                if crop is not None and self.drain:
+                    stale.update({d + 1: e for d, e in enumerate(in_flight)})
+                elif crop is not None:
                     cache.crop(crop)
                 self._join()
         return spd.record.freeze(spd.timer)
@@ -402,14 +438,17 @@ def run_spd(
     options: DecodeOptions = DecodeOptions(),
     use_graphs: bool = True,
     warmup: bool = False,
+    flush: str = "flush",
 ) -> RunResult:
     """Decode every prompt with SPD; the drafter must have been built for this split and model. ``warmup``: decode
-    the first prompt once, untimed, on the caches and graphs the timed prompts use (they capture nothing new)."""
+    the first prompt once, untimed, on the caches and graphs the timed prompts use (they capture nothing new).
+    ``flush``: what a rejection does to the tokens in flight (module docstring)."""
     options.validate()
     check_drafter(model, drafter, split)
+    check_flush(model, flush)
     streams = make_streams(model.device, split.num_stages + 1)
     prompt_list = as_prompts(prompts)
-    decoder = _SpdDecoder(model, drafter, split, options, streams, prompt_list, use_graphs)
+    decoder = _SpdDecoder(model, drafter, split, options, streams, prompt_list, use_graphs, flush)
     if warmup:
         decoder.run(prompt_list[0], 0)
     runs = tuple(decoder.run(prompt, index) for index, prompt in enumerate(prompt_list))
@@ -420,6 +459,7 @@ def run_spd(
         "stage_layers": list(split.layer_counts),
         "spec_layers": head.num_spec_layers,
         "aggr_feature_bound": list(head.aggr_feature_bound),
+        **({"flush": flush} if flush != "flush" else {}),
         **asdict(options),
     }
     return RunResult("spd", config, runs, str(model.device))
