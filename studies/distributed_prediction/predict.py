@@ -117,11 +117,10 @@ def committed_bundle(tag: str) -> dict:
 
 
 def load_bundle(tag: str, path: Path | None) -> tuple[dict, str]:
+    shown = path and (path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path.name)
     if path is not None and path.is_file():
-        return json.loads(path.read_text()), str(
-            path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
-        )
-    return committed_bundle(tag), f"studies/executor_speed/results/ar_{tag}_h200.json (no bundle at {path})"
+        return json.loads(path.read_text()), str(shown)
+    return committed_bundle(tag), f"studies/executor_speed/results/ar_{tag}_h200.json (no bundle at {shown})"
 
 
 def simulator_profile(bundle: dict, directory: Path, tag: str) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -171,7 +172,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
-    results = Path(args.results)
+    results = Path(args.results).resolve()
+    if results.is_relative_to(ROOT):  # the calibrated profiles record their inputs; no machine paths in them
+        os.chdir(ROOT)
+        results = results.relative_to(ROOT)
     folders = sorted(p for p in results.iterdir() if (p / "profile.json").is_file())
     frame = pd.concat([analyze_model(folder) for folder in folders], ignore_index=True)
     frame.to_csv(results / "validation.csv", index=False)
