@@ -81,13 +81,6 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
         except Exception as exc:  # noqa: BLE001 - a measurement campaign logs a failed run and goes on
             log(f"{tag} {name}: FAILED {exc!r}"[:400])
 
-    attempt("ar", "ar")
-    for n in SPD_STAGES:
-        attempt(run_name("spd", n, 0.8), "spd", stages=n, synthetic_alpha=0.8)
-    for k in args.chain_k:
-        for alpha in CHAIN_ALPHA:
-            attempt(run_name("eagle3", k, alpha), "eagle3", k=k, synthetic_alpha=alpha)
-
     log(f"{tag}: profile bundle")
     grid = ProfileGrid(
         stage_counts=(1, 2, 4, 8),
@@ -115,6 +108,17 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
         "command": " ".join(["python"] + sys.argv),
     }
     (folder / "measure.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    # The bundle and the two fitted runs first: a campaign cut short by its time limit can still be calibrated.
+    chain = [(k, alpha) for k in args.chain_k for alpha in CHAIN_ALPHA]
+    fitted = [(k, alpha) for k, alpha in chain if (k, alpha) == (3, 0.8)]
+    attempt("ar", "ar")
+    for k, alpha in fitted:
+        attempt(run_name("eagle3", k, alpha), "eagle3", k=k, synthetic_alpha=alpha)
+    for n in SPD_STAGES:
+        attempt(run_name("spd", n, 0.8), "spd", stages=n, synthetic_alpha=0.8)
+    for k, alpha in chain:
+        if (k, alpha) not in fitted:
+            attempt(run_name("eagle3", k, alpha), "eagle3", k=k, synthetic_alpha=alpha)
     model = loaded = None  # free the GPU before the next model
     if device == "cuda":
         torch.cuda.empty_cache()
