@@ -217,3 +217,10 @@ def test_large_trace_is_gzipped(outcomes, tmp_path, monkeypatch):
     )
     with gzip.open(out / "trace.json.gz", "rt") as handle:
         assert json.load(handle) == json.loads(chrome_trace(outcomes))
+
+
+def test_closed_form_of_a_serving_run_is_labelled_one_request(outcomes, served):
+    for outcome in served:
+        assert outcome.summary["closed_form"]["scope"].startswith("one request")
+    for outcome in outcomes:
+        assert "scope" not in outcome.summary["closed_form"]

@@ -48,6 +48,12 @@ SERVING_COLUMNS = (
 )
 
 
+# what ``summary["closed_form"]["scope"]`` says of a serving run's closed form (docs/metrics.md §3)
+SERVING_CLOSED_FORM = (
+    "one request of workload.prompt_tokens/new_tokens alone on the GPUs (no arrivals, queue or batch)"
+)
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     label: str
@@ -164,7 +170,8 @@ def simulate_runs(runs: list[NamedScenario], *, trace_requests: TraceRequests = 
 
 
 def summarize_run(run: NamedScenario, result: Result, baseline: Result) -> dict[str, Any]:
-    """metrics.summarize plus the label, the acceptance preset and the closed-form prediction."""
+    """metrics.summarize plus the label, the acceptance preset and the closed-form prediction (a serving run's is
+    labelled as the one-request prediction it is: ``closed_form.scope``)."""
     from spdsim.engine.closed_form import predict
     from spdsim.engine.metrics import summarize
 
@@ -177,6 +184,8 @@ def summarize_run(run: NamedScenario, result: Result, baseline: Result) -> dict[
         "rho": prediction.rho,
         "n_rho": prediction.n_rho,
     }
+    if run.scenario.workload.serving:  # the closed form knows no arrivals, queue or batch
+        summary["closed_form"]["scope"] = SERVING_CLOSED_FORM
     return summary
 
 
