@@ -197,6 +197,9 @@ def test_serving_trace_of_chosen_requests():
     assert all({2, 5} & set(e["args"]["requests"]) for e in spans)
     with pytest.raises(SpdsimError, match="trace-requests"):
         simulate_runs(runs, trace_requests=(10,))
+    for chosen in (0, ()):
+        for scenario_runs in (runs, load_runs(methods=["ar"], overrides=SMALL)):
+            assert simulate_runs(scenario_runs, trace_requests=chosen)[0].traced is None
 
 
 def test_serving_trace_is_gzipped_and_reproducible(served, tmp_path):

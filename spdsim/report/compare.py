@@ -157,7 +157,7 @@ def simulate_runs(runs: list[NamedScenario], *, trace_requests: TraceRequests = 
         chosen = chosen_requests(run.scenario, trace_requests, len(result.request_start_ns))
         if chosen and run.scenario.workload.serving:
             traced = served_trace(simulate(run.scenario, record_intervals=True), chosen)
-        elif chosen == tuple(range(len(chosen))):
+        elif chosen and chosen == tuple(range(len(chosen))):
             traced = simulate(traced_scenario(run.scenario, len(chosen)), record_intervals=True)
         elif chosen:
             cut = simulate(traced_scenario(run.scenario, chosen[-1] + 1), record_intervals=True)
