@@ -48,7 +48,8 @@ class Simulation:
         return {outcome.label: outcome.scenario for outcome in self.outcomes}
 
     def write(self, out: str | Path, name: str = "api", force: bool = False) -> Path:
-        """Write the run directory (``config.json``, ``tokens.csv``, ``summary.json``, ``trace.json``)."""
+        """Write the run directory (``config.json``, ``tokens.csv``, ``summary.json``, ``trace.json`` or
+        ``trace.json.gz``)."""
         from spdsim.contract.files import check_out_dir
         from spdsim.report.rundir import write_run_dir
 
@@ -98,12 +99,14 @@ def simulate(
     methods: Sequence[str] = (),
     acceptance: str | None = None,
     profile: str | Path | None = None,
+    trace_requests: int | Sequence[int] | None = None,
 ) -> Simulation:
     """Simulate every run of ``scenario`` (the embedded default if ``None``), each against AR; see the module doc.
 
     ``methods`` keeps the runs of those methods or labels, ``acceptance`` applies a preset (``spdsim list
     presets``), ``profile`` prices with a measured profile bundle: the CLI's ``--method``, ``--acceptance`` and
-    ``--profile``.
+    ``--profile``; ``trace_requests`` the requests the trace holds (``--trace-requests``: a count or indices;
+    ``None``: every request of a serving run, the first of any other).
     """
     from spdsim.report.compare import simulate_runs
     from spdsim.scenario.files import load_runs
@@ -115,7 +118,7 @@ def simulate(
         str(profile) if profile else None,
         tuple(methods),
     )
-    return Simulation(tuple(simulate_runs(runs)))
+    return Simulation(tuple(simulate_runs(runs, trace_requests=trace_requests)))
 
 
 def compare(

@@ -123,9 +123,10 @@ def _simulate_and_report(
     write_default: bool,
     waterfall: bool = False,
     force: bool = False,
+    trace_requests: str | None = None,
 ) -> None:
     from spdsim.contract.files import check_out_dir, own_files
-    from spdsim.report.compare import describe_setting, render_table, simulate_runs
+    from spdsim.report.compare import describe_setting, parse_trace_requests, render_table, simulate_runs
     from spdsim.report.rundir import default_run_dir, write_run_dir
     from spdsim.scenario.files import load_runs
 
@@ -138,7 +139,8 @@ def _simulate_and_report(
         # the default directory is named by a hash of the resolved scenario: spdsim's own one holds this very run
         force = own_files(out) is not None
         check_out_dir(out, force)
-    outcomes = simulate_runs(runs)
+    chosen = parse_trace_requests(trace_requests) if trace_requests else None
+    outcomes = simulate_runs(runs, trace_requests=chosen)
     console = _console()
     console.print(render_table(outcomes, title=describe_setting(outcomes)))
     if waterfall:
@@ -172,6 +174,13 @@ def simulate(
     ] = False,
     force: ForceOpt = False,
     model: ModelOpt = None,
+    trace_requests: Annotated[
+        str | None,
+        typer.Option(
+            "--trace-requests",
+            help="Requests in the trace: all, a count or indices 0,5,9 (default: all of a serving run, else 1).",
+        ),
+    ] = None,
 ) -> None:
     """Simulate a scenario (all its runs), print the comparison table and write a run directory."""
     paths = _scenario_paths([scenario] if scenario else None)
@@ -186,6 +195,7 @@ def simulate(
         write_default=True,
         waterfall=waterfall or bool(hardware),
         force=force,
+        trace_requests=trace_requests,
     )
 
 

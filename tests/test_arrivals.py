@@ -81,3 +81,42 @@ def test_bad_traces_give_one_line_errors(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(SpdsimError, match=message):
         read_trace(path)
+
+
+def test_prompt_file_lengths_take_every_prompt_once_before_repeating():
+    from spdsim.engine.arrivals import prompt_table
+
+    table = prompt_table()["datasets"]["gsm8k"]["prompt_tokens"]
+    requests = _requests(num_requests=len(table) + 5, lengths="prompts:gsm8k", new_tokens=64)
+    prompts = [r.prompt_tokens for r in requests]
+    assert sorted(prompts[: len(table)]) == sorted(table)  # one pass over the dataset, shuffled
+    assert prompts[: len(table)] != table
+    assert set(prompts[len(table) :]) <= set(table)
+    assert {r.new_tokens for r in requests} == {64}
+    assert requests == _requests(num_requests=len(table) + 5, lengths="prompts:gsm8k", new_tokens=64)
+
+
+def test_answer_lengths_keep_each_prompt_with_its_own_answer():
+    from spdsim.engine.arrivals import prompt_table
+
+    entry = prompt_table()["datasets"]["humaneval"]
+    pairs = set(zip(entry["prompt_tokens"], entry["answer_tokens"], strict=True))
+    requests = _requests(num_requests=50, lengths="answers:humaneval", arrival_rate=10.0)
+    assert all((r.prompt_tokens, r.new_tokens) in pairs for r in requests)
+    assert len({r.new_tokens for r in requests}) > 10
+
+
+def test_prompt_table_covers_the_datasets_the_workload_accepts():
+    from spdsim.engine.arrivals import prompt_table
+    from spdsim.scenario.config import ANSWER_DATASETS, PROMPT_DATASETS
+
+    datasets = prompt_table()["datasets"]
+    assert set(datasets) == set(PROMPT_DATASETS)
+    assert {name for name, entry in datasets.items() if entry["answer_tokens"]} == set(ANSWER_DATASETS)
+    assert all(min(entry["prompt_tokens"]) > 0 for entry in datasets.values())
+
+
+@pytest.mark.parametrize("lengths", ["prompts:sharegpt", "answers:mt_bench", "gsm8k", "prompt:gsm8k"])
+def test_bad_lengths_are_one_line_errors(lengths):
+    with pytest.raises(SpdsimError, match="^workload.lengths: .*must be prompts:"):
+        Workload(lengths=lengths)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -131,3 +132,98 @@ def test_bad_targets(tmp_path):
         run_config_path(tmp_path)
     with pytest.raises(SpdsimError, match="no such run directory"):
         run_config_path(tmp_path / "absent")
+
+
+SERVING = [
+    "workload.new_tokens=30",
+    "workload.num_requests=10",
+    "workload.arrival_rate=80",
+    "workload.max_batch=4",
+    "workload.prefill_ns=200000",
+]
+
+
+@pytest.fixture(scope="module")
+def served():
+    return simulate_runs(load_runs(methods=["spd", "eagle3-k3"], overrides=SERVING))
+
+
+def _request_view(trace: dict, pid: int) -> tuple[dict[int, list[dict]], dict[int, list[dict]]]:
+    """Per request: the resource spans that carry it, and the spans of its own track."""
+    events = trace["traceEvents"]
+    threads = {e["tid"]: e["args"]["name"] for e in events if e["name"] == "thread_name" and e["pid"] == pid}
+    carried: dict[int, list[dict]] = {}
+    own: dict[int, list[dict]] = {}
+    for e in events:
+        if e["ph"] != "X" or e["pid"] != pid:
+            continue
+        if threads[e["tid"]].startswith("request "):
+            own.setdefault(int(threads[e["tid"]].split()[1]), []).append(e)
+        else:
+            args = e["args"]
+            for request in args.get("requests", [args.get("request")]):
+                carried.setdefault(request, []).append(e)
+    return carried, own
+
+
+def test_serving_trace_holds_every_request_and_labels_batched_steps(served):
+    trace = json.loads(chrome_trace(served))
+    for pid, outcome in enumerate(served, start=1):
+        carried, own = _request_view(trace, pid)
+        assert -1 not in carried  # every batched span names the requests it serves
+        tokens = outcome.result.tokens
+        for request in range(10):
+            commits = [t.commit_ns for t in tokens if t.request == request]
+            steps = {e["args"]["step"] for e in carried[request]}
+            assert len(steps) >= len(commits) // (4 if outcome.label.startswith("eagle") else 1)
+            # the busy spans of the steps serving it end by its last token, and its track spans sent..last token
+            assert max(e["ts"] + e["dur"] for e in carried[request]) == pytest.approx(
+                max(commits) / 1000, abs=2e-3
+            )
+            decode = next(e for e in own[request] if e["name"] == "decode")
+            assert decode["args"]["tokens"] == 30
+            assert decode["ts"] + decode["dur"] == pytest.approx(max(commits) / 1000, abs=2e-3)
+            waits = [e for e in own[request] if e["name"] == "wait + prefill"]
+            sent = outcome.result.request_sent_ns[request]
+            assert waits and waits[0]["ts"] == pytest.approx(sent / 1000, abs=2e-3)
+
+
+def test_serving_trace_of_chosen_requests():
+    runs = load_runs(methods=["spd"], overrides=SERVING)[:1]
+    (outcome,) = simulate_runs(runs, trace_requests=(2, 5))
+    carried, own = _request_view(json.loads(chrome_trace([outcome])), 1)
+    assert sorted(own) == [2, 5]
+    spans = {id(e): e for spans in carried.values() for e in spans}.values()
+    assert all({2, 5} & set(e["args"]["requests"]) for e in spans)
+    with pytest.raises(SpdsimError, match="trace-requests"):
+        simulate_runs(runs, trace_requests=(10,))
+    for chosen in (0, ()):
+        for scenario_runs in (runs, load_runs(methods=["ar"], overrides=SMALL)):
+            assert simulate_runs(scenario_runs, trace_requests=chosen)[0].traced is None
+
+
+def test_serving_trace_is_gzipped_and_reproducible(served, tmp_path):
+    out = write_run_dir(tmp_path / "run", served, "served")
+    assert not (out / "trace.json").exists()
+    data = (out / "trace.json.gz").read_bytes()
+    assert json.loads(gzip.decompress(data)) == json.loads(chrome_trace(served))
+    again = write_run_dir(tmp_path / "again", served, "served")
+    assert (again / "trace.json.gz").read_bytes() == data
+
+
+def test_large_trace_is_gzipped(outcomes, tmp_path, monkeypatch):
+    assert (write_run_dir(tmp_path / "small", outcomes, "default") / "trace.json").is_file()
+    monkeypatch.setattr(artifacts, "GZIP_ABOVE", len(chrome_trace(outcomes)) - 1)
+    out = write_run_dir(tmp_path / "small", outcomes, "default")  # rewritten: the stale trace.json goes
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [".spdsim", "config.json", "summary.json", "tokens.csv", "trace.json.gz"]
+    )
+    with gzip.open(out / "trace.json.gz", "rt") as handle:
+        assert json.load(handle) == json.loads(chrome_trace(outcomes))
+
+
+def test_closed_form_of_a_serving_run_is_labelled_one_request(outcomes, served):
+    for outcome in served:
+        assert outcome.summary["closed_form"]["scope"].startswith("one request")
+    for outcome in outcomes:
+        assert "scope" not in outcome.summary["closed_form"]

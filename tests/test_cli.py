@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -339,10 +340,23 @@ def test_an_unexpected_error_is_one_line_naming_a_log_with_the_traceback(tmp_pat
     import spdsim.report.compare
 
     monkeypatch.setenv("SPDSIM_LOG_DIR", str(tmp_path / "logs"))
-    monkeypatch.setattr(spdsim.report.compare, "simulate_runs", lambda runs: 1 / 0)
+    monkeypatch.setattr(spdsim.report.compare, "simulate_runs", lambda runs, **_: 1 / 0)
     with pytest.raises(SystemExit) as info:
         main(["compare", "--method", "ar"])
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 1 and len(err) == 1 and err[0].startswith("internal error: ZeroDivisionError")
     log = next((tmp_path / "logs").iterdir())
     assert "Traceback" in log.read_text() and str(log) in err[0]
+
+
+def test_simulate_traces_the_chosen_requests_of_a_serving_run(tmp_path):
+    serving = ["--set", "workload.arrival_rate=50", "--set", "workload.num_requests=5"]
+    out = tmp_path / "served"
+    result = invoke("simulate", *SMALL, *serving, "--trace-requests", "0,3", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    with gzip.open(out / "trace.json.gz", "rt") as handle:
+        events = json.load(handle)["traceEvents"]
+    tracks = {e["args"]["name"] for e in events if e["name"] == "thread_name"}
+    assert {t for t in tracks if t.startswith("request ")} == {"request 0", "request 3"}
+    result = invoke("simulate", *SMALL, *serving, "--trace-requests", "first", "--out", str(tmp_path / "x"))
+    assert result.exit_code == 2 and "--trace-requests" in result.stderr

@@ -32,6 +32,7 @@ from spdsim.contract.profile_schema import PHASE_COORDINATES, PROFILE_KIND, SCHE
 from spdsim.contract.realised import realised_acceptance, realised_warning
 from spdsim.contract.rundir import (
     MEASURED_FILES,
+    SERVING_TRACE,
     SIMULATED_FILES,
     require_measured,
     require_scenario,
@@ -85,6 +86,7 @@ __all__ = [
     "PRESET_SCHEMA_VERSION",
     "PROFILE_KIND",
     "SCHEMA_VERSION",
+    "SERVING_TRACE",
     "SIMULATED_FILES",
     "TRACE_COLUMNS",
     "TRACE_STATES",

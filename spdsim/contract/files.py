@@ -17,13 +17,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from spdsim.contract.rundir import MEASURED_FILES, SIMULATED_FILES
+from spdsim.contract.rundir import MEASURED_FILES, SERVING_TRACE, SIMULATED_FILES
 from spdsim.errors import SpdsimError
 
 MARKER = ".spdsim"
 # run files of spdsim and executor run directories: a directory holding only these (written before the marker
 # existed) counts as spdsim's own
-KNOWN_RUN_FILES = frozenset((*SIMULATED_FILES, *MEASURED_FILES))
+KNOWN_RUN_FILES = frozenset((*SIMULATED_FILES, SERVING_TRACE, *MEASURED_FILES))
 
 
 def _nonempty(path: str | Path, option: str) -> Path:
@@ -135,7 +135,7 @@ def write_text_file(path: str | Path, text: str) -> Path:
     return write_file(path, write)
 
 
-def write_dir(out_dir: str | Path, writers: dict[str, Callable[[], str]], force: bool = True) -> Path:
+def write_dir(out_dir: str | Path, writers: dict[str, Callable[[], str | bytes]], force: bool = True) -> Path:
     """Write one file per writer into ``out_dir`` (a new, empty or spdsim-made directory; see module docstring).
 
     Every file is built in a staging directory first; only when all of them are built are they renamed into
@@ -150,7 +150,11 @@ def write_dir(out_dir: str | Path, writers: dict[str, Callable[[], str]], force:
     try:
         mode = _file_mode()
         for filename, write in writers.items():
-            (staging / filename).write_text(write())
+            content = write()
+            if isinstance(content, bytes):
+                (staging / filename).write_bytes(content)
+            else:
+                (staging / filename).write_text(content)
             os.chmod(staging / filename, mode)
         (staging / MARKER).write_text(json.dumps({"written_by": "spdsim", "files": sorted(writers)}) + "\n")
         os.chmod(staging / MARKER, mode)
@@ -168,6 +172,8 @@ def write_dir(out_dir: str | Path, writers: dict[str, Callable[[], str]], force:
     return out_dir
 
 
-def write_atomically(out_dir: str | Path, writers: dict[str, Callable[[], str]], force: bool = True) -> Path:
+def write_atomically(
+    out_dir: str | Path, writers: dict[str, Callable[[], str | bytes]], force: bool = True
+) -> Path:
     """Create ``out_dir`` with one file per writer, atomically (the rules are ``spdsim.contract.files.write_dir``'s)."""
     return write_dir(out_dir, writers, force=force)

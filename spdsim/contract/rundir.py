@@ -2,7 +2,7 @@
 
 Both halves write ``config.json``, ``tokens.csv`` (commit time of every token) and ``summary.json`` through
 ``spdsim.contract.files.write_dir`` (which adds the ``.spdsim`` marker). A *simulated* run adds ``trace.json``
-(Chrome trace) and its ``config.json`` is a scenario file; a *measured* run (the executor) adds ``trace.csv``
+(Chrome trace; ``trace.json.gz`` for serving runs and large traces) and its ``config.json`` is a scenario file; a *measured* run (the executor) adds ``trace.csv``
 (every verification, ``spdsim.contract.trace``) and ``cycles.csv`` (per-cycle phase times), and its
 ``config.json`` holds the executor's options. Every command reads both kinds: the ones that need the other kind
 say so in one line, naming what is missing.
@@ -16,6 +16,7 @@ from spdsim.errors import SpdsimError
 
 COMMON_FILES = ("config.json", "tokens.csv", "summary.json")
 SIMULATED_FILES = (*COMMON_FILES, "trace.json")
+SERVING_TRACE = "trace.json.gz"  # a simulated run's trace in place of trace.json: serving runs, large traces
 MEASURED_FILES = (*COMMON_FILES, "trace.csv", "cycles.csv")
 MEASURED_REQUIRED = ("config.json", "tokens.csv", "cycles.csv")  # what a replay reads
 
@@ -25,7 +26,11 @@ def run_kind(path: str | Path) -> str | None:
     path = Path(path)
     if (path / "cycles.csv").is_file() or (path / "trace.csv").is_file():
         return "measured"
-    if (path / "trace.json").is_file() or (path / "config.json").is_file():
+    if (
+        (path / "trace.json").is_file()
+        or (path / SERVING_TRACE).is_file()
+        or (path / "config.json").is_file()
+    ):
         return "simulated"
     return None
 

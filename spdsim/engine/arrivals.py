@@ -43,8 +43,14 @@ def build_requests(scenario: Scenario) -> tuple[RequestSpec, ...]:
     if kind == "trace":
         return read_trace(workload.trace_path)
     count = workload.num_requests
-    prompts = _lengths(rng, workload.prompt_tokens, workload.length_range_ratio, count, low=0)
-    outputs = _lengths(rng, workload.new_tokens, workload.length_range_ratio, count, low=1)
+    if workload.lengths:
+        prompts, answers = dataset_lengths(rng, workload.lengths, count)
+    else:
+        prompts = _lengths(rng, workload.prompt_tokens, workload.length_range_ratio, count, low=0)
+    if workload.lengths.startswith("answers:"):
+        outputs = answers
+    else:
+        outputs = _lengths(rng, workload.new_tokens, workload.length_range_ratio, count, low=1)
     if kind in ("poisson", "gamma"):
         shape = workload.burstiness
         gaps_s = rng.gamma(shape, 1.0 / (workload.arrival_rate * shape), size=count)
@@ -60,6 +66,25 @@ def concurrency_limit(workload: Workload) -> int:
     if workload.arrival_kind == "sequential":
         return 1
     return workload.max_concurrency
+
+
+def prompt_table() -> dict:
+    """The committed token counts of the prompt files (``spdsim/profiles/prompts/prompt_lengths.json``: its
+    ``source`` and ``tokenizer`` fields say where they come from and how they were counted)."""
+    from spdsim.scenario.presets import profiles_root
+
+    return json.loads((profiles_root() / "prompts" / "prompt_lengths.json").read_text(encoding="utf-8"))
+
+
+def dataset_lengths(rng: np.random.Generator, lengths: str, count: int) -> tuple[list[int], list[int]]:
+    """Prompt and reference-answer lengths of ``count`` prompts of a dataset (``lengths`` = "<source>:<name>"):
+    the dataset shuffled once and taken in turn, reshuffled each time it runs out (vLLM samples a dataset's
+    prompts without replacement as far as it can). Answers are [] where the dataset has none."""
+    entry = prompt_table()["datasets"][lengths.partition(":")[2]]
+    size = len(entry["prompt_tokens"])
+    order = np.concatenate([rng.permutation(size) for _ in range(-(-count // size))])[:count].tolist()
+    answers = entry["answer_tokens"]
+    return [entry["prompt_tokens"][i] for i in order], ([answers[i] for i in order] if answers else [])
 
 
 def _lengths(rng: np.random.Generator, mean: int, ratio: float, count: int, low: int) -> list[int]:

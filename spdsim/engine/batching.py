@@ -91,6 +91,7 @@ def serve_batched(
                 yield env.timeout(cost)
                 for resource in decoder.resources:
                     recorder.interval(resource, start, start + cost, BUSY, "prefill", -1, step)
+                recorder.step_members(step, [s.spec.index for s in unfilled])
             for seq in unfilled:
                 seq.prefilled = True
                 state.start_ns[seq.spec.index] = int(env.now)
@@ -110,6 +111,8 @@ def serve_batched(
                 state.start_ns[seq.spec.index] = start
             continue
         duration = decoder.step(start, decoding, chunk_rows, chunk_kv, step) if decoding else 0
+        members = [seq.spec.index for seq in decoding]
+        recorder.step_members(step, members if chunk_owner is None else [*members, chunk_owner.spec.index])
         if not decoding:
             duration = latency.batch_target_ns([chunk_rows], [chunk_kv], tp)
             for resource in decoder.resources:

@@ -58,6 +58,15 @@ class Verification:
 
 
 @dataclass(frozen=True)
+class StepRequest:
+    """A request carried by a batched step: its spans carry request -1 (they serve several), and these rows say
+    which requests each step (the spans' ``iteration``) served, so every request's spans can be found."""
+
+    step: int
+    request: int
+
+
+@dataclass(frozen=True)
 class Result:
     scenario: Scenario
     # columnar tables (spdsim.engine.table.Table) from the engine; any sequence of rows is accepted
@@ -71,3 +80,4 @@ class Result:
     # total busy time per resource, sorted by name; filled even when intervals are not recorded (pipelines)
     resource_busy_ns: tuple[tuple[str, int], ...] = ()
     request_sent_ns: tuple[int, ...] = ()  # when each request was sent (TTFT and E2E count from here)
+    step_requests: Sequence[StepRequest] = ()  # batched servers, intervals recorded: who each step served

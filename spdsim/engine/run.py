@@ -15,7 +15,7 @@ import numpy as np
 import simpy
 
 from spdsim.engine.arrivals import RequestSpec, build_requests
-from spdsim.engine.result import Interval, Result, TokenCommit, Verification
+from spdsim.engine.result import Interval, Result, StepRequest, TokenCommit, Verification
 from spdsim.engine.serving import check_batching, request_scenario, serve_one_at_a_time, start_serving
 from spdsim.engine.table import Table, TableBuilder
 from spdsim.latency.build import build_latency_model
@@ -35,6 +35,7 @@ class Recorder:
         self.token_table = TableBuilder(TokenCommit, bools=("from_draft",))
         self.span_table = TableBuilder(Interval, text=("resource", "kind", "label"))
         self.verification_table = TableBuilder(Verification, text=("state",))
+        self.step_table = TableBuilder(StepRequest)
         self.tokens = self.token_table.rows  # (request, index, commit_ns, iteration, from_draft)
         self.intervals = self.span_table.rows  # (resource, start_ns, end_ns, kind, label, request, iteration)
         self.verifications = (
@@ -67,6 +68,11 @@ class Recorder:
             for resource, busy in spans.totals_by("resource", durations).items():
                 totals[resource] = totals.get(resource, 0) + busy
         return tuple(sorted(totals.items()))
+
+    def step_members(self, step: int, requests: list[int]) -> None:
+        """The requests a batched step serves (recorded with the spans only: the trace needs them)."""
+        if self.record_intervals:
+            self.step_table.rows.extend((step, request) for request in requests)
 
     def relabel(self, index: int, kind: str) -> None:
         """Change a recorded span's kind (e.g. to FLUSHED when its token is discarded)."""
@@ -176,4 +182,5 @@ def simulate(scenario: Scenario, *, record_intervals: bool = True) -> Result:
         request_start_ns=tuple(state.start_ns),
         request_sent_ns=tuple(state.sent_ns),
         resource_busy_ns=recorder.resource_busy(spans),
+        step_requests=recorder.step_table.build() if len(recorder.step_table) else (),
     )

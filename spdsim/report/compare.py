@@ -8,10 +8,15 @@ baseline is simulated once per distinct setting and not shown as a row.
 from __future__ import annotations
 
 import dataclasses
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from spdsim.engine.result import Result
+from spdsim.errors import SpdsimError
 from spdsim.scenario.config import AcceptanceSpec, MethodSpec, Scenario
 from spdsim.scenario.files import NamedScenario
 
@@ -43,13 +48,20 @@ SERVING_COLUMNS = (
 )
 
 
+# what ``summary["closed_form"]["scope"]`` says of a serving run's closed form (docs/metrics.md §3)
+SERVING_CLOSED_FORM = (
+    "one request of workload.prompt_tokens/new_tokens alone on the GPUs (no arrivals, queue or batch)"
+)
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     label: str
     scenario: Scenario
     result: Result  # the whole workload, busy totals only (no interval list)
     summary: dict[str, Any]
-    traced: Result | None = None  # the first request(s) again, with every busy interval (trace, timeline)
+    traced: Result | None = None  # the traced request(s) again, with every busy interval (trace, timeline)
+    traced_requests: tuple[int, ...] = ()  # which requests ``traced`` is for
 
 
 def traced_scenario(scenario: Scenario, requests: int = 1) -> Scenario:
@@ -64,23 +76,53 @@ def traced_scenario(scenario: Scenario, requests: int = 1) -> Scenario:
     return dataclasses.replace(scenario, workload=workload)
 
 
-def served_trace(result: Result, requests: int) -> Result:
-    """A serving run's spans of its first ``requests`` requests and of the batched steps (request -1) until the
-    last of them finishes: requests share the GPUs, so the run is traced whole and then cut, not re-run alone."""
+TraceRequests = int | Sequence[int] | None
+
+
+def chosen_requests(scenario: Scenario, trace_requests: TraceRequests, count: int) -> tuple[int, ...]:
+    """The requests a run's trace holds: ``None`` every request of a serving run and the first of any other
+    (docs/serving.md §5), an int the first that many, a sequence those indices; one-line error for a bad one."""
+    if trace_requests is None:
+        trace_requests = count if scenario.workload.serving else 1
+    if isinstance(trace_requests, int):
+        return tuple(range(min(max(trace_requests, 0), count)))
+    chosen = tuple(sorted(set(trace_requests)))
+    if chosen and not 0 <= chosen[0] <= chosen[-1] < count:
+        raise SpdsimError(
+            f"--trace-requests: request indices must be in [0, {count - 1}] (got {list(chosen)})"
+        )
+    return chosen
+
+
+def parse_trace_requests(text: str) -> TraceRequests:
+    """The CLI's ``--trace-requests``: ``all``, a count (the first N) or indices ``0,5,9``; one-line error."""
+    if text.strip() == "all":
+        return sys.maxsize
+    try:
+        if "," not in text:
+            return int(text)
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise SpdsimError(
+            f"--trace-requests: 'all', a count or request indices like 0,5,9 (got '{text}')"
+        ) from None
+
+
+def served_trace(result: Result, requests: Sequence[int]) -> Result:
+    """A run's spans of ``requests`` and of the batched steps (request -1) that serve any of them: requests
+    share the GPUs, so the run is traced whole and then cut, not re-run alone."""
     from spdsim.engine.table import Table
 
     spans = result.intervals
     if not isinstance(spans, Table) or not spans:
         return result
+    chosen = np.asarray(sorted(requests), dtype=np.int64)
     owner = spans.column("request")
-    tokens = result.tokens
-    ends = (
-        [t.commit_ns for t in tokens if t.request < requests]
-        if not isinstance(tokens, Table)
-        else (tokens.column("commit_ns")[tokens.column("request") < requests].tolist())
-    )
-    horizon = max(ends, default=result.end_ns)
-    keep = ((owner >= 0) & (owner < requests)) | ((owner < 0) & (spans.column("start_ns") < horizon))
+    keep = np.isin(owner, chosen)
+    members = result.step_requests
+    if isinstance(members, Table) and members:
+        steps = members.column("step")[np.isin(members.column("request"), chosen)]
+        keep |= (owner < 0) & np.isin(spans.column("iteration"), steps)
     return dataclasses.replace(result, intervals=spans.where(keep))
 
 
@@ -93,10 +135,11 @@ def _is_baseline(scenario: Scenario) -> bool:
     return scenario.method.name == "ar" and scenario.method.tensor_parallel == 1
 
 
-def simulate_runs(runs: list[NamedScenario], *, trace_requests: int = 1) -> list[RunOutcome]:
+def simulate_runs(runs: list[NamedScenario], *, trace_requests: TraceRequests = None) -> list[RunOutcome]:
     """Simulate every run (in order) and summarise it with the vLLM/pipeline metrics and its closed form.
 
-    ``trace_requests`` > 0 also simulates the first request(s) of each run with intervals recorded.
+    The requests ``chosen_requests`` picks (none: no trace) are simulated again with intervals recorded: a
+    serving run whole, then cut to them; another run only up to the last of them (requests run alone).
     """
     from spdsim.engine.run import simulate
 
@@ -111,17 +154,24 @@ def simulate_runs(runs: list[NamedScenario], *, trace_requests: int = 1) -> list
         if key not in baselines:
             baselines[key] = simulate(key, record_intervals=False)
         traced = None
-        if trace_requests > 0 and run.scenario.workload.serving:
-            traced = served_trace(simulate(run.scenario, record_intervals=True), trace_requests)
-        elif trace_requests > 0:
-            traced = simulate(traced_scenario(run.scenario, trace_requests), record_intervals=True)
+        chosen = chosen_requests(run.scenario, trace_requests, len(result.request_start_ns))
+        if chosen and run.scenario.workload.serving:
+            traced = served_trace(simulate(run.scenario, record_intervals=True), chosen)
+        elif chosen and chosen == tuple(range(len(chosen))):
+            traced = simulate(traced_scenario(run.scenario, len(chosen)), record_intervals=True)
+        elif chosen:
+            cut = simulate(traced_scenario(run.scenario, chosen[-1] + 1), record_intervals=True)
+            traced = served_trace(cut, chosen)
         summary = summarize_run(run, result, baselines[key])
-        outcomes.append(RunOutcome(run.label, run.scenario, result, summary, traced))
+        outcomes.append(
+            RunOutcome(run.label, run.scenario, result, summary, traced, chosen if traced else ())
+        )
     return outcomes
 
 
 def summarize_run(run: NamedScenario, result: Result, baseline: Result) -> dict[str, Any]:
-    """metrics.summarize plus the label, the acceptance preset and the closed-form prediction."""
+    """metrics.summarize plus the label, the acceptance preset and the closed-form prediction (a serving run's is
+    labelled as the one-request prediction it is: ``closed_form.scope``)."""
     from spdsim.engine.closed_form import predict
     from spdsim.engine.metrics import summarize
 
@@ -134,6 +184,8 @@ def summarize_run(run: NamedScenario, result: Result, baseline: Result) -> dict[
         "rho": prediction.rho,
         "n_rho": prediction.n_rho,
     }
+    if run.scenario.workload.serving:  # the closed form knows no arrivals, queue or batch
+        summary["closed_form"]["scope"] = SERVING_CLOSED_FORM
     return summary
 
 

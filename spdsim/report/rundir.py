@@ -1,4 +1,5 @@
-"""The run directory: config.json, tokens.csv, summary.json and trace.json, written atomically.
+"""The run directory: config.json, tokens.csv, summary.json and trace.json (trace.json.gz: serving runs, large
+traces), written atomically.
 
 Written by ``spdsim.contract.files.write_dir``: a new directory (or spdsim's own one), built aside and renamed into
 place, so a failure never leaves a half-written run directory and no file spdsim did not write is touched. Contents are deterministic (no timestamps, sorted keys), so the same
@@ -8,6 +9,7 @@ reproduces the run.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
@@ -16,7 +18,7 @@ from typing import Any
 
 from spdsim import __version__
 from spdsim.contract.files import write_dir
-from spdsim.contract.rundir import SIMULATED_FILES, require_scenario
+from spdsim.contract.rundir import SERVING_TRACE, SIMULATED_FILES, require_scenario
 from spdsim.errors import SpdsimError
 from spdsim.report.compare import RunOutcome
 from spdsim.report.plots import resource_order
@@ -24,6 +26,7 @@ from spdsim.scenario.files import NamedScenario, scenario_to_run_dict
 
 RUN_FILES = SIMULATED_FILES
 TOKEN_COLUMNS = ("method", "request", "index", "commit_time_us", "iteration", "from_draft")
+GZIP_ABOVE = 20_000_000  # characters of trace text past which it is written gzipped
 
 
 def _dumps(data: Any) -> str:
@@ -91,8 +94,10 @@ def summary_document(outcomes: list[RunOutcome]) -> dict[str, Any]:
 def chrome_trace(outcomes: list[RunOutcome]) -> str:
     """Chrome trace event JSON (Perfetto): one pid per run, one tid per resource, "X" spans in microseconds.
 
-    The spans are those of each run's traced first request (``RunOutcome.traced``): later requests repeat the
-    same schedule, and a trace of all of them is tens of MB (tokens.csv keeps every token of every request).
+    The spans are those of each run's traced requests (``RunOutcome.traced``: the first request of a one-request
+    run, every request of a serving run unless others are chosen; tokens.csv keeps every token of every
+    request). A batched step's spans name the requests it carries (``args.requests``); a serving run also gets
+    one track per traced request: waiting and prefill from when it is sent, then its decode (docs/serving.md §5).
     """
     events: list[str] = []
     for pid, outcome in enumerate(outcomes, start=1):
@@ -100,38 +105,107 @@ def chrome_trace(outcomes: list[RunOutcome]) -> str:
         events.append(
             json.dumps({"name": "process_sort_index", "ph": "M", "pid": pid, "args": {"sort_index": pid}})
         )
-        intervals = outcome.traced.intervals if outcome.traced is not None else ()
+        traced = outcome.traced
+        intervals = traced.intervals if traced is not None else ()
         tids: dict[str, int] = {}
         for resource in sorted({iv.resource for iv in intervals}, key=resource_order):
             tids[resource] = len(tids) + 1
-            events.append(_meta("thread_name", pid, tids[resource], resource))
-            sort = {"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": tids[resource]}
-            events.append(json.dumps({**sort, "args": {"sort_index": tids[resource]}}))
+            _thread(events, pid, tids[resource], resource)
+        carried = _step_requests(traced)
         names: dict[str, str] = {}
         for iv in intervals:
             name = names.get(iv.label) or names.setdefault(iv.label, json.dumps(iv.label))
+            args = f'"request":{iv.request},"iteration":{iv.iteration}'
+            if iv.request < 0 and iv.iteration in carried:
+                args = f'"requests":{carried[iv.iteration]},"step":{iv.iteration}'
             events.append(
                 f'{{"name":{name},"cat":"{iv.kind}","ph":"X","ts":{iv.start_ns / 1000:.3f},'
                 f'"dur":{(iv.end_ns - iv.start_ns) / 1000:.3f},"pid":{pid},"tid":{tids[iv.resource]},'
-                f'"args":{{"request":{iv.request},"iteration":{iv.iteration}}}}}'
+                f'"args":{{{args}}}}}'
             )
+        if traced is not None and outcome.scenario.workload.serving:
+            _request_tracks(events, pid, len(tids), traced, outcome.traced_requests)
     return '{"displayTimeUnit":"ms","traceEvents":[\n' + ",\n".join(events) + "\n]}\n"
+
+
+def _thread(events: list[str], pid: int, tid: int, name: str) -> None:
+    events.append(_meta("thread_name", pid, tid, name))
+    sort = {"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": tid}
+    events.append(json.dumps({**sort, "args": {"sort_index": tid}}))
+
+
+def _step_requests(traced) -> dict[int, str]:
+    """Batched step -> the JSON list of the requests it carries (empty for one-request servers)."""
+    from spdsim.engine.table import Table
+
+    members = traced.step_requests if traced is not None else ()
+    if not isinstance(members, Table) or not members:
+        return {}
+    carried: dict[int, list[int]] = {}
+    for step, request in zip(
+        members.column("step").tolist(), members.column("request").tolist(), strict=True
+    ):
+        carried.setdefault(step, []).append(request)
+    return {step: json.dumps(sorted(requests), separators=(",", ":")) for step, requests in carried.items()}
+
+
+def _request_tracks(events: list[str], pid: int, first_tid: int, traced, requests: tuple[int, ...]) -> None:
+    """One track per traced request: sent -> decode start ("wait + prefill"), decode start -> last token
+    ("decode", with its token count and TTFT)."""
+    import numpy as np
+
+    count = len(traced.request_start_ns)
+    owners = np.fromiter((t.request for t in traced.tokens), dtype=np.int64)
+    commits = np.fromiter((t.commit_ns for t in traced.tokens), dtype=np.int64)
+    first = np.full(count, np.iinfo(np.int64).max, dtype=np.int64)
+    last = np.full(count, -1, dtype=np.int64)
+    np.minimum.at(first, owners, commits)
+    np.maximum.at(last, owners, commits)
+    tokens = np.bincount(owners, minlength=count)
+    for position, request in enumerate(requests):
+        tid = first_tid + 1 + position
+        _thread(events, pid, tid, f"request {request}")
+        sent, start = traced.request_sent_ns[request], traced.request_start_ns[request]
+        if start > sent:
+            events.append(_span("wait + prefill", "request", sent, start, pid, tid, f'"request":{request}'))
+        if tokens[request]:
+            ttft = (int(first[request]) - sent) / 1e6
+            args = f'"request":{request},"tokens":{int(tokens[request])},"ttft_ms":{ttft:.3f}'
+            events.append(_span("decode", "request", start, int(last[request]), pid, tid, args))
+
+
+def _span(name: str, kind: str, start_ns: int, end_ns: int, pid: int, tid: int, args: str) -> str:
+    return (
+        f'{{"name":"{name}","cat":"{kind}","ph":"X","ts":{start_ns / 1000:.3f},'
+        f'"dur":{(end_ns - start_ns) / 1000:.3f},"pid":{pid},"tid":{tid},"args":{{{args}}}}}'
+    )
 
 
 def _meta(kind: str, pid: int, tid: int, name: str) -> str:
     return json.dumps({"name": kind, "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}})
 
 
+def trace_file(outcomes: list[RunOutcome]) -> tuple[str, bytes | str]:
+    """The trace's file name and content: ``trace.json.gz`` (gzip, no name or time in its header: the same run
+    gives the same bytes; Perfetto opens it as is) for a serving run or a trace over ``GZIP_ABOVE`` bytes, else
+    ``trace.json``. Serving traces hold every request, tens of MB of text that gzip shrinks about tenfold."""
+    text = chrome_trace(outcomes)
+    if len(text) > GZIP_ABOVE or any(o.scenario.workload.serving for o in outcomes):
+        return SERVING_TRACE, gzip.compress(text.encode(), compresslevel=6, mtime=0)
+    return "trace.json", text
+
+
 def write_run_dir(out_dir: str | Path, outcomes: list[RunOutcome], name: str, force: bool = True) -> Path:
     """The four run files for ``outcomes`` (see module docstring); ``force``: may rewrite spdsim's own directory."""
     runs = [NamedScenario(o.label, o.scenario) for o in outcomes]
+    trace_name, trace = trace_file(outcomes)
     return write_dir(
         out_dir,
         {
             "config.json": lambda: _dumps(config_document(runs, name)),
             "tokens.csv": lambda: tokens_csv(outcomes),
             "summary.json": lambda: _dumps(summary_document(outcomes)),
-            "trace.json": lambda: chrome_trace(outcomes),
+            trace_name: lambda: trace,
         },
         force=force,
     )

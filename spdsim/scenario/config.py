@@ -170,6 +170,11 @@ class AcceptanceSpec:
 
 
 ARRIVALS = ("sequential", "closed", "poisson", "gamma", "trace")
+# workload.lengths: "prompts:<dataset>" (prompt lengths of the dataset) or "answers:<dataset>" (prompt and
+# reference-answer lengths); the table is spdsim/profiles/prompts/prompt_lengths.json
+LENGTH_SOURCES = ("prompts", "answers")
+PROMPT_DATASETS = ("mt_bench", "humaneval", "gsm8k")
+ANSWER_DATASETS = ("humaneval", "gsm8k")
 PREFILLS = ("fixed", "modelled")
 
 
@@ -190,6 +195,7 @@ class Workload:
     max_concurrency: int = 0  # requests in flight at most (vLLM --max-concurrency); 0 = unlimited
     trace_path: str = ""  # replay: JSONL/CSV of timestamp (ms), input_length, output_length
     length_range_ratio: float = 0.0  # lengths uniform in [L(1-r), L(1+r)] (vLLM --random-range-ratio)
+    lengths: str = ""  # "prompts:<dataset>" / "answers:<dataset>": lengths drawn from the prompt files' table
     max_batch: int = 1  # sequences decoded together (vLLM max_num_seqs); 1 = one request at a time
     prefill: str = "fixed"  # "fixed": prefill_ns; "modelled": a target forward over the prompt
     chunk_tokens: int = (
@@ -228,6 +234,14 @@ class Workload:
             )
         if self.arrival not in ("", *ARRIVALS):
             raise SpdsimError(f"workload.arrival: unknown '{self.arrival}' (allowed: {', '.join(ARRIVALS)})")
+        if self.lengths:
+            source, _, dataset = self.lengths.partition(":")
+            allowed = ANSWER_DATASETS if source == "answers" else PROMPT_DATASETS
+            if source not in LENGTH_SOURCES or dataset not in allowed:
+                raise SpdsimError(
+                    f"workload.lengths: '{self.lengths}' must be prompts:<{'|'.join(PROMPT_DATASETS)}> or "
+                    f"answers:<{'|'.join(ANSWER_DATASETS)}> (datasets with reference answers)"
+                )
         if self.prefill not in PREFILLS:
             raise SpdsimError(f"workload.prefill: unknown '{self.prefill}' (allowed: {', '.join(PREFILLS)})")
         if self.chunk_tokens and self.prefill != "modelled":
@@ -307,6 +321,7 @@ OPTIONAL_FIELDS = {
         "max_concurrency",
         "trace_path",
         "length_range_ratio",
+        "lengths",
         "max_batch",
         "prefill",
         "chunk_tokens",
