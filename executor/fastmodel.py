@@ -441,11 +441,13 @@ class FastModel(DecoderAPI, nn.Module):
 
     def compile_layers(self, mode: str | None = None) -> None:
         """Compile the layer function once (all layers share its code: same shapes, weights are arguments)."""
-        # One static-shape compile per (query tokens, KV window) class; stage/verify/profile grids need more
-        # than dynamo's default limit of 8.
+        # One static-shape compile per (query tokens, KV window, stage length) class: a profile grid of 5 query
+        # sizes x 3 windows x 5 stage lengths hit a limit of 64 on an H100 (studies/fidelity_1gpu/README.md).
         config = torch._dynamo.config
         limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-        setattr(config, limit, max(getattr(config, limit), 64))
+        setattr(config, limit, max(getattr(config, limit), 256))
+        if hasattr(config, "accumulated_recompile_limit"):
+            config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 1024)
         # Default mode: inductor's coordinate-descent tuning, which also lowers the batch-1 matmuls to tuned
         # reductions fused with their norms; on an H200 it took the AR step from 54.7% to 59.6% (qwen3-4b) and from
         # 70.5% to 82.2% (qwen3-8b) of copy bandwidth (studies/executor_speed/README.md).

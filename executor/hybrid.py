@@ -340,7 +340,9 @@ class HybridModel(DecoderAPI, nn.Module):
         """Compile each layer kind once (all layers of a kind share code: same shapes, weights are arguments)."""
         config = torch._dynamo.config
         limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-        setattr(config, limit, max(getattr(config, limit), 64))
+        setattr(config, limit, max(getattr(config, limit), 256))
+        if hasattr(config, "accumulated_recompile_limit"):
+            config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 1024)
 
         def compiled(fn):
             return torch.compile(fn, mode=mode, dynamic=False, fullgraph=True)

@@ -85,7 +85,7 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
     grid = ProfileGrid(
         stage_counts=(1, 2, 4, 8),
         query_tokens=(1, 3, 4, 6, 8),
-        kv_lens=(256, 512, 1024),
+        kv_lens=args.kv_lens,
         spec_layers=args.spec_layers,
         iters=args.iters,
     )
@@ -135,9 +135,11 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--chain-k", default=",".join(map(str, CHAIN_K)), help="EAGLE-3 K values; '' skips")
+    parser.add_argument("--kv-lens", default="256,512,1024", help="live KV lengths of the profile bundle")
     parser.add_argument("--spec-layers", default="1", help="SPD drafter depths L_s of the profile bundle")
     args = parser.parse_args()
     args.chain_k = tuple(int(k) for k in args.chain_k.split(",") if k)
+    args.kv_lens = tuple(int(k) for k in args.kv_lens.split(","))
     args.spec_layers = tuple(int(k) for k in args.spec_layers.split(",") if k)
     for spec in args.models.split(","):
         measure_model(spec, Path(args.out), args, args.device)
