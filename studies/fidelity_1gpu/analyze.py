@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from spdsim.calibration.fit import calibrate, write_profile  # noqa: E402
 from spdsim.calibration.replay import validate  # noqa: E402
+from spdsim.contract import ModelShape  # noqa: E402
+from spdsim.scenario.memory import full_layer_params  # noqa: E402
 
 FIT_RUNS = ("ar", "eagle3_k3_a0.80")
 
@@ -49,14 +52,10 @@ def analyze_model(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def layer_weight_bytes(shape: dict) -> int:
-    """Weight bytes of one Qwen3/Llama decoder layer (q, k, v, o and the SwiGLU MLP; norms are negligible)."""
-    attn = shape["num_attention_heads"] * shape["head_dim"]
-    kv = shape["num_kv_heads"] * shape["head_dim"]
-    params = (
-        shape["hidden_size"] * (2 * attn + 2 * kv) + 3 * shape["hidden_size"] * shape["intermediate_size"]
-    )
-    return params * shape.get("dtype_bytes", 2)
+def layer_weight_bytes(shape: dict) -> float:
+    """Weight bytes of one decoder layer, as the memory check counts them."""
+    model = ModelShape(**{k: v for k, v in shape.items() if k in {f.name for f in fields(ModelShape)}})
+    return full_layer_params(model) * model.dtype_bytes
 
 
 def speed(folder: Path) -> dict:
