@@ -48,7 +48,9 @@ NEW_TOKENS = 128
 ASSUMPTIONS = {
     "nccl_p2p_us": 15.0,  # NCCL launch + NVLink latency of one small p2p message, beyond the one-GPU d2d copy
     "d2h_read_us": 10.0,  # the controller's one device-to-host read per cycle (the verify triple, 24 bytes)
-    "host_issue_us_per_graph": 25.0,  # launch of one graph replay when the bundle has no "host_issue" phase
+    # launch of one graph replay (input copy included) when the bundle has no "host_issue" phase: measured 15.1 µs
+    # per graph on the H100 machine (studies/executor_speed/results/h100_session4/phases_qwen3-4b_h100.md)
+    "host_issue_us_per_graph": 15.1,
     # without a bundle (committed numbers only):
     "drafter_proj_us": 30.0,  # aggr projection (k·H x H GEMV)
     "drafter_head_fraction": 1.0,  # draft lm_head + argmax relative to the target's lm_head + verify
