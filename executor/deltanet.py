@@ -247,20 +247,6 @@ def gated_attention_layer(
     return _mlp(x, w.post_norm, w.gate_up, w.down, shape.eps)
 
 
-def hybrid_step_inputs(
-    rope_cos: torch.Tensor,
-    rope_sin: torch.Tensor,
-    positions: torch.Tensor,
-    window: int,
-    lengths: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """RoPE rows and the additive position mask of one forward; raises the layers' ``lengths`` in place."""
-    slots = torch.arange(window, device=positions.device)
-    mask = torch.where(slots[None, :] <= positions[:, None], 0.0, float("-inf")).to(torch.float32)
-    lengths.copy_(torch.maximum(lengths, positions.max() + 1))
-    return rope_cos[positions], rope_sin[positions], mask
-
-
 def centred_head_logits(hidden: torch.Tensor, norm: torch.Tensor, lm_head: torch.Tensor, eps: float):
     """Final zero-centred norm + lm_head, logits in float32."""
     return F.linear(centred_rms_norm(hidden, norm, eps), lm_head).float()

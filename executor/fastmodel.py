@@ -221,6 +221,20 @@ def decoder_layer(
     return x + (mlp_out if reduce is None else reduce(mlp_out))
 
 
+def step_rows(
+    rope_cos: torch.Tensor, rope_sin: torch.Tensor, positions: torch.Tensor, window: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RoPE rows and the additive position mask of one forward of ``positions`` over ``window`` cache slots."""
+    slots = torch.arange(window, device=positions.device)
+    mask = torch.where(slots[None, :] <= positions[:, None], 0.0, float("-inf")).to(torch.float32)
+    return rope_cos[positions], rope_sin[positions], mask
+
+
+def raise_lengths(lengths: torch.Tensor, positions: torch.Tensor) -> None:
+    """Raise the forward's layers' cache ``lengths`` in place to cover ``positions`` (no host sync)."""
+    lengths.copy_(torch.maximum(lengths, positions.max() + 1))
+
+
 def step_inputs(
     rope_cos: torch.Tensor,
     rope_sin: torch.Tensor,
@@ -229,10 +243,40 @@ def step_inputs(
     lengths: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """RoPE rows and the additive position mask of one forward; raises the layers' cache ``lengths`` in place."""
-    slots = torch.arange(window, device=positions.device)
-    mask = torch.where(slots[None, :] <= positions[:, None], 0.0, float("-inf")).to(torch.float32)
-    lengths.copy_(torch.maximum(lengths, positions.max() + 1))
-    return rope_cos[positions], rope_sin[positions], mask
+    raise_lengths(lengths, positions)
+    return step_rows(rope_cos, rope_sin, positions, window)
+
+
+def raise_recompile_limits() -> None:
+    """One static-shape compile per (query tokens, KV window) class: a profile grid of 5 query sizes x 3 windows
+    (x 5 stage lengths, before ``compiled_step_inputs``) hit dynamo's limit of 64 on an H100
+    (studies/executor_speed/README.md, session 4)."""
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, limit, max(getattr(config, limit), 256))
+    if hasattr(config, "accumulated_recompile_limit"):
+        config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 1024)
+
+
+def compiled_step_inputs(
+    **compile_kwargs: Any,
+) -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``step_inputs`` with its rows compiled: the lengths update stays outside the compiled region, so one
+    compile serves every stage length (the number of layers is the shape of ``lengths``) and a profile grid
+    compiles once per (query tokens, window) instead of once per (query tokens, window, stage length)."""
+    rows = torch.compile(step_rows, dynamic=False, fullgraph=True, **compile_kwargs)
+
+    def inputs(
+        rope_cos: torch.Tensor,
+        rope_sin: torch.Tensor,
+        positions: torch.Tensor,
+        window: int,
+        lengths: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise_lengths(lengths, positions)
+        return rows(rope_cos, rope_sin, positions, window)
+
+    return inputs
 
 
 def head_logits(hidden: torch.Tensor, norm: torch.Tensor, lm_head: torch.Tensor, eps: float) -> torch.Tensor:
@@ -441,19 +485,13 @@ class FastModel(DecoderAPI, nn.Module):
 
     def compile_layers(self, mode: str | None = None) -> None:
         """Compile the layer function once (all layers share its code: same shapes, weights are arguments)."""
-        # One static-shape compile per (query tokens, KV window, stage length) class: a profile grid of 5 query
-        # sizes x 3 windows x 5 stage lengths hit a limit of 64 on an H100 (studies/fidelity_1gpu/README.md).
-        config = torch._dynamo.config
-        limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-        setattr(config, limit, max(getattr(config, limit), 256))
-        if hasattr(config, "accumulated_recompile_limit"):
-            config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 1024)
+        raise_recompile_limits()
         # Default mode: inductor's coordinate-descent tuning, which also lowers the batch-1 matmuls to tuned
         # reductions fused with their norms; on an H200 it took the AR step from 54.7% to 59.6% (qwen3-4b) and from
         # 70.5% to 82.2% (qwen3-8b) of copy bandwidth (studies/executor_speed/README.md).
         kwargs: dict[str, Any] = {"mode": mode} if mode else {"options": {"coordinate_descent_tuning": True}}
         self._compiled_fn = torch.compile(decoder_layer, dynamic=False, fullgraph=True, **kwargs)
-        self._compiled_inputs = torch.compile(step_inputs, dynamic=False, fullgraph=True, **kwargs)
+        self._compiled_inputs = compiled_step_inputs(**kwargs)
         self._compiled_head = torch.compile(head_logits, dynamic=False, fullgraph=True, **kwargs)
 
     def uncompile_layers(self) -> None:

@@ -30,9 +30,8 @@ from executor.deltanet import (
     centred_rms_norm,
     deltanet_layer,
     gated_attention_layer,
-    hybrid_step_inputs,
 )
-from executor.fastmodel import DecoderAPI
+from executor.fastmodel import DecoderAPI, compiled_step_inputs, raise_recompile_limits, step_inputs
 
 HYBRID_MODEL_TYPES = ("qwen3_5_text",)
 LINEAR, FULL = "linear_attention", "full_attention"
@@ -338,11 +337,7 @@ class HybridModel(DecoderAPI, nn.Module):
 
     def compile_layers(self, mode: str | None = None) -> None:
         """Compile each layer kind once (all layers of a kind share code: same shapes, weights are arguments)."""
-        config = torch._dynamo.config
-        limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-        setattr(config, limit, max(getattr(config, limit), 256))
-        if hasattr(config, "accumulated_recompile_limit"):
-            config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 1024)
+        raise_recompile_limits()
 
         def compiled(fn):
             return torch.compile(fn, mode=mode, dynamic=False, fullgraph=True)
@@ -350,7 +345,7 @@ class HybridModel(DecoderAPI, nn.Module):
         self._compiled = {
             LINEAR: compiled(deltanet_layer),
             FULL: compiled(gated_attention_layer),
-            "inputs": compiled(hybrid_step_inputs),
+            "inputs": compiled_step_inputs(mode=mode),
             "head": compiled(centred_head_logits),
         }
 
@@ -380,7 +375,7 @@ class HybridModel(DecoderAPI, nn.Module):
         eager = {
             LINEAR: deltanet_layer,
             FULL: gated_attention_layer,
-            "inputs": hybrid_step_inputs,
+            "inputs": step_inputs,
             "head": centred_head_logits,
         }
         if self._compiled is not None and query_tokens <= RECURRENT_MAX_TOKENS:
