@@ -393,10 +393,11 @@ def list_(
     from rich.markup import escape
     from rich.table import Table
 
+    from spdsim.methods import catalog as method_catalog
     from spdsim.scenario.presets import CATALOG_SECTIONS, catalog
 
     for section in CATALOG_SECTIONS if what is None else (what,):
-        headers, rows = catalog(section)
+        headers, rows = method_catalog() if section == "methods" else catalog(section)
         table = Table(title=section, header_style="bold", show_lines=False)
         for header in headers:
             table.add_column(header, overflow="fold", max_width=90 if header == "source" else None)

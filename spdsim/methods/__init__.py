@@ -48,3 +48,8 @@ def get_method(name: str) -> Method:
     if method is None:
         raise SpdsimError(f"method.name: unknown '{name}' (allowed: {', '.join(METHODS)})")
     return method
+
+
+def catalog() -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """(headers, rows) of the registered methods, for `spdsim list methods`."""
+    return ("method", "family", "description"), [(m.name, m.family, m.description) for m in METHODS.values()]

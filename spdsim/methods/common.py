@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from spdsim.engine.result import BUSY
+from spdsim.errors import SpdsimError
 from spdsim.latency.model import LatencyModel
 from spdsim.scenario.config import Scenario
 
@@ -79,3 +80,22 @@ def verify_and_commit(recorder, stream, request, iteration, now, drafted, commit
     for offset in range(emit):
         recorder.commit(request, committed + offset, now, iteration, offset < accepted)
     return committed + emit
+
+
+def stage_layer_counts(scenario) -> tuple[int, ...]:
+    """Layers per stage: the explicit list, or an even split of L into n."""
+    method = scenario.method
+    if method.stage_layers:
+        if scenario.model is not None and sum(method.stage_layers) != scenario.model.num_layers:
+            raise SpdsimError(
+                f"method.stage_layers: sums to {sum(method.stage_layers)}, the model has {scenario.model.num_layers} layers"
+            )
+        return tuple(method.stage_layers)
+    if scenario.model is None:
+        raise SpdsimError("scenario.model: SPD needs a model shape to split layers into stages")
+    num_layers, stages = scenario.model.num_layers, method.num_stages
+    if stages < 1 or num_layers % stages:
+        raise SpdsimError(
+            f"method.num_stages: {stages} does not divide the model's {num_layers} layers; give method.stage_layers"
+        )
+    return (num_layers // stages,) * stages

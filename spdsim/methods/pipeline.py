@@ -25,31 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from spdsim.engine.result import BUSY, COMM, DRAFT, FLUSHED
-from spdsim.errors import SpdsimError
 from spdsim.latency.model import PPM
 from spdsim.methods import Method
-from spdsim.methods.common import kv_lengths, serial_overheads_ns
+from spdsim.methods.common import kv_lengths, serial_overheads_ns, stage_layer_counts
+from spdsim.methods.pipeline_batch import serve_pipeline_batch
 from spdsim.methods.pipeline_trace import record_pipeline_spans
 from spdsim.scenario.topology import build_topology, comm_costs, topology_active
-
-
-def stage_layer_counts(scenario) -> tuple[int, ...]:
-    """Layers per stage: the explicit list, or an even split of L into n."""
-    method = scenario.method
-    if method.stage_layers:
-        if scenario.model is not None and sum(method.stage_layers) != scenario.model.num_layers:
-            raise SpdsimError(
-                f"method.stage_layers: sums to {sum(method.stage_layers)}, the model has {scenario.model.num_layers} layers"
-            )
-        return tuple(method.stage_layers)
-    if scenario.model is None:
-        raise SpdsimError("scenario.model: SPD needs a model shape to split layers into stages")
-    num_layers, stages = scenario.model.num_layers, method.num_stages
-    if stages < 1 or num_layers % stages:
-        raise SpdsimError(
-            f"method.num_stages: {stages} does not divide the model's {num_layers} layers; give method.stage_layers"
-        )
-    return (num_layers // stages,) * stages
 
 
 @dataclass(frozen=True)
@@ -433,13 +414,6 @@ def ppsd_gpus(scenario) -> int:
     method = scenario.method
     stages = len(method.stage_layers) if method.stage_layers else method.num_stages
     return stages * max(method.tensor_parallel, 1)
-
-
-def serve_pipeline_batch(env, context, method, state, streams, count, context_for):
-    """Several requests in flight (``spdsim.methods.pipeline_batch``, which imports this module)."""
-    from spdsim.methods.pipeline_batch import serve_pipeline_batch as serve
-
-    yield from serve(env, context, method, state, streams, count, context_for)
 
 
 METHODS = (

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 from spdsim.engine.batching import Sequence, serve_batched
 from spdsim.engine.result import BUSY, COMM, DRAFT
-from spdsim.methods.common import serial_overheads_ns
-from spdsim.methods.pipeline import stage_layer_counts
+from spdsim.methods.common import serial_overheads_ns, stage_layer_counts
 
 
 class PipelineDecoder:

@@ -163,12 +163,8 @@ CATALOG_SECTIONS = ("methods", "hardware", "models", "presets")
 
 
 def catalog(section: str) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
-    """(headers, rows) describing one section of what is embedded, for `spdsim list`."""
-    if section == "methods":
-        from spdsim.methods import METHODS as REGISTRY
-
-        methods: list[tuple[str, ...]] = [(m.name, m.family, m.description) for m in REGISTRY.values()]
-        return ("method", "family", "description"), methods
+    """(headers, rows) describing one section of what is embedded, for `spdsim list` (the "methods" section is
+    the methods registry's, ``spdsim.methods.catalog``: the scenario layer does not import the methods)."""
     if section == "hardware":
         rows: list[tuple[str, ...]] = []
         for name in hardware_names():
