@@ -235,18 +235,6 @@ def raise_lengths(lengths: torch.Tensor, positions: torch.Tensor) -> None:
     lengths.copy_(torch.maximum(lengths, positions.max() + 1))
 
 
-def step_inputs(
-    rope_cos: torch.Tensor,
-    rope_sin: torch.Tensor,
-    positions: torch.Tensor,
-    window: int,
-    lengths: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """RoPE rows and the additive position mask of one forward; raises the layers' cache ``lengths`` in place."""
-    raise_lengths(lengths, positions)
-    return step_rows(rope_cos, rope_sin, positions, window)
-
-
 def raise_recompile_limits() -> None:
     """One static-shape compile per (query tokens, KV window) class: a profile grid of 5 query sizes x 3 windows
     (x 5 stage lengths, before ``compiled_step_inputs``) hit dynamo's limit of 64 on an H100
@@ -258,14 +246,10 @@ def raise_recompile_limits() -> None:
         config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 1024)
 
 
-def compiled_step_inputs(
-    **compile_kwargs: Any,
-) -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """``step_inputs`` with its rows compiled: the lengths update stays outside the compiled region, so one
-    compile serves every stage length (the number of layers is the shape of ``lengths``) and a profile grid
-    compiles once per (query tokens, window) instead of once per (query tokens, window, stage length)."""
-    rows = torch.compile(step_rows, dynamic=False, fullgraph=True, **compile_kwargs)
+StepInputs = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
+
+def _raising_lengths(rows: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> StepInputs:
     def inputs(
         rope_cos: torch.Tensor,
         rope_sin: torch.Tensor,
@@ -273,10 +257,21 @@ def compiled_step_inputs(
         window: int,
         lengths: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """RoPE rows and the additive position mask of one forward; raises the layers' cache ``lengths``."""
         raise_lengths(lengths, positions)
         return rows(rope_cos, rope_sin, positions, window)
 
     return inputs
+
+
+step_inputs: StepInputs = _raising_lengths(step_rows)
+
+
+def compiled_step_inputs(**compile_kwargs: Any) -> StepInputs:
+    """``step_inputs`` with its rows compiled: the lengths update stays outside the compiled region, so one
+    compile serves every stage length (the number of layers is the shape of ``lengths``) and a profile grid
+    compiles once per (query tokens, window) instead of once per (query tokens, window, stage length)."""
+    return _raising_lengths(torch.compile(step_rows, dynamic=False, fullgraph=True, **compile_kwargs))
 
 
 def head_logits(hidden: torch.Tensor, norm: torch.Tensor, lm_head: torch.Tensor, eps: float) -> torch.Tensor:
