@@ -31,7 +31,8 @@ from executor.deltanet import (
     deltanet_layer,
     gated_attention_layer,
 )
-from executor.fastmodel import DecoderAPI, compiled_step_inputs, raise_recompile_limits, step_inputs
+from executor.fastmodel import DecoderAPI
+from executor.layer_fns import compiled_step_inputs, raise_recompile_limits, step_inputs
 
 HYBRID_MODEL_TYPES = ("qwen3_5_text",)
 LINEAR, FULL = "linear_attention", "full_attention"

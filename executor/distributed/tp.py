@@ -28,16 +28,9 @@ import torch
 from executor.cache import KVCache, window_capacity
 from executor.distributed.comm import OP_GO, Control, DistributedError
 from executor.distributed.launch import FAULTS, ModelSource, _fail, init_rank, launch_ranks, pick_backend
-from executor.fastmodel import (
-    DecoderAPI,
-    FastModel,
-    LayerShape,
-    LayerWeights,
-    decoder_layer,
-    head_logits,
-    step_inputs,
-)
+from executor.fastmodel import DecoderAPI, FastModel
 from executor.graphs import GraphCache
+from executor.layer_fns import LayerShape, LayerWeights, decoder_layer, head_logits, step_inputs
 from executor.schedules.common import DecodeOptions, PromptRun, RunResult, as_prompts
 from spdsim.contract import SpdsimError
 

@@ -167,8 +167,8 @@ class FastEagle3:
     model: object  # the base FastModel (embedding, RoPE tables, layer functions)
     fc: torch.Tensor  # [H, 3H]
     hidden_norm: torch.Tensor  # [H]
-    weights: object  # fastmodel.LayerWeights (qkv over the 2H attention input)
-    shape: object  # fastmodel.LayerShape
+    weights: object  # layer_fns.LayerWeights (qkv over the 2H attention input)
+    shape: object  # layer_fns.LayerShape
     norm: torch.Tensor  # [H]
     lm_head: torch.Tensor  # [V_d, H]
     draft_token_ids: torch.Tensor | None  # [V_d] or None (full vocabulary)
@@ -209,8 +209,8 @@ class FastEagle3:
         self, hidden: torch.Tensor, token_embeds: torch.Tensor, positions: torch.Tensor, cache, window: int
     ) -> torch.Tensor:
         """The head layer on rows at ``positions`` (device tensor) over the first ``window`` cache slots."""
-        from executor.fastmodel import rms_norm
         from executor.heads.fast_layer import run_head_layer
+        from executor.layer_fns import rms_norm
 
         eps = self.shape.eps
         embeds = token_embeds.to(hidden.dtype)
@@ -229,7 +229,7 @@ class FastEagle3:
         return out, self.logits(out)
 
     def logits(self, out: torch.Tensor) -> torch.Tensor:
-        from executor.fastmodel import head_logits
+        from executor.layer_fns import head_logits
 
         return head_logits(out, self.norm, self.lm_head, self.shape.eps)
 

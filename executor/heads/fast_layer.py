@@ -1,5 +1,5 @@
 """Functional fast path for a draft head's decoder layer(s): the HF-named module packed into the fast decoder's
-fused layout (``executor.fastmodel.LayerWeights``), a fixed-capacity ``KVCache`` for the head, and one call that
+fused layout (``executor.layer_fns.LayerWeights``), a fixed-capacity ``KVCache`` for the head, and one call that
 runs a packed layer through the base model's (compiled, when ``compile_layers()`` ran) layer function.
 
 Position masking replaces the HF-style ``HeadKVCache`` bookkeeping: a row written at a position beyond the committed
@@ -9,7 +9,7 @@ tables (the heads use ``base_rotary(config)``, the same frequencies).
 
 API (shared with the SPD head work):
 ``pack_decoder_layer(layer, device=None, dtype=None) -> LayerWeights`` (q/k/v fused into qkv, gate/up into gate_up),
-``layer_shape(layer) -> fastmodel.LayerShape``,
+``layer_shape(layer) -> layer_fns.LayerShape``,
 ``new_head_cache(shape, capacity, limit, device, dtype, num_layers=1) -> KVCache``,
 ``run_head_layer(model, weights, shape, hidden, positions, cache, window, layer=0, attn_input=None)``.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from executor.cache import KVCache, window_capacity
-from executor.fastmodel import LayerShape, LayerWeights
+from executor.layer_fns import LayerShape, LayerWeights
 from spdsim.contract import SpdsimError
 
 

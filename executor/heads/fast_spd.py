@@ -7,7 +7,7 @@ grows by re-allocation). This is the same computation for the decode loop:
   anchor yet); every projection ``aggr_projs[a]`` is applied to all rows at once and ``torch.where`` keeps, per
   row, the output of the row's aggregation type (each weight is read once, as when the rows are projected one by
   one, and the shapes depend on the row count alone);
-* the L_s spec layers run through ``executor.fastmodel.decoder_layer`` (fused weights, the target's compiled layer
+* the L_s spec layers run through ``executor.layer_fns.decoder_layer`` (fused weights, the target's compiled layer
   function when it is compiled) over an ``executor.cache.KVCache`` with position masking: a row is written at its
   position and attends to slots <= its position, so rows of in-flight tokens written past the committed prefix are
   overwritten when those positions are drafted again — v11's "commit only the first `keep` rows" is implicit;
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from executor.cache import KVCache, kv_bucket, window_capacity
-from executor.fastmodel import head_logits
 from executor.heads.fast_layer import layer_shape, pack_decoder_layer
+from executor.layer_fns import head_logits
 
 
 class FastSpdDrafter:
