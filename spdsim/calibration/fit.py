@@ -256,11 +256,18 @@ def colocated_contention_entry(run: MeasuredRun, profile: dict[str, Any]) -> dic
     return entry
 
 
+def _shown(path: str | Path) -> str:
+    """A bundle as the calibrated profile records it: relative to the working directory when inside it, so a
+    committed profile names no machine's paths."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(Path.cwd())) if resolved.is_relative_to(Path.cwd()) else str(path)
+
+
 def calibrate(
     bundle_paths: list[str | Path], run_paths: Sequence[str | Path] = (), fit: bool = False
 ) -> dict[str, Any]:
     """The calibrated profile (schema v1, plus ``"calibration"`` provenance and, with ``fit``, ``"fit"``)."""
-    names = [str(p) for p in bundle_paths]
+    names = [_shown(p) for p in bundle_paths]
     profile = merge_bundles([load_profile(p) for p in bundle_paths], names)
     runs = [load_run(p) for p in run_paths]
     for run in runs:

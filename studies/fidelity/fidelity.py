@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from fidelity_common import DATA, tpot_scatter, warm_metrics
 
 from spdsim.calibration.fit import calibrate, one_time_limit_us, write_profile
 from spdsim.calibration.measured_runs import load_run
@@ -32,7 +33,6 @@ from spdsim.calibration.replay import modelled_cycles_ns, validate
 from spdsim.latency.profiled import MeasuredLatency
 from spdsim.scenario.config import LatencySpec, ModelShape
 
-DATA = Path(__file__).resolve().parent / "results"
 FITTED = ("dist_ar", "dist_spd_n2_a0.80", "gpu1_eagle3_k3_a0.80")
 GROUPS = {
     "2-GPU (H200 x2, NCCL)": (
@@ -41,27 +41,6 @@ GROUPS = {
     ),
     "1-GPU (H200)": ("gpu1_ar", ("gpu1_ar", "gpu1_eagle3_k3_a0.80", "gpu1_eagle3_k5_a0.80")),
 }
-
-
-def warm_metrics(name: str, data: Path = DATA) -> dict[str, float]:
-    """TPOT / tokens/s with one-time iterations (> 3x the run's p10) replaced by the median of the others of
-    their state."""
-    run = load_run(data / name)
-    cycles = run.cycle_us
-    states = np.array([s for p in run.prompts for s in p.cycle_states])
-    stalls = cycles > one_time_limit_us(run)
-    excess = 0.0
-    for state in np.unique(states):  # SPD refill cycles are shorter than saturated ones: replace like by like
-        mine = states == state
-        typical = float(np.median(cycles[mine & ~stalls])) if (mine & ~stalls).any() else 0.0
-        excess += float(np.sum(cycles[mine & stalls] - typical))
-    decode_us = run.decode_us - excess
-    return {
-        "warm_tpot_ms": decode_us / 1e3 / run.decode_tokens,
-        "warm_tokens_per_s": run.decode_tokens / (decode_us / 1e6),
-        "one_time_iterations": int(stalls.sum()),
-        "one_time_ms": excess / 1e3,
-    }
 
 
 def drafter_shapes(name: str) -> pd.DataFrame:
@@ -176,36 +155,6 @@ def phase_rows(profile: dict) -> list[dict]:
     for row in rows:
         row["error_pct"] = 100 * (row["predicted_us"] - row["measured_median_us"]) / row["measured_median_us"]
     return rows
-
-
-def tpot_scatter(ax, validation: pd.DataFrame, roles, title: str, warm: bool = False) -> None:
-    """Predicted against measured TPOT per run (log axes) with the ±5% band; ``warm`` adds hollow markers at the
-    TPOT without one-time iterations."""
-    for role, marker in roles:
-        part = validation[validation.role == role]
-        ax.scatter(part.measured_tpot_ms, part.predicted_tpot_ms, marker=marker, label=f"{role}: raw run")
-        if warm:
-            ax.scatter(
-                part.warm_tpot_ms,
-                part.predicted_tpot_ms,
-                marker=marker,
-                facecolors="none",
-                edgecolors="k",
-                label=f"{role}: one-time costs removed",
-            )
-        for _, row in part.iterrows():
-            ax.annotate(
-                row.run,
-                (row.measured_tpot_ms, row.predicted_tpot_ms),
-                fontsize=7,
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
-    top = max(validation.measured_tpot_ms.max(), validation.predicted_tpot_ms.max()) * 1.1
-    ax.plot([0, top], [0, top], "k:", lw=1)
-    ax.fill_between([0, top], [0, 0.95 * top], [0, 1.05 * top], color="green", alpha=0.1, label="±5%")
-    ax.set(xlabel="measured TPOT (ms)", ylabel="predicted TPOT (ms)", title=title, xscale="log", yscale="log")
-    ax.legend(fontsize=7)
 
 
 def plot(validation: pd.DataFrame, phases: pd.DataFrame, path: Path) -> None:

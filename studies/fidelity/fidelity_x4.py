@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from fidelity import tpot_scatter, warm_metrics
+from fidelity_common import tpot_scatter, warm_metrics
 
 from spdsim.calibration.fit import calibrate, one_time_limit_us, write_profile
 from spdsim.calibration.measured_runs import MeasuredRun, load_run
