@@ -263,7 +263,7 @@ def profile_host_issue(
     def layer(h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return model.forward_layers(h, p, 0, 1, cache, kv_len=window)[0]
 
-    steps = [GraphedStep(layer, (hidden, positions)) if use_graphs else None for _ in range(max(counts))]
+    steps = [GraphedStep(layer, (hidden, positions)) if use_graphs else layer for _ in range(max(counts))]
     entries = []
     for count in counts:
         samples_us = []
@@ -272,10 +272,7 @@ def profile_host_issue(
                 torch.cuda.synchronize(model.device)
             start = time.perf_counter()
             for step in steps[:count]:
-                if step is None:
-                    layer(hidden, positions)
-                else:
-                    step(hidden, positions)
+                step(hidden, positions)
             elapsed_us = (time.perf_counter() - start) * 1e6
             if i >= grid.warmup:
                 samples_us.append(elapsed_us)

@@ -102,3 +102,14 @@ def test_the_decode_batch_multiplies_the_cache_up_to_the_concurrency_and_the_req
         loads("ar", "model=qwen3-8b", "workload.num_requests=2", "workload.max_batch=8")["gpu0"].cache_bytes
         == 2 * one
     )
+
+
+def test_a_stage_of_every_layer_plus_the_embeddings_is_the_ar_gpu():
+    from spdsim.scenario.memory import layer_weight_bytes
+    from spdsim.scenario.presets import get_model
+
+    for model in ("qwen3-8b", "qwen3.5-4b"):
+        s = get_model(model)
+        embeddings = (1 if s.tied_embeddings else 2) * s.vocab_size * s.hidden_size * s.dtype_bytes
+        gpu = loads("ar", f"model={model}")["gpu0"]
+        assert layer_weight_bytes(s, s.num_layers) + embeddings == pytest.approx(gpu.weight_bytes, rel=1e-9)

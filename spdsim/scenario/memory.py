@@ -92,6 +92,11 @@ def _layers(s: ModelShape, layers: float, positions: int, sequences: int) -> tup
     return params * s.dtype_bytes, cache
 
 
+def layer_weight_bytes(s: ModelShape, layers: float) -> float:
+    """Weight bytes of ``layers`` target layers, the hybrid's layer kinds in proportion (a stage's weights)."""
+    return _layers(s, layers, 0, 0)[0]
+
+
 def _full_layers(s: ModelShape, layers: int, positions: int, sequences: int) -> tuple[float, float]:
     """Drafter layers: full-attention copies of the target's layer shape."""
     kv_per_position = 2 * s.num_kv_heads * s.head_dim * s.dtype_bytes

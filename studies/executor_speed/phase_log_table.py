@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from spdsim.scenario.memory import full_layer_params, linear_layer_params  # noqa: E402
+from spdsim.scenario.memory import layer_weight_bytes  # noqa: E402
 from spdsim.scenario.presets import get_model  # noqa: E402
 
 LAYERS = re.compile(r"layers=(\d+) q=(\d+) kv=(\d+): ([\d.]+) us")
@@ -47,11 +47,7 @@ def parse(paths: list[Path]) -> dict[str, dict]:
 
 def table(phases: dict[str, dict], model: str, copy_gbps: float) -> str:
     shape = get_model(model)
-    linear = shape.linear_attention_layers  # Qwen3.5: 3 of every 4 layers are Gated DeltaNet
-    params = (shape.num_layers - linear) * full_layer_params(shape) + linear * linear_layer_params(shape)
-    layer_bytes = (
-        params / shape.num_layers * shape.dtype_bytes
-    )  # the mean layer (exact for whole 4-layer groups)
+    layer_bytes = layer_weight_bytes(shape, 1)  # the mean layer (exact for whole 4-layer Qwen3.5 groups)
     lines = [
         f"## {model}: phase medians (us) from the measure log; stage fraction = weight bytes / time / {copy_gbps:.0f} GB/s",
         "",

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from spdsim.calibration.fit import calibrate, write_profile  # noqa: E402
 from spdsim.calibration.replay import validate  # noqa: E402
 from spdsim.contract import ModelShape  # noqa: E402
-from spdsim.scenario.memory import full_layer_params  # noqa: E402
+from spdsim.scenario.memory import layer_weight_bytes  # noqa: E402
 
 FIT_RUNS = ("ar", "eagle3_k3_a0.80")
 
@@ -52,12 +51,6 @@ def analyze_model(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def layer_weight_bytes(shape: dict) -> float:
-    """Weight bytes of one decoder layer, as the memory check counts them."""
-    model = ModelShape(**{k: v for k, v in shape.items() if k in {f.name for f in fields(ModelShape)}})
-    return full_layer_params(model) * model.dtype_bytes
-
-
 def speed(folder: Path) -> dict:
     """Issue 11's speed figures from the same process's runs and bundle: the EAGLE-3 K = 3 iteration over the AR
     step, the chain speedup at nominal alpha 0.8, and the stage steps' fraction of the measured copy bandwidth."""
@@ -83,7 +76,7 @@ def speed(folder: Path) -> dict:
         )
     bundle = json.loads((folder / "profile.json").read_text())
     shape, copy_gbps = bundle["model"], bundle["hardware"]["copy_bandwidth_gbps"]
-    per_layer = layer_weight_bytes(shape)
+    per_layer = layer_weight_bytes(ModelShape(**shape), 1)
     fractions = {}
     for entry in bundle["phases"]["layers"]:
         if entry["query_tokens"] == 1 and entry["kv_len"] == 256:
