@@ -45,10 +45,11 @@ def parse(paths: list[Path]) -> dict[str, dict]:
     return phases
 
 
-def table(phases: dict[str, dict], model: str, copy_gbps: float) -> str:
+def table(phases: dict[str, dict], model: str, copy_gbps: float, provenance: str = "") -> str:
     shape = get_model(model)
     layer_bytes = layer_weight_bytes(shape, 1)  # the mean layer (exact for whole 4-layer Qwen3.5 groups)
-    lines = [
+    lines = [provenance, ""] if provenance else []
+    lines += [
         f"## {model}: phase medians (us) from the measure log; stage fraction = weight bytes / time / {copy_gbps:.0f} GB/s",
         "",
         "| layers | query tokens | kv_len | median (us) | fraction of copy BW |",
@@ -84,9 +85,26 @@ def main() -> int:
     parser.add_argument(
         "--copy-gbps", type=float, required=True, help="measured copy bandwidth of the same GPU kind"
     )
+    parser.add_argument("--gpu-info", type=Path, help="nvidia-smi CSV of the machine the logs come from")
+    parser.add_argument("--software", default="", help="torch / CUDA versions of that machine")
+    parser.add_argument("--date", default="", help="date of the measurement (the logs hold times only)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    text = table(parse(args.logs), args.model, args.copy_gbps)
+    provenance = []
+    if args.gpu_info:
+        header, values = args.gpu_info.read_text().strip().splitlines()[:2]
+        provenance.append(
+            "GPU: "
+            + "; ".join(
+                f"{h.strip()} {v.strip()}" for h, v in zip(header.split(","), values.split(","), strict=False)
+            )
+        )
+    if args.software:
+        provenance.append(f"Software: {args.software}")
+    if args.date:
+        provenance.append(f"Date: {args.date}")
+    provenance.append("Logs: " + ", ".join(path.name for path in args.logs))
+    text = table(parse(args.logs), args.model, args.copy_gbps, "  \n".join(provenance))
     if args.out:
         args.out.write_text(text)
     print(text)
