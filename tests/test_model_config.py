@@ -209,6 +209,19 @@ REFUSED = [
         },
         "mixes dense and MoE layers",
     ),
+    ({"head_dim": "x"}, "needs a positive integer 'head_dim' (got 'x')"),
+    ({"head_dim": 128.5}, "needs a positive integer 'head_dim' (got 128.5)"),
+    ({"num_key_value_heads": "8"}, "needs a positive integer 'num_key_value_heads'"),
+    (
+        {
+            "model_type": "qwen3_moe",
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 64,
+            "shared_expert_intermediate_size": "x",
+        },
+        "needs a non-negative integer 'shared_expert_intermediate_size'",
+    ),
 ]
 
 

@@ -23,9 +23,9 @@ from spdsim.contract.shape import ModelShape
 from spdsim.errors import SpdsimError
 
 DENSE_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-MOE_TYPES = ("qwen3_moe", "mixtral")
+MOE_TYPES = ("qwen3_moe", "mixtral", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_next")
 HYBRID_TYPES = ("qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_next")
-MODEL_TYPES = DENSE_TYPES + MOE_TYPES + HYBRID_TYPES
+MODEL_TYPES = tuple(dict.fromkeys(DENSE_TYPES + MOE_TYPES + HYBRID_TYPES))
 LINEAR, FULL = "linear_attention", "full_attention"
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4, "float8_e4m3fn": 1}
 # keys of a config file that are not transformers config fields
@@ -88,11 +88,6 @@ def read_model_config(spec: str | Path) -> tuple[str, dict[str, Any]]:
     return name, _read(path, "model")
 
 
-def config_source(config: dict[str, Any]) -> str:
-    """The ``_source`` of a config (where its values were copied from); empty for a user's file."""
-    return str(config.get("_source", ""))
-
-
 def transformers_fields(config: dict[str, Any]) -> dict[str, Any]:
     """The config without spdsim's ``_`` keys and dtype/version keys: what ``AutoConfig.for_model`` takes."""
     return {k: v for k, v in config.items() if not k.startswith("_") and k not in NOT_TRANSFORMERS}
@@ -112,10 +107,14 @@ def text_config(config: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _int(config: dict[str, Any], key: str, name: str) -> int:
+def _int(config: dict[str, Any], key: str, name: str, default: int | None = None, least: int = 1) -> int:
+    """``config[key]`` as an integer >= ``least``; ``default`` when the key is absent or null (if one is given)."""
     value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SpdsimError(f"model: '{name}' config needs a positive integer '{key}' (got {value!r})")
+    if value is None and default is not None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        kind = "positive" if least >= 1 else "non-negative"
+        raise SpdsimError(f"model: '{name}' config needs a {kind} integer '{key}' (got {value!r})")
     return value
 
 
@@ -183,7 +182,7 @@ def _experts(config: dict[str, Any], model_type: str, name: str) -> dict[str, in
             f"model: '{name}' mixes dense and MoE layers (mlp_only_layers / decoder_sparse_step), which the "
             "simulator does not model"
         )
-    shared = int(config.get("shared_expert_intermediate_size") or 0)
+    shared = _int(config, "shared_expert_intermediate_size", name, default=0, least=0)
     return {
         "intermediate_size": active * width + shared,
         "num_experts": total,
@@ -202,12 +201,12 @@ def shape_from_config(config: dict[str, Any], name: str) -> ModelShape:
             f"(supported: {', '.join(MODEL_TYPES)})"
         )
     hybrid = model_type in HYBRID_TYPES
-    moe = model_type in MOE_TYPES or "moe" in model_type or model_type == "qwen3_next"
+    moe = model_type in MOE_TYPES
     layers = _int(config, "num_hidden_layers", name)
     hidden = _int(config, "hidden_size", name)
     heads = _int(config, "num_attention_heads", name)
-    head_dim = config.get("head_dim") or hidden // heads
-    if not config.get("head_dim") and hidden % heads:
+    head_dim = _int(config, "head_dim", name, default=hidden // heads)
+    if "head_dim" not in config and hidden % heads:
         raise SpdsimError(
             f"model: '{name}' needs head_dim (hidden_size {hidden} is not a multiple of {heads})"
         )
@@ -217,8 +216,8 @@ def shape_from_config(config: dict[str, Any], name: str) -> ModelShape:
         "num_layers": layers,
         "hidden_size": hidden,
         "num_attention_heads": heads,
-        "num_kv_heads": config.get("num_key_value_heads") or heads,
-        "head_dim": int(head_dim),
+        "num_kv_heads": _int(config, "num_key_value_heads", name, default=heads),
+        "head_dim": head_dim,
         "intermediate_size": 0 if moe else _int(config, "intermediate_size", name),
         "vocab_size": _int(config, "vocab_size", name),
         "tied_embeddings": bool(config.get("tie_word_embeddings", False)),
