@@ -175,6 +175,13 @@ def test_verify_on_the_last_stage_leaves_the_serial_part_of_the_cycle():
     ]
     assert steady == [stage_ns + 1_000 + 300, stage_ns + 1_000]
     assert predict(last).iteration_ns == pytest.approx(stage_ns + 1_000)
+    # every path sees the verify on the last stage: the cycle-by-cycle (jittered) engine and the recorded spans
+    jittered = replace(last, overheads=replace(last.overheads, jitter_cv=1e-9))
+    assert simulate(jittered).tokens[-1].commit_ns == pytest.approx(
+        simulate(last, record_intervals=False).tokens[-1].commit_ns, rel=1e-6
+    )
+    last_stage_busy = [i.end_ns - i.start_ns for i in simulate(last).intervals if i.resource == "stage1"]
+    assert max(last_stage_busy) == stage_ns + 300
 
 
 def test_ppsd_drafts_with_its_early_exit_on_stage0():

@@ -99,12 +99,13 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
         hops = comm.inter_node_hops
     fixed += latency.cycle_fixed_ns(stages)  # a profile's measured serial per-cycle cost
     verify = latency.head_ns(1) + overheads.sampling_ns + latency.verify_fixed_ns(stages)
-    stage_members = [f + sends[s] for s, f in enumerate(forwards)]
     if method.name == "spd" and method.verify_placement == "last-stage":
-        # the last stage verifies on its own GPU (it holds a token only in saturated cycles): only the token ids
-        # travel back, and the verify leaves the serial part of the cycle
-        stage_members[-1] = stage_members[-1] + verify
+        # the last stage verifies on its own GPU, as part of its forward (it holds a token only in saturated
+        # cycles): only the token ids travel back, and every reader of forward_ns (spans, busy totals, the closed
+        # form) sees the verify where it runs
+        forwards[-1] = forwards[-1] + verify
         verify = 0
+    stage_members = [f + sends[s] for s, f in enumerate(forwards)]
     stage_members[0] = stage_members[0] + stage0_draft + (0 if own_drafter else gather)
     drafter_member = draft + gather if own_drafter else np.zeros(kv.shape, dtype=np.int64)
     cycles: list[list[int]] = [[]]
