@@ -170,3 +170,23 @@ def test_no_stage_runs_two_things_at_once_and_tokens_commit_in_order(
         assert token.index == index + 1 and token.commit_ns >= time
         last[token.request] = (token.index, token.commit_ns)
     assert len(last) == 10
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        (["workload.chunk_tokens=64", 'workload.prefill="modelled"'], "workload.chunk_tokens"),
+        (["overheads.jitter_cv=0.2"], "overheads.jitter_cv"),
+        (['method.verify_placement="last-stage"'], "method.verify_placement = last-stage"),
+    ],
+)
+def test_batched_spd_refuses_what_it_does_not_model_in_one_line(override, named):
+    from spdsim.errors import SpdsimError
+    from spdsim.scenario.files import load_runs
+
+    run = load_runs(
+        methods=["spd"],
+        overrides=["workload.num_requests=3", "workload.max_batch=2", "workload.new_tokens=8", *override],
+    )[0]
+    with pytest.raises(SpdsimError, match=f"batched spd does not model {named}"):
+        simulate(run.scenario, record_intervals=False)

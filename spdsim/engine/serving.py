@@ -19,6 +19,7 @@ import simpy
 
 from spdsim.engine.arrivals import RequestSpec, concurrency_limit
 from spdsim.errors import SpdsimError
+from spdsim.scenario.topology import topology_active
 
 
 @dataclass
@@ -104,8 +105,25 @@ def serve_one_at_a_time(
 
 def check_batching(scenario, method) -> None:
     """A batch needs a schedule that can run one; one-line refusal otherwise."""
-    if scenario.workload.max_batch > 1 and method.serve_batch is None:
+    if scenario.workload.max_batch <= 1:
+        return
+    if method.serve_batch is None:
         raise SpdsimError(
             f"workload.max_batch: method '{method.name}' has no batched schedule "
             "(batching covers ar, draft-model, eagle3, mtp, dflash, peagle, spd and ppsd)"
         )
+    if method.pipeline:
+        spec = scenario.method
+        unmodelled = {
+            "workload.chunk_tokens": scenario.workload.chunk_tokens > 0,
+            "overheads.jitter_cv": scenario.overheads.jitter_cv > 0,
+            "hardware topology (nodes, rank_nodes)": topology_active(scenario.hardware, spec.rank_nodes),
+            "method.verify_placement = last-stage": spec.verify_placement == "last-stage",
+            "method.exit_layer": spec.name == "ppsd" and spec.exit_layer > 0,
+        }
+        used = [name for name, on in unmodelled.items() if on]
+        if used:
+            raise SpdsimError(
+                f"workload.max_batch: batched {spec.name} does not model {', '.join(used)} yet "
+                "(docs/serving.md §4); use max_batch = 1 or drop them"
+            )
