@@ -74,6 +74,8 @@ def test_trace_replay_jsonl_and_csv(tmp_path):
         ),
         ("not json\n", "not JSON"),
         ('{"timestamp": "x", "input_length": 1, "output_length": 2}\n', "non-numeric"),
+        ('{"timestamp": Infinity, "input_length": 1, "output_length": 2}\n', "non-numeric"),
+        ("5\n", "row 1 is not an object"),
     ],
 )
 def test_bad_traces_give_one_line_errors(tmp_path, text, message):

@@ -11,6 +11,7 @@ acceptance and jitter streams.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ def concurrency_limit(workload: Workload) -> int:
     return workload.max_concurrency
 
 
+@functools.cache  # embedded package data: read once per process
 def prompt_table() -> dict:
     """The committed token counts of the prompt files (``spdsim/profiles/prompts/prompt_lengths.json``: its
     ``source`` and ``tokenizer`` fields say where they come from and how they were counted)."""
@@ -119,13 +121,15 @@ def read_trace(path: str | Path) -> tuple[RequestSpec, ...]:
     requests = []
     previous = 0
     for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise SpdsimError(f"workload.trace_path: '{path}' row {number} is not an object")
         missing = [c for c in TRACE_COLUMNS if c not in row]
         if missing:
             raise SpdsimError(f"workload.trace_path: '{path}' row {number} lacks {', '.join(missing)}")
         try:
             arrival_ns = round(float(row["timestamp"]) * 1e6)
             prompt, output = int(row["input_length"]), int(row["output_length"])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite timestamp
             raise SpdsimError(f"workload.trace_path: '{path}' row {number} has a non-numeric field") from None
         if arrival_ns < previous or prompt < 0 or output < 1:
             raise SpdsimError(
