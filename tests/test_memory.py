@@ -3,6 +3,8 @@ else one line and exit 2; tensor parallelism, pipeline stages and the drafter's 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from spdsim.cli import main
@@ -113,3 +115,20 @@ def test_a_stage_of_every_layer_plus_the_embeddings_is_the_ar_gpu():
         embeddings = (1 if s.tied_embeddings else 2) * s.vocab_size * s.hidden_size * s.dtype_bytes
         gpu = loads("ar", f"model={model}")["gpu0"]
         assert layer_weight_bytes(s, s.num_layers) + embeddings == pytest.approx(gpu.weight_bytes, rel=1e-9)
+
+
+def test_the_ar_baseline_and_the_optimizer_designs_must_fit_too(tmp_path, capsys):
+    from spdsim.drivers.optimize import SearchSpace, enumerate_designs
+
+    # four stages of qwen3-8b fit 10 GiB each, the one-GPU AR baseline of the speedup does not
+    args = ["compare", "--method", "spd", "--set", "model=qwen3-8b", "--set", "method.num_stages=4"]
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--set", "hardware.memory_gib=10", "--set", SMALL[0]])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert "is measured against AR on one GPU, which does not fit qwen3-8b on h100 (10 GiB per GPU)" in err
+    base = load_runs(methods=["spd"], overrides=[*SMALL, "model=qwen3-8b", "method.num_stages=4"])[0].scenario
+    small = replace(base, hardware=replace(base.hardware, memory_gib=10))
+    space = SearchSpace(stages=(1, 2, 3, 4), spec_layers=(1,), placements=("own-gpu",), splits=("even",))
+    assert {d.num_stages for d in enumerate_designs(base, space)} == {1, 2, 3, 4}
+    assert {d.num_stages for d in enumerate_designs(small, space)} == {2, 3, 4}

@@ -28,6 +28,7 @@ from spdsim.latency.build import build_latency_model
 from spdsim.latency.model import LatencyModel
 from spdsim.methods.pipeline import colocated_stage0_ns
 from spdsim.scenario.config import DRAFTER_PLACEMENTS, AcceptanceSpec, Scenario
+from spdsim.scenario.memory import fits
 
 SPLITS = ("even", "balanced")
 ALPHA_MODELS = ("fixed", "fit")
@@ -210,7 +211,8 @@ def fit_alpha(preset_name: str, presets: dict | None = None) -> AlphaFit:
 
 
 def enumerate_designs(base: Scenario, space: SearchSpace) -> list[Design]:
-    """Every design in ``space`` that fits the model and the GPU budget (duplicates of even splits dropped)."""
+    """Every design in ``space`` that fits the model, the GPU budget and each GPU's memory (duplicates of even
+    splits dropped)."""
     from spdsim.methods.pipeline import spd_gpus
 
     latency = build_latency_model(base)
@@ -226,12 +228,13 @@ def enumerate_designs(base: Scenario, space: SearchSpace) -> list[Design]:
                 if space.max_gpus and gpus > space.max_gpus:
                     continue
                 even = (num_layers // n,) * n if num_layers % n == 0 else None
-                if "even" in space.splits and even is not None:
+                if "even" in space.splits and even is not None and fits(design_scenario(base, probe)):
                     designs.append(probe)
                 if "balanced" in space.splits:
                     counts = balanced_split(base, latency, replace(probe, split="balanced"))
-                    if counts != even:
-                        designs.append(Design(n, spec_layers, "balanced", placement, counts))
+                    balanced = Design(n, spec_layers, "balanced", placement, counts)
+                    if counts != even and fits(design_scenario(base, balanced)):
+                        designs.append(balanced)
     return designs
 
 

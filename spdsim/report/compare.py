@@ -19,6 +19,7 @@ from spdsim.engine.result import Result
 from spdsim.errors import SpdsimError
 from spdsim.scenario.config import AcceptanceSpec, MethodSpec, Scenario
 from spdsim.scenario.files import NamedScenario
+from spdsim.scenario.memory import fits
 
 TABLE_COLUMNS = (
     ("label", "run", "{}"),
@@ -152,6 +153,13 @@ def simulate_runs(runs: list[NamedScenario], *, trace_requests: TraceRequests = 
     for run, result in zip(runs, results, strict=True):
         key = baseline_scenario(run.scenario)
         if key not in baselines:
+            if not fits(key):  # the speedup's reference must be a setup that can exist
+                model, hardware = key.model, key.hardware
+                raise SpdsimError(
+                    f"hardware.memory_gib: run '{run.label}' is measured against AR on one GPU, which does not "
+                    f"fit {model.name if model else 'its model'} on {hardware.name if hardware else '?'} "
+                    f"({hardware.memory_gib if hardware else 0:g} GiB per GPU)"
+                )
             baselines[key] = simulate(key, record_intervals=False)
         traced = None
         chosen = chosen_requests(run.scenario, trace_requests, len(result.request_start_ns))

@@ -172,6 +172,14 @@ def gpu_loads(scenario: Scenario) -> list[GpuLoad]:
     return loads
 
 
+def fits(scenario: Scenario) -> bool:
+    """Whether the busiest GPU holds its weights and caches (always, without a model, hardware or memory_gib)."""
+    model, hardware = scenario.model, scenario.hardware
+    if model is None or hardware is None or hardware.memory_gib <= 0:
+        return True
+    return max(load.total_bytes for load in gpu_loads(scenario)) <= hardware.memory_gib * GIB
+
+
 def check_memory(scenario: Scenario) -> Scenario:
     """Raise SpdsimError (one line) if the busiest GPU needs more than ``hardware.memory_gib``."""
     model, hardware = scenario.model, scenario.hardware
