@@ -144,13 +144,27 @@ def simulate_runs(runs: list[NamedScenario], *, trace_requests: TraceRequests = 
     """
     from spdsim.engine.run import simulate
 
-    results = [simulate(run.scenario, record_intervals=False) for run in runs]
+    whole = [  # serving runs traced whole: simulated once, with intervals, and cut afterwards
+        bool(run.scenario.workload.serving)
+        and bool(chosen_requests(run.scenario, trace_requests, run.scenario.workload.num_requests))
+        for run in runs
+    ]
+    full = [
+        simulate(run.scenario, record_intervals=True) if w else None
+        for run, w in zip(runs, whole, strict=True)
+    ]
+    results = [
+        dataclasses.replace(f, intervals=(), step_requests=())
+        if f
+        else simulate(run.scenario, record_intervals=False)
+        for run, f in zip(runs, full, strict=True)
+    ]
     baselines: dict[Scenario, Result] = {}
     for run, result in zip(runs, results, strict=True):
         if _is_baseline(run.scenario):
             baselines.setdefault(baseline_scenario(run.scenario), result)
     outcomes = []
-    for run, result in zip(runs, results, strict=True):
+    for run, result, recorded in zip(runs, results, full, strict=True):
         key = baseline_scenario(run.scenario)
         if key not in baselines:
             if not fits(key):  # the speedup's reference must be a setup that can exist
@@ -163,8 +177,8 @@ def simulate_runs(runs: list[NamedScenario], *, trace_requests: TraceRequests = 
             baselines[key] = simulate(key, record_intervals=False)
         traced = None
         chosen = chosen_requests(run.scenario, trace_requests, len(result.request_start_ns))
-        if chosen and run.scenario.workload.serving:
-            traced = served_trace(simulate(run.scenario, record_intervals=True), chosen)
+        if chosen and recorded is not None:
+            traced = served_trace(recorded, chosen)
         elif chosen and chosen == tuple(range(len(chosen))):
             traced = simulate(traced_scenario(run.scenario, len(chosen)), record_intervals=True)
         elif chosen:
