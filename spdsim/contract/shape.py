@@ -34,3 +34,34 @@ class ModelShape:
     num_experts: int = 0
     experts_per_token: int = 0
     expert_intermediate_size: int = 0
+
+
+# Parameter counts of one layer, shared by the roofline (what one token reads: the active experts) and the memory
+# check (what a GPU holds: every expert).
+def mlp_params(s: ModelShape, all_experts: bool = False) -> int:
+    """The (SwiGLU) MLP of a layer; a MoE's ``intermediate_size`` is its active experts' (+ shared) width."""
+    if all_experts and s.num_experts:
+        shared = max(s.intermediate_size - s.experts_per_token * s.expert_intermediate_size, 0)
+        routed = s.num_experts * s.expert_intermediate_size
+        return 3 * s.hidden_size * (routed + shared) + s.hidden_size * s.num_experts  # + the router
+    return 3 * s.hidden_size * s.intermediate_size
+
+
+def full_layer_params(s: ModelShape, all_experts: bool = False) -> int:
+    """A full-attention layer (Qwen3.5: q_proj also emits the per-head output gate)."""
+    attn_out = s.num_attention_heads * s.head_dim
+    q_rows = attn_out * (2 if s.attention_output_gate else 1)
+    attention = s.hidden_size * (q_rows + 2 * s.num_kv_heads * s.head_dim) + attn_out * s.hidden_size
+    return attention + mlp_params(s, all_experts)
+
+
+def linear_layer_params(s: ModelShape, all_experts: bool = False) -> int:
+    """A Gated-DeltaNet layer (in_proj_qkvz + in_proj_ba + out_proj + MLP); without its dims, a full layer."""
+    if not s.linear_head_dim:
+        return full_layer_params(s, all_experts)
+    d, nk, nv = s.linear_head_dim, s.linear_key_heads, s.linear_value_heads
+    return (
+        s.hidden_size * (2 * nk * d + 2 * nv * d + 2 * nv)
+        + nv * d * s.hidden_size
+        + mlp_params(s, all_experts)
+    )

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from spdsim.contract.shape import full_layer_params, linear_layer_params
 from spdsim.errors import SpdsimError
 from spdsim.scenario.config import Hardware, LatencySpec, ModelShape
 
@@ -242,11 +243,8 @@ class RooflineLatency(LatencyModel):
     ):
         super().__init__(shape, hardware, spec, draft_vocab_size)
         s = shape
-        attn_out = s.num_attention_heads * s.head_dim
         kv_out = s.num_kv_heads * s.head_dim
-        q_rows = attn_out * (2 if s.attention_output_gate else 1)  # Qwen3.5: query + per-head output gate
-        mlp = 3 * s.hidden_size * s.intermediate_size
-        self._full_layer_params = s.hidden_size * (q_rows + 2 * kv_out) + attn_out * s.hidden_size + mlp
+        self._full_layer_params = full_layer_params(s)  # what one token reads: a MoE's active experts
         self._layer_params: float = self._full_layer_params
         full = max(s.num_layers - s.linear_attention_layers, 0)
         self._full_attention_share = full / s.num_layers
@@ -254,10 +252,9 @@ class RooflineLatency(LatencyModel):
         self._linear_state_bytes = s.num_attention_heads * s.head_dim * s.head_dim * s.dtype_bytes
         self._gdn = s.linear_head_dim > 0 and s.linear_attention_layers > 0
         if self._gdn:
-            # Gated DeltaNet: in_proj_qkvz + in_proj_ba + out_proj (+ the MLP); state nv · d_k · d_v per layer
-            d = s.linear_head_dim
-            nk, nv = s.linear_key_heads, s.linear_value_heads
-            linear = s.hidden_size * (2 * nk * d + 2 * nv * d + 2 * nv) + nv * d * s.hidden_size + mlp
+            # Gated DeltaNet layers (linear_layer_params); state nv · d_k · d_v per layer
+            d, nv = s.linear_head_dim, s.linear_value_heads
+            linear = linear_layer_params(s)
             share = self._full_attention_share
             self._layer_params = share * self._full_layer_params + (1.0 - share) * linear
             self._linear_state_bytes = nv * d * d * s.dtype_bytes

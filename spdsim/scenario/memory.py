@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from spdsim.contract import shape
 from spdsim.contract.vocabulary import PIPELINE_METHODS
 from spdsim.scenario.checks import check
 from spdsim.scenario.config import ModelShape, Scenario, Workload
@@ -50,29 +51,14 @@ def sequences_in_flight(workload: Workload) -> int:
     return max(1, min(sequences, workload.num_requests))
 
 
-def _mlp_params(s: ModelShape) -> float:
-    if s.num_experts:
-        shared = max(s.intermediate_size - s.experts_per_token * s.expert_intermediate_size, 0)
-        routed = s.num_experts * s.expert_intermediate_size
-        return 3.0 * s.hidden_size * (routed + shared) + s.hidden_size * s.num_experts  # + the router
-    return 3.0 * s.hidden_size * s.intermediate_size
-
-
 def full_layer_params(s: ModelShape) -> float:
-    """A full-attention decoder layer (as the roofline prices it, with every expert of a MoE)."""
-    attn_out = s.num_attention_heads * s.head_dim
-    q_rows = attn_out * (2 if s.attention_output_gate else 1)
-    return (
-        s.hidden_size * (q_rows + 2 * s.num_kv_heads * s.head_dim) + attn_out * s.hidden_size + _mlp_params(s)
-    )
+    """A full-attention decoder layer as a GPU holds it (every expert of a MoE)."""
+    return shape.full_layer_params(s, all_experts=True)
 
 
 def linear_layer_params(s: ModelShape) -> float:
-    """A Gated-DeltaNet layer (in_proj_qkvz + in_proj_ba + out_proj + MLP); without its dims, a full layer."""
-    if not s.linear_head_dim:
-        return full_layer_params(s)
-    d, nk, nv = s.linear_head_dim, s.linear_key_heads, s.linear_value_heads
-    return s.hidden_size * (2 * nk * d + 2 * nv * d + 2 * nv) + nv * d * s.hidden_size + _mlp_params(s)
+    """A Gated-DeltaNet layer as a GPU holds it; without its dims, a full layer."""
+    return shape.linear_layer_params(s, all_experts=True)
 
 
 def _full_share(s: ModelShape) -> float:
