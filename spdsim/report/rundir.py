@@ -152,16 +152,10 @@ def _step_requests(traced) -> dict[int, str]:
 def _request_tracks(events: list[str], pid: int, first_tid: int, traced, requests: tuple[int, ...]) -> None:
     """One track per traced request: sent -> decode start ("wait + prefill"), decode start -> last token
     ("decode", with its token count and TTFT)."""
-    import numpy as np
+    from spdsim.engine.metrics import request_latencies_ns
 
-    count = len(traced.request_start_ns)
-    owners = np.fromiter((t.request for t in traced.tokens), dtype=np.int64)
-    commits = np.fromiter((t.commit_ns for t in traced.tokens), dtype=np.int64)
-    first = np.full(count, np.iinfo(np.int64).max, dtype=np.int64)
-    last = np.full(count, -1, dtype=np.int64)
-    np.minimum.at(first, owners, commits)
-    np.maximum.at(last, owners, commits)
-    tokens = np.bincount(owners, minlength=count)
+    latencies = request_latencies_ns(traced)
+    first, last, tokens = latencies["first"], latencies["last"], latencies["tokens"]
     for position, request in enumerate(requests):
         tid = first_tid + 1 + position
         _thread(events, pid, tid, f"request {request}")
