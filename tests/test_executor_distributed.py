@@ -305,3 +305,23 @@ def test_stream_ordered_waits_do_not_block_and_the_watchdog_names_a_silent_peer(
         link.wait(_NcclWork(0.0), 0, "control word")
     assert str(info.value) == expected
     link.watchdog().close()
+
+
+def test_a_watched_query_that_raises_ends_the_bound_with_its_message():
+    from executor.distributed.comm import Watchdog
+
+    failures: list[str] = []
+
+    def broken() -> bool:
+        raise RuntimeError("CUDA error: an illegal memory access")
+
+    watchdog = Watchdog(failures.append, tick_s=0.01)
+    watchdog.watch(broken, "rank 1: no answer from rank 0 (control word)", limit_s=60.0)
+    deadline = time.monotonic() + 5
+    while not failures and time.monotonic() < deadline:
+        time.sleep(0.01)
+    watchdog.close()
+    assert failures == [
+        "rank 1: no answer from rank 0 (control word) (RuntimeError: CUDA error: an illegal memory access)"
+    ]
+    assert watchdog.failure == failures[0] and watchdog.pending() == 1

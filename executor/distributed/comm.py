@@ -160,21 +160,30 @@ class Watchdog:
         if self._device is not None and self._device.type == "cuda" and torch.cuda.is_available():
             torch.cuda.set_device(self._device)
         while not self._stop.wait(self.tick_s):
-            with self._lock:
-                watched, self._watched = self._watched, []
-            now, keep = time.monotonic(), []
-            for entry in watched:
+            failure = self._scan(time.monotonic())
+            if failure is not None:
+                self.failure = failure
+                if self._fail is not None:
+                    self._fail(failure)
+                return
+
+    def _scan(self, now: float) -> str | None:
+        """Drop completed work; the message of the first one past its deadline (or whose query raised)."""
+        with self._lock:  # the whole scan: ``pending()`` never sees a half-scanned list
+            keep = []
+            for entry in self._watched:
                 deadline, done, message = entry
-                if done():
+                try:
+                    finished = done()
+                except Exception as exc:  # noqa: BLE001 - a failed query (a CUDA error) ends the bound too
+                    return f"{message} ({type(exc).__name__}: {exc})"
+                if finished:
                     continue
                 if now > deadline:
-                    self.failure = message
-                    if self._fail is not None:
-                        self._fail(message)
-                    return
+                    return message
                 keep.append(entry)
-            with self._lock:
-                self._watched[:0] = keep
+            self._watched = keep
+        return None
 
 
 class Link:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from executor.stages import uneven_counts
 from spdsim.contract.profile_schema import validate_profile
 from spdsim.engine.metrics import summarize
 from spdsim.engine.run import simulate
@@ -56,11 +57,6 @@ ASSUMPTIONS = {
     "drafter_head_fraction": 1.0,  # draft lm_head + argmax relative to the target's lm_head + verify
     "p2p_copy_us": 5.0,  # the d2d copy a "p2p" phase would hold
 }
-
-
-def stage_split(layers: int, n: int) -> tuple[int, ...]:
-    """The executor's split: even, else the first L mod n stages one layer longer."""
-    return tuple(layers // n + (1 if s < layers % n else 0) for s in range(n))
 
 
 def host_issue_us(bundle: dict, graphs: int) -> float:
@@ -175,18 +171,18 @@ def predict(bundles: dict[str, Path | None]) -> list[dict]:
                     method = MethodSpec(
                         name="spd",
                         num_stages=n,
-                        stage_layers=stage_split(layers, n),
+                        stage_layers=uneven_counts(layers, n),
                         spec_layers=1,
                         drafter_placement=where,
                         verify_placement="last-stage",
                         draft_vocab_size=0,
                     )
+                    # the saturated cycle does not depend on α: priced once per design
+                    first = scenario(profile, bundle, method, ALPHAS[0], overheads)
+                    saturated = pipeline_costs(first, build_latency_model(first)).cycle_ns[n]
                     for alpha in ALPHAS:
                         spec = scenario(profile, bundle, method, alpha, overheads)
-                        result = simulate(spec, record_intervals=False)
-                        summary = summarize(result, ar)
-                        costs = pipeline_costs(spec, build_latency_model(spec))
-                        saturated = costs.cycle_ns[n]
+                        summary = summarize(simulate(spec, record_intervals=False), ar)
                         rows.append(
                             {
                                 "model": tag,
