@@ -21,7 +21,7 @@ from spdsim.contract import (
     write_file,
     write_text_file,
 )
-from spdsim.contract.extras import require_parquet
+from spdsim.contract.extras import is_parquet, require_parquet
 
 TOKEN_COLUMNS = (
     "method",
@@ -99,7 +99,7 @@ def cycles_csv(result: RunResult) -> str:
 def write_trace(result: RunResult, path: str | Path) -> Path:
     """The acceptance trace alone, as CSV or (by suffix .parquet) Parquet."""
     path = Path(path)
-    if path.suffix.lower() in (".parquet", ".pq"):
+    if is_parquet(path):
         import pandas as pd
 
         require_parquet("Parquet output")

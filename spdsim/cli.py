@@ -92,14 +92,6 @@ def _check_workers(workers: int) -> int:
     return workers
 
 
-def _check_table_extra(out: Path) -> None:
-    """A Parquet table needs the 'parquet' extra: said before any work, in one line."""
-    from spdsim.contract.extras import is_parquet, require_parquet
-
-    if is_parquet(out):
-        require_parquet("Parquet output")
-
-
 def _scenario_paths(targets: list[Path] | None) -> list[Path]:
     from spdsim.report.rundir import run_config_path
 
@@ -246,13 +238,11 @@ def sweep(
     ] = None,
 ) -> None:
     """Simulate every point of a grid over scenario fields and write one row per point and run."""
-    from spdsim.contract.files import check_out_file
-    from spdsim.drivers.sweep import TABLE_SUFFIXES, check_scheduler, run_sweep, write_table
+    from spdsim.drivers.sweep import check_scheduler, check_table_out, run_sweep, write_table
 
     if out is None:
         raise SpdsimError("--out: give the output table, FILE.csv or FILE.parquet")
-    check_out_file(out, TABLE_SUFFIXES)
-    _check_table_extra(out)
+    check_table_out(out)
     if not grid:
         raise SpdsimError("--grid: give at least one KEY=VALUES axis, e.g. method.num_stages=2,4,8,16")
     _check_workers(workers)
@@ -329,7 +319,6 @@ def optimize(
     """Search SPD designs (n, L_s, stage split, drafter placement) for the scenario's hardware, model, acceptance."""
     import pandas as pd
 
-    from spdsim.contract.files import check_out_file
     from spdsim.drivers.optimize import (
         SearchSpace,
         load_base_scenario,
@@ -338,13 +327,12 @@ def optimize(
         render_result,
         search,
     )
-    from spdsim.drivers.sweep import TABLE_SUFFIXES, write_table
+    from spdsim.drivers.sweep import check_table_out, write_table
 
     if max_gpus < 0 or max_gpus == 1:
         raise SpdsimError(f"--max-gpus: SPD needs at least 2 GPUs, or 0 for no limit (got {max_gpus})")
     if out is not None:
-        check_out_file(out, TABLE_SUFFIXES)
-        _check_table_extra(out)
+        check_table_out(out)
     _check_workers(workers)
     space = SearchSpace(
         stages=parse_int_range(stages, "--stages"),

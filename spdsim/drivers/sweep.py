@@ -246,11 +246,23 @@ def run_sweep(
     return sweep_tasks(tasks, workers, progress, scheduler)
 
 
-def write_table(frame, out: str | Path) -> Path:
-    """Write CSV or Parquet atomically (``spdsim.contract.files.write_file``: temporary sibling, then rename)."""
-    from spdsim.contract.files import check_out_file, write_file
+def check_table_out(out: str | Path) -> Path:
+    """The output table's path checked before any work: its suffix, the directory rules, and for Parquet the
+    ``parquet`` extra (one-line errors)."""
+    from spdsim.contract.extras import is_parquet, require_parquet
+    from spdsim.contract.files import check_out_file
 
     out = check_out_file(out, TABLE_SUFFIXES)
+    if is_parquet(out):
+        require_parquet("Parquet output")
+    return out
+
+
+def write_table(frame, out: str | Path) -> Path:
+    """Write CSV or Parquet atomically (``spdsim.contract.files.write_file``: temporary sibling, then rename)."""
+    from spdsim.contract.files import write_file
+
+    out = check_table_out(out)
     if out.suffix == ".csv":
         return write_file(out, lambda temporary: frame.to_csv(temporary, index=False))
     return write_file(out, lambda temporary: frame.to_parquet(temporary, index=False))

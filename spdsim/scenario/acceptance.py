@@ -172,10 +172,11 @@ def load_trace(path: str | Path) -> Trace:
     path = Path(path)
     if not path.is_file():
         raise SpdsimError(f"trace: no such file '{path}'")
-    if is_parquet(path):
+    parquet = is_parquet(path)
+    if parquet:
         require_parquet("Parquet input")
     try:
-        frame = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
+        frame = pd.read_parquet(path) if parquet else pd.read_csv(path)
     except Exception as exc:  # any reader failure is a user file problem
         raise SpdsimError(f"trace '{path}': cannot read ({type(exc).__name__}: {exc})") from None
     for column in TRACE_COLUMNS:
