@@ -384,7 +384,10 @@ def list_(
     from spdsim.methods import catalog as method_catalog
     from spdsim.scenario.presets import CATALOG_SECTIONS, catalog
 
-    for section in CATALOG_SECTIONS if what is None else (what,):
+    sections = ("methods", *CATALOG_SECTIONS)
+    if what is not None and what not in sections:
+        raise SpdsimError(f"list: unknown section '{what}' (allowed: {', '.join(sections)})")
+    for section in sections if what is None else (what,):
         headers, rows = method_catalog() if section == "methods" else catalog(section)
         table = Table(title=section, header_style="bold", show_lines=False)
         for header in headers:

@@ -159,7 +159,7 @@ def get_preset(name: str, presets: dict[str, AcceptancePreset] | None = None) ->
 
 # -------------------------------------------------------------------------------------------------- catalog
 
-CATALOG_SECTIONS = ("methods", "hardware", "models", "presets")
+CATALOG_SECTIONS = ("hardware", "models", "presets")  # `spdsim list` adds "methods" (the methods registry's)
 
 
 def catalog(section: str) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
