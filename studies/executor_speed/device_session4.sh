@@ -8,6 +8,8 @@ OUT=${OUT:-/tmp/out}
 MODELS=${MODELS:-random:qwen3-4b,random:qwen3-8b}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD
+# compiled kernels and their tuning stay on a warm machine between calls (.cache/ is git-ignored)
+export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor TRITON_CACHE_DIR=$PWD/.cache/triton
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit --format=csv > "$OUT/gpu.txt"
 timeout "${FID_S:-440}" python3 studies/fidelity_1gpu/measure.py --models "$MODELS" --limit "${LIMIT:-3}" --kv-lens "${KV:-256,512,1024}" \
   --out "$OUT/fidelity" > "$OUT/fidelity.log" 2>&1

@@ -9,6 +9,8 @@ OUT=${OUT:-/tmp/out}
 MODELS=${MODELS:-random:qwen3.5-4b,random:qwen3.5-9b}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD
+# compiled kernels and their tuning stay on a warm machine between calls (.cache/ is git-ignored)
+export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor TRITON_CACHE_DIR=$PWD/.cache/triton
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit --format=csv > "$OUT/gpu35.txt"
 mkdir -p "$OUT/qwen35"
 for model in ${MODELS//,/ }; do
