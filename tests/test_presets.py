@@ -117,7 +117,7 @@ def test_hardware_and_models_are_embedded_with_sources():
     assert get_model("qwen3.5-4b").num_layers == 32
     assert get_model("qwen3-8b").num_layers == 36
     assert get_model("llama-3.1-8b").intermediate_size == 14336
-    for section in ("hardware", "models", "presets"):
+    for section in ("hardware", "models", "presets", "profiles"):
         headers, rows = catalog(section)
         assert rows and all(row[-1] for row in rows), section
 

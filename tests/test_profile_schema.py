@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from spdsim.contract.profile_schema import PHASE_COORDINATES, ProfileError, load_profile
+from spdsim.contract.profile_schema import PHASE_COORDINATES, ProfileError, embedded_profiles, load_profile
 
 
 def _bundle(**extra):
@@ -60,3 +60,19 @@ def test_bad_tp_fields_are_one_line_errors(tmp_path, change, message):
     with pytest.raises(ProfileError, match=message) as info:
         _load(tmp_path, data)
     assert "\n" not in str(info.value)
+
+
+def test_embedded_measured_profiles_load_by_name_and_carry_their_measurement():
+    names = embedded_profiles()
+    assert "qwen3-4b_h100" in names
+    for name in names:
+        bundle = load_profile(name)
+        model, gpu = name.rsplit("_", 1)
+        assert bundle["model"]["name"].removeprefix("random:") == model
+        assert gpu in bundle["hardware"]["gpu"].lower() and bundle["source"] and bundle["date"]
+        assert bundle["software"]["torch"] and bundle["hardware"]["copy_bandwidth_gbps"] > 0
+
+
+def test_an_unknown_profile_name_lists_the_embedded_ones():
+    with pytest.raises(ProfileError, match="no such file 'qwen9' and no embedded profile.*qwen3-4b_h100"):
+        load_profile("qwen9")

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import json
 import math
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -145,11 +146,23 @@ def _validate_allreduce_fit(fit: Any) -> None:
             )
 
 
+def embedded_profiles() -> dict[str, Path]:
+    """Measured bundles shipped with spdsim (``spdsim/profiles/measured/<model>_<gpu>.json``), by name."""
+    folder = Path(str(resources.files("spdsim") / "profiles" / "measured"))
+    return {p.stem: p for p in sorted(folder.glob("*.json"))}
+
+
 def load_profile(path: str | Path) -> dict[str, Any]:
-    """Read and validate a profile JSON file."""
+    """Read and validate a profile JSON file, or an embedded measured profile by name (``spdsim list profiles``)."""
     path = Path(path)
     if not path.is_file():
-        raise ProfileError(f"profile: no such file '{path}'")
+        embedded = embedded_profiles()
+        if str(path) not in embedded:
+            raise ProfileError(
+                f"profile: no such file '{path}' and no embedded profile of that name "
+                f"(embedded: {', '.join(embedded) or 'none'})"
+            )
+        path = embedded[str(path)]
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:

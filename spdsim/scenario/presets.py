@@ -32,6 +32,7 @@ from spdsim.contract.presets_file import (  # noqa: F401 (the format's names, re
     alpha_from_pipeline_speedup,
     read_preset_file,
 )
+from spdsim.contract.profile_schema import embedded_profiles, load_profile
 from spdsim.errors import SpdsimError
 from spdsim.formulas import alpha_from_chain_tau, alpha_from_sd_speedup  # noqa: F401
 from spdsim.scenario.config import Hardware, ModelShape
@@ -159,7 +160,12 @@ def get_preset(name: str, presets: dict[str, AcceptancePreset] | None = None) ->
 
 # -------------------------------------------------------------------------------------------------- catalog
 
-CATALOG_SECTIONS = ("hardware", "models", "presets")  # `spdsim list` adds "methods" (the methods registry's)
+CATALOG_SECTIONS = (
+    "hardware",
+    "models",
+    "presets",
+    "profiles",
+)  # `spdsim list` adds "methods" (the methods registry's)
 
 
 def catalog(section: str) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
@@ -202,4 +208,14 @@ def catalog(section: str) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
             value = f"r={list(acc['rates'])}" if acc.get("rates") else f"alpha={acc.get('alpha', '-')}"
             rows.append((preset.name, value, preset.source))
         return ("preset", "acceptance", "source"), rows
+    if section == "profiles":
+        rows = []
+        for name in embedded_profiles():
+            bundle = load_profile(name)
+            phases = ", ".join(f"{phase} {len(entries)}" for phase, entries in bundle["phases"].items())
+            gpu = f"{bundle['hardware'].get('gpu', '?')} ({bundle['dtype']}, {bundle['date']})"
+            rows.append(
+                (name, str(bundle["model"].get("name", "?")), gpu, phases, str(bundle.get("source", "")))
+            )
+        return ("profile", "model", "measured on", "phases (entries)", "source"), rows
     raise SpdsimError(f"list: unknown section '{section}' (allowed: {', '.join(CATALOG_SECTIONS)})")
