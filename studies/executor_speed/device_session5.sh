@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One device call (carry [".whl"]) that works through a queue of measurement jobs under one deadline, so a call
+# that starts late or compiles slowly still returns every job it finished. Jobs (JOBS, space-separated):
+#   fid:MODEL   studies/fidelity_1gpu/measure.py: profile bundle, AR, EAGLE-3 chain grid, SPD n = 2, 4 (issue 11)
+#   q35:MODEL   bench_executor_ar.py + measure.py --chain-k "" --spec-layers 2,3,4 (issue 17, Qwen3.5)
+#   tests       the GPU-marked executor tests
+# Results under $OUT: gpu.txt and results.tgz (results/<job>/..., one log per job), re-packed after every job.
+set -u
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}
+JOBS=${JOBS:-"fid:random:qwen3-4b q35:random:qwen3.5-4b fid:random:qwen3-8b q35:random:qwen3.5-9b tests"}
+DEADLINE=$((SECONDS + ${TOTAL_S:-560}))
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD
+# compiled kernels and their tuning stay on a warm machine between calls (.cache/ is git-ignored)
+export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor TRITON_CACHE_DIR=$PWD/.cache/triton
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit --format=csv > "$OUT/gpu.txt"
+RES=/tmp/results
+mkdir -p "$RES"
+
+left() { echo $((DEADLINE - SECONDS)); }
+cap() { local want=$1 have; have=$(left); echo $((want < have ? want : have)); }
+pack() { tar czf "$OUT/results.tgz.tmp" -C /tmp results && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"; }
+
+for job in $JOBS; do
+  [ "$(left)" -gt 30 ] || { echo "deadline: skipped $job"; continue; }
+  kind=${job%%:*}; model=${job#*:}; tag=${model#random:}
+  echo "[$(date +%T)] $job ($(left) s left)"
+  case $kind in
+    fid)
+      timeout "$(cap "${FID_S:-420}")" python3 studies/fidelity_1gpu/measure.py --models "$model" --limit "${LIMIT:-3}" \
+        --kv-lens "${KV:-256,512}" --out "$RES/fidelity" > "$RES/fidelity_$tag.log" 2>&1
+      grep -E "tok/s|FAILED|Error" "$RES/fidelity_$tag.log" | tail -16 ;;
+    q35)
+      mkdir -p "$RES/qwen35"
+      timeout "$(cap "${AR_S:-100}")" python3 studies/benchmarks/bench_executor_ar.py --model "$model" --skip-hf \
+        --new-tokens 128 --out-dir "$RES/qwen35/ar_$tag" > "$RES/qwen35/ar_$tag.log" 2>&1
+      grep -E "fraction|tok/s|Error" "$RES/qwen35/ar_$tag.log" | tail -3
+      timeout "$(cap "${Q35_S:-240}")" python3 studies/fidelity_1gpu/measure.py --models "$model" --chain-k "" \
+        --spec-layers 2,3,4 --kv-lens "${KV:-256,512}" --limit "${LIMIT:-3}" --out "$RES/qwen35" \
+        > "$RES/qwen35/measure_$tag.log" 2>&1
+      grep -E "tok/s|FAILED|Error" "$RES/qwen35/measure_$tag.log" | tail -6 ;;
+    tests)
+      timeout "$(cap "${TESTS_S:-150}")" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_executor_*.py \
+        > "$RES/gpu_tests.log" 2>&1
+      grep -v "CUDAEvent\|Assertion" "$RES/gpu_tests.log" | tail -6 ;;
+  esac
+  pack
+done
+echo "[$(date +%T)] done ($(left) s left)"
