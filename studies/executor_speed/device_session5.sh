@@ -19,7 +19,7 @@ RES=/tmp/results
 mkdir -p "$RES"
 
 left() { echo $((DEADLINE - SECONDS)); }
-cap() { local want=$1 have; have=$(left); echo $((want < have ? want : have)); }
+cap() { local want=$1 have; have=$(left); have=$((have > 5 ? have : 5)); echo $((want < have ? want : have)); }  # never 0: timeout 0 waits forever
 pack() { tar czf "$OUT/results.tgz.tmp" -C /tmp results && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"; }
 
 for job in $JOBS; do
