@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 from spdsim.calibration.fit import calibrate, write_profile  # noqa: E402
 from spdsim.calibration.replay import validate  # noqa: E402
 from spdsim.contract import ModelShape  # noqa: E402
+from spdsim.errors import SpdsimError  # noqa: E402
 from spdsim.scenario.memory import layer_weight_bytes  # noqa: E402
 
 FIT_RUNS = ("ar", "eagle3_k3_a0.80")
@@ -34,8 +35,13 @@ def analyze_model(folder: Path) -> pd.DataFrame:
     profile = calibrate([folder / "profile.json"], fit)
     profile_path = folder / "calibrated_profile.json"
     write_profile(profile, profile_path)
-    comparisons = validate(runs, profile_path, baseline=folder / "ar")
     rows = []
+    comparisons = []
+    for run in runs:  # one run at a time: a run the bundle cannot price is a row with its reason, not a crash
+        try:
+            comparisons += validate([run], profile_path, baseline=folder / "ar")
+        except SpdsimError as exc:
+            rows.append({"model": folder.name, "run": run.name, "role": "not priced", "warning": str(exc)})
     for comparison in comparisons:
         summary = json.loads((folder / comparison.run / "summary.json").read_text())
         rows.append(
@@ -118,7 +124,7 @@ def report(frame: pd.DataFrame) -> str:
         "| model | run | role | nominal a | realised a | re-anchors | TPOT meas. (ms) | TPOT err % | speedup meas. | speedup err % |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in frame.sort_values(["model", "role", "run"]).itertuples():
+    for row in frame[frame.role != "not priced"].sort_values(["model", "role", "run"]).itertuples():
 
         def fmt(value, spec):
             return "" if value is None or pd.isna(value) else format(value, spec)
@@ -129,6 +135,8 @@ def report(frame: pd.DataFrame) -> str:
             f"{fmt(row.measured_tpot_ms, '.3f')} | {fmt(row.error_pct_tpot_ms, '+.1f')} | "
             f"{fmt(row.measured_speedup, '.2f')} | {fmt(row.error_pct_speedup, '+.1f')} |"
         )
+    for row in frame[frame.role == "not priced"].itertuples():
+        lines.append(f"| {row.model} | {row.run} | not priced: {row.warning} |")
     lines.append("")
     for role in ("fitted", "held-out"):
         errors = frame.loc[frame.role == role, "error_pct_tpot_ms"].abs()
@@ -149,7 +157,7 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     models = sorted(frame.model.unique())
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
-        part = frame[frame.model == model].sort_values("run")
+        part = frame[(frame.model == model) & (frame.role != "not priced")].sort_values("run")
         colors = ["tab:blue" if r == "fitted" else "tab:orange" for r in part.role]
         ax.barh(part.run, part.error_pct_tpot_ms, color=colors)
         ax.axvspan(-5, 5, color="0.9", zorder=0)

@@ -91,7 +91,7 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
     )
     if device != "cuda":
         grid = ProfileGrid(
-            stage_counts=(1, 2), query_tokens=(1, 3, 4), kv_lens=(16, 256), spec_layers=(1,), iters=3
+            stage_counts=(1, 2), query_tokens=(1, 3, 4), kv_lens=args.kv_lens, spec_layers=(1,), iters=3
         )
     copy_gbps = measure_copy_bandwidth_gbps(device, nbytes=(1 << 30) if device == "cuda" else 1 << 24)
     hardware = hardware_info(device, copy_gbps)
@@ -135,7 +135,12 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--chain-k", default=",".join(map(str, CHAIN_K)), help="EAGLE-3 K values; '' skips")
-    parser.add_argument("--kv-lens", default="256,512,1024", help="live KV lengths of the profile bundle")
+    parser.add_argument(
+        "--kv-lens",
+        default="128,256,512",
+        help="live KV lengths of the profile bundle: from below the shortest prompt to above the longest prompt plus "
+        "new tokens (a reader does not extrapolate); lengths under 256 share the 256-slot window's graphs",
+    )
     parser.add_argument("--spec-layers", default="1", help="SPD drafter depths L_s of the profile bundle")
     args = parser.parse_args()
     args.chain_k = tuple(int(k) for k in args.chain_k.split(",") if k)
