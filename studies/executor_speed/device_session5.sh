@@ -29,7 +29,7 @@ for job in $JOBS; do
   case $kind in
     fid)
       timeout "$(cap "${FID_S:-420}")" python3 studies/fidelity_1gpu/measure.py --models "$model" --limit "${LIMIT:-3}" \
-        --kv-lens "${KV:-128,256,512}" --out "$RES/fidelity" > "$RES/fidelity_$tag.log" 2>&1
+        --kv-lens "${KV:-128,512}" --out "$RES/fidelity" > "$RES/fidelity_$tag.log" 2>&1
       grep -E "tok/s|FAILED|Error" "$RES/fidelity_$tag.log" | tail -16 ;;
     q35)
       mkdir -p "$RES/qwen35"
@@ -37,7 +37,7 @@ for job in $JOBS; do
         --new-tokens 128 --out-dir "$RES/qwen35/ar_$tag" > "$RES/qwen35/ar_$tag.log" 2>&1
       grep -E "fraction|tok/s|Error" "$RES/qwen35/ar_$tag.log" | tail -3
       timeout "$(cap "${Q35_S:-240}")" python3 studies/fidelity_1gpu/measure.py --models "$model" --chain-k "" \
-        --spec-layers 2,3,4 --kv-lens "${KV:-128,256,512}" --limit "${LIMIT:-3}" --out "$RES/qwen35" \
+        --spec-layers 2,3,4 --kv-lens "${KV:-128,512}" --limit "${LIMIT:-3}" --out "$RES/qwen35" \
         > "$RES/qwen35/measure_$tag.log" 2>&1
       grep -E "tok/s|FAILED|Error" "$RES/qwen35/measure_$tag.log" | tail -6 ;;
     tests)
