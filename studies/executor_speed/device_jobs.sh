@@ -3,6 +3,7 @@
 # that starts late or compiles slowly still returns every job it finished. Jobs (JOBS, space-separated):
 #   fid:MODEL   studies/fidelity_1gpu/measure.py: profile bundle, AR, EAGLE-3 chain grid, SPD n = 2, 4 (issue 11)
 #   q35:MODEL   bench_executor_ar.py + measure.py --chain-k "" --spec-layers 2,3,4 (issue 17, Qwen3.5)
+#   bench:MODEL studies/benchmarks/bench_chain.py (K = 3) and bench_spd.py (n = 4) at alpha 0.8, 4 prompts x 256 tokens
 #   tests       the GPU-marked executor tests
 # Results under $OUT: gpu.txt and results.tgz (results/<job>/..., one log per job), re-packed after every job.
 set -u
@@ -40,6 +41,12 @@ for job in $JOBS; do
         --spec-layers 2,3,4 --kv-lens "${KV:-128,512}" --limit "${LIMIT:-3}" --out "$RES/qwen35" \
         > "$RES/qwen35/measure_$tag.log" 2>&1
       grep -E "tok/s|FAILED|Error" "$RES/qwen35/measure_$tag.log" | tail -6 ;;
+    bench)
+      timeout "$(cap "${BENCH_S:-150}")" python3 studies/benchmarks/bench_chain.py --model "$model" --k 3 --alpha 0.8 \
+        --new-tokens 256 --prompts 4 --out "$RES/bench_chain_$tag.json" > "$RES/bench_$tag.log" 2>&1
+      timeout "$(cap "${BENCH_S:-150}")" python3 studies/benchmarks/bench_spd.py --model "$model" --stages 4 --alpha 0.8 \
+        --new-tokens 256 --prompts 4 --out "$RES/bench_spd_$tag.json" >> "$RES/bench_$tag.log" 2>&1
+      tail -8 "$RES/bench_$tag.log" ;;
     tests)
       timeout "$(cap "${TESTS_S:-150}")" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_executor_*.py \
         > "$RES/gpu_tests.log" 2>&1
