@@ -2,7 +2,7 @@
 # One device call (carry [".whl"]) that works through a queue of measurement jobs under one deadline, so a call
 # that starts late or compiles slowly still returns every job it finished. Jobs (JOBS, space-separated):
 #   fid:MODEL   studies/fidelity_1gpu/measure.py: profile bundle, AR, EAGLE-3 chain grid, SPD n = 2, 4 (issue 11)
-#   q35:MODEL   bench_executor_ar.py + measure.py --chain-k "" --spec-layers 2,3,4 (issue 17, Qwen3.5)
+#   q35:MODEL   bench_executor_ar.py (AR_S=0 skips it) + measure.py --chain-k "" --spec-layers 2,3,4 (issue 17, Qwen3.5)
 #   bench:MODEL studies/benchmarks/bench_chain.py (K = 3) and bench_spd.py (n = 4) at alpha 0.8, 4 prompts x 256 tokens
 #   tests       the GPU-marked executor tests
 # Results under $OUT: gpu.txt and results.tgz (results/<job>/..., one log per job), re-packed after every job.
@@ -34,9 +34,9 @@ for job in $JOBS; do
       grep -E "tok/s|FAILED|Error" "$RES/fidelity_$tag.log" | tail -16 ;;
     q35)
       mkdir -p "$RES/qwen35"
-      timeout "$(cap "${AR_S:-100}")" python3 studies/benchmarks/bench_executor_ar.py --model "$model" --skip-hf \
+      [ "${AR_S:-100}" = 0 ] || timeout "$(cap "${AR_S:-100}")" python3 studies/benchmarks/bench_executor_ar.py --model "$model" --skip-hf \
         --new-tokens 128 --out-dir "$RES/qwen35/ar_$tag" > "$RES/qwen35/ar_$tag.log" 2>&1
-      grep -E "fraction|tok/s|Error" "$RES/qwen35/ar_$tag.log" | tail -3
+      grep -sE "fraction|tok/s|Error" "$RES/qwen35/ar_$tag.log" | tail -3
       timeout "$(cap "${Q35_S:-240}")" python3 studies/fidelity_1gpu/measure.py --models "$model" --chain-k "" \
         --spec-layers 2,3,4 --kv-lens "${KV:-128,512}" --limit "${LIMIT:-3}" --out "$RES/qwen35" \
         > "$RES/qwen35/measure_$tag.log" 2>&1
