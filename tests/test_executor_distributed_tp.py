@@ -10,7 +10,8 @@ import torch
 from distributed_tiny import prompt_set, tiny_source
 
 from executor.distributed import DistributedError
-from executor.distributed.tp import ShardedModel, check_tp_degree, run_tensor_parallel
+from executor.distributed.comm import Watchdog
+from executor.distributed.tp import ShardedModel, check_tp_degree, run_tensor_parallel, step_watch
 from executor.schedules.common import DecodeOptions
 from executor.schedules.dispatch import run_ar
 from spdsim.errors import SpdsimError
@@ -27,6 +28,35 @@ def test_one_shard_is_the_full_model():
     positions = torch.arange(4)
     expected = model(tokens, positions, model.new_cache(16))
     assert torch.equal(shard(tokens, positions, shard.new_cache(16)), expected)
+
+
+def test_a_step_that_never_finishes_ends_the_rank_with_its_name(monkeypatch):
+    """The TP step bound is the link watchdog's: each step's event is watched; a finished one is dropped, one still
+    running at its deadline fails the rank with a line naming it (CUDA events stood in for: this runs on CPU)."""
+
+    class Event:
+        finished = True
+
+        def record(self):
+            pass
+
+        def query(self):
+            return Event.finished
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    failures: list[str] = []
+    watchdog = Watchdog(failures.append, tick_s=0.01)
+    mark = step_watch(watchdog, "tp rank 1", timeout_s=0.05)
+    mark()
+    time.sleep(0.1)
+    assert failures == [] and watchdog.pending() == 0
+    Event.finished = False
+    mark()
+    deadline = time.monotonic() + 5
+    while not failures and time.monotonic() < deadline:
+        time.sleep(0.01)
+    watchdog.close()
+    assert failures == ["tp rank 1: decode step did not finish within 0.05 s (a peer is dead or stuck)"]
 
 
 def test_degree_must_divide_heads_and_mlp():

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import threading
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,7 +24,7 @@ from datetime import timedelta
 import torch
 
 from executor.cache import KVCache, window_capacity
-from executor.distributed.comm import OP_GO, Control, DistributedError
+from executor.distributed.comm import OP_GO, Control, DistributedError, Watchdog
 from executor.distributed.launch import FAULTS, ModelSource, _fail, init_rank, launch_ranks, pick_backend
 from executor.fastmodel import DecoderAPI, FastModel
 from executor.graphs import GraphCache
@@ -166,47 +164,25 @@ def bounded_reduce(backend: str, name: str, timeout_s: float):
     return gloo_reduce
 
 
-class StepWatchdog:
-    """GPU only: a thread that fails the rank when the newest step has not finished ``timeout_s`` after its
-    launch (graph replays hold NCCL all_reduces that no host wait covers)."""
+def step_watch(watchdog: Watchdog, name: str, timeout_s: float) -> Callable[[], None]:
+    """GPU only: after each step, bound it by ``watchdog`` (graph replays hold NCCL all_reduces that no host wait
+    covers): the rank fails when a step has not finished ``timeout_s`` after its launch."""
+    message = f"{name}: decode step did not finish within {timeout_s:g} s (a peer is dead or stuck)"
 
-    def __init__(self, device, name: str, timeout_s: float, on_timeout: Callable[[str], None]):
-        self.device, self.name, self.timeout_s, self.on_timeout = device, name, timeout_s, on_timeout
-        self._pending: tuple[torch.cuda.Event, float] | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def mark(self) -> None:
+    def mark() -> None:
         event = torch.cuda.Event()
         event.record()
-        self._pending = (event, time.monotonic())
+        watchdog.watch(event.query, message, timeout_s)
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=1)
-
-    def _watch(self) -> None:
-        torch.cuda.set_device(self.device)
-        while not self._stop.wait(0.05):
-            pending = self._pending
-            if (
-                pending is not None
-                and time.monotonic() - pending[1] > self.timeout_s
-                and not pending[0].query()
-            ):
-                self.on_timeout(
-                    f"{self.name}: decode step did not finish within {self.timeout_s:g} s (a peer is dead or stuck)"
-                )
-                return
+    return mark
 
 
 class WatchedGraphCache(GraphCache):
-    """The AR schedule's graph cache with a per-step hook: watchdog mark (GPU) and fault injection (tests)."""
+    """The AR schedule's graph cache with a per-step hook: the step's watch (GPU) and fault injection (tests)."""
 
-    def __init__(self, enabled: bool, watchdog: StepWatchdog | None, fault: tuple[str, int, int] | None):
+    def __init__(self, enabled: bool, on_step: Callable[[], None] | None, fault: tuple[str, int, int] | None):
         super().__init__(enabled=enabled)
-        self.watchdog, self.fault, self.steps = watchdog, fault, 0
+        self.on_step, self.fault, self.steps = on_step, fault, 0
 
     def run(self, key, fn, *inputs):
         if self.fault is not None and self.steps == self.fault[2]:
@@ -215,8 +191,8 @@ class WatchedGraphCache(GraphCache):
             fault_point(self.fault, Control(OP_GO, cycle=self.steps))
         self.steps += 1
         out = super().run(key, fn, *inputs)
-        if self.watchdog is not None:
-            self.watchdog.mark()
+        if self.on_step is not None:
+            self.on_step()
         return out
 
 
@@ -263,11 +239,10 @@ def _rank_main(rank, port, backend, source, prompts, config: TPConfig, jobs, res
     name = roles.name(rank)
     try:
         device = init_rank(rank, port, backend, roles.world_size, config.timeout_s + 60)
-        watchdog = None
+        watchdog = on_step = None
         if device.type == "cuda":
-            watchdog = StepWatchdog(
-                device, name, config.timeout_s, lambda message: _fail(results, rank, message)
-            )
+            watchdog = Watchdog(lambda message: _fail(results, rank, message), device=device)
+            on_step = step_watch(watchdog, name, config.timeout_s)
         fault = config.fault if config.fault and config.fault[1] == rank else None
         with torch.inference_mode():
             model = source.build(device)
@@ -277,7 +252,7 @@ def _rank_main(rank, port, backend, source, prompts, config: TPConfig, jobs, res
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            graphs = WatchedGraphCache(config.use_graphs, watchdog, fault)
+            graphs = WatchedGraphCache(config.use_graphs, on_step, fault)
             runs = []
             for job in jobs:
                 prompt_runs = decode_sharded(shard, prompts, job, graphs)
