@@ -227,7 +227,7 @@ def test_control_words_reuse_one_ring_and_sends_are_awaited_where_their_slot_is_
     just before its slot is rewritten (never at the start of its own or the next cycle), and only a flush that
     waits for a young send counts as a host sync."""
     from executor.distributed import comm
-    from executor.schedules.spd import HostSyncs
+    from executor.host_sync import HostSyncs
 
     link = comm.Link(0, Roles(2, colocated=True), torch.device("cpu"), 5.0, 5.0)
     log: list = []

@@ -258,7 +258,7 @@ def test_graph_keys_are_bounded_and_only_saturated_cycles_sync_once(model, refer
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_steady_state_cycles_do_not_sync_on_cuda(monkeypatch):
     """Under torch.cuda.set_sync_debug_mode("error"), every cycle of the later prompts (all graphs captured by the
-    first) runs without a device sync except the verify read (`spd.to_host`, which lifts the mode)."""
+    first) runs without a device sync except the verify read (`host_sync.to_host`, which lifts the mode)."""
     from contextlib import contextmanager
 
     from executor.schedules import spd as spd_module

@@ -19,7 +19,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from executor.schedules.spd import HostSyncs
+from executor.host_sync import HostSyncs
 
 # Control ops.
 OP_GO = 1  # one decode cycle: stages 0..active-1 forward their token

@@ -30,13 +30,14 @@ forwards per rejection. Attention-only models (a DeltaNet layer reads its state 
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
 
 from executor.graphs import GraphCache
 from executor.heads.fast_spd import FastSpdDrafter
+from executor.host_sync import HostSyncs, sync_allowed, to_host
 from executor.schedules.base import cache_length, follow_synthetic, prefill, synthetic_drafts, window
 from executor.schedules.common import (
     DecodeOptions,
@@ -52,32 +53,6 @@ from executor.schedules.common import (
 )
 from executor.stages import StageSplit
 from spdsim.contract import SpdsimError
-
-
-class HostSyncs:
-    """Device-to-host reads of the decode loop (tests check: at most one per cycle, none in fill/refill)."""
-
-    count = 0
-
-
-@contextmanager
-def sync_allowed():
-    """Lift `torch.cuda.set_sync_debug_mode("error")` around a deliberate sync (the verify read, a re-anchor)."""
-    mode = torch.cuda.get_sync_debug_mode() if torch.cuda.is_available() else 0
-    if mode:
-        torch.cuda.set_sync_debug_mode(0)
-    try:
-        yield
-    finally:
-        if mode:
-            torch.cuda.set_sync_debug_mode(mode)
-
-
-def to_host(tensor: torch.Tensor, allowed: bool = True) -> list:
-    """The counted host sync: a small device tensor as a Python list."""
-    HostSyncs.count += 1
-    with sync_allowed() if allowed else nullcontext():
-        return tensor.reshape(-1).tolist()
 
 
 class InFlight:
