@@ -21,6 +21,7 @@ from dataclasses import fields
 
 from spdsim.scenario.checks import check
 from spdsim.scenario.config import Scenario
+from spdsim.scenario.memory import layer_weight_bytes
 
 MAX_TOKENS = 1_000_000
 MAX_NEW_TOKENS = 100_000
@@ -94,9 +95,7 @@ def _check_roofline_token_time(scenario: Scenario) -> None:
     """The weights read for one token (attention + MLP + lm_head) at the hardware's bandwidth: <= 100 s."""
     m, hw = scenario.model, scenario.hardware
     assert m is not None and hw is not None  # roofline scenarios have both (checked before)
-    per_layer = m.hidden_size * (2 * m.num_attention_heads + 2 * m.num_kv_heads) * m.head_dim
-    per_layer += 3 * m.hidden_size * m.intermediate_size
-    weight_bytes = (m.num_layers * per_layer + m.vocab_size * m.hidden_size) * m.dtype_bytes
+    weight_bytes = layer_weight_bytes(m, m.num_layers) + m.vocab_size * m.hidden_size * m.dtype_bytes
     seconds = weight_bytes / (hw.stream_bandwidth_gbps * hw.bandwidth_efficiency * 1e9)
     check(
         seconds * 1e9 <= MAX_PHASE_NS,
