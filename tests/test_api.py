@@ -94,3 +94,9 @@ def test_the_readme_python_block_runs_as_written(tmp_path, monkeypatch):
     (tmp_path / "my_scenario.toml").write_text(MY_SCENARIO)
     monkeypatch.chdir(tmp_path)
     exec(compile(block, "README.md", "exec"), {})
+
+
+def test_negative_trace_requests_are_refused_before_simulating():
+    for bad in (-1, [0, -2]):
+        with pytest.raises(spdsim.SpdsimError, match="none negative"):
+            spdsim.simulate(overrides=ONE, trace_requests=bad)

@@ -360,3 +360,8 @@ def test_simulate_traces_the_chosen_requests_of_a_serving_run(tmp_path):
     assert {t for t in tracks if t.startswith("request ")} == {"request 0", "request 3"}
     result = invoke("simulate", *SMALL, *serving, "--trace-requests", "first", "--out", str(tmp_path / "x"))
     assert result.exit_code == 2 and "--trace-requests" in result.stderr
+    for negative in ("-1", "0,-3"):
+        result = invoke(
+            "simulate", *SMALL, *serving, "--trace-requests", negative, "--out", str(tmp_path / "y")
+        )
+        assert result.exit_code == 2 and "none negative" in result.stderr and not (tmp_path / "y").exists()

@@ -100,13 +100,16 @@ def parse_trace_requests(text: str) -> TraceRequests:
     if text.strip() == "all":
         return sys.maxsize
     try:
-        if "," not in text:
-            return int(text)
-        return tuple(int(part) for part in text.split(",") if part.strip())
+        chosen: int | tuple[int, ...] = (
+            int(text) if "," not in text else tuple(int(part) for part in text.split(",") if part.strip())
+        )
     except ValueError:
+        chosen = -1
+    if min(chosen if isinstance(chosen, tuple) else (chosen,), default=-1) < 0:
         raise SpdsimError(
-            f"--trace-requests: 'all', a count or request indices like 0,5,9 (got '{text}')"
-        ) from None
+            f"--trace-requests: 'all', a count or request indices like 0,5,9, none negative (got '{text}')"
+        )
+    return chosen
 
 
 def served_trace(result: Result, requests: Sequence[int]) -> Result:
