@@ -44,11 +44,7 @@ SetOpt = Annotated[
     typer.Option("--set", help="Override KEY=VALUE, e.g. method.num_stages=16 (repeatable)."),
 ]
 ProfileOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--profile",
-        help="Profile bundle JSON (measured latencies) or an embedded one (`spdsim list profiles`).",
-    ),
+    Path | None, typer.Option("--profile", help="Profile bundle JSON, or `spdsim list profiles` name.")
 ]
 AcceptanceOpt = Annotated[
     str | None,
