@@ -132,3 +132,30 @@ def test_the_ar_baseline_and_the_optimizer_designs_must_fit_too(tmp_path, capsys
     space = SearchSpace(stages=(1, 2, 3, 4), spec_layers=(1,), placements=("own-gpu",), splits=("even",))
     assert {d.num_stages for d in enumerate_designs(base, space)} == {1, 2, 3, 4}
     assert {d.num_stages for d in enumerate_designs(small, space)} == {2, 3, 4}
+
+
+def test_the_draft_models_hold_the_layers_their_methods_price():
+    from spdsim.scenario.memory import layer_weight_bytes
+    from spdsim.scenario.presets import get_model
+
+    shape = get_model("qwen3-8b")  # 36 layers, untied: a separate LM holds its embedding and its lm_head
+    language_model = 2 * shape.vocab_size * shape.hidden_size * shape.dtype_bytes
+    ar = loads("ar", "model=qwen3-8b")["gpu0"].weight_bytes
+    for fraction, layers in ((0.25, 9), (0.0, 4)):
+        run = load_runs(
+            methods=["draft-model"],
+            overrides=[
+                *SMALL,
+                "model=qwen3-8b",
+                "method.draft_layers=4",
+                f"method.draft_model_layers_fraction={fraction}",
+            ],
+        )[0]
+        assert run.scenario.method.draft_model_layers(shape.num_layers) == layers
+        drafter = gpu_loads(run.scenario)[0].weight_bytes - ar
+        assert drafter == pytest.approx(layer_weight_bytes(shape, layers) + language_model)
+    # cascade: the middle model (a quarter of 36 layers) and the little model (draft_layers = 2)
+    cascade = loads("cascade", "model=qwen3-8b", "method.draft_layers=2")["gpu0"].weight_bytes - ar
+    assert cascade == pytest.approx(
+        layer_weight_bytes(shape, 9) + layer_weight_bytes(shape, 2) + 2 * language_model
+    )

@@ -58,3 +58,32 @@ def test_positional_acceptance_reaches_the_vllm_acceptance_length(name):
     result = simulate(scenario, record_intervals=False)
     accepted = sum(v.accepted for v in result.verifications)
     assert 1 + accepted / len(result.verifications) == pytest.approx(1 + sum(rates), rel=0.02)
+
+
+@pytest.mark.parametrize("name", ["draft-model", "eagle3", "mtp", "dflash", "peagle"])
+def test_batched_pass_of_a_constant_model_is_the_single_request_pass_at_the_longest_context(name):
+    from types import SimpleNamespace
+
+    from spdsim.methods.batched import ChainDecoder
+    from spdsim.methods.common import kv_lengths
+    from spdsim.methods.parallel import parallel_pass_ns
+
+    scenario = ideal(
+        name,
+        0.5,
+        4,
+        draft_step_ns=0 if name == "draft-model" else 2_000,
+        draft_model_layers_fraction=0.25,
+        draft_layers=2,
+    )
+    scenario = replace(
+        scenario, latency=replace(scenario.latency, embed_ns=10, head_ns=200, per_query_token_ns=320)
+    )
+    latency = _latency(scenario)
+    single = parallel_pass_ns if name in ("dflash", "peagle") else chain_draft_pass_ns
+    committed = 7
+    kv = int(kv_lengths(scenario)[committed])
+    decoder = ChainDecoder(SimpleNamespace(scenario=scenario, latency=latency))
+    assert decoder.draft_pass_ns(3, 3 * kv - 5, kv) == single(scenario, latency)[committed]
+    if name == "draft-model":  # 8 of the 32 layers: embed + 8 x layer_ns + head
+        assert decoder.draft_pass_ns(1, kv, kv) == 10 + 8_000 + 200

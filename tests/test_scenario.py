@@ -247,3 +247,20 @@ def test_acceptance_model_dataset_moves_every_matching_preset():
     assert runs["mtp-k3"].acceptance.preset == "qwen3.5-9b/gsm8k/mtp-k3"  # no Qwen3.5-4B figure: unchanged
     with pytest.raises(SpdsimError, match="datasets of qwen3.5-4b: gsm8k, humaneval, mt_bench, overall"):
         load_runs(acceptance="qwen3.5-4b/alpaca")
+
+
+def test_drafter_layer_counts_are_fractions_of_the_target():
+    from spdsim.scenario.config import MethodSpec
+
+    # classic draft model: the fraction of the target's layers (at least one), else draft_layers
+    assert MethodSpec(draft_model_layers_fraction=0.25, draft_layers=5).draft_model_layers(32) == 8
+    assert MethodSpec(draft_model_layers_fraction=0.3).draft_model_layers(36) == 11  # round(10.8)
+    assert MethodSpec(draft_model_layers_fraction=0.01).draft_model_layers(32) == 1
+    assert MethodSpec(draft_layers=5).draft_model_layers(32) == 5
+    assert MethodSpec(draft_model_layers_fraction=0.25, draft_layers=5).draft_model_layers(None) == 5
+    # the cascade's middle model: the fraction, else a quarter of the target (of 4 layers without a shape)
+    assert MethodSpec(draft_model_layers_fraction=0.3, draft_layers=5).cascade_draft_layers(36) == 11
+    assert MethodSpec(draft_layers=5).cascade_draft_layers(36) == 9
+    assert MethodSpec(draft_model_layers_fraction=0.01).cascade_draft_layers(32) == 1
+    assert MethodSpec().cascade_draft_layers(None) == 1
+    assert MethodSpec(draft_model_layers_fraction=0.5).cascade_draft_layers(None) == 2

@@ -35,10 +35,9 @@ from spdsim.formulas import (  # noqa: F401
 from spdsim.latency.build import build_latency_model
 from spdsim.latency.model import LatencyModel
 from spdsim.methods import get_method
-from spdsim.methods.adaptive import cascade_draft_layers
 from spdsim.methods.ar import ar_step_costs
 from spdsim.methods.chain import chain_draft_pass_ns
-from spdsim.methods.common import VerifyTable, kv_lengths, serial_overheads_ns
+from spdsim.methods.common import VerifyTable, kv_lengths, serial_overheads_ns, target_layers
 from spdsim.methods.parallel import parallel_pass_ns
 from spdsim.methods.pipeline import member_parts_ns, pipeline_costs
 from spdsim.scenario.acceptance import AcceptanceModel, build_acceptance_model, logit
@@ -217,7 +216,7 @@ def _cascade(scenario, latency, acceptance, outcomes):
     _, _, inner_stop = _adaptive_setup(scenario, inner_model)
     kv = kv_lengths(scenario)
     little = _mean_cost(latency.little_model_ns(scenario.method.draft_layers, 1, kv), scenario)
-    middle_layers = cascade_draft_layers(scenario)
+    middle_layers = scenario.method.cascade_draft_layers(target_layers(scenario))
     # tokens-per-inner-iteration pmf and mean inner iteration time
     tokens_pmf = np.zeros(k_max + 2)
     inner_time = 0.0

@@ -21,6 +21,7 @@ from spdsim.methods.common import (
     kv_lengths,
     record_serial_iteration,
     serial_overheads_ns,
+    target_layers,
     verify_and_commit,
 )
 from spdsim.scenario.acceptance import logit
@@ -39,14 +40,6 @@ def stop_length(
         if k >= k_min and 1.0 - cumulative > h:
             return k
     return k_max
-
-
-def cascade_draft_layers(scenario) -> int:
-    """The cascade's middle (draft) model: a fraction of the target, else a quarter of it."""
-    method = scenario.method
-    layers = scenario.model.num_layers if scenario.model is not None else 4
-    fraction = method.draft_model_layers_fraction if method.draft_model_layers_fraction > 0 else 0.25
-    return max(1, round(fraction * layers))
 
 
 class _Draws:
@@ -120,7 +113,7 @@ def run_cascade(env, context, request, streams):
     inner_survival = [-(inner_alpha**k) for k in range(1, k_max + 1)]
     kv = kv_lengths(scenario)
     little_ns = context.latency.little_model_ns(scenario.method.draft_layers, 1, kv).tolist()
-    middle_layers = cascade_draft_layers(scenario)
+    middle_layers = scenario.method.cascade_draft_layers(target_layers(scenario))
     middle_verify = {}
     verify_table = VerifyTable(scenario, context.latency)
     control_ns, serial_ns = serial_overheads_ns(scenario, context.latency, with_verify=True)

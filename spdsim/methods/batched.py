@@ -13,7 +13,15 @@ from __future__ import annotations
 from spdsim.engine.batching import Sequence, serve_batched
 from spdsim.engine.result import BUSY, COMM, DRAFT
 from spdsim.latency.model import RooflineLatency
-from spdsim.methods.common import draft_model_layers, gpu_resources, serial_overheads_ns
+from spdsim.methods.common import (
+    chain_head,
+    chain_pass_at,
+    gpu_resources,
+    parallel_block,
+    parallel_pass_at,
+    serial_overheads_ns,
+    target_layers,
+)
 
 
 class ChainDecoder:
@@ -39,33 +47,27 @@ class ChainDecoder:
             seq.state = acceptance.stream(seq.streams.acceptance, seq.spec.index, self.drafted)
 
     def draft_pass_ns(self, batch: int, kv_sum: int, kv_max: int) -> int:
-        """One drafter pass over the batch (batch roofline; other latency kinds: the batch-1 pass at the
-        longest context, as their drafter costs carry no batch coordinate)."""
-        latency, method = self.latency, self.context.scenario.method
+        """One drafter pass over the batch (batch roofline; other latency kinds: the single-request batch-1 pass
+        at the longest context, as their drafter costs carry no batch coordinate).
+
+        The roofline prices the same drafters as the single-request pass (``chain_head``, ``parallel_block``,
+        ``MethodSpec.draft_model_layers``), but over the batch: every request's rows and KV lengths at once."""
+        latency, scenario = self.latency, self.context.scenario
+        method = scenario.method
         if not isinstance(latency, RooflineLatency):
-            return int(self._batch1_pass_ns(kv_max))
+            if self.name in ("dflash", "peagle"):
+                return int(parallel_pass_at(scenario, latency, kv_max))
+            return int(chain_pass_at(scenario, latency, kv_max))
         if self.name in ("draft-model", "specdecpp"):
-            layers = draft_model_layers(self.context.scenario)
+            layers = method.draft_model_layers(target_layers(scenario))
             body = latency.batch_sums_ns(layers, batch, batch, kv_sum, kv_sum)
             return latency.embed_ns(batch) + body + latency.head_ns(batch)
         if self.name in ("dflash", "peagle"):
-            rows = method.draft_tokens + (1 if self.name == "dflash" else 0)
+            rows, vocab = parallel_block(method)
             body = latency.batch_sums_ns(method.draft_layers, batch * rows, batch, kv_sum, rows * kv_sum)
-            return body + latency.lm_head_ns(batch * rows, 0 if self.name == "dflash" else None)
-        layers, vocab = (1, 0) if self.name == "mtp" else (method.draft_layers, None)
+            return body + latency.lm_head_ns(batch * rows, vocab)
+        layers, vocab = chain_head(method)
         return latency.batch_sums_ns(layers, batch, batch, kv_sum, kv_sum) + latency.lm_head_ns(batch, vocab)
-
-    def _batch1_pass_ns(self, kv: int) -> int:
-        latency, method = self.latency, self.context.scenario.method
-        if self.name in ("draft-model", "specdecpp"):
-            return latency.draft_model_ns(draft_model_layers(self.context.scenario), 1, kv)
-        if self.name == "mtp":
-            return latency.chain_draft_ns(1, kv, vocab=0)
-        if self.name == "dflash":
-            return latency.parallel_draft_ns(method.draft_layers, method.draft_tokens + 1, kv, 0)
-        if self.name == "peagle":
-            return latency.parallel_draft_ns(method.draft_layers, method.draft_tokens, kv, None)
-        return latency.chain_draft_ns(method.draft_layers, kv)
 
     def step(self, start_ns: int, seqs: list[Sequence], chunk_rows: int, chunk_kv: int, index: int) -> int:
         kvs = [seq.kv for seq in seqs]

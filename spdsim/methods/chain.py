@@ -11,7 +11,7 @@ from spdsim.methods import Method
 from spdsim.methods.batched import serve_chain_batch
 from spdsim.methods.common import (
     VerifyTable,
-    draft_model_layers,
+    chain_pass_at,
     gpu_resources,
     kv_lengths,
     record_serial_iteration,
@@ -22,13 +22,7 @@ from spdsim.methods.common import (
 
 def chain_draft_pass_ns(scenario, latency) -> list[int]:
     """One serial draft pass per committed count, for draft-model / eagle3 / mtp (and specdecpp's draft LM)."""
-    kv = kv_lengths(scenario)
-    name = scenario.method.name
-    if name in ("draft-model", "specdecpp"):
-        return latency.draft_model_ns(draft_model_layers(scenario), 1, kv).tolist()
-    if name == "mtp":  # one layer reused, the verifier's own lm_head
-        return latency.chain_draft_ns(1, kv, vocab=0).tolist()
-    return latency.chain_draft_ns(scenario.method.draft_layers, kv).tolist()
+    return chain_pass_at(scenario, latency, kv_lengths(scenario)).tolist()
 
 
 def run_draft_verify(env, context, request, streams, pass_ns, passes, drafted):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from spdsim.engine.result import BUSY
 from spdsim.errors import SpdsimError
-from spdsim.latency.model import LatencyModel
-from spdsim.scenario.config import Scenario
+from spdsim.latency.model import KvLen, LatencyModel
+from spdsim.scenario.config import MethodSpec, Scenario
 
 
 def kv_lengths(scenario: Scenario) -> np.ndarray:
@@ -34,12 +36,40 @@ def target_verify_ns(scenario: Scenario, latency: LatencyModel, query_tokens: in
     return latency.target_ns(query_tokens, kv_lengths(scenario), scenario.method.tensor_parallel)
 
 
-def draft_model_layers(scenario: Scenario) -> int:
-    """Layers of a classic draft model: a fraction of the target, or ``draft_layers`` of its shape."""
+def target_layers(scenario: Scenario) -> int | None:
+    """The target's layer count (None without a model shape): what ``MethodSpec.draft_model_layers`` and
+    ``MethodSpec.cascade_draft_layers`` size their drafters from."""
+    return scenario.model.num_layers if scenario.model is not None else None
+
+
+def chain_head(method: MethodSpec) -> tuple[int, int | None]:
+    """(layers, lm_head vocabulary) of a head-style chain drafter: MTP is one layer reused, on the verifier's own
+    lm_head (0: the target's vocabulary); EAGLE-3 is ``draft_layers`` with the draft vocabulary (None)."""
+    return (1, 0) if method.name == "mtp" else (method.draft_layers, None)
+
+
+def parallel_block(method: MethodSpec) -> tuple[int, int | None]:
+    """(query rows, lm_head vocabulary) of one parallel-drafting pass: DFlash's bonus + K mask rows through the
+    target's lm_head (0), P-EAGLE's K slots with EAGLE-3's draft vocabulary (None)."""
+    if method.name == "dflash":
+        return method.draft_tokens + 1, 0
+    return method.draft_tokens, None
+
+
+def chain_pass_at(scenario: Scenario, latency: LatencyModel, kv: KvLen) -> Any:
+    """One batch-1 serial drafter pass (draft-model / SpecDec++'s draft LM / EAGLE-3 / MTP) at context ``kv``
+    (an array of lengths or one): the single-request schedules and the batched one's non-roofline fallback."""
     method = scenario.method
-    if method.draft_model_layers_fraction > 0 and scenario.model is not None:
-        return max(1, round(method.draft_model_layers_fraction * scenario.model.num_layers))
-    return method.draft_layers
+    if method.name in ("draft-model", "specdecpp"):
+        return latency.draft_model_ns(method.draft_model_layers(target_layers(scenario)), 1, kv)
+    layers, vocab = chain_head(method)
+    return latency.chain_draft_ns(layers, kv, vocab)
+
+
+def parallel_pass_at(scenario: Scenario, latency: LatencyModel, kv: KvLen) -> Any:
+    """One batch-1 parallel-drafting pass (DFlash / P-EAGLE) at context ``kv`` (an array of lengths or one)."""
+    rows, vocab = parallel_block(scenario.method)
+    return latency.parallel_draft_ns(scenario.method.draft_layers, rows, kv, vocab)
 
 
 class VerifyTable:

@@ -9,16 +9,12 @@ from __future__ import annotations
 from spdsim.methods import Method
 from spdsim.methods.batched import serve_chain_batch
 from spdsim.methods.chain import run_draft_verify
-from spdsim.methods.common import kv_lengths
+from spdsim.methods.common import kv_lengths, parallel_pass_at
 
 
 def parallel_pass_ns(scenario, latency) -> list[int]:
-    method = scenario.method
-    if method.name == "dflash":  # bonus + K mask rows through the target's lm_head
-        rows, vocab = method.draft_tokens + 1, 0
-    else:  # P-EAGLE: K slots, EAGLE-3's draft vocabulary
-        rows, vocab = method.draft_tokens, None
-    return latency.parallel_draft_ns(method.draft_layers, rows, kv_lengths(scenario), vocab).tolist()
+    """One parallel-drafting pass per committed count (DFlash block / P-EAGLE slots)."""
+    return parallel_pass_at(scenario, latency, kv_lengths(scenario)).tolist()
 
 
 def run_request(env, context, request, streams):

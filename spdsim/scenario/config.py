@@ -147,6 +147,20 @@ class MethodSpec:
     aggregation_types: int = 0  # SPD PDM aggregation projections m (15·H² for m = 5); 0 = not priced
     rank_nodes: tuple[int, ...] = ()  # node of each rank (controller first, then the stages); empty = packed
 
+    def draft_model_layers(self, num_layers: int | None) -> int:
+        """Layers of a classic draft model (draft-model, SpecDec++'s draft LM) of a ``num_layers``-layer target:
+        the fraction of it, or ``draft_layers`` (also without a model shape). One home for the methods' costs
+        and the memory check."""
+        if self.draft_model_layers_fraction > 0 and num_layers is not None:
+            return max(1, round(self.draft_model_layers_fraction * num_layers))
+        return self.draft_layers
+
+    def cascade_draft_layers(self, num_layers: int | None) -> int:
+        """Layers of the cascade's middle (draft) model: the fraction of the target, else a quarter of it (of 4
+        layers without a model shape). One home for the cascade's costs and the memory check."""
+        fraction = self.draft_model_layers_fraction if self.draft_model_layers_fraction > 0 else 0.25
+        return max(1, round(fraction * (num_layers if num_layers is not None else 4)))
+
 
 @dataclass(frozen=True)
 class AcceptanceSpec:

@@ -110,14 +110,10 @@ def _drafter(scenario: Scenario, positions: int, sequences: int) -> tuple[float,
     if name == "mtp":  # one layer and the projection of [embedding; hidden], the verifier's own lm_head
         weights, cache = _full_layers(s, 1, positions, sequences)
         return weights + 2 * matrix, cache
-    # the two formulas of spdsim.methods.common.draft_model_layers and spdsim.methods.adaptive.cascade_draft_layers
-    fraction = method.draft_model_layers_fraction
     if name in ("draft-model", "specdecpp"):
-        layers = max(1, round(fraction * s.num_layers)) if fraction > 0 else method.draft_layers
-        return _language_model(s, layers, positions, sequences)
+        return _language_model(s, method.draft_model_layers(s.num_layers), positions, sequences)
     if name == "cascade":
-        middle = max(1, round((fraction if fraction > 0 else 0.25) * s.num_layers))
-        big = _language_model(s, middle, positions, sequences)
+        big = _language_model(s, method.cascade_draft_layers(s.num_layers), positions, sequences)
         little = _language_model(s, method.draft_layers, positions, sequences)
         return big[0] + little[0], big[1] + little[1]
     return 0.0, 0.0
