@@ -97,7 +97,7 @@ def run(
 
 
 def _run(**kw) -> None:
-    for key in ("distributed", "drafter", "timeout_s", "tp", "force"):
+    for key in ("distributed", "drafter", "timeout_s", "tp"):
         kw.pop(key, None)
     from executor.models import load_fast_model
     from executor.prompts import load_prompts

@@ -36,6 +36,19 @@ def test_run_ar_prints_summary() -> None:
     assert "tokens_per_s" in result.output
 
 
+def test_run_out_writes_a_run_directory_and_only_force_rewrites_it(tmp_path: Path) -> None:
+    out = tmp_path / "spd"
+    args = ["run", "--model", "random:tiny-qwen3", "--method", "spd", "--stages", "2", "--device", "cpu"]
+    args += ["--limit", "1", "--max-new-tokens", "8", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "run directory:" in result.output
+    assert {"config.json", "tokens.csv", "summary.json", "trace.csv"} <= {p.name for p in out.iterdir()}
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and again.output.startswith("error:") and again.output.count("\n") == 1
+    assert CliRunner().invoke(app, [*args, "--force"]).exit_code == 0
+
+
 def test_profile_writes_a_bundle(tmp_path: Path) -> None:
     out = tmp_path / "bundle.json"
     args = [
