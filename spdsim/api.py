@@ -108,15 +108,10 @@ def simulate(
     ``--profile``; ``trace_requests`` the requests the trace holds (``--trace-requests``: a count or indices;
     ``None``: every request of a serving run, the first of any other).
     """
-    from spdsim.errors import SpdsimError
-    from spdsim.report.compare import simulate_runs
+    from spdsim.report.compare import check_trace_requests, simulate_runs
     from spdsim.scenario.files import load_runs
 
-    chosen = (trace_requests,) if isinstance(trace_requests, int) else tuple(trace_requests or ())
-    if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in chosen):
-        raise SpdsimError(
-            f"trace_requests: a count or request indices, none negative (got {trace_requests!r})"
-        )
+    check_trace_requests(trace_requests, "trace_requests")
     runs = load_runs(
         _sources(scenario),
         _override_strings(overrides),

@@ -104,11 +104,17 @@ def parse_trace_requests(text: str) -> TraceRequests:
             int(text) if "," not in text else tuple(int(part) for part in text.split(",") if part.strip())
         )
     except ValueError:
-        chosen = -1
-    if min(chosen if isinstance(chosen, tuple) else (chosen,), default=-1) < 0:
-        raise SpdsimError(
-            f"--trace-requests: 'all', a count or request indices like 0,5,9, none negative (got '{text}')"
-        )
+        chosen = ()
+    if chosen == ():
+        raise SpdsimError(f"--trace-requests: 'all', a count or request indices like 0,5,9 (got '{text}')")
+    return check_trace_requests(chosen, "--trace-requests")
+
+
+def check_trace_requests(chosen: TraceRequests, what: str) -> TraceRequests:
+    """The trace's requests as the CLI and the API take them: a count or indices, none negative."""
+    values = (chosen,) if isinstance(chosen, int) else tuple(chosen or ())
+    if any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in values):
+        raise SpdsimError(f"{what}: a count or request indices like 0,5,9, none negative (got {chosen!r})")
     return chosen
 
 

@@ -140,17 +140,6 @@ def _validate_latency(lat: LatencySpec, scenario: Scenario) -> None:
         load_profile(lat.profile_path)
 
 
-_MODEL_ZERO_OK = (
-    "linear_attention_layers",
-    "linear_key_heads",
-    "linear_value_heads",
-    "linear_head_dim",
-    "num_experts",
-    "experts_per_token",
-    "expert_intermediate_size",
-)
-
-
 def _validate_experts(model: ModelShape) -> None:
     if model.num_experts == 0:
         return
@@ -181,10 +170,11 @@ def validate_scenario(scenario: Scenario) -> Scenario:
     if scenario.model is not None:
         for f in fields(scenario.model):
             value = getattr(scenario.model, f.name)
-            if isinstance(value, int) and not isinstance(value, bool) and f.name not in _MODEL_ZERO_OK:
-                check(value >= 1, f"model.{f.name}: must be >= 1 (got {value})")
-            elif isinstance(value, int) and not isinstance(value, bool):
-                check(value >= 0, f"model.{f.name}: must be >= 0 (got {value})")
+            if isinstance(value, int) and not isinstance(value, bool):
+                lowest = (
+                    0 if f.default == 0 and type(f.default) is int else 1
+                )  # a default of 0 means "absent"
+                check(value >= lowest, f"model.{f.name}: must be >= {lowest} (got {value})")
         _validate_experts(scenario.model)
     if scenario.hardware is not None:
         hw = scenario.hardware

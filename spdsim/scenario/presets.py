@@ -160,12 +160,8 @@ def get_preset(name: str, presets: dict[str, AcceptancePreset] | None = None) ->
 
 # -------------------------------------------------------------------------------------------------- catalog
 
-CATALOG_SECTIONS = (
-    "hardware",
-    "models",
-    "presets",
-    "profiles",
-)  # `spdsim list` adds "methods" (the methods registry's)
+# `spdsim list` adds "methods" (the methods registry's)
+CATALOG_SECTIONS = ("hardware", "models", "presets", "profiles")
 
 
 def catalog(section: str) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
