@@ -435,12 +435,9 @@ def validate(
     out: Annotated[Path | None, typer.Option("--out", help="Also write the comparison as CSV.")] = None,
 ) -> None:
     """Replay measured runs (same trace, prompt and generation lengths) and report signed % errors."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from spdsim.calibration.replay import METRICS
     from spdsim.calibration.replay import validate as run_validate
     from spdsim.contract.files import check_out_file
+    from spdsim.report.compare import render_validation
 
     if out is not None:
         check_out_file(out, (".csv",))
@@ -448,25 +445,7 @@ def validate(
     for comparison in comparisons:
         if comparison.warning:
             typer.echo(comparison.warning, err=True)
-    table = Table(title=escape(f"validation against {profile} ({kind})"), header_style="bold")
-    worst = 0.0
-    for header in ("run", "role", "metric", "measured", "predicted", "error %"):
-        table.add_column(header)
-    for role in ("fitted", "held-out"):
-        for comparison in (c for c in comparisons if c.role == role):
-            for metric in METRICS:
-                error = comparison.error_pct(metric)
-                if error is None:
-                    continue
-                worst = max(worst, abs(error))
-                table.add_row(
-                    escape(comparison.run),
-                    role,
-                    metric,
-                    f"{comparison.measured[metric]:.4g}",
-                    f"{comparison.predicted[metric]:.4g}",
-                    f"{error:+.1f}",
-                )
+    table, worst = render_validation(comparisons, f"validation against {profile} ({kind})")
     _console().print(table)
     if worst > VALIDATION_WARN_PCT:
         typer.echo(

@@ -243,6 +243,36 @@ def render_table(outcomes: list[RunOutcome], title: str = ""):
     return table
 
 
+def render_validation(comparisons: Sequence[Any], title: str) -> tuple[Any, float]:
+    """A rich Table of measured against predicted metrics (`spdsim validate`), fitted runs before held-out ones,
+    and the largest |signed error| in % shown in it."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from spdsim.calibration.replay import METRICS
+
+    table = Table(title=escape(title), header_style="bold")
+    worst = 0.0
+    for header in ("run", "role", "metric", "measured", "predicted", "error %"):
+        table.add_column(header)
+    for role in ("fitted", "held-out"):
+        for comparison in (c for c in comparisons if c.role == role):
+            for metric in METRICS:
+                error = comparison.error_pct(metric)
+                if error is None:
+                    continue
+                worst = max(worst, abs(error))
+                table.add_row(
+                    escape(comparison.run),
+                    role,
+                    metric,
+                    f"{comparison.measured[metric]:.4g}",
+                    f"{comparison.predicted[metric]:.4g}",
+                    f"{error:+.1f}",
+                )
+    return table, worst
+
+
 def describe_setting(outcomes: list[RunOutcome]) -> str:
     """One line naming the shared model/hardware/latency of the runs (for the table title)."""
     settings = []
