@@ -296,7 +296,7 @@ def profile_spd_drafter(
     static position-masked cache, the model's compiled layer function), captured as a graph on a GPU."""
     from executor.heads.fast_spd import FastSpdDrafter
     from executor.heads.layers import base_config_of
-    from executor.heads.spd_v11 import SpdHeadConfig, SpeculationModuleV11
+    from executor.heads.spd_v11 import SpdHeadConfig, SpeculationModuleV11, reachable_aggr_feature_bound
 
     base = base_config_of(model)
     lm_head = model.embed_tokens if model.lm_head_weight is None else model.lm_head_weight
@@ -306,7 +306,9 @@ def profile_spd_drafter(
         for n in grid.stage_counts:
             if n > model.num_layers:
                 continue
-            head = SpdHeadConfig.build(base, n, spec_layers, stage_layers=uneven_counts(model.num_layers, n))
+            split = uneven_counts(model.num_layers, n)
+            bound = reachable_aggr_feature_bound(model.num_layers, split)
+            head = SpdHeadConfig.build(base, n, spec_layers, bound, stage_layers=split)
             drafter = SpeculationModuleV11(base, head).to(device=model.device, dtype=model.dtype).eval()
             drafter.attach_base(model.norm.detach().float().cpu(), lm_head.detach().float().cpu())
             drafter.to(device=model.device, dtype=model.dtype)

@@ -10,6 +10,7 @@ from executor.heads.spd_v11 import (
     SpeculationModuleV11,
     aggregation_tables,
     default_aggr_feature_bound,
+    reachable_aggr_feature_bound,
 )
 from spdsim.errors import SpdsimError
 
@@ -204,6 +205,17 @@ def test_auto_bound_and_bad_splits():
         SpdHeadConfig.build(_Shape(30), num_stages=4, num_spec_layers=1, stage_layers=[9, 7, 7, 6])
     with pytest.raises(SpdsimError, match="aggr_feature_bound"):
         SpdHeadConfig.build(_Shape(32), num_stages=4, num_spec_layers=1, aggr_feature_bound="0,8,8")
+
+
+def test_reachable_bound_keeps_the_type_count_where_auto_reads_an_unreached_anchor():
+    split = (5, 5, 5, 5, 4, 4, 4, 4)  # 36 layers in 8 stages: "auto" maps depth 7 to h_35, passed 32
+    with pytest.raises(SpdsimError, match="has not reached"):
+        SpdHeadConfig.build(_Shape(36), num_stages=8, num_spec_layers=1, stage_layers=split)
+    bound = reachable_aggr_feature_bound(36, split)
+    assert len(bound) == len(default_aggr_feature_bound(36, 8)) and bound[-1] == 32
+    head = SpdHeadConfig.build(_Shape(36), 8, 1, bound, stage_layers=split)
+    aggregation_tables(head)  # builds: every anchor is reached
+    assert reachable_aggr_feature_bound(32, (4,) * 8) == default_aggr_feature_bound(32, 8)
 
 
 def test_uneven_split_is_saved_as_stage_layers(tmp_path):

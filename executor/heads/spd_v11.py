@@ -136,6 +136,28 @@ def parse_aggr_feature_bound(value, num_layers: int, num_stages: int) -> tuple[i
     return bound
 
 
+def reachable_aggr_feature_bound(num_layers: int, stage_layers: tuple[int, ...]) -> tuple[int, ...]:
+    """The "auto" bound with each anchor the reference's depth mapping reads too early lowered to the layers a
+    token has passed there: the same number of feature types (so the same drafter cost) for an uneven split
+    that "auto" refuses, e.g. 36 layers in 8 stages. For timing untrained drafters, not for loading checkpoints."""
+    bound = list(default_aggr_feature_bound(num_layers, len(stage_layers)))
+    widest = max(stage_layers)
+    for _ in range(len(bound) * len(stage_layers)):
+        for d in range(len(stage_layers) + 1):
+            aggr = max(i for i, b in enumerate(bound) if b <= min(num_layers, d * widest))
+            passed = sum(stage_layers[:d])
+            if bound[aggr] > passed:
+                bound[aggr] = passed
+                break
+        else:
+            break
+    if any(a >= b for a, b in zip(bound, bound[1:], strict=False)):
+        raise SpdsimError(
+            f"no aggregation bound with {len(bound)} types fits stage_layers {list(stage_layers)}"
+        )
+    return tuple(bound)
+
+
 def check_draft_token_ids(ids, vocab_size: int) -> tuple[int, ...]:
     ids = tuple(int(i) for i in ids)
     if (
