@@ -1,6 +1,7 @@
 """spdsim calibrate on committed H200 measurements: merged tables, per-iteration fixed cost derived from runs,
 the optional fit, and one-line errors for bad or mismatched inputs."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -321,3 +322,35 @@ def test_runs_of_another_model_dtype_or_gpu_are_refused_naming_both(tmp_path):
         assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
         assert re.search(message, result.stderr), result.stderr
         assert not out.exists()
+
+
+def test_a_chain_run_fits_chain_fixed_and_replays_to_its_own_median_iteration(tmp_path):
+    """A chain iteration pays what its K passes and verify leave out (host sync, the first pass's extra rows):
+    fitted from the K = 3 run, it prices that run within 1% (median) and a held-out K = 5 at the nearest K."""
+    from spdsim.calibration.replay import validate
+    from spdsim.latency.profiled import MeasuredLatency
+
+    result, out = calibrate(
+        tmp_path, "--run", str(DATA / "gpu1_ar"), "--run", str(DATA / "gpu1_eagle3_k3_a0.80")
+    )
+    assert result.exit_code == 0, result.output
+    profile = load_profile(out)
+    [entry] = profile["phases"]["chain_fixed"]
+    assert entry["draft_tokens"] == 3 and entry["median_us"] > 0
+    latency = MeasuredLatency(ModelShape(**profile["model"]), None, LatencySpec(kind="measured"), profile)
+    assert latency.chain_fixed_ns(5) == latency.chain_fixed_ns(3) == round(entry["median_us"] * 1e3)
+    [fitted] = validate([DATA / "gpu1_eagle3_k3_a0.80"], out)
+    assert abs(fitted.error_pct("cycle_median_us")) < 1.0
+
+
+def test_a_single_process_spd_run_is_replayed_on_one_gpu_and_a_launched_one_per_stage():
+    from spdsim.calibration.measured_runs import load_run
+    from spdsim.calibration.replay import method_spec
+
+    launched = load_run(DATA / "dist_spd_n2_a0.80")
+    assert method_spec(launched).stage_placement == "gpu-per-stage"
+    single = dataclasses.replace(
+        launched, config={k: v for k, v in launched.config.items() if k != "drafter"}
+    )
+    assert method_spec(single).stage_placement == "one-gpu"
+    assert method_spec(single).drafter_placement == "stage0"

@@ -19,6 +19,7 @@ from spdsim.errors import SpdsimError
 from spdsim.latency.model import PPM
 from spdsim.methods import get_method
 from spdsim.methods.pipeline import shared_gpu_ns, stage_layer_counts
+from spdsim.scenario.checks import validate_scenario
 from spdsim.scenario.config import (
     AcceptanceSpec,
     LatencySpec,
@@ -322,3 +323,43 @@ def test_dedicated_drafter_and_ppsd_ignore_the_contention(tmp_path):
         serial = simulate(_colocated_scenario(serial_path, trace, placement, name), record_intervals=False)
         overlap = simulate(_colocated_scenario(overlap_path, trace, placement, name), record_intervals=False)
         assert serial.tokens == overlap.tokens
+
+
+def test_stages_on_one_gpu_cost_the_sum_of_their_members():
+    """One GPU (the executor's single-process SPD): a saturated cycle is every stage back to back plus the
+    drafter (no send), not the slowest stage; spans lie end to end and one GPU is counted."""
+    base = ideal("spd", 1.0, 4, new_tokens=60, requests=1)
+    base = replace(
+        base,
+        latency=replace(base.latency, head_ns=300),
+        method=replace(base.method, drafter_placement="stage0"),
+        overheads=Overheads(control_ns=50, p2p_ns=200),
+    )
+    one = replace(base, method=replace(base.method, stage_placement="one-gpu"))
+    stage_ns, pdm_ns = 8 * 1_000, 1_000  # 32 layers / 4 stages at 1 us, the ideal PDM
+    steady = [
+        r.tokens[-1].commit_ns - r.tokens[-2].commit_ns
+        for r in (simulate(base, record_intervals=False), simulate(one, record_intervals=False))
+    ]
+    assert steady == [50 + stage_ns + pdm_ns + 200 + 300, 50 + 4 * stage_ns + pdm_ns + 300]
+    fills = sum(50 + a * stage_ns + pdm_ns for a in range(1, 4))  # α = 1: only the start's fill cycles
+    assert predict(one).iteration_ns == pytest.approx((fills + 60 * steady[1]) / (60 + 3), rel=1e-12)
+    assert get_method("spd").gpus(one) == 1
+    last = [i for i in simulate(one).intervals if i.label == "forward" and i.iteration == 40]
+    ends = sorted((i.start_ns, i.end_ns) for i in last)
+    assert len(ends) == 4 and all(a[1] <= b[0] for a, b in zip(ends, ends[1:], strict=False))
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"drafter_placement": "own-gpu"}, "drafter_placement"),
+        ({"tensor_parallel": 2}, "tensor_parallel"),
+        ({"stage_placement": "two-gpus"}, "unknown placement"),
+    ],
+)
+def test_one_gpu_placement_is_refused_where_it_cannot_hold(change, field):
+    base = ideal("spd", 1.0, 4, new_tokens=10, requests=1)
+    method = replace(base.method, **{"drafter_placement": "stage0", "stage_placement": "one-gpu", **change})
+    with pytest.raises(SpdsimError, match=field):
+        validate_scenario(replace(base, method=method))

@@ -14,7 +14,9 @@
      refill cycles, which verify nothing);
    * ``verify_fixed`` (SPD): what a verification cycle costs beyond that and the ``head`` phase (the receive
      of the last stage's output, the host's decision) = median residual of verification cycles − cycle_fixed;
-   * ``chain_draft``: a chain drafter pass (median of the run's per-pass times), when the bundles lack it.
+   * ``chain_draft``: a chain drafter pass (median of the run's per-pass times), when the bundles lack it;
+   * ``chain_fixed`` (chain runs): what an iteration costs beyond its K drafter passes and its verify (the host
+     sync, the first pass's extra rows, the on-device acceptance) = the median residual of its iterations, per K.
 3. Optionally (``fit=True``) a few-coefficient least-squares fit per phase is stored under ``"fit"``; latency kind
    ``fitted`` reads it and, unlike the table, extrapolates.
 
@@ -41,6 +43,7 @@ from spdsim.contract.vocabulary import DRAFTER_FROM_EXECUTOR
 from spdsim.errors import SpdsimError
 from spdsim.latency.profiled import DERIVED_TERMS, FIT_TERMS, fit_phase
 
+CHAIN_FIXED_METHODS = ("eagle3", "draft-model")  # chain runs that `spdsim validate` replays
 ONE_TIME_FACTOR = 3.0  # an iteration longer than this × the run's 10th percentile is a one-time cost
 MODEL_KEYS = (
     "num_layers",
@@ -193,6 +196,8 @@ def fixed_cost_entries(run: MeasuredRun, profile: dict[str, Any]) -> tuple[dict,
             verify = np.ones(count, dtype=bool)
         verifies.append(verify[keep])
     values, verify = np.concatenate(residuals), np.concatenate(verifies)
+    if run.method != "ar" and not run.pipeline:
+        return _nonnegative(_stats(values, {"draft_tokens": int(run.config.get("k") or 3)})), None
     stages = run.num_stages if run.pipeline else 1
     if not run.pipeline or verify.all() or not verify.any():
         return _nonnegative(_stats(values, {"num_stages": stages})), None
@@ -283,7 +288,8 @@ def calibrate(
     _set_phase(profile, "colocated_contention", contention)
     fixed: dict[int, list[dict]] = {}
     verify: dict[int, list[dict]] = {}
-    for run in runs:
+    chain: dict[int, list[dict]] = {}
+    for run in runs:  # AR and pipelines first: a chain residual is taken after their fixed costs
         if run.method == "ar" or run.pipeline:
             entry, extra = fixed_cost_entries(run, profile)
             fixed.setdefault(entry["num_stages"], []).append(entry)
@@ -291,6 +297,11 @@ def calibrate(
                 verify.setdefault(extra["num_stages"], []).append(extra)
     _set_phase(profile, "cycle_fixed", fixed)
     _set_phase(profile, "verify_fixed", verify)
+    for run in chain_runs:
+        if run.method in CHAIN_FIXED_METHODS:
+            entry, _ = fixed_cost_entries(run, profile)
+            chain.setdefault(entry["draft_tokens"], []).append(entry)
+    _set_phase(profile, "chain_fixed", chain)
     if "allreduce" in profile["phases"]:
         profile["allreduce_fit"] = fit_allreduce_ring(profile["phases"]["allreduce"])
     profile["calibration"] = {
@@ -301,7 +312,8 @@ def calibrate(
             "colocated_contention = median over cycles of (stream busy - max(a, b)) / min(a, b), a = stage 0 "
             "alone in the run, b = PDM; cycle_fixed = median(measured iteration wall - modelled iteration "
             "without fixed costs) over iterations without verification (all for AR); verify_fixed = "
-            "median over verification cycles of the same residual - cycle_fixed"
+            "median over verification cycles of the same residual - cycle_fixed; chain_fixed = median over a "
+            "chain run's iterations of the same residual, per K"
         ),
     }
     if fit:

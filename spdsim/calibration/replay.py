@@ -20,7 +20,7 @@ import numpy as np
 from spdsim.calibration.measured_runs import MeasuredRun, PromptMeasure, load_run
 from spdsim.contract.profile_schema import load_profile
 from spdsim.contract.realised import realised_acceptance, realised_warning
-from spdsim.contract.vocabulary import placement_from_executor
+from spdsim.contract.vocabulary import placement_from_executor, stage_placement_of_run
 from spdsim.errors import SpdsimError
 from spdsim.scenario.config import AcceptanceSpec, LatencySpec, MethodSpec, ModelShape, Scenario, Workload
 
@@ -67,6 +67,7 @@ def method_spec(run: MeasuredRun) -> MethodSpec:
             spec_layers=int(config.get("spec_layers") or 1),
             drafter_placement=placement_from_executor(config.get("drafter", "")),
             verify_placement=config.get("verify_on", "controller"),
+            stage_placement=stage_placement_of_run(config),
         )
     k = int(config.get("k") or 3)
     return MethodSpec(
@@ -135,6 +136,7 @@ def modelled_cycles_ns(
         profile = copy.deepcopy(profile)
         profile["phases"].pop("cycle_fixed", None)
         profile["phases"].pop("verify_fixed", None)
+        profile["phases"].pop("chain_fixed", None)
     scenario = replay_scenario(run, prompt, profile)
     latency = replay_latency(scenario, profile)
     new_tokens = prompt.decode_tokens

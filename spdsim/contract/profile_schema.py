@@ -32,6 +32,9 @@ phase              coordinates                                 what is timed
 ``cycle_fixed``    num_stages                                  serial per-cycle cost outside the phases above
 ``verify_fixed``   num_stages                                  pipeline verification cycle's serial cost beyond
                                                                ``head`` (last stage's output receive, decision)
+``chain_fixed``    draft_tokens                                chain iteration's serial cost beyond K drafter
+                                                               passes + the verify (host sync, the first pass's
+                                                               extra rows, the on-device acceptance)
 ``colocated_contention``  num_stages                           SPD drafter ∥ stage 0 on one GPU (see below)
 ``layers_tp``      tp_degree, layers, query_tokens, kv_len     one rank's shard of ``layers`` layers under
                                                                tp_degree-way tensor parallelism, no all-reduce
@@ -46,9 +49,9 @@ naming the phase and coordinate range) to extrapolate outside them.
 ``colocated_contention`` is dimensionless: the contention factor c in [0, 1] of an SPD drafter running on its own
 stream beside stage 0 on one GPU (together they keep it busy max(a, b) + c·min(a, b); 1 = back to back, 0 =
 perfect overlap), stored in the stat fields as µs added per ms of the shorter of the two (``median_us`` = 1000·c).
-``verify_fixed``, ``cycle_fixed`` and ``colocated_contention`` are fitted from runs by ``spdsim calibrate``; outside
-the stage counts they were fitted at, a reader takes the nearest fitted one (a held-out n is priced with what
-calibration saw) instead of refusing.
+``verify_fixed``, ``cycle_fixed``, ``chain_fixed`` and ``colocated_contention`` are fitted from runs by ``spdsim
+calibrate``; outside the stage counts (draft lengths) they were fitted at, a reader takes the nearest fitted one (a
+held-out n or K is priced with what calibration saw) instead of refusing.
 
 Tensor parallelism: a TP step is embed + ``layers_tp`` + 2 ``allreduce`` per layer + head. ``spdsim calibrate``
 fits a ring model t = a·(d−1) + b·2(d−1)/d·bytes to the measured ``allreduce`` degrees and stores it in the
@@ -79,6 +82,7 @@ PHASE_COORDINATES: dict[str, tuple[str, ...]] = {
     "p2p": ("bytes",),
     "cycle_fixed": ("num_stages",),
     "verify_fixed": ("num_stages",),
+    "chain_fixed": ("draft_tokens",),
     "colocated_contention": ("num_stages",),
     "layers_tp": ("tp_degree", "layers", "query_tokens", "kv_len"),  # kv_len last: readers take arrays
     "allreduce": ("tp_degree", "bytes"),

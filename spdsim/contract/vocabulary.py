@@ -39,6 +39,11 @@ DRAFTER_FROM_EXECUTOR = {"own": "own-gpu", "colocated": "stage0"}
 # state travels there, the verify is serial after the stages) or on the last stage's GPU (only the token ids travel
 # back, the verify is part of the last stage's member). Simulator: method.verify_placement; executor: verify_on.
 VERIFY_PLACEMENTS = ("controller", "last-stage")
+# Where SPD's stages run: each on its own GPU (the pipeline the method is for: a cycle waits for its slowest member)
+# or all of them, with the drafter, on one GPU (the executor's single-process schedule: the members share one
+# memory bus, so a cycle costs their sum). Simulator: method.stage_placement; an executor run is single-process
+# when its config has no "drafter" (only the distributed launcher writes one).
+STAGE_PLACEMENTS = ("gpu-per-stage", "one-gpu")
 
 CYCLE_STATES = ("fill", "refill", "saturated", "chain")  # executor cycles.csv "state"
 TRACE_STATES = ("saturated", "refill", "chain")  # trace.csv "state" (fill verifications count as refill)
@@ -54,11 +59,17 @@ PHASES = (
     "p2p",
     "cycle_fixed",
     "verify_fixed",
+    "chain_fixed",
     "colocated_contention",
     "layers_tp",
     "allreduce",
     "host_issue",
 )
+
+
+def stage_placement_of_run(config: dict) -> str:
+    """The simulator's ``stage_placement`` of an executor run: ``one-gpu`` unless the distributed launcher ran it."""
+    return "gpu-per-stage" if "drafter" in config else "one-gpu"
 
 
 def placement_from_executor(drafter: str) -> str:

@@ -77,6 +77,9 @@ class HostBoundLatency(LatencyModel):
     def verify_fixed_ns(self, num_stages: int) -> int:
         return self.inner.verify_fixed_ns(num_stages)
 
+    def chain_fixed_ns(self, draft_tokens: int) -> int:
+        return self.inner.chain_fixed_ns(draft_tokens)
+
     def colocated_contention_ppm(self, num_stages: int) -> int:
         return self.inner.colocated_contention_ppm(num_stages)
 

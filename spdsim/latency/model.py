@@ -93,6 +93,11 @@ class LatencyModel:
         """Measured serial cost of a pipeline verification cycle beyond ``head`` (0 unless a profile says so)."""
         return 0
 
+    def chain_fixed_ns(self, draft_tokens: int) -> int:
+        """Measured serial cost of a chain iteration beyond its K drafter passes and verify (0 unless a profile
+        says otherwise)."""
+        return 0
+
     def colocated_contention_ppm(self, num_stages: int) -> int:
         """Contention c of SPD's drafter and stage 0 on one GPU, in parts per million: the pair keeps the GPU
         busy max(a, b) + c·min(a, b). 10^6 (back to back) unless a calibrated profile says otherwise."""

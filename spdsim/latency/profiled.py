@@ -106,14 +106,21 @@ class MeasuredLatency(LatencyModel):
             return 0
         return self._fitted_serial_ns("verify_fixed", num_stages)
 
-    def _fitted_serial_ns(self, phase: str, num_stages: int) -> int:
-        """A serial cost fitted from runs, held at the nearest fitted stage count outside the fitted ones: a
-        held-out n is priced with what calibration saw (docs/profile-schema.md), and validate shows the error."""
+    def chain_fixed_ns(self, draft_tokens: int) -> int:
+        if "chain_fixed" not in self._tables:
+            return 0
+        return self._fitted_serial_ns("chain_fixed", draft_tokens)
+
+    def _fitted_serial_ns(self, phase: str, value: int) -> int:
+        """A serial cost fitted from runs, held at the nearest fitted stage count (draft length) outside the
+        fitted ones: a held-out n or K is priced with what calibration saw (docs/profile-schema.md), and validate
+        shows the error."""
         table = self._table(phase)
         if isinstance(table, _GridTable):
             axis = table.axes[0]
-            num_stages = int(min(max(num_stages, axis[0]), axis[-1]))
-        return table.lookup_ns(num_stages=num_stages)
+            value = int(min(max(value, axis[0]), axis[-1]))
+        (coordinate,) = PHASE_COORDINATES[phase]
+        return table.lookup_ns(**{coordinate: value})
 
     def colocated_contention_ppm(self, num_stages: int) -> int:
         if "colocated_contention" not in self._tables:
@@ -134,6 +141,7 @@ FIT_TERMS: dict[str, tuple[str, ...]] = {
     "p2p": ("1", "bytes"),
     "cycle_fixed": ("1", "num_stages"),
     "verify_fixed": ("1", "num_stages"),
+    "chain_fixed": ("1", "draft_tokens"),
     "colocated_contention": ("1", "num_stages"),
     "layers_tp": (
         "1",

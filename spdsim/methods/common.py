@@ -9,7 +9,7 @@ import numpy as np
 from spdsim.engine.result import BUSY
 from spdsim.errors import SpdsimError
 from spdsim.latency.model import KvLen, LatencyModel
-from spdsim.scenario.config import MethodSpec, Scenario
+from spdsim.scenario.config import PIPELINE_METHODS, MethodSpec, Scenario
 
 
 def kv_lengths(scenario: Scenario) -> np.ndarray:
@@ -23,11 +23,15 @@ def gpu_resources(tp: int) -> tuple[str, ...]:
 
 
 def serial_overheads_ns(scenario: Scenario, latency: LatencyModel, with_verify: bool) -> tuple[int, int]:
-    """(control before the iteration, serial costs after it): sampling (if verified) + fixed per-cycle."""
+    """(control before the iteration, serial costs after it): sampling (if verified) + fixed per-cycle, and for a
+    draft-then-verify method the profile's measured ``chain_fixed`` at its K (0 without one)."""
     overheads = scenario.overheads
     after = overheads.fixed_cycle_ns
     if with_verify:
         after += overheads.sampling_ns
+        method = scenario.method
+        if method.name != "ar" and method.name not in PIPELINE_METHODS:
+            after += latency.chain_fixed_ns(method.draft_tokens)
     return overheads.control_ns, after
 
 

@@ -13,6 +13,10 @@ fill/refill cycles in which only the stages that hold a token run and nothing is
 verified; a rejection flushes the in-flight tokens (their earlier stage work is relabelled FLUSHED). Every
 verification commits one token; its serial cost is head + sampling + the profile's ``verify_fixed``.
 
+With ``stage_placement = "one-gpu"`` (the executor's single-process SPD) every stage and the drafter share one
+GPU: decode steps are bound by its memory bus, so a cycle costs the sum of its members, not their maximum, and
+stage outputs stay on the device (no send).
+
 PPSD: the drafter is the target's own early-exit path (first ``exit_layer`` layers + an exit head), so it runs
 on stage 0's GPU after (and reusing) the stage-0 layers it shares; no extra GPU.
 """
@@ -60,6 +64,7 @@ class PipelineCosts:
         0  # after a rejection, before its refill: DISCARD broadcast + KV crop (topology, crop_ns)
     )
     inter_node_hops: tuple[bool, ...] = ()  # per stage send: does it cross nodes (topology)
+    one_gpu: bool = False  # members run back to back on one GPU (stage_placement "one-gpu")
 
 
 def pipeline_costs(scenario, latency) -> PipelineCosts:
@@ -82,7 +87,8 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
         forwards[0], stage0_draft = colocated_stage0_ns(
             latency, overheads, forwards[0], draft, stages, spd=method.name == "spd"
         )
-    send = latency.p2p_ns(latency.hidden_bytes(1)) + overheads.p2p_ns
+    one_gpu = method.stage_placement == "one-gpu"
+    send = 0 if one_gpu else latency.p2p_ns(latency.hidden_bytes(1)) + overheads.p2p_ns
     gather = overheads.gather_ns if method.name == "spd" else 0
     control, fixed = serial_overheads_ns(scenario, latency, with_verify=False)
     sends = (send,) * stages
@@ -109,11 +115,12 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
     stage_members[0] = stage_members[0] + stage0_draft + (0 if own_drafter else gather)
     drafter_member = draft + gather if own_drafter else np.zeros(kv.shape, dtype=np.int64)
     cycles: list[list[int]] = [[]]
-    running_max = drafter_member
+    busiest = drafter_member  # the slowest member so far, or on one GPU all of them back to back
     refill_total = np.zeros(kv.shape, dtype=np.int64)
     for active in range(1, stages + 1):
-        running_max = np.maximum(running_max, stage_members[active - 1])
-        total = control + running_max + fixed + (verify if active == stages else 0)
+        member = stage_members[active - 1]
+        busiest = busiest + member if one_gpu else np.maximum(busiest, member)
+        total = control + busiest + fixed + (verify if active == stages else 0)
         cycles.append(total.tolist())
         if active < stages:
             refill_total += total
@@ -131,6 +138,7 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
         refill_total_ns=refill_total.tolist(),  # type: ignore[arg-type]
         reject_ns=int(reject),
         inter_node_hops=hops,
+        one_gpu=one_gpu,
     )
 
 
@@ -408,6 +416,8 @@ def _flush(recorder, history, stages):
 def spd_gpus(scenario) -> int:
     method = scenario.method
     stages = len(method.stage_layers) if method.stage_layers else method.num_stages
+    if method.stage_placement == "one-gpu":
+        return 1
     return stages * max(method.tensor_parallel, 1) + (1 if method.drafter_placement == "own-gpu" else 0)
 
 

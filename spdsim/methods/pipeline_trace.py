@@ -71,9 +71,13 @@ def record_pipeline_spans(recorder, costs, request: int, segments: list[tuple[in
 
     slot("controller", COMM, "control", start, begin, always)
     stage0_draft = np.asarray(costs.stage0_draft_ns, dtype=np.int64)[c]
+    cursor = begin
     for s in range(n):
         valid = active > s
-        cursor = begin
+        if (
+            not costs.one_gpu
+        ):  # each stage on its own GPU starts with the cycle; on one GPU after the previous
+            cursor = begin
         if s == 0:
             gather = 0 if own_drafter else costs.gather_ns
             slot("stage0", COMM, "gather", cursor, cursor + gather, valid)

@@ -17,6 +17,7 @@ from spdsim.scenario.config import (
     LATENCY_KINDS,
     METHODS,
     PIPELINE_METHODS,
+    STAGE_PLACEMENTS,
     VERIFY_PLACEMENTS,
     AcceptanceSpec,
     LatencySpec,
@@ -61,6 +62,11 @@ def _validate_method(method: MethodSpec, model: ModelShape | None) -> None:
         method.verify_placement in VERIFY_PLACEMENTS,
         f"method.verify_placement: unknown placement '{method.verify_placement}' "
         f"(allowed: {', '.join(VERIFY_PLACEMENTS)})",
+    )
+    check(
+        method.stage_placement in STAGE_PLACEMENTS,
+        f"method.stage_placement: unknown placement '{method.stage_placement}' "
+        f"(allowed: {', '.join(STAGE_PLACEMENTS)})",
     )
     check(method.exit_layer >= 0, f"method.exit_layer: must be >= 0 (got {method.exit_layer})")
     if method.name not in PIPELINE_METHODS:
@@ -154,11 +160,31 @@ def _validate_experts(model: ModelShape) -> None:
     )
 
 
+def _validate_one_gpu(scenario: Scenario) -> None:
+    """``one-gpu`` prices the executor's single-process SPD: one request, the drafter beside the stages, no TP."""
+    method = scenario.method
+    if method.stage_placement != "one-gpu":
+        return
+    where = "method.stage_placement: one-gpu"
+    check(
+        method.name in PIPELINE_METHODS,
+        f"{where} applies to {' and '.join(PIPELINE_METHODS)}, not {method.name}",
+    )
+    check(method.drafter_placement == "stage0", f"{where} needs method.drafter_placement = stage0 (one GPU)")
+    check(
+        method.tensor_parallel == 1 and not method.rank_nodes,
+        f"{where} excludes tensor_parallel and rank_nodes",
+    )
+    check(scenario.workload.max_batch <= 1, f"{where} prices one request at a time (workload.max_batch = 1)")
+    check(scenario.overheads.jitter_cv == 0, f"{where} is deterministic (overheads.jitter_cv = 0)")
+
+
 def validate_scenario(scenario: Scenario) -> Scenario:
     """Raise SpdsimError naming the first bad field and its allowed values; return the scenario unchanged."""
     _validate_method(scenario.method, scenario.model)
     _validate_acceptance(scenario.acceptance)
     _validate_latency(scenario.latency, scenario)
+    _validate_one_gpu(scenario)
     over = scenario.overheads
     for f in fields(over):
         value = getattr(over, f.name)

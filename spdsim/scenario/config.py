@@ -17,6 +17,7 @@ from spdsim.contract.vocabulary import (
     DRAFTER_PLACEMENTS,
     METHODS,
     PIPELINE_METHODS,
+    STAGE_PLACEMENTS,
     VERIFY_PLACEMENTS,
 )
 from spdsim.errors import SpdsimError
@@ -27,6 +28,7 @@ __all__ = [
     "LATENCY_KINDS",
     "METHODS",
     "PIPELINE_METHODS",
+    "STAGE_PLACEMENTS",
     "VERIFY_PLACEMENTS",
     "AcceptanceSpec",
     "Hardware",
@@ -133,6 +135,7 @@ class MethodSpec:
     spec_layers: int = 3  # SPD drafter depth L_s (full-size decoder layers)
     drafter_placement: str = "own-gpu"
     verify_placement: str = "controller"  # SPD: "last-stage" prices the verify inside the last stage's member
+    stage_placement: str = "gpu-per-stage"  # SPD/PPSD: "one-gpu" runs every stage and the drafter on one GPU
     draft_tokens: int = 3  # K for chain / parallel methods
     draft_layers: int = 1  # drafter depth for eagle3/mtp/dflash/peagle heads, or the draft model's layers
     draft_vocab_size: int = 32000  # draft lm_head rows (SPD PDM, EAGLE-3, P-EAGLE); 0 = target vocab
@@ -327,7 +330,7 @@ OPTIONAL_FIELDS = {
         "crop_ns",
         "copy_bandwidth_gbps",
     ),
-    "method": ("aggregation_types", "rank_nodes"),
+    "method": ("aggregation_types", "rank_nodes", "stage_placement"),
     "workload": (
         "arrival",
         "arrival_rate",
