@@ -75,12 +75,16 @@ class GraphCache:
         # capture order (chain: draft, verify, draft0, draft, verify) then reads clobbered outputs (seen on the
         # H200 as garbage token ids in the verify's inputs, studies/executor_speed/README.md).
         self._pool = None
+        # Every key run, captured or eager: the shapes a decode has met, so a test on the CPU can check that a
+        # warm-up met every shape the timed prompts meet (on a GPU an unmet key is a capture inside the clock).
+        self.seen: set[Hashable] = set()
 
     def __len__(self) -> int:
         return len(self._graphs)
 
     def run(self, key: Hashable, fn: Callable[..., Any], *inputs: torch.Tensor) -> Any:
         """Run ``fn(*inputs)``; ``fn`` must be the same computation every time ``key`` is used."""
+        self.seen.add(key)
         if not self.enabled or not inputs[0].is_cuda:
             return fn(*inputs)
         step = self._graphs.get(key)

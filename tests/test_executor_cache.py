@@ -1,4 +1,5 @@
-"""Static KV cache: crop is a correct rollback, lengths per layer range, bucketed windows."""
+"""Static KV cache: crop is a correct rollback, lengths per layer range, bucketed windows, the warm-up prompts
+(one per starting window)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from hypothesis import strategies as st
 from executor.cache import KVCache, kv_bucket
 from executor.fastmodel import FastModel
 from executor.models import load_model
+from executor.schedules.base import warmup_prompts
+from executor.schedules.common import Prompt, as_prompts
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +130,26 @@ def test_the_same_token_at_the_same_position_gives_bit_identical_bf16_logits_on_
     logits, windows = _logits_and_windows_by_cache_size("cuda")
     assert windows[0] == windows[1] == windows[2]
     assert torch.equal(logits[0], logits[1]) and torch.equal(logits[0], logits[2])
+
+
+def _of_lengths(*lengths: int) -> list[Prompt]:
+    return as_prompts([(f"p{i}", [1] * length) for i, length in enumerate(lengths)])
+
+
+@pytest.mark.parametrize(
+    "lengths,lookahead,expected",
+    [
+        ((177, 300, 342), 0, ("p0", "p2")),  # windows 256, 512, 512: the longest of the 512 group
+        ((300, 177, 342, 100), 0, ("p2", "p1")),  # first-appearance order of the groups
+        ((10, 50, 30), 0, ("p1",)),  # one window: only the longest
+        ((40, 40), 0, ("p0",)),  # a tie keeps the first
+        ((177,), 0, ("p0",)),
+        ((200, 254), 0, ("p1",)),  # both start in window 256 ...
+        ((200, 254), 2, ("p0", "p1")),  # ... but 254's first 3 positions cross into 512, 200's do not
+        ((253, 254), 3, ("p0", "p1")),  # they cross at different positions (fill rows meet other windows)
+    ],
+)
+def test_warmup_prompts_are_the_longest_of_each_starting_window(
+    lengths: tuple[int, ...], lookahead: int, expected: tuple[str, ...]
+) -> None:
+    assert tuple(p.prompt_id for p in warmup_prompts(_of_lengths(*lengths), lookahead)) == expected

@@ -131,6 +131,27 @@ def test_chain_sampling_preserves_the_target_distribution(kind):
     assert chisquare_pvalue([p.tokens[1] for p in result.prompts], expected) > 1e-3
 
 
+@pytest.mark.parametrize(
+    "method,opts",
+    [
+        ("ar", {}),
+        ("draft-model", {"k": 2}),
+        ("draft-model", {"k": 2, "temperature": 1.0}),  # the eager T > 0 path
+        ("eagle3", {"k": 2}),
+    ],
+)
+def test_config_counts_the_warm_up_prompts_one_per_starting_window(target, draft, method, opts):
+    """Lengths 5, 300 and 9 start in windows 256, 512, 256: two untimed decodes with warm-up, none without."""
+    rng = np.random.default_rng(4)
+    spread = [(f"p{length}", rng.integers(0, 128, length).tolist()) for length in (5, 300, 9)]
+    if method == "draft-model":
+        opts = {**opts, "draft_model": draft}
+    for warmup, count in ((True, 2), (False, 0)):
+        result = run_method(method, target, spread, max_new_tokens=4, warmup=warmup, **opts)
+        assert result.config["warmup_prompts"] == count
+        assert len(result.prompts) == len(spread)
+
+
 def test_bad_inputs(target):
     other_vocab = tiny_model(seed=1, vocab=64, layers=1)
     with pytest.raises(SpdsimError, match="vocab_size 64 differs"):

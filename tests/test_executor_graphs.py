@@ -13,6 +13,7 @@ def test_disabled_cache_runs_eagerly() -> None:
     x = torch.arange(4.0)
     assert torch.equal(graphs.run("double", lambda t: t * 2, x), x * 2)
     assert len(graphs) == 0
+    assert graphs.seen == {"double"}  # keys are recorded even when nothing is captured
 
 
 @pytest.mark.gpu

@@ -254,6 +254,31 @@ def test_graph_keys_are_bounded_and_only_saturated_cycles_sync_once(model, refer
     assert len(distinct) <= (2 * n + 1) * len(windows) + 1
 
 
+def test_the_warm_up_meets_every_step_key_of_prompts_that_start_in_other_windows(model, monkeypatch):
+    """Prompts of 100, 300 and 200 tokens start in windows 256, 512, 256: the warm-up decodes the 200- and the
+    300-token prompts, so the timed prompts run no step (graph key) the warm-up did not (a warm-up of the first
+    prompt alone left the 300-token prompt's fill capturing inside the clock: 8 s on an H100)."""
+    from executor.schedules import spd as spd_module
+
+    seen_after_each_decode = []
+    run = spd_module._SpdDecoder.run
+
+    def recorded_run(self, prompt, index):
+        out = run(self, prompt, index)
+        seen_after_each_decode.append(frozenset(self.graphs.seen))
+        return out
+
+    monkeypatch.setattr(spd_module._SpdDecoder, "run", recorded_run)
+    rng = np.random.default_rng(3)
+    spread = [(f"p{length}", rng.integers(0, 128, length).tolist()) for length in (100, 300, 200)]
+    result = run_method("spd", model, spread, max_new_tokens=8, stages=2, warmup=True)
+    warm = len(seen_after_each_decode) - len(spread)
+    assert warm == result.config["warmup_prompts"] == 2
+    assert seen_after_each_decode[-1] == seen_after_each_decode[warm - 1]
+    assert {key[2] for key in seen_after_each_decode[-1] if key[0] == "draft"} == {256, 512}
+    assert run_method("spd", model, spread[:1], max_new_tokens=2, stages=2).config["warmup_prompts"] == 0
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_steady_state_cycles_do_not_sync_on_cuda(monkeypatch):

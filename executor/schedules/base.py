@@ -1,12 +1,16 @@
-"""Pieces the speculative schedules share on top of the fast model: cache sizing, attention windows, a prefill
-that also returns anchor features, and the target's greedy reference continuation (synthetic acceptance)."""
+"""Pieces the schedules share on top of the fast model: cache sizing, attention windows, the untimed warm-up
+prompts, a prefill that also returns anchor features, and the target's greedy reference continuation (synthetic
+acceptance)."""
 
 from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
 
 import torch
 
 from executor.cache import kv_bucket
-from executor.schedules.common import DecodeOptions, SyntheticDrafts
+from executor.schedules.common import DecodeOptions, Prompt, SyntheticDrafts
 
 
 def cache_length(model, prompt_len: int, options: DecodeOptions, lookahead: int = 0) -> int:
@@ -18,6 +22,31 @@ def window(cache, last_position: int) -> int:
     """Attention window of a step whose largest position is `last_position` (the AR schedule's buckets, so
     every schedule computes bit-identical logits to AR for the same token at the same position)."""
     return kv_bucket(last_position + 1, cache.max_len)
+
+
+def starting_windows(prompt: Prompt, lookahead: int = 0) -> tuple[int, ...]:
+    """Attention windows of the prompt's first decode positions (the first token after the prefill sits at
+    position ``len(prompt.tokens)``, then ``lookahead`` more): the windows its first cycles run in. Uncapped by a
+    cache's size, so two prompts with the same starting windows share them in every cache whatever its capacity
+    (a cache's window is ``min(uncapped window, capacity)``)."""
+    first = len(prompt.tokens)
+    return tuple(kv_bucket(position + 1, sys.maxsize) for position in range(first, first + lookahead + 1))
+
+
+def warmup_prompts(prompts: Sequence[Prompt], lookahead: int = 0) -> tuple[Prompt, ...]:
+    """The prompts to decode untimed before the timed ones: one per distinct `starting_windows`, the longest of
+    each group (it reaches the furthest windows), in order of first appearance. Compiled or graph-captured steps
+    are keyed by window (and SPD's draft rows: a fill has 1, 2, ... rows), so every shape a timed prompt meets
+    first (its first cycles at its starting windows) is compiled before the clock starts. A warm-up of the first
+    prompt alone left a prompt that starts in another window compiling inside the timed region (8 s on an H100).
+    ``lookahead``: decode positions past the first that a prompt's first cycles reach (a fill that crosses a
+    window boundary meets other shapes than one that does not)."""
+    longest: dict[tuple[int, ...], Prompt] = {}
+    for prompt in prompts:
+        key = starting_windows(prompt, lookahead)
+        if key not in longest or len(prompt.tokens) > len(longest[key].tokens):
+            longest[key] = prompt
+    return tuple(longest.values())
 
 
 def forward_tokens(

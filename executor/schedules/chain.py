@@ -23,6 +23,7 @@ from executor.schedules.base import (
     forward_tokens,
     prefill,
     synthetic_drafts,
+    warmup_prompts,
     window,
 )
 from executor.schedules.chain_graphed import (
@@ -207,7 +208,9 @@ def run_chain(
     """Chain SD with `kind` "draft-model" (drafter: a fast model) or "eagle3" (drafter: an Eagle3Head).
 
     At T = 0 every iteration runs on the device path of `executor.schedules.chain_graphed` (graph-captured on a
-    GPU, in `graphs` or a new GraphCache; one host sync per iteration); at T > 0 the eager loop below samples."""
+    GPU, in `graphs` or a new GraphCache; one host sync per iteration); at T > 0 the eager loop below samples.
+    ``warmup``: decode the prompts of `warmup_prompts` (one per starting window) untimed first, on the runtime and
+    graphs the timed prompts use; the config's "warmup_prompts" counts them."""
     options.validate()
     if kind not in ("draft-model", "eagle3"):
         raise SpdsimError(f"chain method {kind!r} unknown (allowed: draft-model, eagle3)")
@@ -220,7 +223,10 @@ def run_chain(
 
     prompts = as_prompts(prompts)
     collect = drafter.head_config.feature_layers if kind == "eagle3" else ()
-    config = {"method": kind, "k": k, **asdict(options)}
+    # The first two iterations reach 2k + 2 positions past the first decode position (the second runs the first
+    # graphed catch-up).
+    warm = warmup_prompts(prompts, lookahead=2 * k + 2) if warmup else ()
+    config = {"method": kind, "k": k, **asdict(options), "warmup_prompts": len(warm)}
     if options.temperature == 0.0:
         max_prompt = max(len(p.tokens) for p in prompts)
         runtime = ChainRuntime(model, k, max_prompt, options, graphs if graphs is not None else GraphCache())
@@ -228,8 +234,8 @@ def run_chain(
             source = GraphedEagle3(FastEagle3.from_head(drafter, model), runtime, max_prompt, options)
         else:
             source = GraphedDraftModel(drafter, runtime, max_prompt, options)
-        if warmup:  # untimed, on the runtime and graphs the timed prompts use
-            run_graphed_prompt(model, prompts[0], 0, options, kind, source, collect)
+        for prompt in warm:  # untimed, on the runtime and graphs the timed prompts use
+            run_graphed_prompt(model, prompt, 0, options, kind, source, collect)
         runs = tuple(
             run_graphed_prompt(model, p, i, options, kind, source, collect) for i, p in enumerate(prompts)
         )
@@ -240,8 +246,8 @@ def run_chain(
             return Eagle3Drafter(drafter, model, len(tokens), feats, options, k)
         return _DraftModel(drafter, tokens, options, k)
 
-    if warmup:
-        run_chain_prompt(model, prompts[0], 0, options, kind, k, collect, make_drafter)
+    for prompt in warm:
+        run_chain_prompt(model, prompt, 0, options, kind, k, collect, make_drafter)
     runs = tuple(
         run_chain_prompt(model, p, i, options, kind, k, collect, make_drafter) for i, p in enumerate(prompts)
     )

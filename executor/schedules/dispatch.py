@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import asdict
 
 import torch
@@ -12,6 +11,7 @@ from executor.heads.eagle3 import Eagle3Head, Eagle3HeadConfig, load_eagle3
 from executor.heads.layers import base_config_of
 from executor.heads.spd_v11 import SpdHeadConfig, SpeculationModuleV11
 from executor.schedules import METHODS
+from executor.schedules.base import warmup_prompts
 from executor.schedules.chain import run_chain
 from executor.schedules.common import CycleTiming, DecodeOptions, PromptRun, RunResult, as_prompts
 from executor.schedules.spd import run_spd
@@ -30,13 +30,13 @@ _OPTION_FIELDS = (
 
 
 def dispatch(name: str, model, prompts, opts: dict) -> RunResult:
-    """Every method is timed the same way: one untimed warm-up decode of the first prompt (captures, compiles,
-    first-seen shapes; default on a GPU), then every prompt from its prefill's end (prefill excluded) to its last
-    commit on the host clock, after the iteration's sync that committed the token."""
+    """Every method is timed the same way: untimed warm-up decodes of `base.warmup_prompts` (one prompt per
+    starting attention window, so captures, compiles and first-seen shapes happen off the clock; default on a GPU;
+    the config's "warmup_prompts" counts them), then every prompt from its prefill's end (prefill excluded) to
+    its last commit on the host clock, after the iteration's sync that committed the token."""
     opts = dict(opts)
     warmup = bool(opts.pop("warmup", model.device.type == "cuda"))
-    result = _dispatch(name, model, prompts, {**opts, "warmup": warmup})
-    return dataclasses.replace(result, config={**result.config, "warmup_prompts": int(warmup)})
+    return _dispatch(name, model, prompts, {**opts, "warmup": warmup})
 
 
 def _dispatch(name: str, model, prompts, opts: dict) -> RunResult:
@@ -114,7 +114,9 @@ def _eagle3_head(model, head_path, seed: int) -> Eagle3Head:
 def run_ar(
     model, prompts, options: DecodeOptions, use_graphs: bool = True, warmup: bool = False
 ) -> RunResult:
-    """The AR schedule of `executor.schedules.ar` (graph-captured on a GPU), as a RunResult."""
+    """The AR schedule of `executor.schedules.ar` (graph-captured on a GPU), as a RunResult. ``warmup``: decode
+    the prompts of `warmup_prompts` (one per starting window) untimed first, on the cache and graphs the timed
+    prompts use; the config's "warmup_prompts" counts them."""
     from executor.graphs import GraphCache
 
     options.validate()
@@ -122,10 +124,12 @@ def run_ar(
     # One cache and one set of captured graphs for all prompts: a capture per prompt costs ~80 ms on a GPU.
     cache = model.new_cache(max((len(p.tokens) for p in prompts), default=0) + options.max_new_tokens)
     graphs = GraphCache(enabled=use_graphs)
-    if warmup:  # untimed, on the cache and graphs the timed prompts use
-        ar_prompt_runs(model, prompts[:1], options, cache, graphs)
+    warm = warmup_prompts(prompts) if warmup else ()
+    ar_prompt_runs(
+        model, warm, options, cache, graphs
+    )  # untimed, on the cache and graphs the timed prompts use
     runs = ar_prompt_runs(model, prompts, options, cache, graphs)
-    config = {"method": "ar", **asdict(options)}
+    config = {"method": "ar", **asdict(options), "warmup_prompts": len(warm)}
     return RunResult("ar", config, runs, str(model.device))
 
 

@@ -38,7 +38,14 @@ import torch
 from executor.graphs import GraphCache
 from executor.heads.fast_spd import FastSpdDrafter
 from executor.host_sync import HostSyncs, sync_allowed, to_host
-from executor.schedules.base import cache_length, follow_synthetic, prefill, synthetic_drafts, window
+from executor.schedules.base import (
+    cache_length,
+    follow_synthetic,
+    prefill,
+    synthetic_drafts,
+    warmup_prompts,
+    window,
+)
 from executor.schedules.common import (
     DecodeOptions,
     PhaseTimer,
@@ -416,16 +423,19 @@ def run_spd(
     flush: str = "flush",
 ) -> RunResult:
     """Decode every prompt with SPD; the drafter must have been built for this split and model. ``warmup``: decode
-    the first prompt once, untimed, on the caches and graphs the timed prompts use (they capture nothing new).
-    ``flush``: what a rejection does to the tokens in flight (module docstring)."""
+    the prompts of `warmup_prompts` (one per starting window) untimed first, on the caches and graphs the timed
+    prompts use, so their first cycles capture nothing new (the config's "warmup_prompts" counts them). ``flush``: what a rejection does to the tokens in
+    flight (module docstring)."""
     options.validate()
     check_drafter(model, drafter, split)
     check_flush(model, flush)
     streams = make_streams(model.device, split.num_stages + 1)
     prompt_list = as_prompts(prompts)
     decoder = _SpdDecoder(model, drafter, split, options, streams, prompt_list, use_graphs, flush)
-    if warmup:
-        decoder.run(prompt_list[0], 0)
+    # The fill and the first saturated cycle reach n positions past the first decode position.
+    warm = warmup_prompts(prompt_list, lookahead=split.num_stages) if warmup else ()
+    for prompt in warm:
+        decoder.run(prompt, 0)
     runs = tuple(decoder.run(prompt, index) for index, prompt in enumerate(prompt_list))
     head = drafter.head_config
     config = {
@@ -436,5 +446,6 @@ def run_spd(
         "aggr_feature_bound": list(head.aggr_feature_bound),
         **({"flush": flush} if flush != "flush" else {}),
         **asdict(options),
+        "warmup_prompts": len(warm),
     }
     return RunResult("spd", config, runs, str(model.device))

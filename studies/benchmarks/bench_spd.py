@@ -161,7 +161,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     )
     log(f"copy bandwidth {copy_gbps:.0f} GB/s (read + write)")
 
-    # Each method's warm-up decode runs on the caches and graphs its timed prompts use (dispatch's `warmup`).
+    # Each method's warm-up decodes (one prompt per starting window, dispatch's `warmup`) run on the caches and
+    # graphs its timed prompts use.
     warmup = device.type == "cuda" if args.warmup is None else bool(args.warmup)
     common = dict(max_new_tokens=args.new_tokens, warmup=warmup)
     spd_opts = dict(stages=args.stages, synthetic_alpha=args.alpha, spec_layers=args.spec_layers)
@@ -215,13 +216,13 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "tpot_ms": spd["tpot_ms"],
             "realised_alpha": spd["realised_alpha"],
             "tokens_per_cycle": spd["tokens_per_cycle"],
-            "cycle_us_by_state": clock.medians_us(skip_prompts=int(warmup)),
+            "cycle_us_by_state": clock.medians_us(skip_prompts=spd_result.config["warmup_prompts"]),
             "stage_steps": stages,
             "draft_us": phases.get("draft", {}),
             "verify_us": phases.get("verify", {}),
             "phase_median_us": phases,
         },
-        "warmup_prompts": int(warmup),
+        "warmup_prompts": spd_result.config["warmup_prompts"],
         "prompts_identical_to_ar": identical,
         "speedup_vs_ar": spd["tokens_per_s"] / ar["tokens_per_s"] if ar["tokens_per_s"] else None,
     }
