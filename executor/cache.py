@@ -35,6 +35,26 @@ def window_capacity(max_len: int, limit: int) -> int:
     return kv_bucket(max_len, max(limit, max_len))
 
 
+def cache_slots(max_len: int, limit: int, batch_size: int = 1) -> int:
+    """Slots of a model's cache asked to hold ``max_len`` positions. A decode cache (batch 1) always spans the
+    model's whole context ``limit``: compiled steps are specialised on the cache's strides, so caches of different
+    sizes (AR's, a schedule's with its lookahead, the synthetic reference's, the profiler's) would each compile the
+    same layer again, and on a GPU each compile tunes its reductions anew, so the same token at the same position
+    could round differently per schedule. Batched caches (feature extraction for training, eager) keep whole windows
+    (``window_capacity``)."""
+    if max_len > limit:
+        raise ValueError(f"cache max_len {max_len} exceeds the model's max_seq_len {limit}")
+    return window_capacity(limit if batch_size == 1 else max_len, limit)
+
+
+def persistent_buffers():
+    """Allocate state that compiled steps read (caches) as ordinary tensors whether or not the caller is in
+    inference mode: an inference tensor has other dispatch keys, so torch.compile guards would compile the same
+    layer again for it, and on a GPU a second compile may tune its reductions differently (other bf16 rounding,
+    another greedy token than AR's for the same token at the same position)."""
+    return torch.inference_mode(False)
+
+
 class KVCache:
     """K and V buffers ``[batch, kv_heads, max_len, head_dim]`` for every decoder layer.
 
@@ -58,9 +78,10 @@ class KVCache:
         self.num_layers = num_layers
         self.max_len = max_len
         self.batch_size = batch_size
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
-        self.lengths = torch.zeros(num_layers, dtype=torch.long, device=device)
+        with persistent_buffers():
+            self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+            self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+            self.lengths = torch.zeros(num_layers, dtype=torch.long, device=device)
 
     def layer_range(self, start_layer: int = 0, end_layer: int | None = None) -> range:
         end = self.num_layers if end_layer is None else end_layer

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from executor.cache import KVCache, window_capacity
+from executor.cache import KVCache, cache_slots
 from executor.layer_fns import (
     LayerShape,
     LayerWeights,
@@ -246,6 +246,15 @@ class _Layer(nn.Module):
         )
 
 
+def dense_strides(shape) -> tuple[int, ...]:
+    """Row-major strides of a freshly allocated tensor of ``shape`` (size-1 dimensions included, as dynamo guards)."""
+    strides, step = [], 1
+    for size in reversed(tuple(shape)):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
 class FastModel(DecoderAPI, nn.Module):
     """Decoder with fused weights and a static-shape step; see the module docstring for the API."""
 
@@ -339,13 +348,16 @@ class FastModel(DecoderAPI, nn.Module):
         model.rope_sin = angles.sin()
         return model
 
-    def compile_layers(self, mode: str | None = None) -> None:
-        """Compile the layer function once (all layers share its code: same shapes, weights are arguments)."""
+    def compile_layers(self, mode: str | None = None, backend: Any = None) -> None:
+        """Compile the layer function once (all layers share its code: same shapes, weights are arguments).
+        ``backend``: a torch.compile backend in place of inductor (tests count compiles with one)."""
         raise_recompile_limits()
         # Default mode: inductor's coordinate-descent tuning, which also lowers the batch-1 matmuls to tuned
         # reductions fused with their norms; on an H200 it took the AR step from 54.7% to 59.6% (qwen3-4b) and from
         # 70.5% to 82.2% (qwen3-8b) of copy bandwidth (studies/executor_speed/README.md).
         kwargs: dict[str, Any] = {"mode": mode} if mode else {"options": {"coordinate_descent_tuning": True}}
+        if backend is not None:
+            kwargs = {"backend": backend}
         self._compiled_fn = torch.compile(decoder_layer, dynamic=False, fullgraph=True, **kwargs)
         self._compiled_inputs = compiled_step_inputs(**kwargs)
         self._compiled_head = torch.compile(head_logits, dynamic=False, fullgraph=True, **kwargs)
@@ -355,10 +367,7 @@ class FastModel(DecoderAPI, nn.Module):
 
     # -- what DecoderAPI builds on ------------------------------------------------------------------------
     def new_cache(self, max_len: int | None = None, batch_size: int = 1) -> KVCache:
-        max_len = max_len or self.max_seq_len
-        if max_len > self.max_seq_len:
-            raise ValueError(f"cache max_len {max_len} exceeds the model's max_seq_len {self.max_seq_len}")
-        max_len = window_capacity(max_len, self.max_seq_len)
+        max_len = cache_slots(max_len or self.max_seq_len, self.max_seq_len, batch_size)
         return KVCache(
             self.cfg.num_layers,
             self.cfg.num_kv_heads,
@@ -392,6 +401,10 @@ class FastModel(DecoderAPI, nn.Module):
         """Final norm + lm_head; logits in float32 ``[B, T, V]``."""
         weight = self.embed_tokens if self.lm_head_weight is None else self.lm_head_weight
         compiled = self._compiled_head is not None and hidden.shape[1] <= COMPILED_MAX_TOKENS
+        if compiled and hidden.stride() != dense_strides(hidden.shape):
+            # one compiled head per shape: a slice's strides (the last position of a prefill) would compile it
+            # again, and on a GPU maybe with other reductions than the decode steps' head
+            hidden = hidden.clone(memory_format=torch.contiguous_format)
         return (self._compiled_head if compiled else head_logits)(
             hidden, self.norm, weight, self.cfg.rms_norm_eps
         )

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from executor.cache import KVCache, window_capacity
+from executor.cache import KVCache, cache_slots, persistent_buffers
 from executor.deltanet import (
     RECURRENT_MAX_TOKENS,
     AttnShape,
@@ -168,17 +168,18 @@ class HybridCache(KVCache):
         kv_shape = (batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
         empty = (batch_size, cfg.num_kv_heads, 0, cfg.head_dim)
         full = [kind == FULL for kind in cfg.layer_types]
-        self.keys = [torch.zeros(kv_shape if f else empty, device=device, dtype=dtype) for f in full]
-        self.values = [torch.zeros(kv_shape if f else empty, device=device, dtype=dtype) for f in full]
         state = (ring, batch_size, cfg.linear_value_heads, cfg.linear_key_dim, cfg.linear_value_dim)
-        self.conv_rings = [
-            None if f else torch.zeros(batch_size, ring, cfg.conv_dim, device=device, dtype=dtype)
-            for f in full
-        ]
-        self.state_rings = [
-            None if f else torch.zeros(state, device=device, dtype=torch.float32) for f in full
-        ]
-        self.lengths = torch.zeros(cfg.num_layers, dtype=torch.long, device=device)
+        with persistent_buffers():
+            self.keys = [torch.zeros(kv_shape if f else empty, device=device, dtype=dtype) for f in full]
+            self.values = [torch.zeros(kv_shape if f else empty, device=device, dtype=dtype) for f in full]
+            self.conv_rings = [
+                None if f else torch.zeros(batch_size, ring, cfg.conv_dim, device=device, dtype=dtype)
+                for f in full
+            ]
+            self.state_rings = [
+                None if f else torch.zeros(state, device=device, dtype=torch.float32) for f in full
+            ]
+            self.lengths = torch.zeros(cfg.num_layers, dtype=torch.long, device=device)
 
     def nbytes(self, kv_len: int | None = None) -> int:
         """Bytes of K+V over the full-attention layers for ``kv_len`` positions, plus one state per DeltaNet layer."""
@@ -357,12 +358,7 @@ class HybridModel(DecoderAPI, nn.Module):
     def new_cache(
         self, max_len: int | None = None, batch_size: int = 1, ring: int = STATE_RING
     ) -> HybridCache:
-        max_len = max_len or self.max_seq_len
-        if max_len > self.max_seq_len:
-            raise ValueError(f"cache max_len {max_len} exceeds the model's max_seq_len {self.max_seq_len}")
-        max_len = window_capacity(
-            max_len, self.max_seq_len
-        )  # windows a function of position alone (cache.py)
+        max_len = cache_slots(max_len or self.max_seq_len, self.max_seq_len, batch_size)
         return HybridCache(
             self.cfg, max_len, batch_size=batch_size, device=self.device, dtype=self.dtype, ring=ring
         )

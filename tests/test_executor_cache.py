@@ -76,7 +76,9 @@ def test_kv_bucket_covers_and_bounds(kv_len: int, max_len: int) -> None:
     assert bucket == max_len or bucket < max(2 * kv_len, 256) + 1
 
 
-def _logits_and_windows_by_cache_size(device: str) -> tuple[list[torch.Tensor], list[list[int]]]:
+def _logits_and_windows_by_cache_size(
+    device: str, compiled: bool = False
+) -> tuple[list[torch.Tensor], list[list[int]]]:
     """One bf16 model; three caches asked for different lengths; positions 260-299 decoded one token at a time
     through `forward_tokens` (the path every speculative schedule uses). Returns logits and attention windows."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -90,6 +92,8 @@ def _logits_and_windows_by_cache_size(device: str) -> tuple[list[torch.Tensor], 
         torch.manual_seed(0)
         hf = Qwen3ForCausalLM(Qwen3Config(**fields))
     model = FastModel.from_hf(hf.eval(), device=device, dtype=torch.bfloat16, max_seq_len=2048)
+    if compiled:
+        model.compile_layers()
     windows: list[int] = []
     forward_layers = model.forward_layers
 
@@ -128,6 +132,41 @@ def test_the_attention_window_is_a_function_of_position_alone() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_same_token_at_the_same_position_gives_bit_identical_bf16_logits_on_the_gpu() -> None:
     logits, windows = _logits_and_windows_by_cache_size("cuda")
+    assert windows[0] == windows[1] == windows[2]
+    assert torch.equal(logits[0], logits[1]) and torch.equal(logits[0], logits[2])
+
+
+def test_caches_of_every_size_and_mode_share_one_compile_of_the_layer() -> None:
+    """A decode cache spans the model's whole context and is an ordinary tensor, so a compiled step is compiled
+    once per (query tokens, window) whichever schedule made the cache (AR's, a lookahead's, the synthetic
+    reference's inside inference mode): on a GPU every extra compile tunes its reductions anew (other rounding)."""
+    from torch._dynamo.testing import CompileCounter
+
+    from executor.schedules.base import forward_tokens
+
+    model = FastModel.from_hf(load_model("random:tiny-qwen3", seed=5).hf_model, max_seq_len=1024)
+    counter = CompileCounter()
+    model.compile_layers(backend=counter)
+    tokens = list(range(3, 40))
+    frames = []
+    for max_len, made_in_inference_mode in ((64, False), (300, True), (900, False), (None, True)):
+        with torch.inference_mode(made_in_inference_mode):
+            cache = model.new_cache(max_len)
+        with torch.inference_mode():  # every schedule decodes in inference mode
+            forward_tokens(model, tokens[:30], 0, cache)  # prefill: eager
+            for i, token in enumerate(tokens[30:]):  # one-token steps, all in window 256
+                model.head(forward_tokens(model, [token], 30 + i, cache)[0])
+        frames.append(counter.frame_count)
+        assert cache.max_len == 1024
+    assert frames[0] > 0 and frames == [frames[0]] * 4
+    model.uncompile_layers()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_same_token_at_the_same_position_gives_bit_identical_bf16_logits_compiled_on_the_gpu() -> None:
+    """The same as above through inductor (the timed paths compile): one compile, one rounding, for every cache."""
+    logits, windows = _logits_and_windows_by_cache_size("cuda", compiled=True)
     assert windows[0] == windows[1] == windows[2]
     assert torch.equal(logits[0], logits[1]) and torch.equal(logits[0], logits[2])
 

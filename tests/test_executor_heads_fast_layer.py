@@ -36,7 +36,7 @@ def test_pack_fuses_qkv_and_gate_up(pair):
     shape = layer_shape(head.layer)
     assert (shape.num_heads, shape.num_kv_heads, shape.head_dim) == (4, 2, 8)
     cache = new_head_cache(shape, 40, 512, "cpu", torch.float32)
-    assert cache.num_layers == 1 and cache.max_len == 256
+    assert cache.num_layers == 1 and cache.max_len == 512  # the whole context, like the base model's caches
 
 
 @torch.inference_mode()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from executor.cache import KVCache, window_capacity
+from executor.cache import KVCache, cache_slots
 from executor.layer_fns import LayerShape, LayerWeights
 from spdsim.contract import SpdsimError
 
@@ -68,13 +68,13 @@ def layer_shape(layer) -> LayerShape:
 def new_head_cache(
     shape: LayerShape, capacity: int, limit: int, device, dtype, num_layers: int = 1
 ) -> KVCache:
-    """A fixed-capacity cache for a head, allocated in whole attention windows (``window_capacity``), so a
-    head's window is ``kv_bucket(position + 1, cache.max_len)`` like the base model's."""
+    """A head's decode cache, sized like the base model's (``cache_slots``: its whole context), so a head's window
+    is ``kv_bucket(position + 1, cache.max_len)`` like the base model's and one compile serves every schedule."""
     return KVCache(
         num_layers,
         shape.num_kv_heads,
         shape.head_dim,
-        window_capacity(capacity, limit),
+        cache_slots(capacity, max(limit, capacity)),
         device=device,
         dtype=dtype,
     )

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from executor.cache import KVCache, kv_bucket, window_capacity
+from executor.cache import KVCache, cache_slots, kv_bucket
 from executor.heads.fast_layer import layer_shape, pack_decoder_layer
 from executor.layer_fns import head_logits
 
@@ -59,7 +59,7 @@ class FastSpdDrafter:
         weight = self.lm_head
         self.device, self.dtype = weight.device, weight.dtype
         self.hidden_size = weight.shape[1]
-        capacity = window_capacity(capacity, max(model.max_seq_len, capacity))
+        capacity = cache_slots(capacity, max(model.max_seq_len, capacity))
         shape = self.shape
         self.cache = KVCache(
             len(self.layers),
