@@ -48,6 +48,11 @@ def run(
     k: int = typer.Option(None, help="chain SD: draft length K"),
     spec_layers: int = typer.Option(None, min=1, help="SPD without --head: drafter decoder layers L_s (1)"),
     head: Path = typer.Option(None, help="SPD / EAGLE-3 head checkpoint"),
+    draft_vocab_size: int = typer.Option(
+        None,
+        min=0,
+        help="EAGLE-3 without --head: draft lm_head rows (32000, as trained heads; 0: the target's)",
+    ),
     draft_model: str = typer.Option(None, help="draft-model: the draft model spec"),
     synthetic_alpha: float = typer.Option(None, help="timing runs: accept a draft with this probability"),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), bfloat16, float32"),
@@ -134,6 +139,8 @@ def _run(**kw) -> None:
         opts["k"] = kw["k"]
     if kw["spec_layers"] is not None:
         opts["spec_layers"] = kw["spec_layers"]
+    if kw["draft_vocab_size"] is not None:
+        opts["draft_vocab_size"] = kw["draft_vocab_size"]
     if kw["head"] is not None:
         opts["head"] = kw["head"]
     if kw["draft_model"]:

@@ -26,6 +26,7 @@ from executor.graphs import GraphedStep
 from executor.stages import split_layers, uneven_counts
 from executor.timing import TimingStats, time_callable
 from spdsim.contract import PROFILE_KIND, SCHEMA_VERSION, ModelShape, validate_profile
+from spdsim.contract.vocabulary import DRAFT_VOCAB_SIZE
 
 
 @dataclass(frozen=True)
@@ -336,11 +337,13 @@ def profile_chain_draft(
     """One serial EAGLE-3-style draft pass (one decoder layer on one token, draft lm_head, argmax) at ``kv_len``
     cached head positions, as the chain schedule runs it: the functional head step (``FastEagle3``) over a
     position-masked static cache, graph-captured on a GPU (compiled layers when the model is compiled)."""
-    from executor.heads.eagle3 import Eagle3Head, Eagle3HeadConfig, FastEagle3
+    from executor.heads.eagle3 import Eagle3Head, Eagle3HeadConfig, FastEagle3, draft_vocabulary
     from executor.heads.layers import base_config_of
 
     base = base_config_of(model)
-    head = Eagle3Head(base, Eagle3HeadConfig.build(base)).to(device=model.device, dtype=model.dtype).eval()
+    ids = draft_vocabulary(base.vocab_size, DRAFT_VOCAB_SIZE)  # as the chain schedule's random head
+    head = Eagle3Head(base, Eagle3HeadConfig.build(base, draft_token_ids=ids))
+    head = head.to(device=model.device, dtype=model.dtype).eval()
     fast = FastEagle3.from_head(head, model)
     hidden, embeds = _hidden(model, 1), _hidden(model, 1)
     timer = PhaseTimer(model.device, grid)

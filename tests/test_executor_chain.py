@@ -79,6 +79,16 @@ def test_eagle3_with_a_draft_vocabulary_is_lossless(target, reference):
     assert_lossless(result, reference)
 
 
+@pytest.mark.parametrize("rows,expected", [(40, 40), (0, 128), (None, 128)])
+def test_a_random_eagle3_head_drafts_over_the_draft_vocabulary_asked(target, reference, rows, expected):
+    """Random heads of timing runs get a trained head's draft lm_head rows (32000 by default, capped at the
+    vocabulary; 0 = the target's): the config records what the head had, and decoding stays lossless."""
+    opts = {} if rows is None else {"draft_vocab_size": rows}
+    result = run_method("eagle3", target, prompts(), max_new_tokens=NEW, k=3, synthetic_alpha=0.6, **opts)
+    assert result.config["draft_vocab_size"] == expected
+    assert_lossless(result, reference)
+
+
 def test_synthetic_chain_acceptance_length_matches_the_iid_closed_form(target, draft):
     """τ = (1 − α^{K+1}) / (1 − α) for i.i.d. acceptance (docs/baselines.md F1)."""
     alpha, k = 0.7, 3
@@ -162,6 +172,10 @@ def test_bad_inputs(target):
         run_method("eagle3", target, prompts(2), k=0)
     with pytest.raises(SpdsimError, match="unknown"):
         run_method("medusa", target, prompts(2))
+    with pytest.raises(SpdsimError, match="fixes its draft vocabulary"):
+        run_method("eagle3", target, prompts(2), head="any.pt", draft_vocab_size=10)
+    with pytest.raises(SpdsimError, match="do not apply"):
+        run_method("draft-model", target, prompts(2), draft_model=target, draft_vocab_size=10)
 
 
 @pytest.mark.gpu

@@ -106,7 +106,9 @@ def test_crop_rewinds_the_deltanet_state_and_the_kv(hf_model, ids):
 def test_model_api_and_cache_shapes(hf_model):
     fast = HybridModel.from_hf(hf_model, max_seq_len=256)
     cache = fast.new_cache(64)
-    assert fast.num_layers == 8 and fast.dtype == torch.float32 and cache.max_len == 256  # the whole context (max_seq_len)
+    assert (
+        fast.num_layers == 8 and fast.dtype == torch.float32 and cache.max_len == 256
+    )  # the whole context (max_seq_len)
     assert cache.keys[0].shape[2] == 0 and cache.keys[3].shape[2] == 256
     assert cache.state_rings[0].dtype == torch.float32 and cache.state_rings[3] is None
     assert base_config_of(fast).model_type == "qwen3_5_text"

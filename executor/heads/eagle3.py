@@ -158,6 +158,14 @@ def load_eagle3(source: str | Path | dict, base_config, dtype: torch.dtype | Non
     return head
 
 
+def draft_vocabulary(vocab_size: int, draft_vocab_size: int) -> tuple[int, ...] | None:
+    """Draft token ids of a random (untrained) head: the first ``draft_vocab_size`` ids, as many rows as a
+    trained head's d2t table (which ids does not matter for timing); None (the whole vocabulary) for 0 or more."""
+    if draft_vocab_size <= 0 or draft_vocab_size >= vocab_size:
+        return None
+    return tuple(range(draft_vocab_size))
+
+
 @dataclass(frozen=True)
 class FastEagle3:
     """An Eagle3Head in the fast decoder's functional form (``executor.heads.fast_layer``): its layer packed into

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 
 from executor.heads.checkpoint import load_spd_checkpoint
-from executor.heads.eagle3 import Eagle3Head, Eagle3HeadConfig, load_eagle3
+from executor.heads.eagle3 import Eagle3Head, Eagle3HeadConfig, draft_vocabulary, load_eagle3
 from executor.heads.layers import base_config_of
 from executor.heads.spd_v11 import SpdHeadConfig, SpeculationModuleV11
 from executor.schedules import METHODS
@@ -17,6 +17,7 @@ from executor.schedules.common import CycleTiming, DecodeOptions, PromptRun, Run
 from executor.schedules.spd import run_spd
 from executor.stages import split_layers
 from spdsim.contract import SpdsimError
+from spdsim.contract.vocabulary import DRAFT_VOCAB_SIZE
 
 _OPTION_FIELDS = (
     "max_new_tokens",
@@ -56,8 +57,13 @@ def _dispatch(name: str, model, prompts, opts: dict) -> RunResult:
             model, draft, prompts, "draft-model", int(opts.pop("k", 3)), options, warmup=warmup
         )
     elif name == "eagle3":
-        head = _eagle3_head(model, opts.pop("head", None), options.seed)
+        head_path, vocab = opts.pop("head", None), opts.pop("draft_vocab_size", None)
+        if head_path is not None and vocab is not None:
+            raise SpdsimError("draft_vocab_size: a trained head's checkpoint fixes its draft vocabulary")
+        head = _eagle3_head(model, head_path, options.seed, DRAFT_VOCAB_SIZE if vocab is None else int(vocab))
         result = run_chain(model, head, prompts, "eagle3", int(opts.pop("k", 3)), options, warmup=warmup)
+        rows = int(head.lm_head.weight.shape[0])  # the head's draft vocabulary, trained or random
+        result = replace(result, config={**result.config, "draft_vocab_size": rows})
     else:
         raise SpdsimError(f"method {name!r} unknown (allowed: {', '.join(METHODS)})")
     if opts:
@@ -95,7 +101,7 @@ def _spd(model, prompts, options: DecodeOptions, opts: dict, warmup: bool = Fals
     return run_spd(model, drafter, prompts, split, options, warmup=warmup, flush=flush)
 
 
-def _eagle3_head(model, head_path, seed: int) -> Eagle3Head:
+def _eagle3_head(model, head_path, seed: int, draft_vocab_size: int = DRAFT_VOCAB_SIZE) -> Eagle3Head:
     if getattr(model, "is_hybrid", False):
         raise SpdsimError(
             "method eagle3 on a Qwen3.5 hybrid model is not supported yet (the EAGLE-3 head layer is not "
@@ -107,7 +113,8 @@ def _eagle3_head(model, head_path, seed: int) -> Eagle3Head:
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            head = Eagle3Head(base, Eagle3HeadConfig.build(base))
+            ids = draft_vocabulary(base.vocab_size, draft_vocab_size)
+            head = Eagle3Head(base, Eagle3HeadConfig.build(base, draft_token_ids=ids))
     return head.to(device=model.device, dtype=model.dtype).eval()
 
 

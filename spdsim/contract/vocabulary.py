@@ -45,6 +45,10 @@ VERIFY_PLACEMENTS = ("controller", "last-stage")
 # when its config has no "drafter" (only the distributed launcher writes one).
 STAGE_PLACEMENTS = ("gpu-per-stage", "one-gpu")
 
+# Rows of a head-style drafter's lm_head: EAGLE-3's published heads draft over the 32k most frequent tokens (d2t).
+# Simulator: method.draft_vocab_size; executor: random EAGLE-3 heads' --draft-vocab-size (0: the target's vocabulary).
+DRAFT_VOCAB_SIZE = 32000
+
 CYCLE_STATES = ("fill", "refill", "saturated", "chain")  # executor cycles.csv "state"
 TRACE_STATES = ("saturated", "refill", "chain")  # trace.csv "state" (fill verifications count as refill)
 

@@ -14,6 +14,7 @@ from typing import Any
 from spdsim.contract.shape import ModelShape
 from spdsim.contract.vocabulary import (
     ACCEPTANCE_KINDS,
+    DRAFT_VOCAB_SIZE,
     DRAFTER_PLACEMENTS,
     METHODS,
     PIPELINE_METHODS,
@@ -138,7 +139,9 @@ class MethodSpec:
     stage_placement: str = "gpu-per-stage"  # SPD/PPSD: "one-gpu" runs every stage and the drafter on one GPU
     draft_tokens: int = 3  # K for chain / parallel methods
     draft_layers: int = 1  # drafter depth for eagle3/mtp/dflash/peagle heads, or the draft model's layers
-    draft_vocab_size: int = 32000  # draft lm_head rows (SPD PDM, EAGLE-3, P-EAGLE); 0 = target vocab
+    draft_vocab_size: int = (
+        DRAFT_VOCAB_SIZE  # draft lm_head rows (SPD PDM, EAGLE-3, P-EAGLE); 0 = target vocab
+    )
     draft_model_layers_fraction: float = (
         0.0  # classic draft model as a fraction of the target (0 = use draft_layers)
     )
