@@ -6,6 +6,8 @@
 #   bench:MODEL studies/benchmarks/bench_chain.py (K = 3) and bench_spd.py (n = 4) at alpha 0.8, 4 prompts x 256 tokens
 #   tests       the GPU-marked executor tests
 # Results under $OUT: gpu.txt and results.tgz (results/<job>/..., one log per job), re-packed after every job.
+# Results are kept in the git-ignored .cache/results: on a machine still warm from the last call, fid/q35 jobs
+# resume (measure.py --resume: the bundle and finished runs are kept), so a campaign may span back-to-back calls.
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -16,12 +18,12 @@ export PYTHONPATH=/tmp/site:$PWD
 # compiled kernels and their tuning stay on a warm machine between calls (.cache/ is git-ignored)
 export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor TRITON_CACHE_DIR=$PWD/.cache/triton
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit --format=csv > "$OUT/gpu.txt"
-RES=/tmp/results
+RES=$PWD/.cache/results
 mkdir -p "$RES"
 
 left() { echo $((DEADLINE - SECONDS)); }
 cap() { local want=$1 have; have=$(left); have=$((have > 5 ? have : 5)); echo $((want < have ? want : have)); }  # never 0: timeout 0 waits forever
-pack() { tar czf "$OUT/results.tgz.tmp" -C /tmp results && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"; }
+pack() { tar czf "$OUT/results.tgz.tmp" -C "$PWD/.cache" results && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"; }
 
 for job in $JOBS; do
   [ "$(left)" -gt 30 ] || { echo "deadline: skipped $job"; continue; }
@@ -30,7 +32,7 @@ for job in $JOBS; do
   case $kind in
     fid)
       timeout "$(cap "${FID_S:-420}")" python3 studies/fidelity_1gpu/measure.py --models "$model" --limit "${LIMIT:-3}" \
-        --kv-lens "${KV:-128,512}" --out "$RES/fidelity" > "$RES/fidelity_$tag.log" 2>&1
+        --kv-lens "${KV:-128,512}" --out "$RES/fidelity" --resume >> "$RES/fidelity_$tag.log" 2>&1
       grep -E "tok/s|FAILED|Error" "$RES/fidelity_$tag.log" | tail -16 ;;
     q35)
       mkdir -p "$RES/qwen35"
@@ -38,8 +40,8 @@ for job in $JOBS; do
         --new-tokens 128 --out-dir "$RES/qwen35/ar_$tag" > "$RES/qwen35/ar_$tag.log" 2>&1
       grep -sE "fraction|tok/s|Error" "$RES/qwen35/ar_$tag.log" | tail -3
       timeout "$(cap "${Q35_S:-240}")" python3 studies/fidelity_1gpu/measure.py --models "$model" --chain-k "" \
-        --spec-layers 2,3,4 --kv-lens "${KV:-128,512}" --limit "${LIMIT:-3}" --out "$RES/qwen35" \
-        > "$RES/qwen35/measure_$tag.log" 2>&1
+        --spec-layers 2,3,4 --kv-lens "${KV:-128,512}" --limit "${LIMIT:-3}" --out "$RES/qwen35" --resume \
+        >> "$RES/qwen35/measure_$tag.log" 2>&1
       grep -E "tok/s|FAILED|Error" "$RES/qwen35/measure_$tag.log" | tail -6 ;;
     bench)
       timeout "$(cap "${BENCH_S:-150}")" python3 studies/benchmarks/bench_chain.py --model "$model" --k 3 --alpha 0.8 \

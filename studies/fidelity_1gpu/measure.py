@@ -75,12 +75,54 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
             f"realised alpha {summary['realised_alpha']} (nominal {summary['nominal_alpha']})"
         )
 
+    resume = args.resume and _same_device(folder, device)
+
     def attempt(name: str, method: str, **opts) -> None:
+        if resume and (folder / name / "summary.json").is_file():
+            log(f"{tag} {name}: kept (--resume)")
+            return
         try:
             save(name, run_method(method, model, prompts, **common, **opts))
         except Exception as exc:  # noqa: BLE001 - a measurement campaign logs a failed run and goes on
             log(f"{tag} {name}: FAILED {exc!r}"[:400])
 
+    if resume and (folder / "profile.json").is_file():
+        log(f"{tag}: profile bundle kept (--resume)")
+    else:
+        measure_bundle(spec, model, folder, args, device)
+    # The bundle and the two fitted runs first: a campaign cut short by its time limit can still be calibrated.
+    chain = [(k, alpha) for k in args.chain_k for alpha in CHAIN_ALPHA]
+    fitted = [(k, alpha) for k, alpha in chain if (k, alpha) == (3, 0.8)]
+    attempt("ar", "ar")
+    for k, alpha in fitted:
+        attempt(run_name("eagle3", k, alpha), "eagle3", k=k, synthetic_alpha=alpha)
+    for n in SPD_STAGES:
+        attempt(run_name("spd", n, 0.8), "spd", stages=n, synthetic_alpha=0.8)
+    for k, alpha in chain:
+        if (k, alpha) not in fitted:
+            attempt(run_name("eagle3", k, alpha), "eagle3", k=k, synthetic_alpha=alpha)
+    model = loaded = None  # free the GPU before the next model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch._dynamo.reset()
+
+
+def _same_device(folder: Path, device: str) -> bool:
+    """--resume keeps a folder's bundle and runs only if they were measured on this kind of GPU."""
+    meta = folder / "measure.json"
+    if not meta.is_file():
+        return False
+    measured_on = json.loads(meta.read_text())["hardware"].get("gpu")
+    here = hardware_info(device, 0.0)["gpu"]
+    if measured_on != here:
+        log(f"{folder.name}: measured on {measured_on}, this is {here}: measuring again (no --resume)")
+        return False
+    return True
+
+
+def measure_bundle(spec: str, model, folder: Path, args, device: str) -> None:
+    """The profile bundle (every phase, graph-captured) and the campaign's provenance (measure.json)."""
+    tag = folder.name
     log(f"{tag}: profile bundle")
     grid = ProfileGrid(
         stage_counts=(1, 2, 4, 8),
@@ -108,21 +150,6 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
         "command": " ".join(["python"] + sys.argv),
     }
     (folder / "measure.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    # The bundle and the two fitted runs first: a campaign cut short by its time limit can still be calibrated.
-    chain = [(k, alpha) for k in args.chain_k for alpha in CHAIN_ALPHA]
-    fitted = [(k, alpha) for k, alpha in chain if (k, alpha) == (3, 0.8)]
-    attempt("ar", "ar")
-    for k, alpha in fitted:
-        attempt(run_name("eagle3", k, alpha), "eagle3", k=k, synthetic_alpha=alpha)
-    for n in SPD_STAGES:
-        attempt(run_name("spd", n, 0.8), "spd", stages=n, synthetic_alpha=0.8)
-    for k, alpha in chain:
-        if (k, alpha) not in fitted:
-            attempt(run_name("eagle3", k, alpha), "eagle3", k=k, synthetic_alpha=alpha)
-    model = loaded = None  # free the GPU before the next model
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch._dynamo.reset()
 
 
 def main() -> int:
@@ -140,6 +167,11 @@ def main() -> int:
         default="128,256,512",
         help="live KV lengths of the profile bundle: from below the shortest prompt to above the longest prompt plus "
         "new tokens (a reader does not extrapolate); lengths under 256 share the 256-slot window's graphs",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep a model folder's bundle and finished runs (same GPU kind), measure only what is missing",
     )
     parser.add_argument("--spec-layers", default="1", help="SPD drafter depths L_s of the profile bundle")
     args = parser.parse_args()
