@@ -82,6 +82,9 @@ def speed(folder: Path) -> dict:
             # the whole iteration on the host clock (phases + the one host sync + launches), mean over iterations
             eagle3_k3_iteration_wall_us=1e3 * chain_summary["tpot_ms"] * chain_summary["tokens_per_cycle"],
         )
+        out["chain_k3_by_nominal_alpha"] = k3_runs = _k3_speedups(folder, ar_summary["tpot_ms"])
+        nearest = min(k3_runs, key=lambda r: abs((r["realised_alpha"] or 0.0) - 0.8))
+        out["chain_k3_nearest_realised_0_8"] = nearest
     bundle = json.loads((folder / "profile.json").read_text())
     shape, copy_gbps = bundle["model"], bundle["hardware"]["copy_bandwidth_gbps"]
     per_layer = layer_weight_bytes(ModelShape(**shape), 1)
@@ -99,6 +102,23 @@ def speed(folder: Path) -> dict:
     return out
 
 
+def _k3_speedups(folder: Path, ar_tpot_ms: float) -> list[dict]:
+    """Every EAGLE-3 K = 3 run's realised alpha and speedup over AR: the goal is stated at *realised* 0.8, and
+    on a GPU the realised alpha may fall below the nominal one (re-anchors)."""
+    rows = []
+    for run in sorted(folder.glob("eagle3_k3_a*")):
+        summary = json.loads((run / "summary.json").read_text())
+        rows.append(
+            {
+                "run": run.name,
+                "nominal_alpha": summary.get("nominal_alpha"),
+                "realised_alpha": summary.get("realised_alpha"),
+                "speedup": ar_tpot_ms / summary["tpot_ms"],
+            }
+        )
+    return rows
+
+
 def speed_report(rows: list[dict]) -> str:
     lines = ["", "## Speed (issue 11), same process as the fidelity runs", ""]
     for row in rows:
@@ -111,6 +131,12 @@ def speed_report(rows: list[dict]) -> str:
                 f"(median of its phases; {row['eagle3_k3_iteration_wall_us']:.0f} us on the host clock, mean) "
                 f"= {row['iteration_over_ar_step']:.2f} x the AR step (goal <= 1.4); chain speedup at nominal 0.8 "
                 f"(realised {row['chain_realised_alpha']:.3f}) {row['chain_speedup']:.2f}x (goal >= 1.8)"
+            )
+        if "chain_k3_nearest_realised_0_8" in row:
+            near = row["chain_k3_nearest_realised_0_8"]
+            lines.append(
+                f"  K=3 run nearest realised 0.8: {near['run']} (realised {near['realised_alpha']:.3f}): "
+                f"{near['speedup']:.2f}x over AR (goal >= 1.8 at realised 0.8)"
             )
         stages = ", ".join(
             f"{k} layers {v:.1%}"
@@ -183,8 +209,17 @@ def main() -> int:
     if results.is_relative_to(ROOT):  # the calibrated profiles record their inputs; no machine paths in them
         os.chdir(ROOT)
         results = results.relative_to(ROOT)
-    folders = sorted(p for p in results.iterdir() if (p / "profile.json").is_file())
-    frame = pd.concat([analyze_model(folder) for folder in folders], ignore_index=True)
+    folders = (
+        sorted(p for p in results.iterdir() if (p / "profile.json").is_file()) if results.is_dir() else []
+    )
+    if not folders:
+        print(f"error: no model folder with a profile.json in {results} (give --results <campaign folder>)")
+        return 2
+    try:
+        frame = pd.concat([analyze_model(folder) for folder in folders], ignore_index=True)
+    except SpdsimError as exc:  # e.g. a fitted run outside the bundle's KV range: one line, nothing written
+        print(f"error: {exc}")
+        return 2
     frame.to_csv(results / "validation.csv", index=False)
     speeds = [speed(folder) for folder in folders]
     (results / "speed.json").write_text(json.dumps(speeds, indent=1, default=str) + "\n")
