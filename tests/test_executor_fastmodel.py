@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from executor.fastmodel import FastModel, ModelConfig, rope_inv_freq
+from executor.fastmodel import FastModel, ModelConfig, dense_strides, rope_inv_freq
 from executor.models import load_model, smollm2_cached
 
 PRESETS = ("random:tiny-qwen3", "random:tiny-llama")
@@ -129,3 +129,26 @@ def test_qwen2_attention_bias_matches_transformers() -> None:
     tokens = torch.randint(0, 128, (1, 10), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert _rel(fast(tokens, torch.arange(10), fast.new_cache(32)), hf(tokens).logits) < 1e-5
+
+
+def test_dense_strides_are_those_of_a_fresh_tensor() -> None:
+    for shape in [(1, 1, 64), (2, 3, 4), (5,), (1, 7, 1)]:
+        assert dense_strides(shape) == torch.empty(shape).stride()
+
+
+def test_the_compiled_head_compiles_once_for_a_slice_and_a_fresh_row() -> None:
+    """The last position of a prefill (a slice with a long row stride) and a decode step's row reach the same
+    compiled head: one compile, so the first token rounds as every later one."""
+    from torch._dynamo.testing import CompileCounter
+
+    fast = FastModel.from_hf(load_model("random:tiny-qwen3", seed=5).hf_model, max_seq_len=256)
+    counter = CompileCounter()
+    fast.compile_layers(backend=counter)
+    hidden = torch.randn(1, 30, fast.cfg.hidden_size)
+    with torch.inference_mode():
+        sliced = fast.head(hidden[:, -1:])
+        frames = counter.frame_count
+        fresh = fast.head(hidden[:, -1:].clone())
+    assert counter.frame_count == frames == 1
+    assert torch.equal(sliced, fresh)
+    fast.uncompile_layers()
