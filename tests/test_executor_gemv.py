@@ -1,0 +1,70 @@
+"""The Triton GEMV: the F.linear fallback, its numerics under Triton's CPU interpreter, and on a GPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from executor.gemv import gemv, gemv_runs_triton
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _check(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
+    """Within one bf16 rounding of the fp32 product (the kernel accumulates in fp32, rounds once)."""
+    reference = F.linear(x.float(), w.float())
+    assert y.shape == reference.shape and y.dtype == x.dtype
+    assert torch.allclose(y.float(), reference, rtol=2**-7, atol=1e-3)
+
+
+def test_without_triton_on_the_cpu_it_is_f_linear() -> None:
+    if gemv_runs_triton(torch.device("cpu")):
+        pytest.skip("TRITON_INTERPRET is set: the interpreter runs the kernel")
+    w, x = torch.randn(37, 300), torch.randn(1, 1, 300)
+    assert torch.equal(gemv(x, w), F.linear(x, w))
+
+
+def test_the_kernel_under_the_cpu_interpreter() -> None:
+    """Rows and columns that are no multiple of the blocks (masks), one bf16 rounding, the same bits twice."""
+    pytest.importorskip("triton")
+    script = textwrap.dedent(
+        """
+        import torch
+        from executor.gemv import gemv, gemv_runs_triton
+        from tests.test_executor_gemv import _check
+        assert gemv_runs_triton(torch.device("cpu"))
+        g = torch.Generator().manual_seed(0)
+        for n, k in ((37, 300), (4, 256), (130, 1000)):
+            w = torch.randn(n, k, generator=g).bfloat16()
+            x = torch.randn(1, 1, k, generator=g).bfloat16()
+            y = gemv(x, w)
+            _check(y, x, w)
+            assert torch.equal(y, gemv(x, w))
+        print("ok")
+        """
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_kernel_on_the_gpu_on_qwen3_4b_shapes() -> None:
+    pytest.importorskip("triton")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for n, k in ((6144, 2560), (2560, 4096), (19456, 2560), (2560, 9728)):
+        w = torch.randn(n, k, generator=g, device="cuda").bfloat16() / k**0.5
+        x = torch.randn(1, 1, k, generator=g, device="cuda").bfloat16()
+        y = gemv(x, w)
+        _check(y, x, w)
+        assert torch.equal(y, gemv(x, w))
