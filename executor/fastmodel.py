@@ -14,6 +14,7 @@ pre final norm.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -348,9 +349,10 @@ class FastModel(DecoderAPI, nn.Module):
         model.rope_sin = angles.sin()
         return model
 
-    def compile_layers(self, mode: str | None = None, backend: Any = None) -> None:
+    def compile_layers(self, mode: str | None = None, backend: Any = None, gemv: bool = False) -> None:
         """Compile the layer function once (all layers share its code: same shapes, weights are arguments).
-        ``backend``: a torch.compile backend in place of inductor (tests count compiles with one)."""
+        ``backend``: a torch.compile backend in place of inductor (tests count compiles with one). ``gemv``:
+        one-token matmuls through ``executor.gemv`` (a benchmark variant until measured faster)."""
         raise_recompile_limits()
         # Default mode: inductor's coordinate-descent tuning, which also lowers the batch-1 matmuls to tuned
         # reductions fused with their norms; on an H200 it took the AR step from 54.7% to 59.6% (qwen3-4b) and from
@@ -358,7 +360,12 @@ class FastModel(DecoderAPI, nn.Module):
         kwargs: dict[str, Any] = {"mode": mode} if mode else {"options": {"coordinate_descent_tuning": True}}
         if backend is not None:
             kwargs = {"backend": backend}
-        self._compiled_fn = torch.compile(decoder_layer, dynamic=False, fullgraph=True, **kwargs)
+        layer: Callable[..., torch.Tensor] = decoder_layer
+        if gemv:
+            from executor.gemv import decode_linear
+
+            layer = functools.partial(decoder_layer, linear=decode_linear)
+        self._compiled_fn = torch.compile(layer, dynamic=False, fullgraph=True, **kwargs)
         self._compiled_inputs = compiled_step_inputs(**kwargs)
         self._compiled_head = torch.compile(head_logits, dynamic=False, fullgraph=True, **kwargs)
 

@@ -62,6 +62,24 @@ if triton is not None:
     # tuned once per (N, K) in a process, then fixed: every caller of a shape gets the same reduction order
     _gemv_tuned = triton.autotune(configs=_CONFIGS, key=["N", "K"])(_gemv_kernel)
 
+    @torch.library.triton_op("spdsim::gemv", mutates_args=())
+    def _gemv_op(row: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The tuned kernel as a custom op that torch.compile traces and CUDA graphs capture."""
+        n, k = weight.shape
+        out = torch.empty(n, device=row.device, dtype=row.dtype)
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+        torch.library.wrap_triton(_gemv_tuned)[grid](row, weight, out, n, weight.stride(0), K=k)
+        return out
+
+
+def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` for a decoder layer (``decoder_layer(linear=...)``): one-token rows on a GPU through the
+    Triton GEMV op, everything else (prefill, multi-token verify, the CPU) through ``F.linear``."""
+    if triton is None or x.device.type != "cuda" or x.numel() != x.shape[-1]:
+        return F.linear(x, weight, bias)
+    out = torch.ops.spdsim.gemv(x.reshape(x.shape[-1]).contiguous(), weight).reshape(*x.shape[:-1], -1)
+    return out if bias is None else out + bias
+
 
 def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, weight)`` for one row ``x [..., K]`` (leading dimensions of size 1), ``weight [N, K]``."""

@@ -58,6 +58,7 @@ def decoder_layer(
     v_cache: torch.Tensor,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     attn_input: torch.Tensor | None = None,
+    linear: Callable[..., torch.Tensor] = F.linear,
 ) -> torch.Tensor:
     """One pre-norm decoder layer on ``x [B, T, H]``; writes K/V of ``positions`` into the cache in place.
 
@@ -66,7 +67,8 @@ def decoder_layer(
     ``reduce``: a tensor-parallel shard's sum over the ranks of its two partial outputs (attention, MLP), applied
     before each residual add; ``shape`` and ``w`` then hold the shard's heads and slices.
     ``attn_input``: an already-normed attention input replacing ``norm(x)`` (EAGLE-3's cat(embed, hidden), 2H wide;
-    ``w.qkv`` then has that many columns).
+    ``w.qkv`` then has that many columns). ``linear``: the weight matmuls (``executor.gemv.decode_linear`` streams
+    one-token rows through a Triton GEMV).
     """
     nh, kv, hd = shape.num_heads, shape.num_kv_heads, shape.head_dim
     bsz, t, _ = x.shape
@@ -74,7 +76,7 @@ def decoder_layer(
     group = nh // kv
 
     normed = rms_norm(x, w.input_norm, shape.eps) if attn_input is None else attn_input
-    qkv = F.linear(normed, w.qkv, w.qkv_bias)
+    qkv = linear(normed, w.qkv, w.qkv_bias)
     q, k, v = qkv.split((nh * hd, kv * hd, kv * hd), dim=-1)
     q = q.view(bsz, t, nh, hd)
     k = k.view(bsz, t, kv, hd)
@@ -95,11 +97,11 @@ def decoder_layer(
     scores = scores.view(bsz, kv, group, t, window) + mask
     probs = torch.softmax(scores.float(), dim=-1).to(x.dtype).view(bsz, kv, group * t, window)
     attn = torch.matmul(probs, v_cache).view(bsz, nh, t, hd).transpose(1, 2).reshape(bsz, t, nh * hd)
-    attn_out = F.linear(attn, w.o_proj)
+    attn_out = linear(attn, w.o_proj)
     x = x + (attn_out if reduce is None else reduce(attn_out))
 
-    gate, up = F.linear(rms_norm(x, w.post_norm, shape.eps), w.gate_up).chunk(2, dim=-1)
-    mlp_out = F.linear(F.silu(gate) * up, w.down)
+    gate, up = linear(rms_norm(x, w.post_norm, shape.eps), w.gate_up).chunk(2, dim=-1)
+    mlp_out = linear(F.silu(gate) * up, w.down)
     return x + (mlp_out if reduce is None else reduce(mlp_out))
 
 

@@ -68,3 +68,34 @@ def test_the_kernel_on_the_gpu_on_qwen3_4b_shapes() -> None:
         y = gemv(x, w)
         _check(y, x, w)
         assert torch.equal(y, gemv(x, w))
+
+
+def _ar_logits(gemv_layers: bool, device: str) -> torch.Tensor:
+    from executor.fastmodel import FastModel
+    from executor.models import load_model
+    from executor.schedules.base import forward_tokens
+
+    fast = FastModel.from_hf(
+        load_model("random:tiny-qwen3", seed=5).hf_model, device=device, dtype=torch.bfloat16, max_seq_len=256
+    )
+    fast.compile_layers(gemv=gemv_layers)
+    tokens = list(range(3, 23))
+    with torch.inference_mode():
+        cache = fast.new_cache()
+        forward_tokens(fast, tokens[:12], 0, cache)
+        rows = [fast.head(forward_tokens(fast, [t], 12 + i, cache)[0]) for i, t in enumerate(tokens[12:])]
+    return torch.cat(rows, dim=1).float().cpu()
+
+
+def test_compiled_layers_with_gemv_are_the_plain_layers_on_the_cpu() -> None:
+    """On the CPU decode_linear is F.linear: the gemv variant compiles and gives the same bits."""
+    assert torch.equal(_ar_logits(True, "cpu"), _ar_logits(False, "cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_layers_with_gemv_on_the_gpu_agree_with_the_plain_ones() -> None:
+    pytest.importorskip("triton")
+    with_gemv, plain = _ar_logits(True, "cuda"), _ar_logits(False, "cuda")
+    assert (with_gemv.argmax(-1) == plain.argmax(-1)).float().mean() > 0.9
+    assert torch.allclose(with_gemv, plain, rtol=0.05, atol=0.05)

@@ -401,10 +401,11 @@ def main() -> int:
             model.uncompile_layers()
             started = time.perf_counter()
             if mode is not None:
-                base_mode, _, tuning = mode.partition("+")
-                # "+cdt": inductor's coordinate-descent tuning of the generated kernels' launch configs
-                torch._inductor.config.coordinate_descent_tuning = tuning == "cdt"
-                model.compile_layers(None if base_mode == "default" else base_mode)
+                base_mode, *extras = mode.split("+")
+                # "+cdt": inductor's coordinate-descent tuning of the generated kernels' launch configs;
+                # "+gemv": one-token matmuls through executor.gemv's Triton kernel
+                torch._inductor.config.coordinate_descent_tuning = "cdt" in extras
+                model.compile_layers(None if base_mode == "default" else base_mode, gemv="gemv" in extras)
             new_tokens = args.new_tokens if graphs else min(args.new_tokens, 16)
             row = ar_variant(model, prompt, new_tokens, graphs, fixed_kv)
             row["setup_and_run_s"] = time.perf_counter() - started

@@ -4,7 +4,8 @@
 #   fid:MODEL   studies/fidelity_1gpu/measure.py: profile bundle, AR, EAGLE-3 chain grid, SPD n = 2, 4 (issue 11)
 #   q35:MODEL   bench_executor_ar.py (AR_S=0 skips it) + measure.py --chain-k "" --spec-layers 2,3,4 (issue 17, Qwen3.5)
 #   bench:MODEL studies/benchmarks/bench_chain.py (K = 3) and bench_spd.py (n = 4) at alpha 0.8, 4 prompts x 256 tokens
-#   gemv        studies/executor_speed/bench_gemv.py: the step's matmuls, cuBLAS / inductor / executor.gemv (Triton)
+#   gemv        studies/executor_speed/bench_gemv.py: the step's matmuls, cuBLAS / inductor / executor.gemv (Triton);
+#               then bench_executor_ar.py on qwen3-4b with and without the GEMV in the compiled layer
 #   tests       the GPU-marked executor tests
 # Results under $OUT: gpu.txt and results.tgz (results/<job>/..., one log per job), re-packed after every job.
 # Results are kept in the git-ignored .cache/results: on a machine still warm from the last call, fid/q35 jobs
@@ -54,7 +55,11 @@ for job in $JOBS; do
       rm -rf "$RES/bench_gemv"
       timeout "$(cap "${GEMV_S:-150}")" python3 studies/executor_speed/bench_gemv.py --out "$RES/bench_gemv" \
         > "$RES/bench_gemv.log" 2>&1
-      tail -12 "$RES/bench_gemv.log" ;;
+      tail -12 "$RES/bench_gemv.log"
+      timeout "$(cap "${AR_S:-240}")" python3 studies/benchmarks/bench_executor_ar.py --model random:qwen3-4b \
+        --skip-hf --new-tokens 64 --compile-modes default,default+gemv --out-dir "$RES/ar_gemv" \
+        > "$RES/ar_gemv.log" 2>&1
+      grep -sE "of copy|Error" "$RES/ar_gemv.log" | tail -4 ;;
     tests)
       timeout "$(cap "${TESTS_S:-150}")" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_executor_*.py \
         > "$RES/gpu_tests.log" 2>&1
