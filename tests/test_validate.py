@@ -90,3 +90,27 @@ def test_mismatched_or_bad_runs_are_one_line_errors(profile_path, tmp_path):
         result = runner.invoke(app, ["validate", *args, "--profile", str(profile_path)])
         assert result.exit_code == 2, result.output
         assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_run_without_per_cycle_walls_is_compared_commit_gap_to_commit_gap(profile_path, tmp_path):
+    """Single-process SPD runs record phases but no cycle wall: the measured series is then the gaps between
+    commits (fill/refill cycles inside the next gap), and the replay folds its cycles the same way; calibrate
+    refuses such a run in one line (its per-cycle costs cannot be separated)."""
+    import pandas as pd
+
+    from spdsim.errors import SpdsimError
+
+    gaps = tmp_path / "gaps"
+    shutil.copytree(DATA / "dist_spd_n2_a0.60", gaps)
+    cycles = pd.read_csv(gaps / "cycles.csv")
+    cycles.drop(columns=["cycle_us"]).to_csv(gaps / "cycles.csv", index=False)
+    full, folded = load_run(DATA / "dist_spd_n2_a0.60"), load_run(gaps)
+    profile = load_profile(profile_path)
+    prompt, folded_prompt = full.prompts[0], folded.prompts[0]
+    assert not prompt.walls_per_commit and folded_prompt.walls_per_commit
+    per_cycle = modelled_cycles_ns(full, prompt, profile)
+    per_commit = modelled_cycles_ns(folded, folded_prompt, profile)
+    assert len(per_commit) == len(folded_prompt.cycle_us) == folded_prompt.decode_tokens
+    assert sum(per_commit) == sum(per_cycle) and len(per_commit) < len(per_cycle)
+    with pytest.raises(SpdsimError, match="commit gaps, not per-cycle wall times"):
+        calibrate([DATA / "profile_h200_qwen3-8b.json"], [DATA / "dist_ar", gaps])

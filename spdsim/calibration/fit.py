@@ -180,6 +180,11 @@ def fixed_cost_entries(run: MeasuredRun, profile: dict[str, Any]) -> tuple[dict,
     from spdsim.calibration.replay import modelled_cycles_ns
     from spdsim.methods.pipeline import cycle_plan
 
+    if run.pipeline and any(p.walls_per_commit for p in run.prompts):
+        raise SpdsimError(
+            f"calibrate: run '{run.path}' has commit gaps, not per-cycle wall times (cycles.csv has no cycle_us), "
+            "so its serial per-cycle costs cannot be fitted; give it to validate instead"
+        )
     limit_us = one_time_limit_us(run)
     residuals, verifies = [], []
     for prompt in run.prompts:

@@ -31,6 +31,7 @@ class PromptMeasure:
     cycle_us: tuple[float, ...]  # wall time of every decode-loop iteration
     cycle_states: tuple[str, ...]
     outcomes: tuple[int, ...]  # SPD: accept flag per verification; chains: accepted count; AR: ()
+    walls_per_commit: bool = False  # cycle_us holds commit-to-commit gaps (no per-cycle walls were measured)
 
 
 @dataclass(frozen=True)
@@ -133,27 +134,30 @@ def load_run(path: str | Path) -> MeasuredRun:
                 f"run '{path}': prompt '{prompt_id}' has no length (config.json 'prompt_tokens' or a trace needed)"
             )
         mine_cycles = cycles[cycles["prompt_id"].astype(str) == prompt_id].sort_values("cycle")
+        walls, per_commit = _cycle_walls(mine_cycles, rows)
         prompts.append(
             PromptMeasure(
                 prompt_id,
                 prompt_len,
                 len(times) - 1,
                 float(times[-1] - times[0]),
-                _cycle_walls(mine_cycles, rows),
+                walls,
                 tuple(str(s) for s in mine_cycles["state"]),
                 outcomes,
+                per_commit,
             )
         )
     return MeasuredRun(path, path.name, config, tuple(prompts))
 
 
-def _cycle_walls(cycles, tokens) -> tuple[float, ...]:
-    """Wall time per iteration: ``cycle_us`` where the executor measured it, else commit-time gaps per iteration."""
+def _cycle_walls(cycles, tokens) -> tuple[tuple[float, ...], bool]:
+    """(Wall time per iteration, whether those are commit gaps): ``cycle_us`` where the executor measured it, else
+    the gaps between the iterations that committed (a pipeline's fill/refill cycles fold into the next commit)."""
     if "cycle_us" in cycles.columns and cycles["cycle_us"].notna().all():
-        return tuple(float(v) for v in cycles["cycle_us"])
+        return tuple(float(v) for v in cycles["cycle_us"]), False
     if "step_us" in cycles.columns and cycles["step_us"].notna().all():
-        return tuple(float(v) for v in cycles["step_us"])
+        return tuple(float(v) for v in cycles["step_us"]), False
     decode = tokens[tokens["iteration"] >= 0]
     ends = decode.groupby("iteration")["commit_time_us"].max().sort_index().to_numpy(dtype=np.float64)
     first = float(tokens["commit_time_us"].iloc[0])
-    return tuple(np.diff(np.concatenate(([first], ends))).tolist())
+    return tuple(np.diff(np.concatenate(([first], ends))).tolist()), True

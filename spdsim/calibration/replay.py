@@ -129,7 +129,8 @@ def modelled_cycles_ns(
     run: MeasuredRun, prompt: PromptMeasure, profile: dict, without_fixed: bool = False
 ) -> list[int]:
     """The simulator's cost of every iteration of this prompt, following its measured accept/reject sequence
-    (the same loop as the engine's schedules, without SimPy)."""
+    (the same loop as the engine's schedules, without SimPy). Where the run measured commit gaps instead of cycles
+    (``walls_per_commit``), a pipeline's cycles are summed up to each verification, so both series count alike."""
     from spdsim.methods.ar import ar_step_costs
     from spdsim.methods.chain import chain_draft_pass_ns
     from spdsim.methods.common import VerifyTable, serial_overheads_ns
@@ -150,7 +151,16 @@ def modelled_cycles_ns(
     if run.pipeline:
         costs = pipeline_costs(scenario, latency)
         plan = cycle_plan(tuple(outcomes), costs.num_stages, new_tokens)
-        return [costs.cycle_ns[active][committed] for active, committed in plan]
+        cycles = [costs.cycle_ns[active][committed] for active, committed in plan]
+        if not prompt.walls_per_commit:
+            return cycles
+        gaps, pending = [], 0
+        for (active, _), cost in zip(plan, cycles, strict=True):
+            pending += cost
+            if active == costs.num_stages:  # a verification: it commits one token
+                gaps.append(pending)
+                pending = 0
+        return gaps
     k = scenario.method.draft_tokens
     passes = chain_draft_pass_ns(scenario, latency)
     verify_ns = VerifyTable(scenario, latency)(k + 1)
