@@ -72,25 +72,25 @@ if triton is not None:
         return out
 
 
-def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` for a decoder layer (``decoder_layer(linear=...)``): one-token rows on a GPU through the
-    Triton GEMV op, everything else (prefill, multi-token verify, the CPU) through ``F.linear``."""
-    if triton is None or x.device.type != "cuda" or x.numel() != x.shape[-1]:
-        return F.linear(x, weight, bias)
-    out = torch.ops.spdsim.gemv(x.reshape(x.shape[-1]).contiguous(), weight).reshape(*x.shape[:-1], -1)
-    return out if bias is None else out + bias
-
-
 def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``F.linear(x, weight)`` for one row ``x [..., K]`` (leading dimensions of size 1), ``weight [N, K]``."""
+    """``F.linear(x, weight)`` for one row ``x [..., K]`` (leading dimensions of size 1), ``weight [N, K]``: the
+    tuned kernel through its op on a GPU, a fixed configuration under the interpreter (which cannot time configs)."""
     if not gemv_runs_triton(x.device) or x.numel() != x.shape[-1] or weight.stride(1) != 1:
         return F.linear(x, weight)
     n, k = weight.shape
     row = x.reshape(k).contiguous()
-    out = torch.empty(n, device=x.device, dtype=x.dtype)
     if x.device.type == "cuda":
-        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-        _gemv_tuned[grid](row, weight, out, n, weight.stride(0), K=k)
-    else:  # the interpreter (tests) cannot time configs: a fixed one
+        out = torch.ops.spdsim.gemv(row, weight)
+    else:
+        out = torch.empty(n, device=x.device, dtype=x.dtype)
         _gemv_kernel[(triton.cdiv(n, 4),)](row, weight, out, n, weight.stride(0), K=k, BLOCK_N=4, BLOCK_K=256)
     return out.reshape(*x.shape[:-1], n)
+
+
+def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` for a decoder layer (``decoder_layer(linear=...)``): one-token rows on a GPU through
+    :func:`gemv`, everything else (prefill, multi-token verify, the CPU) through ``F.linear``."""
+    if x.device.type != "cuda" or x.numel() != x.shape[-1]:
+        return F.linear(x, weight, bias)
+    out = gemv(x, weight)
+    return out if bias is None else out + bias

@@ -141,16 +141,16 @@ def reachable_aggr_feature_bound(num_layers: int, stage_layers: tuple[int, ...])
     token has passed there: the same number of feature types (so the same drafter cost) for an uneven split
     that "auto" refuses, e.g. 36 layers in 8 stages. For timing untrained drafters, not for loading checkpoints."""
     bound = list(default_aggr_feature_bound(num_layers, len(stage_layers)))
-    widest = max(stage_layers)
-    for _ in range(len(bound) * len(stage_layers)):
-        for d in range(len(stage_layers) + 1):
-            aggr = max(i for i, b in enumerate(bound) if b <= min(num_layers, d * widest))
-            passed = sum(stage_layers[:d])
-            if bound[aggr] > passed:
-                bound[aggr] = passed
-                break
-        else:
+    for _ in range(len(bound) * len(stage_layers)):  # each pass lowers one anchor; stop when none is too deep
+        too_deep = [
+            (aggr, sum(stage_layers[:d]))
+            for d, aggr in enumerate(reference_aggr_of_depth(bound, stage_layers))
+            if bound[aggr] > sum(stage_layers[:d])
+        ]
+        if not too_deep:
             break
+        aggr, passed = too_deep[0]
+        bound[aggr] = passed
     if any(a >= b for a, b in zip(bound, bound[1:], strict=False)):
         raise SpdsimError(
             f"no aggregation bound with {len(bound)} types fits stage_layers {list(stage_layers)}"
@@ -172,6 +172,16 @@ def check_draft_token_ids(ids, vocab_size: int) -> tuple[int, ...]:
     return ids
 
 
+def reference_aggr_of_depth(bound, stage_layers) -> tuple[int, ...]:
+    """The reference's aggregation type of each depth d = 0..n (`_depth_to_aggr_idx`):
+    A(d) = max{i : b_i <= min(L, d · max(stage_layers))}."""
+    total, widest = sum(stage_layers), max(stage_layers)
+    return tuple(
+        max(i for i, b in enumerate(bound) if b <= min(total, d * widest))
+        for d in range(len(stage_layers) + 1)
+    )
+
+
 def aggregation_tables(head: SpdHeadConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(A(d) for d = 0..n, aggr_to_min_depth) as the reference computes them (`_depth_to_aggr_idx`):
     A(d) = max{i : b_i <= min(L, d · max(stage_layers))} — d · L/n for an even split.
@@ -179,17 +189,14 @@ def aggregation_tables(head: SpdHeadConfig) -> tuple[tuple[int, ...], tuple[int,
     An uneven split passes only sum(stage_layers[:d]) layers by depth d; when the reference's A(d) needs an anchor
     deeper than that, no schedule can build the row, and the split is refused in one line."""
     n = head.num_stages
-    total, widest = sum(head.stage_layers), max(head.stage_layers)
     bound = head.aggr_feature_bound
-    aggr_of_depth = tuple(
-        max(i for i, b in enumerate(bound) if b <= min(total, d * widest)) for d in range(n + 1)
-    )
+    aggr_of_depth = reference_aggr_of_depth(bound, head.stage_layers)
     for d in range(n + 1):
         passed = sum(head.stage_layers[:d])
         if bound[aggr_of_depth[d]] > passed:
             raise SpdsimError(
                 f"stage_layers {list(head.stage_layers)} with aggr_feature_bound {list(bound)}: the reference maps "
-                f"depth {d} to aggregation type {aggr_of_depth[d]} (d·max(stage_layers) = {d * widest} layers), whose "
+                f"depth {d} to aggregation type {aggr_of_depth[d]} (d·max(stage_layers) = {d * max(head.stage_layers)} layers), whose "
                 f"anchor h_{bound[aggr_of_depth[d]]} a token at depth {d} has not reached ({passed} layers); "
                 "put the larger stages first or choose a bound without anchors in that gap"
             )

@@ -132,9 +132,8 @@ def run_ar(
     cache = model.new_cache(max((len(p.tokens) for p in prompts), default=0) + options.max_new_tokens)
     graphs = GraphCache(enabled=use_graphs)
     warm = warmup_prompts(prompts) if warmup else ()
-    ar_prompt_runs(
-        model, warm, options, cache, graphs
-    )  # untimed, on the cache and graphs the timed prompts use
+    # untimed, on the cache and graphs the timed prompts use
+    ar_prompt_runs(model, warm, options, cache, graphs)
     runs = ar_prompt_runs(model, prompts, options, cache, graphs)
     config = {"method": "ar", **asdict(options), "warmup_prompts": len(warm)}
     return RunResult("ar", config, runs, str(model.device))

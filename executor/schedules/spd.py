@@ -424,8 +424,8 @@ def run_spd(
 ) -> RunResult:
     """Decode every prompt with SPD; the drafter must have been built for this split and model. ``warmup``: decode
     the prompts of `warmup_prompts` (one per starting window) untimed first, on the caches and graphs the timed
-    prompts use, so their first cycles capture nothing new (the config's "warmup_prompts" counts them). ``flush``: what a rejection does to the tokens in
-    flight (module docstring)."""
+    prompts use, so their first cycles capture nothing new (the config's "warmup_prompts" counts them).
+    ``flush``: what a rejection does to the tokens in flight (module docstring)."""
     options.validate()
     check_drafter(model, drafter, split)
     check_flush(model, flush)

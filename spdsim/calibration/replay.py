@@ -75,9 +75,8 @@ def method_spec(run: MeasuredRun) -> MethodSpec:
         num_stages=1,
         draft_tokens=k,
         draft_layers=int(config.get("draft_layers") or 1),
-        draft_vocab_size=int(
-            config.get("draft_vocab_size") or 0
-        ),  # runs before it was recorded: the target's
+        # runs written before the draft vocabulary was recorded drafted over the target's (0)
+        draft_vocab_size=int(config.get("draft_vocab_size") or 0),
         tensor_parallel=int(config.get("tp_degree") or 1),
     )
 
