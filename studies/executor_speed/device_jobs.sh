@@ -7,6 +7,7 @@
 #   gemv        studies/executor_speed/bench_gemv.py: the step's matmuls, cuBLAS / inductor / executor.gemv (Triton);
 #               then bench_executor_ar.py on qwen3-4b with and without the GEMV in the compiled layer
 #   tests       the GPU-marked executor tests
+# FID_ARGS: extra measure.py options for fid jobs (e.g. --spd-stages "" to skip the SPD runs).
 # Results under $OUT: gpu.txt and results.tgz (results/<job>/..., one log per job), re-packed after every job.
 # Results are kept in the git-ignored .cache/results: on a machine still warm from the last call, fid/q35 jobs
 # resume (measure.py --resume: the bundle and finished runs are kept), so a campaign may span back-to-back calls.
@@ -34,7 +35,7 @@ for job in $JOBS; do
   case $kind in
     fid)
       timeout "$(cap "${FID_S:-420}")" python3 studies/fidelity_1gpu/measure.py --models "$model" --limit "${LIMIT:-3}" \
-        --kv-lens "${KV:-128,512}" --out "$RES/fidelity" --resume >> "$RES/fidelity_$tag.log" 2>&1
+        --kv-lens "${KV:-128,512}" --out "$RES/fidelity" --resume ${FID_ARGS:-} >> "$RES/fidelity_$tag.log" 2>&1
       grep -E "tok/s|FAILED|Error" "$RES/fidelity_$tag.log" | tail -16 ;;
     q35)
       mkdir -p "$RES/qwen35"

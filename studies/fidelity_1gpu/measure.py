@@ -91,20 +91,27 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
     else:
         measure_bundle(spec, model, folder, args, device)
     # The bundle and the two fitted runs first: a campaign cut short by its time limit can still be calibrated.
-    chain = [(k, alpha) for k in args.chain_k for alpha in CHAIN_ALPHA]
-    fitted = [(k, alpha) for k, alpha in chain if (k, alpha) == (3, 0.8)]
+    fitted = [(3, 0.8)] if 3 in args.chain_k else []
     attempt("ar", "ar")
     for k, alpha in fitted:
         attempt(run_name("eagle3", k, alpha), "eagle3", k=k, synthetic_alpha=alpha)
-    for n in SPD_STAGES:
+    for n in args.spd_stages:
         attempt(run_name("spd", n, 0.8), "spd", stages=n, synthetic_alpha=0.8)
-    for k, alpha in chain:
-        if (k, alpha) not in fitted:
-            attempt(run_name("eagle3", k, alpha), "eagle3", k=k, synthetic_alpha=alpha)
+    for k, alpha in held_out_order(args.chain_k, CHAIN_ALPHA, fitted):
+        attempt(run_name("eagle3", k, alpha), "eagle3", k=k, synthetic_alpha=alpha)
     model = loaded = None  # free the GPU before the next model
     if device == "cuda":
         torch.cuda.empty_cache()
         torch._dynamo.reset()
+
+
+def held_out_order(
+    widths: tuple[int, ...], alphas: tuple[float, ...], fitted: list[tuple[int, float]]
+) -> list[tuple[int, float]]:
+    """Every (K, alpha) pair not fitted, ordered so that any prefix spreads over K and alpha: round r gives K number
+    i the alpha number (r + i) mod len(alphas). A campaign cut short still holds out varied configurations."""
+    order = [(k, alphas[(r + i) % len(alphas)]) for r in range(len(alphas)) for i, k in enumerate(widths)]
+    return [pair for pair in order if pair not in fitted]
 
 
 def _same_device(folder: Path, device: str) -> bool:
@@ -173,10 +180,12 @@ def main() -> int:
         action="store_true",
         help="keep a model folder's bundle and finished runs (same GPU kind), measure only what is missing",
     )
+    parser.add_argument("--spd-stages", default=",".join(map(str, SPD_STAGES)), help="SPD runs' n; '' skips")
     parser.add_argument("--spec-layers", default="1", help="SPD drafter depths L_s of the profile bundle")
     args = parser.parse_args()
     args.chain_k = tuple(int(k) for k in args.chain_k.split(",") if k)
     args.kv_lens = tuple(int(k) for k in args.kv_lens.split(","))
+    args.spd_stages = tuple(int(n) for n in args.spd_stages.split(",") if n)
     args.spec_layers = tuple(int(k) for k in args.spec_layers.split(",") if k)
     for spec in args.models.split(","):
         measure_model(spec, Path(args.out), args, args.device)
