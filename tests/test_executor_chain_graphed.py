@@ -8,7 +8,7 @@ from executor_tiny import assert_lossless, greedy_ar, prompts, tiny_model
 
 import executor.schedules.chain_graphed as chain_graphed
 from executor.graphs import GraphCache
-from executor.heads.eagle3 import Eagle3Head, Eagle3HeadConfig
+from executor.heads.eagle3 import Eagle3Head, Eagle3HeadConfig, draft_vocabulary
 from executor.heads.layers import base_config_of
 from executor.heads.specdecpp import AcceptanceHead, stop_length
 from executor.schedules.chain import Eagle3Drafter, _DraftModel, run_chain, run_chain_prompt
@@ -116,12 +116,16 @@ def test_specdecpp_device_path_stops_where_the_eager_rule_does(target, head):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_eagle3_graphed_on_cuda_is_lossless_without_extra_syncs(monkeypatch):
+@pytest.mark.parametrize("draft_share", [1, 2], ids=["full-vocabulary", "half-vocabulary"])
+def test_eagle3_graphed_on_cuda_is_lossless_without_extra_syncs(monkeypatch, draft_share):
+    """With a draft vocabulary (as trained heads and the random heads of real shapes have) the id lookup is captured
+    too: an indexing that read its 0-dim index on the host invalidated the capture (H100, session 7)."""
     model = tiny_model(layers=4, device="cuda")
     base = base_config_of(model)
+    ids = draft_vocabulary(base.vocab_size, base.vocab_size // draft_share)
     with torch.random.fork_rng(devices=["cuda"]):
         torch.manual_seed(0)
-        head = Eagle3Head(base, Eagle3HeadConfig.build(base)).to("cuda").eval()
+        head = Eagle3Head(base, Eagle3HeadConfig.build(base, draft_token_ids=ids)).to("cuda").eval()
     expected = greedy_ar(model, prompts(), NEW)
     graphs = GraphCache()
     monkeypatch.setattr(chain_graphed, "SYNC_CHECK", True)

@@ -4,7 +4,7 @@ import torch
 from transformers import Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer, Qwen3RotaryEmbedding
 
-from executor.heads.layers import DecoderLayer, HeadKVCache, LayerShape, init_linear_weights
+from executor.heads.layers import DecoderLayer, HeadKVCache, LayerShape, full_vocab_ids, init_linear_weights
 
 
 def tiny():
@@ -75,3 +75,29 @@ def test_cache_capacity_is_quantised_and_growth_keeps_the_attention_exact():
     rest = layer(x[:, 250:], rotary(x[:, 250:], positions[:, 250:]), 0, cache)
     assert cache.keys.shape[3] == 512
     torch.testing.assert_close(torch.cat([first, rest], 1), full, rtol=1e-4, atol=1e-4)
+
+
+def test_full_vocab_ids_maps_a_0_dim_index_without_reading_it_on_the_host():
+    """``table[index]`` with a 0-dim tensor index calls ``_local_scalar_dense`` (a host sync, fatal inside a CUDA-graph
+    capture); the draft-to-full id lookup must not."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    table = torch.arange(10) * 3
+    for index in (torch.tensor(4), torch.tensor([4, 7])):
+        with Ops() as ops:
+            ids = full_vocab_ids(table, index)
+        assert torch.equal(ids, table[index])
+        assert ids.shape == index.shape
+        assert not any("_local_scalar_dense" in name for name in ops.names), ops.names
+    with Ops() as ops:
+        table[torch.tensor(4)]
+    assert any("_local_scalar_dense" in name for name in ops.names)  # the pattern this guards against

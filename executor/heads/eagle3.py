@@ -22,6 +22,7 @@ from executor.heads.layers import (
     LayerShape,
     RMSNorm,
     base_rotary,
+    full_vocab_ids,
     init_linear_weights,
 )
 from spdsim.contract import SpdsimError
@@ -98,7 +99,7 @@ class Eagle3Head(nn.Module):
         )
 
     def to_full_ids(self, draft_index: torch.Tensor) -> torch.Tensor:
-        return self.draft_token_ids[draft_index]
+        return full_vocab_ids(self.draft_token_ids, draft_index)
 
     def full_vocab_logits(self, draft_logits: torch.Tensor) -> torch.Tensor:
         full = draft_logits.new_full((*draft_logits.shape[:-1], self.vocab_size), float("-inf"))
@@ -243,4 +244,6 @@ class FastEagle3:
 
     def full_ids(self, draft_index: torch.Tensor) -> torch.Tensor:
         """Draft-vocabulary argmax indices -> full-vocabulary token ids."""
-        return draft_index if self.draft_token_ids is None else self.draft_token_ids[draft_index]
+        return (
+            draft_index if self.draft_token_ids is None else full_vocab_ids(self.draft_token_ids, draft_index)
+        )

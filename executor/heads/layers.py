@@ -26,6 +26,12 @@ QWEN35_FAMILIES = ("qwen3_5_text", "qwen3_5")
 REFERENCE_ONLY_FAMILIES = ("qwen3_moe", "qwen3_5_moe", "qwen3_5_moe_text")
 
 
+def full_vocab_ids(draft_token_ids: torch.Tensor, draft_index: torch.Tensor) -> torch.Tensor:
+    """Draft-vocabulary indices -> full-vocabulary ids, on the device. ``table[index]`` with a 0-dim index reads it on
+    the host (a sync, which invalidates a CUDA-graph capture); ``index_select`` does not."""
+    return draft_token_ids.index_select(0, draft_index.reshape(-1)).view(draft_index.shape)
+
+
 def same_family(a: str | None, b: str | None) -> bool:
     """Model types naming the same base family (`qwen3_5` is the multimodal wrapper of `qwen3_5_text`)."""
     return (a in QWEN35_FAMILIES and b in QWEN35_FAMILIES) or a == b

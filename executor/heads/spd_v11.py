@@ -18,6 +18,7 @@ from executor.heads.layers import (
     HeadKVCache,
     LayerShape,
     base_rotary,
+    full_vocab_ids,
     init_linear_weights,
     rms_norm,
 )
@@ -305,7 +306,7 @@ class SpeculationModuleV11(nn.Module):
         )
 
     def to_full_ids(self, draft_index: torch.Tensor) -> torch.Tensor:
-        return self.draft_token_ids[draft_index]
+        return full_vocab_ids(self.draft_token_ids, draft_index)
 
     def full_vocab_logits(self, draft_logits: torch.Tensor) -> torch.Tensor:
         """Scatter draft logits into the full vocabulary; tokens outside the draft vocabulary get −inf."""
