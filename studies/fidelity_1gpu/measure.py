@@ -65,7 +65,8 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
         (p.prompt_id, p.token_ids) for p in load_prompts(args.prompts, loaded.tokenizer, limit=args.limit)
     ]
     common = {"max_new_tokens": args.new_tokens, "seed": 0}
-    extra = {"model": spec, "prompts": args.prompts, "dtype": dtype}
+    gpu = hardware_info(device, 0.0)["gpu"]
+    extra = {"model": spec, "prompts": args.prompts, "dtype": dtype, "gpu": gpu}
 
     def save(name: str, result) -> None:
         write_run_dir(result, folder / name, extra)
@@ -78,7 +79,7 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
     resume = args.resume and _same_device(folder, device)
 
     def attempt(name: str, method: str, **opts) -> None:
-        if resume and (folder / name / "summary.json").is_file():
+        if resume and measured_on(folder / name) == gpu:
             log(f"{tag} {name}: kept (--resume)")
             return
         try:
@@ -112,6 +113,15 @@ def held_out_order(
     i the alpha number (r + i) mod len(alphas). A campaign cut short still holds out varied configurations."""
     order = [(k, alphas[(r + i) % len(alphas)]) for r in range(len(alphas)) for i, k in enumerate(widths)]
     return [pair for pair in order if pair not in fitted]
+
+
+def measured_on(run: Path) -> str | None:
+    """The GPU a finished run was measured on (its config's "gpu"); None for an unfinished or unlabelled run.
+    --resume keeps a run only on the same GPU: a bundle re-measured on another GPU and cut short must not leave
+    the old GPU's runs to be kept beside it (session 7: H100 SPD runs beside an H200 bundle)."""
+    if not (run / "summary.json").is_file() or not (run / "config.json").is_file():
+        return None
+    return json.loads((run / "config.json").read_text()).get("gpu")
 
 
 def _same_device(folder: Path, device: str) -> bool:

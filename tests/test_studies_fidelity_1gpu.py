@@ -1,0 +1,69 @@
+"""studies/fidelity_1gpu: the held-out order, --resume's per-run GPU check, and analyze.py on a real (CPU) campaign."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "studies" / "fidelity_1gpu"))
+
+from measure import held_out_order, measured_on  # noqa: E402
+
+WIDTHS, ALPHAS = (2, 3, 5, 7), (0.6, 0.8, 0.9)
+
+
+def test_held_out_order_is_every_unfitted_pair_once_and_any_prefix_spreads():
+    order = held_out_order(WIDTHS, ALPHAS, [(3, 0.8)])
+    assert sorted(order) == sorted((k, a) for k in WIDTHS for a in ALPHAS if (k, a) != (3, 0.8))
+    first_six = order[:6]
+    assert {k for k, _ in first_six} == set(WIDTHS)
+    assert {a for _, a in first_six} == set(ALPHAS)
+
+
+def test_measured_on_reads_only_finished_labelled_runs(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert measured_on(run) is None
+    (run / "config.json").write_text(json.dumps({"gpu": "NVIDIA H200"}))
+    assert measured_on(run) is None  # no summary: unfinished
+    (run / "summary.json").write_text("{}")
+    assert measured_on(run) == "NVIDIA H200"
+    (run / "config.json").write_text("{}")
+    assert measured_on(run) is None
+
+
+def _measure(out: Path) -> str:
+    command = [
+        sys.executable,
+        str(ROOT / "studies/fidelity_1gpu/measure.py"),
+        *("--models", "random:tiny-qwen3", "--device", "cpu", "--limit", "1", "--new-tokens", "8"),
+        *("--chain-k", "3", "--spd-stages", "2", "--out", str(out), "--resume"),
+    ]
+    return subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+
+
+def test_resume_keeps_runs_of_this_gpu_only_and_analyze_holds_out_the_rest(tmp_path):
+    first = _measure(tmp_path)
+    assert "kept" not in first
+    folder = tmp_path / "tiny-qwen3"
+    runs = sorted(p.name for p in folder.iterdir() if (p / "summary.json").is_file())
+    assert runs == ["ar", "eagle3_k3_a0.60", "eagle3_k3_a0.80", "eagle3_k3_a0.90", "spd_n2_a0.80"]
+    config = folder / "spd_n2_a0.80" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "gpu": "another GPU"}))
+    second = _measure(tmp_path)
+    kept = {line.split()[2].rstrip(":") for line in second.splitlines() if "kept (--resume)" in line}
+    assert kept == {"profile", *runs} - {"spd_n2_a0.80"}
+    assert measured_on(folder / "spd_n2_a0.80") == measured_on(folder / "ar")
+
+    analyze = [sys.executable, str(ROOT / "studies/fidelity_1gpu/analyze.py"), "--results", str(tmp_path)]
+    report = subprocess.run(analyze, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    roles = {
+        line.split("|")[2].strip(): line.split("|")[3].strip()
+        for line in report.splitlines()
+        if line.startswith("| tiny-qwen3 ")
+    }
+    assert roles["ar"] == roles["eagle3_k3_a0.80"] == "fitted"
+    assert roles["eagle3_k3_a0.60"] == roles["eagle3_k3_a0.90"] == "held-out"
