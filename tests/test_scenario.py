@@ -264,3 +264,16 @@ def test_drafter_layer_counts_are_fractions_of_the_target():
     assert MethodSpec(draft_model_layers_fraction=0.01).cascade_draft_layers(32) == 1
     assert MethodSpec().cascade_draft_layers(None) == 1
     assert MethodSpec(draft_model_layers_fraction=0.5).cascade_draft_layers(None) == 2
+
+
+def test_a_measured_profile_brings_its_gpu_so_rooflines_beside_it_use_the_same_one():
+    """The H200 bundle's runs (and the tensor-parallel rooflines next to them) are on the h200, not the default
+    scenario's GPU; a bundle whose GPU has no embedded hardware keeps the scenario's."""
+    from spdsim.scenario.presets import hardware_of_profile
+
+    measured = load_runs(methods=["ar"], profile="qwen3-4b_h200", overrides=["workload.prompt_tokens=128"])
+    assert {run.scenario.hardware.name for run in measured} == {"h200"}
+    assert {run.scenario.hardware.name for run in load_runs(methods=["ar"], profile="qwen3-4b_h100")} == {"h100"}
+    assert hardware_of_profile("nvidia-h200") == "h200"
+    assert hardware_of_profile("NVIDIA-H100") == "h100"
+    assert hardware_of_profile("cpu") is None

@@ -39,6 +39,7 @@ from spdsim.scenario.presets import (
     get_hardware,
     get_model,
     get_preset,
+    hardware_of_profile,
     load_presets,
     model_names,
 )
@@ -384,13 +385,16 @@ def _switch_dataset(
 def _apply_profile(
     labelled: list[tuple[str, dict[str, Any]]], profile: str
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Measured latencies (and the measured model's shape) for every run; a profile holds one GPU, so
-    tensor-parallel runs keep the roofline (of the same shape) and say so in their label."""
+    """Measured latencies (and the measured model's shape and GPU) for every run; a profile holds one GPU, so
+    tensor-parallel runs keep the roofline (of the same shape and GPU) and say so in their label."""
     bundle = load_profile(profile)
     shape = {k: v for k, v in bundle["model"].items() if k in {f.name for f in fields(ModelShape)}}
+    hardware = hardware_of_profile(str(bundle.get("hardware", {}).get("name", "")))
     updated = []
     for label, run in labelled:
         run["model"] = dict(shape)
+        if hardware is not None:  # the measured GPU, so rooflines beside it and the title name the same one
+            run["hardware"] = hardware
         if run.get("method", {}).get("tensor_parallel", 1) > 1:
             label = f"{label or default_label(_build_section(MethodSpec, run.get('method', {}), 'method'))} [roofline]"
         else:

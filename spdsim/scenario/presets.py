@@ -86,6 +86,13 @@ def get_hardware(name: str) -> Hardware:
     return _build(Hardware, data, f"hardware '{name}'")
 
 
+def hardware_of_profile(profile_hardware: str) -> str | None:
+    """The embedded hardware a measured bundle's GPU is (``nvidia-h200`` -> ``h200``), or None: runs priced by a
+    bundle then keep their own hardware for what the bundle does not hold (tensor-parallel rooflines, the title)."""
+    name = profile_hardware.lower().removeprefix("nvidia-")
+    return name if name in _named_files("hardware") else None
+
+
 def get_model(name: str) -> ModelShape:
     """A model shape by embedded name (``qwen3.5-4b``, ``llama-3.1-8b``, ...) or from a HF ``config.json`` path
     (or a directory holding one); ``spdsim.contract.model_config`` reads both."""
