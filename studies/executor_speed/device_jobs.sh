@@ -62,7 +62,7 @@ for job in $JOBS; do
         > "$RES/ar_gemv.log" 2>&1
       grep -sE "of copy|Error" "$RES/ar_gemv.log" | tail -4 ;;
     tests)
-      timeout "$(cap "${TESTS_S:-150}")" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_executor_*.py \
+      timeout "$(cap "${TESTS_S:-300}")" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_executor_*.py \
         > "$RES/gpu_tests.log" 2>&1
       grep -v "CUDAEvent\|Assertion" "$RES/gpu_tests.log" | tail -6 ;;
   esac
