@@ -2,7 +2,8 @@
 
 Every phase is timed as the simulator uses it: a stage of ``layers`` consecutive decoder layers on ``query_tokens``
 new tokens with ``kv_len`` live cache positions, the embedding, final norm + lm_head + greedy verify, a whole AR
-step, and a device-to-device copy of a hidden state (the one-GPU stand-in for a point-to-point send). On a GPU
+step, a device-to-device copy of a hidden state (the one-GPU stand-in for a point-to-point send), and how far
+concurrent decode streams overlap on one GPU (``executor/profile_overlap.py``). On a GPU
 each phase runs as a captured CUDA graph (compiled layers when asked), timed with CUDA events after warm-up.
 """
 
@@ -23,6 +24,7 @@ import torch
 from executor.cache import KVCache, kv_bucket
 from executor.fastmodel import FastModel
 from executor.graphs import GraphedStep
+from executor.profile_overlap import profile_stream_overlap
 from executor.stages import split_layers, uneven_counts
 from executor.timing import TimingStats, time_callable
 from spdsim.contract import PROFILE_KIND, SCHEMA_VERSION, ModelShape, validate_profile
@@ -240,6 +242,19 @@ def profile_phases(
     phases["host_issue"] = profile_host_issue(model, cache, grid, timer.use_graphs)
     issue = ", ".join(f"{entry['graphs']}: {entry['median_us']:.1f}" for entry in phases["host_issue"])
     report(f"host_issue (graphs: us): {issue}")
+    overlap = profile_stream_overlap(
+        model,
+        cache,
+        min(grid.kv_lens),
+        grid.stage_counts,
+        warmup=grid.warmup,
+        iters=grid.iters,
+        use_graphs=timer.use_graphs,
+    )
+    if overlap:  # a model of one layer has no two disjoint streams
+        phases["stream_overlap"] = overlap
+        factors = ", ".join(f"{entry['streams']}: {entry['median_us'] / 1000:.2f}" for entry in overlap)
+        report(f"stream_overlap (streams: c): {factors}")
     if grid.spec_layers:
         phases["drafter"] = profile_spd_drafter(model, grid, report, use_graphs)
         if not getattr(model, "is_hybrid", False):  # no EAGLE-3 head on the Qwen3.5 hybrid yet (dispatch.py)

@@ -59,6 +59,7 @@ def test_bundle_from_a_cpu_profile_loads_in_the_simulator(tmp_path: Path) -> Non
     drafter = {(e["spec_layers"], e["query_tokens"], e["kv_len"]) for e in loaded["phases"]["drafter"]}
     assert drafter == {(1, n + 1, kv) for n in (1, 2, 4) for kv in (16, 32)}
     assert [e["kv_len"] for e in loaded["phases"]["chain_draft"]] == [16, 32]
+    assert [e["streams"] for e in loaded["phases"]["stream_overlap"]] == [2, 3, 4]  # 4 layers: 1 per stream
     for phase, entries in loaded["phases"].items():
         assert phase in PHASE_COORDINATES
         assert all(e["p10_us"] <= e["median_us"] <= e["p90_us"] and e["samples"] == 3 for e in entries)
@@ -73,3 +74,43 @@ def test_bundle_rejects_what_the_schema_rejects() -> None:
         build_bundle(
             model_name="x", model=model, phases={}, hardware=hardware_info("cpu", 1.0), source="test"
         )
+
+
+def test_stream_counts_cover_every_one_gpu_cycle_and_need_disjoint_layers() -> None:
+    from executor.profile_overlap import overlap_stream_counts
+
+    assert overlap_stream_counts(36, (1, 2, 4, 8)) == (2, 3, 4, 5, 6, 7, 8, 9)  # a <= n stages + the drafter
+    assert overlap_stream_counts(4, (1, 2, 4, 8)) == (2, 3, 4)  # capped at one layer per stream
+    assert overlap_stream_counts(1, (1, 2)) == ()
+
+
+def test_overlap_factor_reads_the_concurrent_wall_against_back_to_back() -> None:
+    from executor.profile_overlap import overlap_factor
+
+    assert overlap_factor(300.0, 300.0, 100.0) == 1.0  # back to back
+    assert overlap_factor(100.0, 300.0, 100.0) == 0.0  # perfect overlap
+    assert overlap_factor(200.0, 300.0, 100.0) == pytest.approx(0.5)
+    assert overlap_factor(50.0, 300.0, 100.0) == 0.0 and overlap_factor(5.0, 5.0, 5.0) == 1.0
+
+
+def test_the_stream_overlap_phase_runs_on_the_cpu_as_no_overlap() -> None:
+    """No streams on the CPU: the concurrent issue is the same serial work, so c ~ 1 (time noise aside)."""
+    import torch
+
+    from executor.profile_overlap import profile_stream_overlap
+
+    model = FastModel.from_hf(load_model("random:tiny-qwen3").hf_model, max_seq_len=64)
+    cache = model.new_cache(16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a loaded 2-core machine intra-op threads stall calls by ~100 ms at random
+    try:
+        entries = profile_stream_overlap(model, cache, 16, (1, 2), warmup=3, iters=25, use_graphs=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert [e["streams"] for e in entries] == [2, 3]
+    for entry in entries:
+        assert entry["p10_us"] <= entry["median_us"] <= entry["p90_us"] and entry["samples"] == 25
+        assert entry["median_us"] == pytest.approx(1000.0, abs=300.0)
+        assert entry["concurrent_us"] == pytest.approx(entry["serial_us"], rel=0.25)
+        assert entry["longest_alone_us"] < entry["serial_us"]
+    assert [(e["layers"], e["kv_len"]) for e in entries] == [(2, 16), (2, 16)]  # 4 layers: (2, 2), (2, 1, 1)

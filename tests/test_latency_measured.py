@@ -134,6 +134,34 @@ def test_calibrated_cycle_phases_and_their_defaults(tmp_path, kind):
     assert latency.verify_fixed_ns(3) == 500_000
 
 
+def test_stream_overlap_is_read_in_parts_per_million_held_at_the_measured_stream_counts(tmp_path):
+    """stream_overlap stores 1000·c; between measured g it interpolates, outside it takes the nearest, one
+    stream never overlaps, and a bundle without the phase keeps members back to back (c = 1)."""
+    assert _measured(tmp_path).stream_overlap_ppm(5) == 1_000_000
+    phases = {
+        "layers": _layers_table(),
+        # the raw times beside the factor are informational
+        "stream_overlap": [
+            _entry(1000.0 * c, streams=g, kv_len=64, concurrent_us=1.0)
+            for g, c in ((2, 0.2), (3, 0.4), (5, 0.6))
+        ],
+    }
+    spec = LatencySpec(kind="measured", profile_path=_profile(tmp_path, phases))
+    latency = build_latency_model(Scenario(model=TOY_SHAPE, latency=spec))
+    assert [latency.stream_overlap_ppm(g) for g in (1, 2, 3, 4, 5, 9)] == [
+        1_000_000,
+        200_000,
+        400_000,
+        500_000,
+        600_000,
+        600_000,
+    ]
+    fitted = build_latency_model(
+        Scenario(model=TOY_SHAPE, latency=LatencySpec(kind="fitted", profile_path=spec.profile_path))
+    )
+    assert 0 <= fitted.stream_overlap_ppm(40) <= 1_000_000  # a fit may run off [0, 1]: clamped
+
+
 # --- tensor parallelism from measured shards and all-reduces ---------------------------------------------------
 RING = {"ring_steps": 6.0, "ring_bytes": 0.002}  # µs per ring step, µs per byte moved
 

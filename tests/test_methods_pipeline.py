@@ -230,13 +230,26 @@ def test_busy_totals_without_intervals_equal_the_recorded_ones(name, alpha, stag
 )
 def test_shared_gpu_time_lies_between_overlap_and_serial(a, b, low, high):
     low, high = sorted((low, high))
-    shared = int(shared_gpu_ns(a, b, low))
+    shared = int(shared_gpu_ns([a, b], low))
     assert max(a, b) <= shared <= a + b
-    assert shared <= int(shared_gpu_ns(a, b, high))  # more contention never shortens the pair
-    assert int(shared_gpu_ns(a, b, PPM)) == a + b and int(shared_gpu_ns(a, b, 0)) == max(a, b)
+    assert shared <= int(shared_gpu_ns([a, b], high))  # more contention never shortens the pair
+    assert int(shared_gpu_ns([a, b], PPM)) == a + b and int(shared_gpu_ns([a, b], 0)) == max(a, b)
 
 
-def _colocated_profile(path, contention=None, verify_fixed_us=None):
+@given(st.lists(st.integers(0, 10**9), min_size=1, max_size=9))
+def test_concurrent_members_cost_their_sum_at_c1_and_their_maximum_at_c0(members):
+    assert int(shared_gpu_ns(members, PPM)) == sum(members)
+    assert int(shared_gpu_ns(members, 0)) == max(members)
+
+
+def test_equal_concurrent_members_pay_c_of_every_member_but_one():
+    """g equal members t: t + c·(g - 1)·t (the profiler's own reading of c)."""
+    assert int(shared_gpu_ns([1000] * 5, 250_000)) == 1000 + 1000
+    assert int(shared_gpu_ns([1000, 1000, 1000], 600_000)) == 2200
+    assert int(shared_gpu_ns([900, 300, 100], 500_000)) == 900 + 200  # max + c·(the rest)
+
+
+def _colocated_profile(path, contention=None, verify_fixed_us=None, stream_overlap=None):
     """A flat two-layer profile (µs): a layer 100, embed 10, head 20, PDM 60 — stage 0 = 110, stage 1 = 100."""
     grid = [(layers, q, kv) for layers in (1, 2) for q in (1, 4) for kv in (0, 4096)]
     stats = {"p10_us": 0.0, "p90_us": 0.0, "samples": 1}
@@ -256,6 +269,8 @@ def _colocated_profile(path, contention=None, verify_fixed_us=None):
         phases["colocated_contention"] = [entry(1000.0 * contention, num_stages=2)]
     if verify_fixed_us is not None:
         phases["verify_fixed"] = [entry(verify_fixed_us, num_stages=2)]
+    if stream_overlap is not None:
+        phases["stream_overlap"] = [entry(1000.0 * c, streams=g) for g, c in stream_overlap.items()]
     profile = {
         "schema_version": 1,
         "kind": "spdsim.profile",
@@ -279,9 +294,11 @@ def _colocated_profile(path, contention=None, verify_fixed_us=None):
     return str(path)
 
 
-def _colocated_scenario(profile_path, trace_path, placement="stage0", name="spd"):
+def _colocated_scenario(profile_path, trace_path, placement="stage0", name="spd", stages="gpu-per-stage"):
     return Scenario(
-        method=MethodSpec(name=name, num_stages=2, spec_layers=1, drafter_placement=placement),
+        method=MethodSpec(
+            name=name, num_stages=2, spec_layers=1, drafter_placement=placement, stage_placement=stages
+        ),
         model=ModelShape("two", 2, 64, 2, 1, 32, 128, 100),
         latency=LatencySpec(kind="measured", profile_path=profile_path),
         acceptance=AcceptanceSpec(kind="trace", trace_path=trace_path),
@@ -348,6 +365,55 @@ def test_stages_on_one_gpu_cost_the_sum_of_their_members():
     last = [i for i in simulate(one).intervals if i.label == "forward" and i.iteration == 40]
     ends = sorted((i.start_ns, i.end_ns) for i in last)
     assert len(ends) == 4 and all(a[1] <= b[0] for a, b in zip(ends, ends[1:], strict=False))
+
+
+@pytest.mark.parametrize("record", [True, False])
+def test_stages_on_one_gpu_overlap_by_the_profiled_stream_overlap(tmp_path, record):
+    """n = 2 on one GPU: stage 0 = 110 µs, PDM 60, stage 1 = 100, head 20; c(2) = 0.5, c(3) = 0.25. A fill cycle
+    is stage 0 ∥ PDM: 110 + 0.5·60; a saturated one stage 0 ∥ stage 1 ∥ PDM: 110 + 0.25·160, then the verify.
+    Trace accept, reject, accept, accept. Each member's spans start with its cycle and end inside it."""
+    trace = _write_spd_trace(tmp_path / "t.csv", [1, 0, 1, 1])
+    path = _colocated_profile(tmp_path / "o.json", stream_overlap={2: 0.5, 3: 0.25})
+    result = simulate(_colocated_scenario(path, trace, stages="one-gpu"), record_intervals=record)
+    fill, saturated = 110 + 0.5 * 60, 110 + 0.25 * 160 + 20
+    assert _commit_gaps_us(result) == pytest.approx(
+        [fill + saturated, saturated, fill + saturated, saturated]
+    )
+    busy = dict(result.resource_busy_ns)
+    assert (busy["stage0"], busy["stage1"], busy["drafter"]) == (6 * 110_000, 4 * 100_000, 6 * 60_000)
+    if record:
+        ends = [0] + [t.commit_ns for t in result.tokens]
+        for i in result.intervals:
+            cycle_start = max(e for e in ends if e <= i.start_ns)
+            assert i.end_ns <= min(e for e in ends if e > i.start_ns)
+            if i.label in ("forward", "pdm"):
+                assert i.start_ns in (
+                    cycle_start,
+                    cycle_start + fill * 1e3,
+                )  # with the cycle, not after a stage
+
+
+def test_a_stream_overlap_of_one_prices_one_gpu_exactly_as_without_the_phase(tmp_path):
+    trace = _write_spd_trace(tmp_path / "t.csv", [1, 0, 1, 1])
+    plain = _colocated_profile(tmp_path / "plain.json")
+    unit = _colocated_profile(tmp_path / "unit.json", stream_overlap={2: 1.0, 3: 1.0})
+    results = [
+        simulate(_colocated_scenario(p, trace, stages="one-gpu"), record_intervals=True)
+        for p in (plain, unit)
+    ]
+    assert results[0].tokens == results[1].tokens and results[0].intervals == results[1].intervals
+    assert results[0].resource_busy_ns == results[1].resource_busy_ns
+    busy = 110 + 60  # back to back: the sum of the members
+    assert _commit_gaps_us(results[0])[1] == pytest.approx(busy + 100 + 20)
+
+
+def test_ppsd_on_one_gpu_overlaps_its_stages_only(tmp_path):
+    """PPSD's exit head follows stage 0 (part of its member, not a stream): a saturated cycle of n = 2 is the two
+    stages at c(2) = 0.5: max(110 + 20, 100) + 0.5·100, then the verify."""
+    trace = _write_spd_trace(tmp_path / "t.csv", [1, 1, 1, 1])
+    path = _colocated_profile(tmp_path / "o.json", stream_overlap={2: 0.5, 3: 0.0})
+    result = simulate(_colocated_scenario(path, trace, name="ppsd", stages="one-gpu"), record_intervals=False)
+    assert _commit_gaps_us(result)[1:] == pytest.approx([130 + 50 + 20] * 3)
 
 
 @pytest.mark.parametrize(

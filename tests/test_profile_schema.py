@@ -1,4 +1,5 @@
-"""Profile schema v1: the tensor-parallel phases and the optional all-reduce ring fit are checked at load."""
+"""Profile schema v1: the tensor-parallel phases, the optional all-reduce ring fit and the stream overlap are
+checked at load."""
 
 import json
 
@@ -76,3 +77,14 @@ def test_embedded_measured_profiles_load_by_name_and_carry_their_measurement():
 def test_an_unknown_profile_name_lists_the_embedded_ones():
     with pytest.raises(ProfileError, match="no such file 'qwen9' and no embedded profile.*qwen3-4b_h100"):
         load_profile("qwen9")
+
+
+def test_the_stream_overlap_phase_loads_and_needs_its_stream_count(tmp_path):
+    entry = {"streams": 3, "median_us": 400.0, "p10_us": 380.0, "p90_us": 420.0, "samples": 50, "layers": 12}
+    data = _bundle()
+    data["phases"]["stream_overlap"] = [entry]
+    assert _load(tmp_path, data)["phases"]["stream_overlap"] == [entry]
+    assert PHASE_COORDINATES["stream_overlap"] == ("streams",)
+    data["phases"]["stream_overlap"] = [{k: v for k, v in entry.items() if k != "streams"}]
+    with pytest.raises(ProfileError, match=r"stream_overlap\[0\].streams: missing"):
+        _load(tmp_path, data)

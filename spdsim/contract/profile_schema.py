@@ -41,6 +41,7 @@ phase              coordinates                                 what is timed
 ``allreduce``      tp_degree, bytes                            one all-reduce of ``bytes`` over tp_degree GPUs
 ``host_issue``     graphs                                      host time to launch ``graphs`` captured graphs
                                                                back to back (input copies included, no sync)
+``stream_overlap`` streams                                     g concurrent decode streams on one GPU (below)
 =================  ==========================================  ==============================================
 
 A reader interpolates linearly along each coordinate between measured points and refuses (a ``ProfileError``
@@ -49,6 +50,12 @@ naming the phase and coordinate range) to extrapolate outside them.
 ``colocated_contention`` is dimensionless: the contention factor c in [0, 1] of an SPD drafter running on its own
 stream beside stage 0 on one GPU (together they keep it busy max(a, b) + c·min(a, b); 1 = back to back, 0 =
 perfect overlap), stored in the stat fields as µs added per ms of the shorter of the two (``median_us`` = 1000·c).
+``stream_overlap`` is dimensionless too, and profiled (``executor/profile_overlap.py``), not fitted: the factor c(g)
+in [0, 1] of ``streams`` = g members issued at once, each on its own CUDA stream of one GPU (the model's layers split
+into g stages): they keep it busy max(t) + c·(Σt − max t); stored as ``median_us`` = 1000·c. Its entries also
+carry the raw times (``concurrent_us``, ``serial_us``, ``longest_alone_us``) and the ``layers`` / ``kv_len`` they
+were measured at. A reader takes the nearest measured g outside the measured ones; without the phase c = 1.
+
 ``verify_fixed``, ``cycle_fixed``, ``chain_fixed`` and ``colocated_contention`` are fitted from runs by ``spdsim
 calibrate``; outside the stage counts (draft lengths) they were fitted at, a reader takes the nearest fitted one (a
 held-out n or K is priced with what calibration saw) instead of refusing.
@@ -87,6 +94,7 @@ PHASE_COORDINATES: dict[str, tuple[str, ...]] = {
     "layers_tp": ("tp_degree", "layers", "query_tokens", "kv_len"),  # kv_len last: readers take arrays
     "allreduce": ("tp_degree", "bytes"),
     "host_issue": ("graphs",),
+    "stream_overlap": ("streams",),
 }
 assert tuple(PHASE_COORDINATES) == PHASES, "the profile phases are the contract's PHASES"
 STAT_FIELDS = ("median_us", "p10_us", "p90_us", "samples")

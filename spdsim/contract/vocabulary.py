@@ -68,6 +68,7 @@ PHASES = (
     "layers_tp",
     "allreduce",
     "host_issue",
+    "stream_overlap",
 )
 
 

@@ -83,6 +83,9 @@ class HostBoundLatency(LatencyModel):
     def colocated_contention_ppm(self, num_stages: int) -> int:
         return self.inner.colocated_contention_ppm(num_stages)
 
+    def stream_overlap_ppm(self, streams: int) -> int:
+        return self.inner.stream_overlap_ppm(streams)
+
 
 def with_host_overhead(latency: LatencyModel) -> LatencyModel:
     """``latency`` itself when the hardware has no host costs (exactly today's model), else wrapped."""

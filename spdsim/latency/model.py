@@ -103,6 +103,11 @@ class LatencyModel:
         busy max(a, b) + c·min(a, b). 10^6 (back to back) unless a calibrated profile says otherwise."""
         return PPM
 
+    def stream_overlap_ppm(self, streams: int) -> int:
+        """Overlap c of ``streams`` members issued at once on one GPU, each on its own CUDA stream, in parts per
+        million: they keep it busy max(t) + c·(Σt − max t). 10^6 (back to back) unless a profile measured it."""
+        return PPM
+
     # --- composites --------------------------------------------------------------------------------------
     @property
     def num_layers(self) -> int:

@@ -99,22 +99,22 @@ class MeasuredLatency(LatencyModel):
     def cycle_fixed_ns(self, num_stages: int) -> int:
         if "cycle_fixed" not in self._tables:
             return 0
-        return self._fitted_serial_ns("cycle_fixed", num_stages)
+        return self._nearest_ns("cycle_fixed", num_stages)
 
     def verify_fixed_ns(self, num_stages: int) -> int:
         if "verify_fixed" not in self._tables:
             return 0
-        return self._fitted_serial_ns("verify_fixed", num_stages)
+        return self._nearest_ns("verify_fixed", num_stages)
 
     def chain_fixed_ns(self, draft_tokens: int) -> int:
         if "chain_fixed" not in self._tables:
             return 0
-        return self._fitted_serial_ns("chain_fixed", draft_tokens)
+        return self._nearest_ns("chain_fixed", draft_tokens)
 
-    def _fitted_serial_ns(self, phase: str, value: int) -> int:
-        """A serial cost fitted from runs, held at the nearest fitted stage count (draft length) outside the
-        fitted ones: a held-out n or K is priced with what calibration saw (docs/profile-schema.md), and validate
-        shows the error."""
+    def _nearest_ns(self, phase: str, value: int) -> int:
+        """A one-coordinate phase held at the nearest stage count (draft length, stream count) outside the
+        fitted or measured ones: a held-out n or K is priced with what calibration saw (docs/profile-schema.md),
+        and validate shows the error."""
         table = self._table(phase)
         if isinstance(table, _GridTable):
             axis = table.axes[0]
@@ -126,8 +126,14 @@ class MeasuredLatency(LatencyModel):
         if "colocated_contention" not in self._tables:
             return PPM
         # stored as µs per ms of the shorter member (c·1000); the table's ns are therefore c·10^6
-        value = self._fitted_serial_ns("colocated_contention", num_stages)
+        value = self._nearest_ns("colocated_contention", num_stages)
         return min(max(int(value), 0), PPM)
+
+    def stream_overlap_ppm(self, streams: int) -> int:
+        if streams <= 1 or "stream_overlap" not in self._tables:
+            return PPM
+        # stored as 1000·c in the µs fields, so the table's ns are c·10^6
+        return min(max(int(self._nearest_ns("stream_overlap", streams)), 0), PPM)
 
 
 # Terms of the few-coefficient fit per phase; "a*b" is the product of two coordinates, "1" the intercept.
@@ -143,6 +149,7 @@ FIT_TERMS: dict[str, tuple[str, ...]] = {
     "verify_fixed": ("1", "num_stages"),
     "chain_fixed": ("1", "draft_tokens"),
     "colocated_contention": ("1", "num_stages"),
+    "stream_overlap": ("1", "streams"),
     "layers_tp": (
         "1",
         "layers",

@@ -14,8 +14,10 @@ verified; a rejection flushes the in-flight tokens (their earlier stage work is 
 verification commits one token; its serial cost is head + sampling + the profile's ``verify_fixed``.
 
 With ``stage_placement = "one-gpu"`` (the executor's single-process SPD) every stage and the drafter share one
-GPU: decode steps are bound by its memory bus, so a cycle costs the sum of its members, not their maximum, and
-stage outputs stay on the device (no send).
+GPU, each on its own CUDA stream, and stage outputs stay on the device (no send). A batch-1 decode stream leaves
+part of the memory bus idle, so g members issued at once keep the GPU busy max(t) + c(g)·(Σt − max t) with the
+profiled stream overlap c(g) (``LatencyModel.stream_overlap_ppm``, g = the active stages + SPD's drafter); without
+the profile phase c = 1: the sum of the members, laid back to back.
 
 PPSD: the drafter is the target's own early-exit path (first ``exit_layer`` layers + an exit head), so it runs
 on stage 0's GPU after (and reusing) the stage-0 layers it shares; no extra GPU.
@@ -44,7 +46,8 @@ class PipelineCosts:
     ``forward_ns[s][c]``: stage s's forward (stage 0 includes the embedding and is
     slowed by contention when it shares its GPU with the drafter); ``stage0_draft_ns[c]``: the time the drafter
     adds to stage 0's GPU beyond that forward (the part not overlapped); ``send_ns``: hidden-state send after each stage; ``drafter_ns[c]``: the
-    PDM on its own GPU (after the ``gather_ns`` anchor gather), empty when the drafter shares stage 0;
+    PDM on its own GPU (after the ``gather_ns`` anchor gather) or, on one GPU with a profiled stream overlap, on its
+    own stream (what it adds beyond stage 0); empty when the drafter is part of stage 0's member;
     ``cycle_ns[a][c]``: the whole cycle with ``a`` active stages (a = n: saturated, with verify). The PDM is
     priced with n+1 query rows (pending-deepest row + the in-flight tokens) in every cycle.
     """
@@ -64,7 +67,7 @@ class PipelineCosts:
         0  # after a rejection, before its refill: DISCARD broadcast + KV crop (topology, crop_ns)
     )
     inter_node_hops: tuple[bool, ...] = ()  # per stage send: does it cross nodes (topology)
-    one_gpu: bool = False  # members run back to back on one GPU (stage_placement "one-gpu")
+    back_to_back: bool = False  # members run one after another on one GPU (stage_placement "one-gpu", c = 1)
 
 
 def pipeline_costs(scenario, latency) -> PipelineCosts:
@@ -111,16 +114,32 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
         # form) sees the verify where it runs
         forwards[-1] = forwards[-1] + verify
         verify = 0
+    # SPD's drafter is its own stream on one GPU (PPSD's exit head follows stage 0: part of its member)
+    streams = [a + (method.name == "spd") for a in range(stages + 1)]
+    overlap = [latency.stream_overlap_ppm(g) if one_gpu else PPM for g in streams]
+    overlapped = one_gpu and min(overlap) < PPM
+    split_drafter = overlapped and method.name == "spd"
+    if split_drafter:  # the drafter's part (its gather, what it adds beyond stage 0) becomes its own member
+        drafter_member, draft = stage0_draft + gather, stage0_draft
+        stage0_draft = np.zeros(kv.shape, dtype=np.int64)
+        own_drafter = True
     stage_members = [f + sends[s] for s, f in enumerate(forwards)]
     stage_members[0] = stage_members[0] + stage0_draft + (0 if own_drafter else gather)
-    drafter_member = draft + gather if own_drafter else np.zeros(kv.shape, dtype=np.int64)
+    if not own_drafter:
+        drafter_member = np.zeros(kv.shape, dtype=np.int64)
+    elif not split_drafter:
+        drafter_member = draft + gather
     cycles: list[list[int]] = [[]]
     busiest = drafter_member  # the slowest member so far, or on one GPU all of them back to back
     refill_total = np.zeros(kv.shape, dtype=np.int64)
     for active in range(1, stages + 1):
         member = stage_members[active - 1]
-        busiest = busiest + member if one_gpu else np.maximum(busiest, member)
-        total = control + busiest + fixed + (verify if active == stages else 0)
+        if overlapped:
+            members = [*stage_members[:active], *([drafter_member] if split_drafter else [])]
+            busy = shared_gpu_ns(members, overlap[active])
+        else:
+            busiest = busy = busiest + member if one_gpu else np.maximum(busiest, member)
+        total = control + busy + fixed + (verify if active == stages else 0)
         cycles.append(total.tolist())
         if active < stages:
             refill_total += total
@@ -138,7 +157,7 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
         refill_total_ns=refill_total.tolist(),  # type: ignore[arg-type]
         reject_ns=int(reject),
         inter_node_hops=hops,
-        one_gpu=one_gpu,
+        back_to_back=one_gpu and not overlapped,
     )
 
 
@@ -151,7 +170,7 @@ def colocated_stage0_ns(latency, overheads, forward0, draft, stages: int, *, spd
     PPSD's exit head needs stage 0's output, so it always follows it.
     """
     ppm = latency.colocated_contention_ppm(stages) if spd else PPM
-    shared = shared_gpu_ns(forward0, draft, ppm)
+    shared = shared_gpu_ns([forward0, draft], ppm)
     contention = overheads.drafter_contention
     slowed0 = np.rint(forward0 * contention).astype(np.int64)
     return slowed0, np.rint(shared * contention).astype(np.int64) - slowed0
@@ -176,15 +195,14 @@ def cycle_plan(outcomes: tuple[int, ...], stages: int, new_tokens: int) -> list[
     return plan
 
 
-def shared_gpu_ns(stage0_ns, drafter_ns, contention_ppm: int):
-    """Time stage 0 and the drafter keep their shared GPU busy when issued on two streams at once:
-    max(a, b) + c·min(a, b), c = ``contention_ppm`` / 10^6 (1: back to back, 0: perfect overlap).
-    Integer ns; c = 1 gives a + b exactly."""
-    stage0_ns = np.asarray(stage0_ns, dtype=np.int64)
-    drafter_ns = np.asarray(drafter_ns, dtype=np.int64)
-    shorter = np.minimum(stage0_ns, drafter_ns)
-    overlap_cost = (shorter * contention_ppm + PPM // 2) // PPM
-    return np.maximum(stage0_ns, drafter_ns) + overlap_cost
+def shared_gpu_ns(members_ns, contention_ppm: int):
+    """Time members issued at once, each on its own stream, keep their shared GPU busy: max(t) + c·(Σt − max t),
+    c = ``contention_ppm`` / 10^6 (1: back to back, 0: perfect overlap); for two members max(a, b) + c·min(a, b)
+    (stage 0 and a co-located drafter). Integer ns; c = 1 gives Σt exactly."""
+    members = [np.asarray(m, dtype=np.int64) for m in members_ns]
+    longest = np.maximum.reduce(members)
+    rest = sum(members[1:], members[0]) - longest
+    return longest + (rest * contention_ppm + PPM // 2) // PPM
 
 
 def _early_exit_extra_ns(scenario, latency, stage0_layers: int, kv) -> np.ndarray:

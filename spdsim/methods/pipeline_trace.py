@@ -74,8 +74,8 @@ def record_pipeline_spans(recorder, costs, request: int, segments: list[tuple[in
     cursor = begin
     for s in range(n):
         valid = active > s
-        # each stage on its own GPU starts with the cycle; on one GPU it follows the previous stage
-        if not costs.one_gpu:
+        # each stage on its own GPU (or stream) starts with the cycle; back to back it follows the previous stage
+        if not costs.back_to_back:
             cursor = begin
         if s == 0:
             gather = 0 if own_drafter else costs.gather_ns
