@@ -279,3 +279,19 @@ def test_fitted_serial_costs_hold_the_nearest_fitted_stage_count(tmp_path):
     assert latency.colocated_contention_ppm(4) == 400_000
     with pytest.raises(ProfileError, match="layers=16 outside"):  # measured phases still refuse
         latency.layers_ns(16, 1, 0)
+
+
+def test_every_profile_phase_has_fit_terms_and_every_shipped_bundle_builds_fitted():
+    """A phase without fit terms made `latency.kind = fitted` crash on any bundle holding it (host_issue in the
+    shipped qwen3.5-4b_h100 bundle: KeyError)."""
+    from spdsim.contract.profile_schema import PHASE_COORDINATES
+    from spdsim.latency.profiled import FIT_TERMS
+
+    assert set(PHASE_COORDINATES) <= set(FIT_TERMS)
+    shipped = sorted((Path(__file__).parents[1] / "spdsim" / "profiles" / "measured").glob("*.json"))
+    assert shipped
+    for path in shipped:
+        latency = build_latency_model(
+            Scenario(model=TOY_SHAPE, latency=LatencySpec(kind="fitted", profile_path=str(path)))
+        )
+        assert latency.layers_ns(1, 1, np.array([128]), 1)[0] > 0

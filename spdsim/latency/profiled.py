@@ -150,6 +150,7 @@ FIT_TERMS: dict[str, tuple[str, ...]] = {
     "chain_fixed": ("1", "draft_tokens"),
     "colocated_contention": ("1", "num_stages"),
     "stream_overlap": ("1", "streams"),
+    "host_issue": ("1", "graphs"),
     "layers_tp": (
         "1",
         "layers",
