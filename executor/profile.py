@@ -39,7 +39,8 @@ class ProfileGrid:
     query_tokens: tuple[int, ...] = (1, 4, 8)
     kv_lens: tuple[int, ...] = (64, 256, 1024, 4096)
     head_query_tokens: tuple[int, ...] = tuple(range(1, 10))
-    spec_layers: tuple[int, ...] = (1, 2, 3)  # SPD drafter depths L_s; () skips the head phases
+    spec_layers: tuple[int, ...] = (1, 2, 3)  # SPD drafter depths L_s; () skips the drafter phase
+    chain_draft: bool = True  # the EAGLE-3 drafter pass (chain SD); not on the Qwen3.5 hybrid
     warmup: int = 5
     iters: int = 50
 
@@ -257,8 +258,10 @@ def profile_phases(
         report(f"stream_overlap (streams: c): {factors}")
     if grid.spec_layers:
         phases["drafter"] = profile_spd_drafter(model, grid, report, use_graphs)
-        if not getattr(model, "is_hybrid", False):  # no EAGLE-3 head on the Qwen3.5 hybrid yet (dispatch.py)
-            phases["chain_draft"] = profile_chain_draft(model, grid, report)
+    if grid.chain_draft and not getattr(
+        model, "is_hybrid", False
+    ):  # no EAGLE-3 head on the hybrid (dispatch.py)
+        phases["chain_draft"] = profile_chain_draft(model, grid, report)
     return phases
 
 

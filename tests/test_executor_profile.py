@@ -66,6 +66,19 @@ def test_bundle_from_a_cpu_profile_loads_in_the_simulator(tmp_path: Path) -> Non
     assert not list(tmp_path.glob("*.part"))
 
 
+def test_the_drafter_and_chain_draft_phases_are_chosen_apart() -> None:
+    """A chain-only campaign skips the SPD drafter (its slowest phase to profile) and keeps chain_draft, and the
+    other way round."""
+    model = FastModel.from_hf(load_model("random:tiny-qwen3").hf_model, max_seq_len=64)
+    base = dict(
+        stage_counts=(1,), query_tokens=(1,), kv_lens=(16,), head_query_tokens=(1,), warmup=1, iters=2
+    )
+    chain_only = profile_phases(model, ProfileGrid(**base, spec_layers=()))
+    assert "chain_draft" in chain_only and "drafter" not in chain_only
+    spd_only = profile_phases(model, ProfileGrid(**base, spec_layers=(1,), chain_draft=False))
+    assert "drafter" in spd_only and "chain_draft" not in spd_only
+
+
 def test_bundle_rejects_what_the_schema_rejects() -> None:
     model = FastModel.from_hf(load_model("random:tiny-qwen3").hf_model, max_seq_len=64)
     from spdsim.contract.profile_schema import ProfileError

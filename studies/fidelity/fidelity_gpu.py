@@ -287,6 +287,7 @@ def part_profile(args, out: Path) -> None:
             kv_lens=kv_lens,
             head_query_tokens=(1, 2, 3, 4, 5, 6),
             spec_layers=(),  # the drafter is timed below, the way the distributed controller runs it
+            chain_draft=False,
             iters=args.iters,
         )
         phases = profile_phases(

@@ -146,6 +146,7 @@ def measure_bundle(spec: str, model, folder: Path, args, device: str) -> None:
         query_tokens=(1, 3, 4, 6, 8),
         kv_lens=args.kv_lens,
         spec_layers=args.spec_layers,
+        chain_draft=bool(args.chain_k),
         iters=args.iters,
     )
     if device != "cuda":
@@ -191,7 +192,11 @@ def main() -> int:
         help="keep a model folder's bundle and finished runs (same GPU kind), measure only what is missing",
     )
     parser.add_argument("--spd-stages", default=",".join(map(str, SPD_STAGES)), help="SPD runs' n; '' skips")
-    parser.add_argument("--spec-layers", default="1", help="SPD drafter depths L_s of the profile bundle")
+    parser.add_argument(
+        "--spec-layers",
+        default="1",
+        help="SPD drafter depths L_s of the profile bundle; '' skips the drafter phase",
+    )
     args = parser.parse_args()
     args.chain_k = tuple(int(k) for k in args.chain_k.split(",") if k)
     args.kv_lens = tuple(int(k) for k in args.kv_lens.split(","))
