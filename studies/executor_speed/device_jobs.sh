@@ -7,7 +7,7 @@
 #   gemv        studies/executor_speed/bench_gemv.py: the step's matmuls, cuBLAS / inductor / executor.gemv (Triton);
 #               then bench_executor_ar.py on qwen3-4b with and without the GEMV in the compiled layer
 #   tests       the GPU-marked executor tests
-# FID_ARGS: extra measure.py options for fid jobs (e.g. --spd-stages "" --spec-layers "": no SPD runs, and no SPD
+# FID_ARGS: extra measure.py options for fid jobs (e.g. "--spd-stages= --spec-layers=": no SPD runs, and no SPD
 # drafter in the bundle, its slowest phase to profile: a chain-only campaign).
 # Results under $OUT: gpu.txt and results.tgz (results/<job>/..., one log per job), re-packed after every job.
 # Results are kept in the git-ignored .cache/results: on a machine still warm from the last call, fid/q35 jobs
