@@ -14,7 +14,7 @@ import json
 import platform
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -176,10 +176,7 @@ def profile_phases(
     """Measure every phase over the grid; the cache is filled with random K/V so attention reads real data."""
     report = progress or (lambda _msg: None)
     timer = PhaseTimer(model.device, grid, use_graphs)
-    cache: KVCache = model.new_cache(max(grid.kv_lens))
-    for keys, values in zip(cache.keys, cache.values, strict=True):
-        keys.normal_()
-        values.normal_()
+    cache = _random_cache(model, max(grid.kv_lens))
     cfg = model.cfg
     phases: dict[str, list[dict[str, Any]]] = {
         "layers": [],
@@ -243,19 +240,7 @@ def profile_phases(
     phases["host_issue"] = profile_host_issue(model, cache, grid, timer.use_graphs)
     issue = ", ".join(f"{entry['graphs']}: {entry['median_us']:.1f}" for entry in phases["host_issue"])
     report(f"host_issue (graphs: us): {issue}")
-    overlap = profile_stream_overlap(
-        model,
-        cache,
-        min(grid.kv_lens),
-        grid.stage_counts,
-        warmup=grid.warmup,
-        iters=grid.iters,
-        use_graphs=timer.use_graphs,
-    )
-    if overlap:  # a model of one layer has no two disjoint streams
-        phases["stream_overlap"] = overlap
-        factors = ", ".join(f"{entry['streams']}: {entry['median_us'] / 1000:.2f}" for entry in overlap)
-        report(f"stream_overlap (streams: c): {factors}")
+    phases.update(_stream_overlap_phase(model, cache, grid, timer.use_graphs, report))
     if grid.spec_layers:
         phases["drafter"] = profile_spd_drafter(model, grid, report, use_graphs)
     if grid.chain_draft and not getattr(
@@ -263,6 +248,57 @@ def profile_phases(
     ):  # no EAGLE-3 head on the hybrid (dispatch.py)
         phases["chain_draft"] = profile_chain_draft(model, grid, report)
     return phases
+
+
+# Phases a finished bundle can gain later, measured on the same GPU kind, without re-measuring the rest (its runs
+# stay valid): `studies/fidelity_1gpu/measure.py --resume`.
+ADDABLE_PHASES = ("stream_overlap",)
+
+
+@torch.inference_mode()
+def profile_missing_phases(
+    model: FastModel,
+    grid: ProfileGrid,
+    have: Collection[str],
+    *,
+    use_graphs: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """The ``ADDABLE_PHASES`` a bundle holding ``have`` lacks, measured as ``profile_phases`` measures them."""
+    if all(phase in have for phase in ADDABLE_PHASES):
+        return {}
+    report = progress or (lambda _msg: None)
+    cache = _random_cache(model, max(grid.kv_lens))
+    use_graphs = use_graphs and model.device.type == "cuda"
+    return _stream_overlap_phase(model, cache, grid, use_graphs, report)
+
+
+def _random_cache(model: FastModel, max_len: int) -> KVCache:
+    """A cache filled with random K/V, so attention reads real data."""
+    cache: KVCache = model.new_cache(max_len)
+    for keys, values in zip(cache.keys, cache.values, strict=True):
+        keys.normal_()
+        values.normal_()
+    return cache
+
+
+def _stream_overlap_phase(
+    model: FastModel, cache: KVCache, grid: ProfileGrid, use_graphs: bool, report: Callable[[str], None]
+) -> dict[str, list[dict[str, Any]]]:
+    overlap = profile_stream_overlap(
+        model,
+        cache,
+        min(grid.kv_lens),
+        grid.stage_counts,
+        warmup=grid.warmup,
+        iters=grid.iters,
+        use_graphs=use_graphs,
+    )
+    if not overlap:  # a model of one layer has no two disjoint streams
+        return {}
+    factors = ", ".join(f"{entry['streams']}: {entry['median_us'] / 1000:.2f}" for entry in overlap)
+    report(f"stream_overlap (streams: c): {factors}")
+    return {"stream_overlap": overlap}
 
 
 def profile_host_issue(

@@ -1,4 +1,5 @@
-"""studies/fidelity_1gpu: the held-out order, --resume's per-run GPU check, and analyze.py on a real (CPU) campaign."""
+"""studies/fidelity_1gpu: the held-out order, --resume (per-run GPU check, phases added to a kept bundle), and
+analyze.py on a real (CPU) campaign."""
 
 from __future__ import annotations
 
@@ -53,7 +54,18 @@ def test_resume_keeps_runs_of_this_gpu_only_and_analyze_holds_out_the_rest(tmp_p
     assert runs == ["ar", "eagle3_k3_a0.60", "eagle3_k3_a0.80", "eagle3_k3_a0.90", "spd_n2_a0.80"]
     config = folder / "spd_n2_a0.80" / "config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "gpu": "another GPU"}))
+    bundle_path = folder / "profile.json"
+    bundle = json.loads(bundle_path.read_text())
+    layers_before = bundle["phases"]["layers"]
+    del bundle["phases"]["stream_overlap"]  # a bundle from before the phase existed
+    bundle_path.write_text(json.dumps(bundle))
     second = _measure(tmp_path)
+    bundle = json.loads(bundle_path.read_text())
+    assert "added stream_overlap to the kept bundle" in second
+    assert bundle["phases"]["stream_overlap"] and bundle["phases"]["layers"] == layers_before
+    added = json.loads((folder / "measure.json").read_text())["added_phases"]
+    assert [entry["phases"] for entry in added] == [["stream_overlap"]]
+    assert str(ROOT) not in added[0]["command"]
     kept = {line.split()[2].rstrip(":") for line in second.splitlines() if "kept (--resume)" in line}
     assert kept == {"profile", *runs} - {"spd_n2_a0.80"}
     assert measured_on(folder / "spd_n2_a0.80") == measured_on(folder / "ar")

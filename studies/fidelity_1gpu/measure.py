@@ -28,6 +28,7 @@ from executor.profile import (  # noqa: E402
     build_bundle,
     hardware_info,
     measure_copy_bandwidth_gbps,
+    profile_missing_phases,
     profile_phases,
     software_info,
     write_bundle,
@@ -35,6 +36,7 @@ from executor.profile import (  # noqa: E402
 from executor.prompts import load_prompts  # noqa: E402
 from executor.rundir import write_run_dir  # noqa: E402
 from executor.schedules import run_method  # noqa: E402
+from spdsim.contract.profile_schema import load_profile  # noqa: E402
 
 CHAIN_K = (2, 3, 5, 7)
 CHAIN_ALPHA = (0.6, 0.8, 0.9)
@@ -89,6 +91,7 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
 
     if resume and (folder / "profile.json").is_file():
         log(f"{tag}: profile bundle kept (--resume)")
+        add_missing_phases(model, folder, args, device)
     else:
         measure_bundle(spec, model, folder, args, device)
     # The bundle and the two fitted runs first: a campaign cut short by its time limit can still be calibrated.
@@ -137,11 +140,13 @@ def _same_device(folder: Path, device: str) -> bool:
     return True
 
 
-def measure_bundle(spec: str, model, folder: Path, args, device: str) -> None:
-    """The profile bundle (every phase, graph-captured) and the campaign's provenance (measure.json)."""
-    tag = folder.name
-    log(f"{tag}: profile bundle")
-    grid = ProfileGrid(
+def campaign_grid(args, device: str) -> ProfileGrid:
+    """The bundle's coordinates: every shape the campaign's runs take (a small grid on the CPU)."""
+    if device != "cuda":
+        return ProfileGrid(
+            stage_counts=(1, 2), query_tokens=(1, 3, 4), kv_lens=args.kv_lens, spec_layers=(1,), iters=3
+        )
+    return ProfileGrid(
         stage_counts=(1, 2, 4, 8),
         query_tokens=(1, 3, 4, 6, 8),
         kv_lens=args.kv_lens,
@@ -149,10 +154,41 @@ def measure_bundle(spec: str, model, folder: Path, args, device: str) -> None:
         chain_draft=bool(args.chain_k),
         iters=args.iters,
     )
-    if device != "cuda":
-        grid = ProfileGrid(
-            stage_counts=(1, 2), query_tokens=(1, 3, 4), kv_lens=args.kv_lens, spec_layers=(1,), iters=3
-        )
+
+
+def add_missing_phases(model, folder: Path, args, device: str) -> None:
+    """A kept bundle gains the phases it predates (``ADDABLE_PHASES``, e.g. ``stream_overlap``), measured on the
+    same GPU kind; its other phases and the finished runs stay. measure.json records what was added, and when."""
+    bundle = json.loads((folder / "profile.json").read_text())
+    added = profile_missing_phases(model, campaign_grid(args, device), bundle["phases"], progress=log)
+    if not added:
+        return
+    bundle["phases"].update(added)
+    write_bundle(folder / "profile.json", bundle)
+    load_profile(folder / "profile.json")  # the merged bundle is still a valid one
+    meta_path = folder / "measure.json"
+    meta = json.loads(meta_path.read_text())
+    meta.setdefault("added_phases", []).append(
+        {"phases": sorted(added), "date": _now(), "software": software_info(), "command": _command()}
+    )
+    meta_path.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    log(f"{folder.name}: added {', '.join(sorted(added))} to the kept bundle")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat()
+
+
+def _command() -> str:
+    """This call's command line, paths inside the repository relative to it (no machine paths in results)."""
+    return " ".join(["python"] + sys.argv).replace(f"{ROOT}/", "")
+
+
+def measure_bundle(spec: str, model, folder: Path, args, device: str) -> None:
+    """The profile bundle (every phase, graph-captured) and the campaign's provenance (measure.json)."""
+    tag = folder.name
+    log(f"{tag}: profile bundle")
+    grid = campaign_grid(args, device)
     copy_gbps = measure_copy_bandwidth_gbps(device, nbytes=(1 << 30) if device == "cuda" else 1 << 24)
     hardware = hardware_info(device, copy_gbps)
     phases = profile_phases(model, grid, progress=log)
@@ -164,8 +200,8 @@ def measure_bundle(spec: str, model, folder: Path, args, device: str) -> None:
         "model": spec,
         "hardware": hardware,
         "software": software_info(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(),
-        "command": " ".join(["python"] + sys.argv),
+        "date": _now(),
+        "command": _command(),
     }
     (folder / "measure.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
