@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from executor.cache import KVCache, kv_bucket
 from executor.fastmodel import FastModel
 from executor.models import load_model
-from executor.schedules.base import warmup_prompts
+from executor.schedules.base import greedy_continuation, warmup_prompts
 from executor.schedules.common import Prompt, as_prompts
 
 
@@ -192,3 +192,14 @@ def test_warmup_prompts_are_the_longest_of_each_starting_window(
     lengths: tuple[int, ...], lookahead: int, expected: tuple[str, ...]
 ) -> None:
     assert tuple(p.prompt_id for p in warmup_prompts(_of_lengths(*lengths), lookahead)) == expected
+
+
+@pytest.mark.parametrize("rows", [2, 4, 8])
+def test_a_reference_in_the_verify_shape_is_the_greedy_continuation(rows: int) -> None:
+    """Each token from the first row of a ``rows``-token pass (the chain verify's shape) is the greedy token: the
+    same continuation as the AR schedule's in float32, across a window boundary (positions past 256)."""
+    model = FastModel.from_hf(load_model("random:tiny-qwen3", seed=5).hf_model, max_seq_len=512)
+    prefix = torch.randint(
+        0, model.cfg.vocab_size, (250,), generator=torch.Generator().manual_seed(1)
+    ).tolist()
+    assert greedy_continuation(model, prefix, 12, rows=rows) == greedy_continuation(model, prefix, 12)

@@ -60,6 +60,28 @@ def test_device_path_drafts_and_logs_what_the_eager_loop_does(target, head, kind
         assert run.trace == trace
 
 
+def test_synthetic_reference_is_computed_in_the_verify_shape(target, head, monkeypatch):
+    """The device path's synthetic reference comes from (K+1)-row passes, the kernels its verify runs (on a GPU in
+    bf16 an AR reference left the chain's tokens: realised alpha 0.1 under nominal); the eager loop keeps AR's."""
+    import executor.schedules.base as base
+
+    asked = []
+    original = base.greedy_continuation
+
+    def recording(model, prefix, count, rows=1):
+        asked.append(rows)
+        return original(model, prefix, count, rows)
+
+    monkeypatch.setattr(base, "greedy_continuation", recording)
+    options = DecodeOptions(max_new_tokens=NEW, synthetic_alpha=0.8)
+    result = run_chain(target, head, prompts(2), "eagle3", 3, options)
+    assert asked and set(asked) == {4}
+    assert_lossless(result, greedy_ar(target, prompts(2), NEW))
+    asked.clear()
+    eager_traces(target, head, "eagle3", 3, options, head.head_config.feature_layers)
+    assert asked and set(asked) == {1}
+
+
 def test_one_host_read_per_iteration(target, head, monkeypatch):
     reads = []
     original = chain_graphed.read_outcome

@@ -73,19 +73,41 @@ def prefill(model, tokens: list[int], cache, collect=()) -> tuple[torch.Tensor, 
     return model.head(hidden[:, -1:])[0, 0], feats
 
 
-def greedy_continuation(model, prefix: list[int], num_tokens: int) -> list[int]:
-    """The AR schedule's greedy continuation of `prefix` (graph-captured on a GPU): the synthetic reference."""
-    from executor.schedules.ar import GenerationConfig, generate_ar
+def greedy_continuation(model, prefix: list[int], num_tokens: int, rows: int = 1) -> list[int]:
+    """The target's greedy continuation of `prefix`: the synthetic reference.
 
+    ``rows = 1``: the AR schedule's (graph-captured on a GPU). ``rows > 1``: each token from the first row of a
+    ``rows``-token pass, as a chain's (K+1)-token verify computes it (the other rows repeat the token and are
+    overwritten by the next pass). In bf16 on a GPU the kernels of a K+1-row pass round differently from one-row
+    steps, and with random weights' nearly flat logits that moves argmaxes: an AR reference then leaves the chain's
+    committed tokens (24–33 re-anchors in 330 checks on an H200, each a planned accept the target refused, so
+    realised α fell ~0.1 below nominal). A reference of the verify's own shape shares its kernels."""
     if num_tokens < 1:
         return []
-    cache = model.new_cache(len(prefix) + num_tokens)
-    return list(generate_ar(model, prefix, GenerationConfig(max_new_tokens=num_tokens), cache=cache).tokens)
+    if rows == 1:
+        from executor.schedules.ar import GenerationConfig, generate_ar
+
+        cache = model.new_cache(len(prefix) + num_tokens)
+        return list(
+            generate_ar(model, prefix, GenerationConfig(max_new_tokens=num_tokens), cache=cache).tokens
+        )
+    with torch.inference_mode():
+        cache = model.new_cache(len(prefix) + num_tokens + rows)
+        logits, _ = prefill(model, prefix, cache)
+        tokens = [int(logits.argmax())]
+        while len(tokens) < num_tokens:
+            position = len(prefix) + len(tokens) - 1  # of the last token, the pass's first row
+            hidden, _ = forward_tokens(model, [tokens[-1]] * rows, position, cache)
+            tokens.append(int(model.head(hidden)[0].argmax(-1)[0]))
+    return tokens
 
 
-def synthetic_drafts(model, tokens: list[int], options: DecodeOptions, seed: int, lookahead: int):
+def synthetic_drafts(
+    model, tokens: list[int], options: DecodeOptions, seed: int, lookahead: int, verify_rows: int = 1
+):
     """The prompt's synthetic-acceptance draft replacer (None without `synthetic_alpha`); it plans `lookahead`
-    tokens past the generation length, because drafts run ahead of commits."""
+    tokens past the generation length, because drafts run ahead of commits. ``verify_rows``: the query rows of the
+    schedule's verify pass, the shape its reference is computed in (``greedy_continuation``)."""
     if options.synthetic_alpha is None:
         return None
     return SyntheticDrafts(
@@ -94,7 +116,7 @@ def synthetic_drafts(model, tokens: list[int], options: DecodeOptions, seed: int
         options.max_new_tokens + lookahead,
         model.cfg.vocab_size,
         seed,
-        lambda prefix, count: greedy_continuation(model, prefix, count),
+        lambda prefix, count: greedy_continuation(model, prefix, count, verify_rows),
     )
 
 

@@ -244,7 +244,8 @@ def run_graphed_prompt(
     k, device = rt.k, model.device
     timer = PhaseTimer(device)
     tokens = list(prompt.tokens)
-    synthetic = synthetic_drafts(model, tokens, options, options.prompt_seed(index), lookahead=k + 1)
+    seed = options.prompt_seed(index)
+    synthetic = synthetic_drafts(model, tokens, options, seed, lookahead=k + 1, verify_rows=k + 1)
     rt.load_plan(synthetic, len(tokens))
     record = PromptRecorder(prompt.prompt_id, len(tokens), method)
     logits, feats = prefill(model, tokens, rt.cache, collect=collect)
