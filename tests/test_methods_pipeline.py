@@ -393,6 +393,18 @@ def test_stages_on_one_gpu_overlap_by_the_profiled_stream_overlap(tmp_path, reco
                 )  # with the cycle, not after a stage
 
 
+def test_on_one_gpu_the_stream_overlap_alone_discounts_the_drafter(tmp_path):
+    """A bundle calibrated on distributed runs (colocated_contention) and profiled for stream overlap: on one GPU
+    the drafter overlaps the stages by c(g) only, not by both."""
+    trace = _write_spd_trace(tmp_path / "t.csv", [1, 0, 1, 1])
+    overlap = {2: 0.5, 3: 0.25}
+    both = _colocated_profile(tmp_path / "both.json", contention=0.5, stream_overlap=overlap)
+    alone = _colocated_profile(tmp_path / "alone.json", stream_overlap=overlap)
+    gaps = [_commit_gaps_us(simulate(_colocated_scenario(p, trace, stages="one-gpu"))) for p in (both, alone)]
+    assert gaps[0] == pytest.approx(gaps[1])
+    assert gaps[0][1] == pytest.approx(110 + 0.25 * 160 + 20)
+
+
 def test_a_stream_overlap_of_one_prices_one_gpu_exactly_as_without_the_phase(tmp_path):
     trace = _write_spd_trace(tmp_path / "t.csv", [1, 0, 1, 1])
     plain = _colocated_profile(tmp_path / "plain.json")

@@ -119,8 +119,10 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
     overlap = [latency.stream_overlap_ppm(g) if one_gpu else PPM for g in streams]
     overlapped = one_gpu and min(overlap) < PPM
     split_drafter = overlapped and method.name == "spd"
-    if split_drafter:  # the drafter's part (its gather, what it adds beyond stage 0) becomes its own member
-        drafter_member, draft = stage0_draft + gather, stage0_draft
+    if split_drafter:  # the whole PDM and its gather become their own member, overlapped by c(g) alone (a
+        # calibrated colocated_contention describes stage 0's GPU in a distributed run: applying it too would count
+        # the overlap twice)
+        drafter_member = draft + gather
         stage0_draft = np.zeros(kv.shape, dtype=np.int64)
         own_drafter = True
     stage_members = [f + sends[s] for s, f in enumerate(forwards)]
