@@ -7,6 +7,8 @@
 #   gemv        studies/executor_speed/bench_gemv.py: the step's matmuls, cuBLAS / inductor / executor.gemv (Triton);
 #               then bench_executor_ar.py on qwen3-4b with and without the GEMV in the compiled layer
 #   tests       the GPU-marked executor tests
+# SEED_FROM: a committed campaign folder (studies/fidelity_1gpu/results/<campaign>): a fid job starts from its model
+# folder, so on the same GPU kind --resume keeps its bundle and runs and measures only what is missing (new phases).
 # FID_ARGS: extra measure.py options for fid jobs (e.g. "--spd-stages= --spec-layers=": no SPD runs, and no SPD
 # drafter in the bundle, its slowest phase to profile: a chain-only campaign).
 # Results under $OUT: gpu.txt and results.tgz (results/<job>/..., one log per job), re-packed after every job.
@@ -35,6 +37,9 @@ for job in $JOBS; do
   echo "[$(date +%T)] $job ($(left) s left)"
   case $kind in
     fid)
+      if [ -n "${SEED_FROM:-}" ] && [ -d "$SEED_FROM/$tag" ] && [ ! -d "$RES/fidelity/$tag" ]; then
+        mkdir -p "$RES/fidelity" && cp -r "$SEED_FROM/$tag" "$RES/fidelity/"  # resume a committed campaign
+      fi
       timeout "$(cap "${FID_S:-420}")" python3 studies/fidelity_1gpu/measure.py --models "$model" --limit "${LIMIT:-3}" \
         --kv-lens "${KV:-128,512}" --out "$RES/fidelity" --resume ${FID_ARGS:-} >> "$RES/fidelity_$tag.log" 2>&1
       grep -E "tok/s|FAILED|Error" "$RES/fidelity_$tag.log" | tail -16 ;;
