@@ -278,3 +278,12 @@ def test_a_measured_profile_brings_its_gpu_so_rooflines_beside_it_use_the_same_o
     assert hardware_of_profile("nvidia-h200") == "h200"
     assert hardware_of_profile("NVIDIA-H100") == "h100"
     assert hardware_of_profile("cpu") is None
+
+
+def test_a_latency_kind_the_profile_cannot_give_a_tensor_parallel_run_is_one_line():
+    """--profile prices one-GPU runs and leaves tensor-parallel ones on the roofline; asking all runs for a fitted
+    latency names the run that cannot have it (it used to say the run had no profile, which the user had given)."""
+    with pytest.raises(
+        SpdsimError, match=r"latency.kind: fitted for run 'ar-tp8 \[roofline\]'.*tensor-parallel"
+    ):
+        load_runs(methods=["ar"], profile="qwen3-4b_h200", overrides=["latency.kind=fitted"])

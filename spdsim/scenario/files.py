@@ -347,6 +347,14 @@ def load_runs(
     for label, run in labelled:
         before = _label_of_knobs(run)
         run = apply_overrides(run, overrides)
+        latency = run.get("latency", {})
+        check(
+            not (
+                profile and latency.get("kind") in ("measured", "fitted") and not latency.get("profile_path")
+            ),
+            f"latency.kind: {latency.get('kind')} for run '{label or before}', which --profile leaves on the roofline "
+            "(a profile holds one GPU, the run is tensor-parallel): use a scenario without tensor-parallel runs",
+        )
         scenario = build_scenario(run, presets)
         if label and label == before and overrides:
             label = ""  # the label only spelled out the knobs, which --set may have changed: derive it again
