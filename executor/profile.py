@@ -243,16 +243,10 @@ def profile_phases(
     phases.update(_stream_overlap_phase(model, cache, grid, timer.use_graphs, report))
     if grid.spec_layers:
         phases["drafter"] = profile_spd_drafter(model, grid, report, use_graphs)
-    if grid.chain_draft and not getattr(
-        model, "is_hybrid", False
-    ):  # no EAGLE-3 head on the hybrid (dispatch.py)
+    hybrid = getattr(model, "is_hybrid", False)  # no EAGLE-3 head on the Qwen3.5 hybrid yet (dispatch.py)
+    if grid.chain_draft and not hybrid:
         phases["chain_draft"] = profile_chain_draft(model, grid, report)
     return phases
-
-
-# Phases a finished bundle can gain later, measured on the same GPU kind, without re-measuring the rest (its runs
-# stay valid): `studies/fidelity_1gpu/measure.py --resume`.
-ADDABLE_PHASES = ("stream_overlap",)
 
 
 @torch.inference_mode()
@@ -264,13 +258,13 @@ def profile_missing_phases(
     use_graphs: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """The ``ADDABLE_PHASES`` a bundle holding ``have`` lacks, measured as ``profile_phases`` measures them."""
-    if all(phase in have for phase in ADDABLE_PHASES):
+    """The phases a finished bundle holding ``have`` can gain later without re-measuring the rest (its runs stay
+    valid), measured as ``profile_phases`` measures them: ``stream_overlap``, which older bundles predate
+    (`studies/fidelity_1gpu/measure.py --resume`, on the same GPU kind)."""
+    if "stream_overlap" in have:
         return {}
-    report = progress or (lambda _msg: None)
     cache = _random_cache(model, max(grid.kv_lens))
-    use_graphs = use_graphs and model.device.type == "cuda"
-    return _stream_overlap_phase(model, cache, grid, use_graphs, report)
+    return _stream_overlap_phase(model, cache, grid, use_graphs, progress or (lambda _msg: None))
 
 
 def _random_cache(model: FastModel, max_len: int) -> KVCache:

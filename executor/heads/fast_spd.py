@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from executor.cache import KVCache, cache_slots, kv_bucket
 from executor.heads.fast_layer import layer_shape, pack_decoder_layer
+from executor.heads.layers import full_vocab_ids
 from executor.layer_fns import head_logits
 
 
@@ -186,8 +187,7 @@ class FastSpdDrafter:
             if synthetic:
                 token = self.plan.index_select(0, new_position.clamp(max=self.capacity - 1)).view(1, 1)
             else:
-                index = logits.argmax(dim=-1, keepdim=True)
-                token = self.draft_token_ids.index_select(0, index).view(1, 1)
+                token = full_vocab_ids(self.draft_token_ids, logits.argmax(dim=-1, keepdim=True)).view(1, 1)
             outputs = (token, model.embed(token))
             return (*outputs, self.full_vocab_logits(logits)) if want_logits else outputs
 

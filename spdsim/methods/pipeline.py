@@ -47,7 +47,7 @@ class PipelineCosts:
     slowed by contention when it shares its GPU with the drafter); ``stage0_draft_ns[c]``: the time the drafter
     adds to stage 0's GPU beyond that forward (the part not overlapped); ``send_ns``: hidden-state send after each stage; ``drafter_ns[c]``: the
     PDM on its own GPU (after the ``gather_ns`` anchor gather) or, on one GPU with a profiled stream overlap, on its
-    own stream (what it adds beyond stage 0); empty when the drafter is part of stage 0's member;
+    own stream; empty when the drafter is part of stage 0's member;
     ``cycle_ns[a][c]``: the whole cycle with ``a`` active stages (a = n: saturated, with verify). The PDM is
     priced with n+1 query rows (pending-deepest row + the in-flight tokens) in every cycle.
     """
@@ -122,15 +122,11 @@ def pipeline_costs(scenario, latency) -> PipelineCosts:
     if split_drafter:  # the whole PDM and its gather become their own member, overlapped by c(g) alone (a
         # calibrated colocated_contention describes stage 0's GPU in a distributed run: applying it too would count
         # the overlap twice)
-        drafter_member = draft + gather
         stage0_draft = np.zeros(kv.shape, dtype=np.int64)
         own_drafter = True
     stage_members = [f + sends[s] for s, f in enumerate(forwards)]
     stage_members[0] = stage_members[0] + stage0_draft + (0 if own_drafter else gather)
-    if not own_drafter:
-        drafter_member = np.zeros(kv.shape, dtype=np.int64)
-    elif not split_drafter:
-        drafter_member = draft + gather
+    drafter_member = draft + gather if own_drafter else np.zeros(kv.shape, dtype=np.int64)
     cycles: list[list[int]] = [[]]
     busiest = drafter_member  # the slowest member so far, or on one GPU all of them back to back
     refill_total = np.zeros(kv.shape, dtype=np.int64)

@@ -78,7 +78,7 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
             f"realised alpha {summary['realised_alpha']} (nominal {summary['nominal_alpha']})"
         )
 
-    resume = args.resume and _same_device(folder, device)
+    resume = args.resume and _same_gpu(folder, gpu)
 
     def attempt(name: str, method: str, **opts) -> None:
         if resume and measured_on(folder / name) == gpu:
@@ -127,15 +127,14 @@ def measured_on(run: Path) -> str | None:
     return json.loads((run / "config.json").read_text()).get("gpu")
 
 
-def _same_device(folder: Path, device: str) -> bool:
-    """--resume keeps a folder's bundle and runs only if they were measured on this kind of GPU."""
+def _same_gpu(folder: Path, gpu: str) -> bool:
+    """--resume keeps a folder's bundle (and its runs of this GPU) only if the bundle was measured on this GPU."""
     meta = folder / "measure.json"
     if not meta.is_file():
         return False
-    measured_on = json.loads(meta.read_text())["hardware"].get("gpu")
-    here = hardware_info(device, 0.0)["gpu"]
-    if measured_on != here:
-        log(f"{folder.name}: measured on {measured_on}, this is {here}: measuring again (no --resume)")
+    bundle_gpu = json.loads(meta.read_text())["hardware"].get("gpu")
+    if bundle_gpu != gpu:
+        log(f"{folder.name}: measured on {bundle_gpu}, this is {gpu}: measuring again (no --resume)")
         return False
     return True
 
