@@ -117,6 +117,20 @@ def test_a_stage_of_every_layer_plus_the_embeddings_is_the_ar_gpu():
         assert layer_weight_bytes(s, s.num_layers) + embeddings == pytest.approx(gpu.weight_bytes, rel=1e-9)
 
 
+def test_a_decode_step_reads_the_ar_gpus_weights_but_one_embedding_row():
+    """Untied: the AR GPU holds embedding + lm_head; a step reads the layers and the lm_head (one row of the
+    embedding, left out). Tied: the one matrix is read as the lm_head, so the step reads all that the GPU holds."""
+    from spdsim.scenario.memory import decode_step_weight_bytes
+    from spdsim.scenario.presets import get_model
+
+    for model in ("qwen3-8b", "qwen3.5-4b"):
+        s = get_model(model)
+        matrix = s.vocab_size * s.hidden_size * s.dtype_bytes
+        held = loads("ar", f"model={model}")["gpu0"].weight_bytes
+        expected = held if s.tied_embeddings else held - matrix
+        assert decode_step_weight_bytes(s) == pytest.approx(expected, rel=1e-9)
+
+
 def test_the_ar_baseline_and_the_optimizer_designs_must_fit_too(tmp_path, capsys):
     from spdsim.drivers.optimize import SearchSpace, enumerate_designs
 

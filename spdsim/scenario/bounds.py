@@ -21,7 +21,7 @@ from dataclasses import fields
 
 from spdsim.scenario.checks import check
 from spdsim.scenario.config import Scenario
-from spdsim.scenario.memory import layer_weight_bytes
+from spdsim.scenario.memory import decode_step_weight_bytes
 
 MAX_TOKENS = 1_000_000
 MAX_NEW_TOKENS = 100_000
@@ -95,7 +95,7 @@ def _check_roofline_token_time(scenario: Scenario) -> None:
     """The weights read for one token (attention + MLP + lm_head) at the hardware's bandwidth: <= 100 s."""
     m, hw = scenario.model, scenario.hardware
     assert m is not None and hw is not None  # roofline scenarios have both (checked before)
-    weight_bytes = layer_weight_bytes(m, m.num_layers) + m.vocab_size * m.hidden_size * m.dtype_bytes
+    weight_bytes = decode_step_weight_bytes(m)
     seconds = weight_bytes / (hw.stream_bandwidth_gbps * hw.bandwidth_efficiency * 1e9)
     check(
         seconds * 1e9 <= MAX_PHASE_NS,

@@ -83,6 +83,12 @@ def layer_weight_bytes(s: ModelShape, layers: float) -> float:
     return _layers(s, layers, 0, 0)[0]
 
 
+def decode_step_weight_bytes(s: ModelShape) -> float:
+    """Weight bytes one decode step of the whole target reads: every layer and the lm_head (the embedding gives
+    one row). What an AR step's fraction of the copy bandwidth is measured against."""
+    return layer_weight_bytes(s, s.num_layers) + s.vocab_size * s.hidden_size * s.dtype_bytes
+
+
 def _full_layers(s: ModelShape, layers: int, positions: int, sequences: int) -> tuple[float, float]:
     """Drafter layers: full-attention copies of the target's layer shape."""
     kv_per_position = 2 * s.num_kv_heads * s.head_dim * s.dtype_bytes
