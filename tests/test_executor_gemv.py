@@ -70,15 +70,17 @@ def test_the_kernel_on_the_gpu_on_qwen3_4b_shapes() -> None:
         assert torch.equal(y, gemv(x, w))
 
 
-def _ar_logits(gemv_layers: bool, device: str) -> torch.Tensor:
+def _ar_logits(gemv_layers: bool | None, device: str, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Teacher-forced decode logits of a tiny model: compiled layers with or without the GEMV, or eager (None)."""
     from executor.fastmodel import FastModel
     from executor.models import load_model
     from executor.schedules.base import forward_tokens
 
     fast = FastModel.from_hf(
-        load_model("random:tiny-qwen3", seed=5).hf_model, device=device, dtype=torch.bfloat16, max_seq_len=256
+        load_model("random:tiny-qwen3", seed=5).hf_model, device=device, dtype=dtype, max_seq_len=256
     )
-    fast.compile_layers(gemv=gemv_layers)
+    if gemv_layers is not None:
+        fast.compile_layers(gemv=gemv_layers)
     tokens = list(range(3, 23))
     with torch.inference_mode():
         cache = fast.new_cache()
@@ -94,8 +96,16 @@ def test_compiled_layers_with_gemv_are_the_plain_layers_on_the_cpu() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_compiled_layers_with_gemv_on_the_gpu_agree_with_the_plain_ones() -> None:
+def test_compiled_layers_with_gemv_on_the_gpu_are_as_close_to_float32_as_bf16_without_it() -> None:
+    """The GEMV rounds each matmul to bf16 where inductor may keep float32 into the fused norm, so the two bf16
+    paths differ by bf16 noise (an H100 run saw 0.07 on logits of size 3: the old allclose at 0.05 failed).
+    What must hold: against float32, the GEMV's error is of the size of bf16's own (eager or compiled)."""
     pytest.importorskip("triton")
-    with_gemv, plain = _ar_logits(True, "cuda"), _ar_logits(False, "cuda")
+    reference = _ar_logits(None, "cuda", torch.float32)
+    with_gemv, plain, eager = _ar_logits(True, "cuda"), _ar_logits(False, "cuda"), _ar_logits(None, "cuda")
+
+    def error(logits: torch.Tensor) -> float:
+        return ((logits - reference).norm() / reference.norm()).item()
+
     assert (with_gemv.argmax(-1) == plain.argmax(-1)).float().mean() > 0.9
-    assert torch.allclose(with_gemv, plain, rtol=0.05, atol=0.05)
+    assert error(with_gemv) <= 1.5 * max(error(plain), error(eager))
