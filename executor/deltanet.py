@@ -15,6 +15,7 @@ long as fewer than ``R − conv_kernel`` positions were run past it; everything 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -74,9 +75,12 @@ def centred_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch
     return (normed * (1.0 + weight.float())).to(x.dtype)
 
 
-def _mlp(x: torch.Tensor, post_norm, gate_up, down, eps: float) -> torch.Tensor:
-    gate, up = F.linear(centred_rms_norm(x, post_norm, eps), gate_up).chunk(2, dim=-1)
-    return x + F.linear(F.silu(gate) * up, down)
+Linear = Callable[..., torch.Tensor]
+
+
+def _mlp(x: torch.Tensor, post_norm, gate_up, down, eps: float, linear: Linear = F.linear) -> torch.Tensor:
+    gate, up = linear(centred_rms_norm(x, post_norm, eps), gate_up).chunk(2, dim=-1)
+    return x + linear(F.silu(gate) * up, down)
 
 
 def _l2norm(x: torch.Tensor) -> torch.Tensor:
@@ -138,12 +142,13 @@ def deltanet_layer(
     positions: torch.Tensor,
     conv_ring: torch.Tensor,
     state_ring: torch.Tensor,
+    linear: Linear = F.linear,
 ) -> torch.Tensor:
     """One Gated-DeltaNet decoder layer on ``x [B, T, H]`` at contiguous ``positions [T]``.
 
     ``conv_ring [B, R, C]``: conv inputs of the last positions (slot p % R); ``state_ring [R, B, nv, dk, dv]``
     (float32): recurrent state after each of them. Both are read at the positions before ``positions[0]`` and
-    written at ``positions`` in place.
+    written at ``positions`` in place. ``linear``: the weight matmuls, as in ``layer_fns.decoder_layer``.
     """
     nk, nv, dk, dv, kernel = (
         shape.key_heads,
@@ -156,7 +161,7 @@ def deltanet_layer(
     ring = conv_ring.shape[1]
     key_size, value_size = nk * dk, nv * dv
     conv_dim = 2 * key_size + value_size
-    mixed, z, b, a = F.linear(centred_rms_norm(x, w.input_norm, shape.eps), w.in_proj).split(
+    mixed, z, b, a = linear(centred_rms_norm(x, w.input_norm, shape.eps), w.in_proj).split(
         (conv_dim, value_size, nv, nv), dim=-1
     )
     start = positions[:1]
@@ -196,8 +201,8 @@ def deltanet_layer(
         w.out_norm * (o32 * torch.rsqrt(o32.pow(2).mean(-1, keepdim=True) + shape.eps)).to(x.dtype)
     ).float()
     gated = (normed * F.silu(z.reshape(bsz, t, nv, dv).float())).to(x.dtype)
-    x = x + F.linear(gated.reshape(bsz, t, value_size), w.out_proj)
-    return _mlp(x, w.post_norm, w.gate_up, w.down, shape.eps)
+    x = x + linear(gated.reshape(bsz, t, value_size), w.out_proj)
+    return _mlp(x, w.post_norm, w.gate_up, w.down, shape.eps, linear)
 
 
 def _partial_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int) -> torch.Tensor:
@@ -217,14 +222,16 @@ def gated_attention_layer(
     mask: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
+    linear: Linear = F.linear,
 ) -> torch.Tensor:
     """One gated full-attention decoder layer; the KV window and position mask work as in ``executor.fastmodel``
-    (``k_cache``/``v_cache`` ``[B, kv, W, hd]`` views, ``mask [T, W]``, ``cos``/``sin`` ``[T, rotary_dim]``)."""
+    (``k_cache``/``v_cache`` ``[B, kv, W, hd]`` views, ``mask [T, W]``, ``cos``/``sin`` ``[T, rotary_dim]``);
+    ``linear``: the weight matmuls, as in ``layer_fns.decoder_layer``."""
     nh, kv, hd = shape.num_heads, shape.num_kv_heads, shape.head_dim
     bsz, t, _ = x.shape
     window = k_cache.shape[2]
     group = nh // kv
-    qg, k, v = F.linear(centred_rms_norm(x, w.input_norm, shape.eps), w.qkv).split(
+    qg, k, v = linear(centred_rms_norm(x, w.input_norm, shape.eps), w.qkv).split(
         (2 * nh * hd, kv * hd, kv * hd), dim=-1
     )
     q, gate = qg.view(bsz, t, nh, 2 * hd).chunk(2, dim=-1)
@@ -243,8 +250,8 @@ def gated_attention_layer(
     scores = scores.view(bsz, kv, group, t, window) + mask
     probs = torch.softmax(scores.float(), dim=-1).to(x.dtype).view(bsz, kv, group * t, window)
     attn = torch.matmul(probs, v_cache).view(bsz, nh, t, hd).transpose(1, 2).reshape(bsz, t, nh * hd)
-    x = x + F.linear(attn * torch.sigmoid(gate), w.o_proj)
-    return _mlp(x, w.post_norm, w.gate_up, w.down, shape.eps)
+    x = x + linear(attn * torch.sigmoid(gate), w.o_proj)
+    return _mlp(x, w.post_norm, w.gate_up, w.down, shape.eps, linear)
 
 
 def centred_head_logits(hidden: torch.Tensor, norm: torch.Tensor, lm_head: torch.Tensor, eps: float):

@@ -11,6 +11,7 @@ attention layers and, for each DeltaNet layer, a ring of the recurrent states an
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -337,17 +338,27 @@ class HybridModel(DecoderAPI, nn.Module):
         model.rope_cos, model.rope_sin = _rope_tables(cfg, max_seq_len, device)
         return model
 
-    def compile_layers(self, mode: str | None = None) -> None:
-        """Compile each layer kind once (all layers of a kind share code: same shapes, weights are arguments)."""
+    def compile_layers(self, mode: str | None = None, backend: Any = None, gemv: bool = False) -> None:
+        """Compile each layer kind once (all layers of a kind share code: same shapes, weights are arguments).
+        ``backend`` and ``gemv`` as in ``FastModel.compile_layers``: a torch.compile backend in place of inductor
+        (tests count compiles with one); the layers' one-token matmuls through ``executor.gemv.decode_linear``."""
         raise_recompile_limits()
+        kwargs: dict[str, Any] = {"mode": mode} if backend is None else {"backend": backend}
 
         def compiled(fn):
-            return torch.compile(fn, mode=mode, dynamic=False, fullgraph=True)
+            return torch.compile(fn, dynamic=False, fullgraph=True, **kwargs)
 
+        linear_layer: Callable[..., torch.Tensor] = deltanet_layer
+        attn_layer: Callable[..., torch.Tensor] = gated_attention_layer
+        if gemv:
+            from executor.gemv import decode_linear
+
+            linear_layer = functools.partial(deltanet_layer, linear=decode_linear)
+            attn_layer = functools.partial(gated_attention_layer, linear=decode_linear)
         self._compiled = {
-            LINEAR: compiled(deltanet_layer),
-            FULL: compiled(gated_attention_layer),
-            "inputs": compiled_step_inputs(mode=mode),
+            LINEAR: compiled(linear_layer),
+            FULL: compiled(attn_layer),
+            "inputs": compiled_step_inputs(**kwargs),
             "head": compiled(centred_head_logits),
         }
 

@@ -1,6 +1,8 @@
 """Qwen3.5 hybrid fast decoder (executor/hybrid.py, executor/deltanet.py): logits against transformers' own
 `qwen3_5` in float32, the DeltaNet state ring rewinding with a crop, published shapes, SPD lossless with rejects,
-and the drafter's Qwen3.5 spec layer against `Qwen3_5DecoderLayer`."""
+the drafter's Qwen3.5 spec layer against `Qwen3_5DecoderLayer`, and compile_layers' keywords (backend, gemv)."""
+
+import copy
 
 import pytest
 import torch
@@ -151,7 +153,7 @@ def test_chain_speculation_rewinds_inside_the_verify_block(fast_model, prompt_se
 def test_drafter_spec_layer_is_transformers_qwen3_5_full_attention_layer(hf_model):
     from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5DecoderLayer
 
-    config = hf_model.config
+    config = copy.deepcopy(hf_model.config)  # the module's fixture keeps its layer pattern
     config.layer_types = ["full_attention"] * config.num_hidden_layers
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(4)
@@ -250,3 +252,54 @@ def test_eagle3_on_the_hybrid_is_refused_in_one_line_and_the_profile_skips_its_c
             8,
         ]
     )
+
+
+def _decode_logits(model: HybridModel, ids: torch.Tensor) -> torch.Tensor:
+    """A 30-token prefill (eager: over the compiled limit) and 8 one-token steps (compiled when compiled)."""
+    with torch.inference_mode():
+        cache = model.new_cache(256)
+        model(ids[:, :30], torch.arange(30), cache)
+        steps = [model(ids[:, p : p + 1], torch.tensor([p]), cache, kv_len=64) for p in range(30, 38)]
+    return torch.cat(steps, dim=1)
+
+
+@pytest.mark.parametrize("gemv", [False, True])
+def test_compile_layers_takes_fastmodels_keywords_and_keeps_the_eager_logits_on_the_cpu(hf_model, ids, gemv):
+    """bench_executor_ar passes ``gemv=`` to every model's compile_layers (the qwen3.5-9b compiled row failed
+    on it, session 8). On the CPU decode_linear is F.linear; a counting backend runs the traced graph as is."""
+    from torch._dynamo.testing import CompileCounter
+
+    model = HybridModel.from_hf(hf_model, max_seq_len=256)
+    eager = _decode_logits(model, ids)
+    counter = CompileCounter()
+    model.compile_layers(backend=counter, gemv=gemv)
+    compiled = _decode_logits(model, ids)
+    model.uncompile_layers()
+    assert counter.frame_count > 0
+    assert torch.equal(compiled, eager)
+
+
+def test_gemv_routes_every_layer_matmul_through_decode_linear(hf_model, ids, monkeypatch):
+    """What compile_layers(gemv=True) compiles (torch.compile made the identity here): both layer kinds with all
+    their weight matmuls through decode_linear."""
+    import torch.nn.functional as F
+
+    import executor.gemv
+
+    seen = set()
+
+    def counting_linear(x, weight, bias=None):
+        seen.add(tuple(weight.shape))
+        return F.linear(x, weight, bias)
+
+    monkeypatch.setattr(executor.gemv, "decode_linear", counting_linear)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    model = HybridModel.from_hf(hf_model, max_seq_len=256)
+    eager = _decode_logits(model, ids)
+    assert not seen
+    model.compile_layers(gemv=True)
+    assert torch.equal(_decode_logits(model, ids), eager)
+    names = ("in_proj", "out_proj", "qkv", "o_proj", "gate_up", "down")
+    assert seen == {
+        tuple(getattr(layer, n).shape) for layer in model.layers for n in names if hasattr(layer, n)
+    }
