@@ -7,8 +7,9 @@
 #   gemv        studies/executor_speed/bench_gemv.py: the step's matmuls, cuBLAS / inductor / executor.gemv (Triton);
 #               then bench_executor_ar.py on qwen3-4b with and without the GEMV in the compiled layer
 #   tests       the GPU-marked executor tests
-# SEED_FROM: a committed campaign folder (studies/fidelity_1gpu/results/<campaign>): a fid job starts from its model
-# folder, so on the same GPU kind --resume keeps its bundle and runs and measures only what is missing (new phases).
+# SEED_FROM: a committed campaign folder (studies/fidelity_1gpu/results/<campaign> for fid jobs,
+# studies/qwen35_h200/results/<session> for q35 jobs): the job starts from its model folder, so on the same GPU kind
+# --resume keeps its bundle and runs and measures only what is missing (new phases, unfinished runs).
 # FID_ARGS: extra measure.py options for fid jobs (e.g. "--spd-stages= --spec-layers=": no SPD runs, and no SPD
 # drafter in the bundle, its slowest phase to profile: a chain-only campaign).
 # Results under $OUT: gpu.txt and results.tgz (results/<job>/..., one log per job), re-packed after every job.
@@ -29,6 +30,9 @@ mkdir -p "$RES"
 
 left() { echo $((DEADLINE - SECONDS)); }
 cap() { local want=$1 have; have=$(left); have=$((have > 5 ? have : 5)); echo $((want < have ? want : have)); }  # never 0: timeout 0 waits forever
+seed() {  # resume a committed campaign: copy its model folder once, before the job's first run on this machine
+  if [ -n "${SEED_FROM:-}" ] && [ -d "$SEED_FROM/$2" ] && [ ! -d "$1/$2" ]; then mkdir -p "$1" && cp -r "$SEED_FROM/$2" "$1/"; fi
+}
 pack() { tar czf "$OUT/results.tgz.tmp" -C "$PWD/.cache" results && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"; }
 
 for job in $JOBS; do
@@ -37,14 +41,13 @@ for job in $JOBS; do
   echo "[$(date +%T)] $job ($(left) s left)"
   case $kind in
     fid)
-      if [ -n "${SEED_FROM:-}" ] && [ -d "$SEED_FROM/$tag" ] && [ ! -d "$RES/fidelity/$tag" ]; then
-        mkdir -p "$RES/fidelity" && cp -r "$SEED_FROM/$tag" "$RES/fidelity/"  # resume a committed campaign
-      fi
+      seed "$RES/fidelity" "$tag"
       timeout "$(cap "${FID_S:-420}")" python3 studies/fidelity_1gpu/measure.py --models "$model" --limit "${LIMIT:-3}" \
         --kv-lens "${KV:-128,512}" --out "$RES/fidelity" --resume ${FID_ARGS:-} >> "$RES/fidelity_$tag.log" 2>&1
       grep -E "tok/s|FAILED|Error" "$RES/fidelity_$tag.log" | tail -16 ;;
     q35)
       mkdir -p "$RES/qwen35"
+      seed "$RES/qwen35" "$tag"
       [ "${AR_S:-100}" = 0 ] || timeout "$(cap "${AR_S:-100}")" python3 studies/benchmarks/bench_executor_ar.py --model "$model" --skip-hf \
         --new-tokens 128 --out-dir "$RES/qwen35/ar_$tag" > "$RES/qwen35/ar_$tag.log" 2>&1
       grep -sE "fraction|tok/s|Error" "$RES/qwen35/ar_$tag.log" | tail -3

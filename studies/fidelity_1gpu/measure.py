@@ -84,6 +84,7 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
         if resume and measured_on(folder / name) == gpu:
             log(f"{tag} {name}: kept (--resume)")
             return
+        log(f"{tag} {name}: started")  # with the line at its end: where a call's time went
         try:
             save(name, run_method(method, model, prompts, **common, **opts))
         except Exception as exc:  # noqa: BLE001 - a measurement campaign logs a failed run and goes on
