@@ -11,7 +11,7 @@ import torch
 from executor.fused_decode import attention_splits, decode_attention, fused_decoder_layer
 from executor.gemv import gemv_runs_triton
 from executor.layer_fns import LayerShape, LayerWeights, attention, decoder_layer, step_inputs
-from tests.triton_interpreter import run_interpreted
+from tests.triton_interpreter import run_interpreted, written_arguments
 
 # (heads, KV heads, head size, window, position, q/k norms, splits, slots a block): several blocks with a masked
 # last one; splits combined; position 0 (no slot before it) without norms (Llama); a group of 3 and a head size of
@@ -79,6 +79,34 @@ def _attend(fn, ops: dict[str, Any], shape: LayerShape, dtype: torch.dtype, wind
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def test_torch_compile_sees_the_attention_kernels_write_only_the_caches_and_their_outputs() -> None:
+    """Lowered for sm_90 on the CPU (qwen3-4b's heads, bf16 and float32, one split and several): the kernels
+    compile, and torch.compile's analysis finds them writing the caches and outputs alone (no clone of qkv)."""
+    pytest.importorskip("triton")
+    import triton.language as tl
+
+    from executor.fused_decode import _combine_splits_kernel, _decode_attention_kernel
+
+    nh, kv, hd = 32, 8, 128
+    for dtype, tl_dtype, splits in ((torch.bfloat16, tl.bfloat16, 1), (torch.float32, tl.float32, 4)):
+        cache = torch.zeros(1, kv, 512, hd, dtype=dtype)[:, :, :256]
+        kwargs: dict[str, Any] = {
+            **{n: torch.zeros(nh * hd, dtype=dtype) for n in ("qkv_ptr", "out_ptr")},
+            **{n: torch.ones(hd, dtype=dtype) for n in ("q_norm_ptr", "k_norm_ptr")},
+            **{n: torch.zeros(hd) for n in ("cos_ptr", "sin_ptr", "part_ptr", "stats_ptr")},
+            **{"pos_ptr": torch.tensor([5]), "k_ptr": cache, "v_ptr": cache.clone()},
+            **{"stride_kh": cache.stride(1), "stride_ks": hd, "stride_vh": cache.stride(1), "stride_vs": hd},
+            **{"eps": 1e-6, "scale": hd**-0.5, "NUM_HEADS": nh, "KV_HEADS": kv, "HEAD_DIM": hd},
+            **{"SPLITS": splits, "BLOCKS": 4, "BLOCK_G": 16, "BLOCK_D": hd, "BLOCK_S": 64, "QK_NORM": True},
+            **{"DOT_DTYPE": tl_dtype, "PRECISION": "ieee" if dtype == torch.float32 else "tf32"},
+        }
+        outputs = ["out_ptr"] if splits == 1 else ["part_ptr", "stats_ptr"]
+        assert written_arguments(_decode_attention_kernel, kwargs) == sorted(["k_ptr", "v_ptr", *outputs])
+    combine = {"part_ptr": torch.zeros(8), "stats_ptr": torch.zeros(8), "out_ptr": torch.zeros(8)}
+    combine |= {"NUM_HEADS": nh, "KV_HEADS": kv, "HEAD_DIM": hd, "SPLITS": 4, "BLOCK_G": 16, "BLOCK_D": hd}
+    assert written_arguments(_combine_splits_kernel, combine) == ["out_ptr"]
 
 
 def check_decode_attention(

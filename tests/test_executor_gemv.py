@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from executor.gemv import gemv, gemv_residual, gemv_runs_triton, norm_gemv, swiglu_gemv_residual
 from executor.layer_fns import rms_norm, swiglu
-from tests.triton_interpreter import run_interpreted
+from tests.triton_interpreter import run_interpreted, written_arguments
 
 
 def _check(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
@@ -196,6 +196,27 @@ def test_the_fused_gemvs_under_the_cpu_interpreter() -> None:
                 assert error <= 1.5 * errors["eager"][name] + 1e-3, (n, k, name, errors)
         """
     )
+
+
+def test_torch_compile_sees_every_gemv_variant_write_only_its_output() -> None:
+    """Lowered for sm_90 on the CPU: each flag set compiles, and writes ``y`` alone (else torch.compile would clone
+    the weight on every call)."""
+    pytest.importorskip("triton")
+    from executor.gemv import _gemv_tuned
+
+    n, k = 96, 512
+    tensors = {"x_ptr": torch.randn(2 * k), "w_ptr": torch.randn(n, k), "y_ptr": torch.empty(n)}
+    tensors |= {"norm_ptr": torch.randn(k), "add_ptr": torch.randn(n)}
+    for flags in (
+        {},
+        {"NORM": True},
+        {"ADD": True},
+        {"NORM": True, "ADD": True},
+        {"SWIGLU": True, "ADD": True},
+    ):
+        kwargs = {**tensors, "eps": 1e-6, "N": n, "stride_wn": k, "K": k}
+        kwargs |= {"NORM": False, "SWIGLU": False, "ADD": False, **flags}
+        assert written_arguments(_gemv_tuned, kwargs) == ["y_ptr"], flags
 
 
 @pytest.mark.gpu

@@ -1,5 +1,6 @@
-"""Run a test snippet under Triton's CPU interpreter (``TRITON_INTERPRET=1``, read when kernels are defined, so in
-a fresh process) with GPU-like float32 -> bfloat16 rounding.
+"""Triton kernels without a GPU: run a test snippet under Triton's CPU interpreter (``TRITON_INTERPRET=1``, read
+when kernels are defined, so in a fresh process) with GPU-like float32 -> bfloat16 rounding; and lower a kernel for
+an sm_90 target to ask torch.compile's analysis which arguments it writes.
 
 Why the rounding: triton 3.5's interpreter truncates on that cast, and its round-to-nearest-even mode carries no
 overflow into the exponent (1.99 -> 1.0). A GPU rounds to nearest even; :func:`round_bf16_like_a_gpu` makes the
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,3 +50,31 @@ def run_interpreted(body: str, timeout: int = 600) -> None:
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout
     )
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def written_arguments(kernel: Any, kwargs: dict[str, Any]) -> list[str]:
+    """The arguments torch.compile's analysis of the kernel's TTIR (lowered for an H100, sm_90, without a GPU)
+    finds written. A kernel it cannot analyse counts as writing every tensor argument, which makes torch.compile
+    clone them all on every call (weights, caches): this catches that, and front-end compile errors, on the CPU."""
+    pytest.importorskip("triton")
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    wrap = pytest.importorskip("torch._higher_order_ops.triton_kernel_wrap")
+    analyse = getattr(wrap, "identify_accessed_tensors", None)
+    if analyse is None:
+        pytest.skip("this torch has no identify_accessed_tensors")
+
+    class _Sm90:
+        def get_current_target(self) -> GPUTarget:
+            return GPUTarget("cuda", 90, 32)
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("TRITON_INTERPRET is set: the kernels are interpreted, not lowered")
+    drivers = triton.runtime.driver
+    previous = drivers._active  # None: the default driver, created when first asked (there is none on a CPU)
+    drivers.set_active(_Sm90())
+    try:
+        return sorted(dep.name for dep in analyse(kernel, kwargs, {}).read_writes.writes)
+    finally:
+        drivers.set_active(previous)
