@@ -407,7 +407,9 @@ def main() -> int:
                 # executor.fused_decode's layer (GEMVs with norms / SwiGLU / residuals folded in, one attention kernel)
                 torch._inductor.config.coordinate_descent_tuning = "cdt" in extras
                 fused = {"fused": True} if "fused" in extras else {}
-                model.compile_layers(None if base_mode == "default" else base_mode, gemv="gemv" in extras, **fused)
+                model.compile_layers(
+                    None if base_mode == "default" else base_mode, gemv="gemv" in extras, **fused
+                )
             new_tokens = args.new_tokens if graphs else min(args.new_tokens, 16)
             row = ar_variant(model, prompt, new_tokens, graphs, fixed_kv)
             row["setup_and_run_s"] = time.perf_counter() - started
