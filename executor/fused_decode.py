@@ -204,7 +204,8 @@ if triton is not None:
 
     _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
-    def _launch_attention(
+    @torch.library.triton_op("spdsim::decode_attention", mutates_args=("k_cache", "v_cache"))
+    def _decode_attention_op(
         qkv: torch.Tensor,
         q_norm: torch.Tensor | None,
         k_norm: torch.Tensor | None,
@@ -218,6 +219,7 @@ if triton is not None:
         splits: int,
         block_slots: int,
     ) -> torch.Tensor:
+        """The kernel(s) as a custom op that torch.compile traces and CUDA graphs capture; writes the caches."""
         _, kv_heads, window, head_dim = k_cache.shape
         block_g = max(16, triton.next_power_of_2(num_heads // kv_heads))  # tl.dot wants >= 16 rows
         block_d = max(16, triton.next_power_of_2(head_dim))
@@ -258,26 +260,6 @@ if triton is not None:
                 part, stats, out, **sizes, BLOCK_G=block_g, BLOCK_D=block_d
             )
         return out
-
-    @torch.library.triton_op("spdsim::decode_attention", mutates_args=("k_cache", "v_cache"))
-    def _decode_attention_op(
-        qkv: torch.Tensor,
-        q_norm: torch.Tensor | None,
-        k_norm: torch.Tensor | None,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        positions: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        num_heads: int,
-        eps: float,
-        splits: int,
-        block_slots: int,
-    ) -> torch.Tensor:
-        """The kernel(s) as a custom op that torch.compile traces and CUDA graphs capture; writes the caches."""
-        return _launch_attention(
-            qkv, q_norm, k_norm, cos, sin, positions, k_cache, v_cache, num_heads, eps, splits, block_slots
-        )
 
 
 def _attention_kernel_fits(
@@ -327,9 +309,7 @@ def decode_attention(
         attention_splits(k_cache.shape[2]) if splits is None else splits,
         block_slots,
     )
-    on_gpu = qkv.device.type == "cuda"
-    out = torch.ops.spdsim.decode_attention(*args) if on_gpu else _launch_attention(*args)
-    return out.view(1, 1, -1)
+    return torch.ops.spdsim.decode_attention(*args).view(1, 1, -1)
 
 
 def fused_decoder_layer(

@@ -25,6 +25,7 @@ function is its plain PyTorch composition: the fallback.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +54,7 @@ def kernel_runs(device: torch.device) -> bool:
     return device.type == "cuda" or not torch.compiler.is_compiling()
 
 
-def launcher(kernel, device: torch.device):
+def launcher(kernel: Any, device: torch.device) -> Any:
     """How to launch a jitted kernel: through ``wrap_triton`` on a GPU (inside a ``triton_op``: torch.compile
     traces it, CUDA graphs capture it), directly under the CPU interpreter."""
     return torch.library.wrap_triton(kernel) if device.type == "cuda" else kernel
@@ -125,16 +126,17 @@ if triton is not None:
     # reduction order
     _gemv_tuned = triton.autotune(configs=_CONFIGS, key=["N", "K", "NORM", "SWIGLU", "ADD"])(_gemv_kernel)
 
-    def _launch(
+    @torch.library.triton_op("spdsim::gemv", mutates_args=())
+    def _gemv_op(
         row: torch.Tensor,
         weight: torch.Tensor,
-        norm_weight: torch.Tensor | None,
-        add: torch.Tensor | None,
-        eps: float,
-        swiglu: bool,
+        norm_weight: torch.Tensor | None = None,
+        add: torch.Tensor | None = None,
+        eps: float = 0.0,
+        swiglu: bool = False,
     ) -> torch.Tensor:
-        """Allocate the output and launch: the tuned kernel on a GPU (through ``wrap_triton``, inside the op), a
-        fixed configuration under the interpreter (which cannot time configs)."""
+        """The kernel as a custom op that torch.compile traces and CUDA graphs capture: tuned on a GPU, a fixed
+        configuration under the interpreter (which cannot time configs)."""
         n, k = weight.shape
         out = torch.empty(n, device=row.device, dtype=row.dtype)
         # an unused pointer gets the row (never read: its flag is off)
@@ -148,18 +150,6 @@ if triton is not None:
                 *args, eps, n, weight.stride(0), K=k, BLOCK_N=16, BLOCK_K=256, **flags
             )
         return out
-
-    @torch.library.triton_op("spdsim::gemv", mutates_args=())
-    def _gemv_op(
-        row: torch.Tensor,
-        weight: torch.Tensor,
-        norm_weight: torch.Tensor | None = None,
-        add: torch.Tensor | None = None,
-        eps: float = 0.0,
-        swiglu: bool = False,
-    ) -> torch.Tensor:
-        """The tuned kernel as a custom op that torch.compile traces and CUDA graphs capture."""
-        return _launch(row, weight, norm_weight, add, eps, swiglu)
 
 
 def _one_row(
@@ -179,10 +169,7 @@ def _one_row(
         return None
     row = x.reshape(x.shape[-1]).contiguous()
     flat_add = None if add is None else add.reshape(n).contiguous()
-    if x.device.type == "cuda":
-        out = torch.ops.spdsim.gemv(row, weight, norm_weight, flat_add, eps, swiglu)
-    else:
-        out = _launch(row, weight, norm_weight, flat_add, eps, swiglu)
+    out = torch.ops.spdsim.gemv(row, weight, norm_weight, flat_add, eps, swiglu)
     return out.reshape(*x.shape[:-1], n)
 
 
