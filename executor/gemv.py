@@ -1,4 +1,5 @@
-"""A batch-1 matrix-vector product as one Triton kernel, for the decode step's weight-bound matmuls.
+"""A batch-1 matrix-vector product as one Triton kernel, for the decode step's weight-bound matmuls, with the
+matmuls' small neighbours folded in.
 
 Why (``studies/executor_speed/README.md``): inductor lowers a one-token ``F.linear`` to a Triton reduction fused with
 its neighbours; for qwen3-4b's down projection that reads its 50 MB matrix at 45% of the copy bandwidth, which
@@ -7,16 +8,29 @@ so every SM has loads in flight), each program reducing its rows in a fixed orde
 result is the same every run. ``studies/executor_speed/bench_gemv.py`` measures it against cuBLAS and inductor on
 the real layer shapes before anything uses it.
 
-Without Triton (or on the CPU without ``TRITON_INTERPRET=1``) :func:`gemv` is ``F.linear``: the pure-PyTorch
-fallback.
+Session 8 on an H100 found the matmuls at 89% of the copy bandwidth but ~400 small kernels a step (norms, SwiGLU,
+residual adds) taking ~0.8 ms of the qwen3-4b step. So the one kernel also takes, as constexpr flags, a prologue on
+the input row (RMSNorm: :func:`norm_gemv`; SwiGLU of a gate/up row: :func:`swiglu_gemv_residual`) and an epilogue
+adding a vector (residual or bias: :func:`gemv_residual`). Each program recomputes the prologue for the columns it
+reads (the row has at most ~16k elements and sits in L2), which keeps one launch and a fixed reduction order.
+Rounding follows the eager PyTorch composition: the normed / SwiGLU row is rounded to the input dtype where
+``rms_norm`` and ``F.silu(gate) * up`` round it, the product is rounded before the vector is added. What differs:
+the float32 sum of squares and the matmul's accumulation order (cuBLAS / inductor use theirs), and a bias is added
+to the rounded product (``F.linear`` adds it before rounding).
+
+Without Triton (or on the CPU without ``TRITON_INTERPRET=1``, or while torch.compile traces on the CPU) every
+function is its plain PyTorch composition: the fallback.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from executor.layer_fns import rms_norm, swiglu
 
 try:
     import triton
@@ -32,6 +46,20 @@ def gemv_runs_triton(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def kernel_runs(device: torch.device) -> bool:
+    """A Triton kernel runs for this call: a GPU (also under torch.compile, through the ops), or the interpreter
+    outside torch.compile (a compiled CPU graph keeps the PyTorch composition)."""
+    if not gemv_runs_triton(device):
+        return False
+    return device.type == "cuda" or not torch.compiler.is_compiling()
+
+
+def launcher(kernel: Any, device: torch.device) -> Any:
+    """How to launch a jitted kernel: through ``wrap_triton`` on a GPU (inside a ``triton_op``: torch.compile
+    traces it, CUDA graphs capture it), directly under the CPU interpreter."""
+    return torch.library.wrap_triton(kernel) if device.type == "cuda" else kernel
+
+
 if triton is not None:
     _CONFIGS = [
         triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w)
@@ -42,49 +70,138 @@ if triton is not None:
 
     @triton.jit
     def _gemv_kernel(
-        x_ptr, w_ptr, y_ptr, N, stride_wn, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
+        x_ptr,
+        w_ptr,
+        y_ptr,
+        norm_ptr,
+        add_ptr,
+        eps,
+        N,
+        stride_wn,
+        K: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        NORM: tl.constexpr = False,
+        SWIGLU: tl.constexpr = False,
+        ADD: tl.constexpr = False,
     ):
+        """y = add + W @ f(x): f is RMSNorm(x) * norm (NORM), silu(x[:K]) * x[K:] (SWIGLU) or x itself."""
+        dtype = x_ptr.dtype.element_ty
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
+        if NORM:
+            squares = tl.zeros((BLOCK_K,), dtype=tl.float32)
+            for block in range(0, tl.cdiv(K, BLOCK_K)):
+                cols = block * BLOCK_K + tl.arange(0, BLOCK_K)
+                x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+                squares += x * x
+            inv_rms = tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
         partial = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         for block in range(0, tl.cdiv(K, BLOCK_K)):
             cols = block * BLOCK_K + tl.arange(0, BLOCK_K)
             col_ok = cols < K
             x = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+            if SWIGLU:  # F.silu(gate) rounds, then the product with up rounds
+                up = tl.load(x_ptr + K + cols, mask=col_ok, other=0.0).to(tl.float32)
+                x = (x * tl.sigmoid(x)).to(dtype).to(tl.float32)
+                x = (x * up).to(dtype).to(tl.float32)
+            if NORM:  # rms_norm: normed in float32, rounded, scaled in the input dtype
+                scale = tl.load(norm_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+                x = (x * inv_rms).to(dtype).to(tl.float32)
+                x = (x * scale).to(dtype).to(tl.float32)
             w = tl.load(
                 w_ptr + rows[:, None] * stride_wn + cols[None, :],
                 mask=row_ok[:, None] & col_ok[None, :],
                 other=0.0,
             ).to(tl.float32)
             partial += w * x[None, :]
-        tl.store(y_ptr + rows, tl.sum(partial, axis=1).to(y_ptr.dtype.element_ty), mask=row_ok)
+        y = tl.sum(partial, axis=1).to(y_ptr.dtype.element_ty)
+        if ADD:
+            y = (y.to(tl.float32) + tl.load(add_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)).to(
+                y_ptr.dtype.element_ty
+            )
+        tl.store(y_ptr + rows, y, mask=row_ok)
 
-    # tuned once per (N, K) in a process, then fixed: every caller of a shape gets the same reduction order
-    _gemv_tuned = triton.autotune(configs=_CONFIGS, key=["N", "K"])(_gemv_kernel)
+    # tuned once per (N, K, prologue, epilogue) in a process, then fixed: every caller of a shape gets the same
+    # reduction order
+    _gemv_tuned = triton.autotune(configs=_CONFIGS, key=["N", "K", "NORM", "SWIGLU", "ADD"])(_gemv_kernel)
 
     @torch.library.triton_op("spdsim::gemv", mutates_args=())
-    def _gemv_op(row: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """The tuned kernel as a custom op that torch.compile traces and CUDA graphs capture."""
+    def _gemv_op(
+        row: torch.Tensor,
+        weight: torch.Tensor,
+        norm_weight: torch.Tensor | None = None,
+        add: torch.Tensor | None = None,
+        eps: float = 0.0,
+        swiglu: bool = False,
+    ) -> torch.Tensor:
+        """The kernel as a custom op that torch.compile traces and CUDA graphs capture: tuned on a GPU, a fixed
+        configuration under the interpreter (which cannot time configs)."""
         n, k = weight.shape
         out = torch.empty(n, device=row.device, dtype=row.dtype)
-        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-        torch.library.wrap_triton(_gemv_tuned)[grid](row, weight, out, n, weight.stride(0), K=k)
+        # an unused pointer gets the row (never read: its flag is off)
+        args = (row, weight, out, row if norm_weight is None else norm_weight, row if add is None else add)
+        flags = {"NORM": norm_weight is not None, "SWIGLU": swiglu, "ADD": add is not None}
+        if row.device.type == "cuda":
+            grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+            launcher(_gemv_tuned, row.device)[grid](*args, eps, n, weight.stride(0), K=k, **flags)
+        else:
+            launcher(_gemv_kernel, row.device)[(triton.cdiv(n, 16),)](
+                *args, eps, n, weight.stride(0), K=k, BLOCK_N=16, BLOCK_K=256, **flags
+            )
         return out
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``F.linear(x, weight)`` for one row ``x [..., K]`` (leading dimensions of size 1), ``weight [N, K]``: the
-    tuned kernel through its op on a GPU, a fixed configuration under the interpreter (which cannot time configs)."""
-    if not gemv_runs_triton(x.device) or x.numel() != x.shape[-1] or weight.stride(1) != 1:
-        return F.linear(x, weight)
+def _one_row(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    norm_weight: torch.Tensor | None = None,
+    add: torch.Tensor | None = None,
+    eps: float = 0.0,
+    swiglu: bool = False,
+) -> torch.Tensor | None:
+    """The kernel's ``add + W @ f(x)`` for one row ``x [..., K]`` (``[..., 2K]`` with ``swiglu``), shaped
+    ``[..., N]``; None where the kernel does not run (the caller's PyTorch composition then does)."""
     n, k = weight.shape
-    row = x.reshape(k).contiguous()
-    if x.device.type == "cuda":
-        out = torch.ops.spdsim.gemv(row, weight)
-    else:
-        out = torch.empty(n, device=x.device, dtype=x.dtype)
-        _gemv_kernel[(triton.cdiv(n, 4),)](row, weight, out, n, weight.stride(0), K=k, BLOCK_N=4, BLOCK_K=256)
+    fits = x.numel() == x.shape[-1] == (2 * k if swiglu else k) and weight.stride(1) == 1
+    if not fits or not kernel_runs(x.device):
+        return None
+    row = x.reshape(x.shape[-1]).contiguous()
+    flat_add = None if add is None else add.reshape(n).contiguous()
+    out = torch.ops.spdsim.gemv(row, weight, norm_weight, flat_add, eps, swiglu)
     return out.reshape(*x.shape[:-1], n)
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight)`` for one row ``x [..., K]`` (leading dimensions of size 1), ``weight [N, K]``."""
+    out = _one_row(x, weight)
+    return F.linear(x, weight) if out is None else out
+
+
+def norm_gemv(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``F.linear(rms_norm(x, norm_weight, eps), weight, bias)`` for one row in one kernel (qkv, gate_up)."""
+    out = _one_row(x, weight, norm_weight=norm_weight, add=bias, eps=eps)
+    return F.linear(rms_norm(x, norm_weight, eps), weight, bias) if out is None else out
+
+
+def gemv_residual(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``residual + F.linear(x, weight)`` for one row in one kernel (o_proj)."""
+    out = _one_row(x, weight, add=residual)
+    return residual + F.linear(x, weight) if out is None else out
+
+
+def swiglu_gemv_residual(gate_up: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``residual + F.linear(F.silu(gate) * up, weight)`` for one row ``gate_up = cat(gate, up)`` in one kernel
+    (down)."""
+    out = _one_row(gate_up, weight, add=residual, swiglu=True)
+    return residual + F.linear(swiglu(gate_up), weight) if out is None else out
 
 
 def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -46,6 +46,53 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
+def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` of ``gate_up = cat(gate, up)`` along the last dimension (the fused gate/up output)."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def attention(
+    qkv: torch.Tensor,
+    w: LayerWeights,
+    shape: LayerShape,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    mask: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+) -> torch.Tensor:
+    """The attention middle of a decoder layer, ``qkv [B, T, (nh + 2 kv) hd]`` -> ``[B, T, nh hd]``: q/k norms
+    (Qwen3), RoPE, the K/V write of ``positions`` into the cache windows, grouped-query attention over the masked
+    window. Shared by :func:`decoder_layer` and the one-token fused layer's fallback (``executor.fused_decode``)."""
+    nh, kv, hd = shape.num_heads, shape.num_kv_heads, shape.head_dim
+    bsz, t, _ = qkv.shape
+    window = k_cache.shape[2]
+    group = nh // kv
+
+    q, k, v = qkv.split((nh * hd, kv * hd, kv * hd), dim=-1)
+    q = q.view(bsz, t, nh, hd)
+    k = k.view(bsz, t, kv, hd)
+    v = v.view(bsz, t, kv, hd)
+    if w.q_norm is not None:
+        q = rms_norm(q, w.q_norm, shape.eps)
+        k = rms_norm(k, w.k_norm, shape.eps)
+    cos_b = cos.to(qkv.dtype)[None, :, None, :]
+    sin_b = sin.to(qkv.dtype)[None, :, None, :]
+    q = apply_rope(q, cos_b, sin_b)
+    k = apply_rope(k, cos_b, sin_b)
+    k_cache.index_copy_(2, positions, k.transpose(1, 2))
+    v_cache.index_copy_(2, positions, v.transpose(1, 2))
+
+    # Grouped-query attention without repeating K/V: queries of one KV group are stacked along the row axis.
+    q = q.permute(0, 2, 1, 3).reshape(bsz, kv, group * t, hd)
+    scores = torch.matmul(q, k_cache.transpose(2, 3)) * (hd**-0.5)
+    scores = scores.view(bsz, kv, group, t, window) + mask
+    probs = torch.softmax(scores.float(), dim=-1).to(qkv.dtype).view(bsz, kv, group * t, window)
+    return torch.matmul(probs, v_cache).view(bsz, nh, t, hd).transpose(1, 2).reshape(bsz, t, nh * hd)
+
+
 def decoder_layer(
     x: torch.Tensor,
     w: LayerWeights,
@@ -70,38 +117,14 @@ def decoder_layer(
     ``w.qkv`` then has that many columns). ``linear``: the weight matmuls (``executor.gemv.decode_linear`` streams
     one-token rows through a Triton GEMV).
     """
-    nh, kv, hd = shape.num_heads, shape.num_kv_heads, shape.head_dim
-    bsz, t, _ = x.shape
-    window = k_cache.shape[2]
-    group = nh // kv
-
     normed = rms_norm(x, w.input_norm, shape.eps) if attn_input is None else attn_input
     qkv = linear(normed, w.qkv, w.qkv_bias)
-    q, k, v = qkv.split((nh * hd, kv * hd, kv * hd), dim=-1)
-    q = q.view(bsz, t, nh, hd)
-    k = k.view(bsz, t, kv, hd)
-    v = v.view(bsz, t, kv, hd)
-    if w.q_norm is not None:
-        q = rms_norm(q, w.q_norm, shape.eps)
-        k = rms_norm(k, w.k_norm, shape.eps)
-    cos_b = cos.to(x.dtype)[None, :, None, :]
-    sin_b = sin.to(x.dtype)[None, :, None, :]
-    q = apply_rope(q, cos_b, sin_b)
-    k = apply_rope(k, cos_b, sin_b)
-    k_cache.index_copy_(2, positions, k.transpose(1, 2))
-    v_cache.index_copy_(2, positions, v.transpose(1, 2))
-
-    # Grouped-query attention without repeating K/V: queries of one KV group are stacked along the row axis.
-    q = q.permute(0, 2, 1, 3).reshape(bsz, kv, group * t, hd)
-    scores = torch.matmul(q, k_cache.transpose(2, 3)) * (hd**-0.5)
-    scores = scores.view(bsz, kv, group, t, window) + mask
-    probs = torch.softmax(scores.float(), dim=-1).to(x.dtype).view(bsz, kv, group * t, window)
-    attn = torch.matmul(probs, v_cache).view(bsz, nh, t, hd).transpose(1, 2).reshape(bsz, t, nh * hd)
+    attn = attention(qkv, w, shape, cos, sin, positions, mask, k_cache, v_cache)
     attn_out = linear(attn, w.o_proj)
     x = x + (attn_out if reduce is None else reduce(attn_out))
 
-    gate, up = linear(rms_norm(x, w.post_norm, shape.eps), w.gate_up).chunk(2, dim=-1)
-    mlp_out = linear(F.silu(gate) * up, w.down)
+    gate_up = linear(rms_norm(x, w.post_norm, shape.eps), w.gate_up)
+    mlp_out = linear(swiglu(gate_up), w.down)
     return x + (mlp_out if reduce is None else reduce(mlp_out))
 
 

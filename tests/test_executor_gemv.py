@@ -1,20 +1,17 @@
-"""The Triton GEMV: the F.linear fallback, its numerics under Triton's CPU interpreter, and on a GPU."""
+"""The Triton GEMV and its fused variants (norm prologue, SwiGLU prologue, residual epilogue): the PyTorch
+fallbacks, their numerics under Triton's CPU interpreter, and on a GPU."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from executor.gemv import gemv, gemv_runs_triton
-
-ROOT = Path(__file__).resolve().parents[1]
+from executor.gemv import gemv, gemv_residual, gemv_runs_triton, norm_gemv, swiglu_gemv_residual
+from executor.layer_fns import rms_norm, swiglu
+from tests.triton_interpreter import run_interpreted, written_arguments
 
 
 def _check(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
@@ -33,8 +30,7 @@ def test_without_triton_on_the_cpu_it_is_f_linear() -> None:
 
 def test_the_kernel_under_the_cpu_interpreter() -> None:
     """Rows and columns that are no multiple of the blocks (masks), one bf16 rounding, the same bits twice."""
-    pytest.importorskip("triton")
-    script = textwrap.dedent(
+    run_interpreted(
         """
         import torch
         from executor.gemv import gemv, gemv_runs_triton
@@ -47,14 +43,8 @@ def test_the_kernel_under_the_cpu_interpreter() -> None:
             y = gemv(x, w)
             _check(y, x, w)
             assert torch.equal(y, gemv(x, w))
-        print("ok")
         """
     )
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 @pytest.mark.gpu
@@ -70,8 +60,9 @@ def test_the_kernel_on_the_gpu_on_qwen3_4b_shapes() -> None:
         assert torch.equal(y, gemv(x, w))
 
 
-def _ar_logits(gemv_layers: bool | None, device: str, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """Teacher-forced decode logits of a tiny model: compiled layers with or without the GEMV, or eager (None)."""
+def _ar_logits(variant: bool | str | None, device: str, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Teacher-forced decode logits of a tiny model: compiled layers with or without the GEMV (True / False), with the
+    fused one-token layer ("fused"), or eager (None)."""
     from executor.fastmodel import FastModel
     from executor.models import load_model
     from executor.schedules.base import forward_tokens
@@ -79,8 +70,10 @@ def _ar_logits(gemv_layers: bool | None, device: str, dtype: torch.dtype = torch
     fast = FastModel.from_hf(
         load_model("random:tiny-qwen3", seed=5).hf_model, device=device, dtype=dtype, max_seq_len=256
     )
-    if gemv_layers is not None:
-        fast.compile_layers(gemv=gemv_layers)
+    if variant == "fused":
+        fast.compile_layers(fused=True)
+    elif variant is not None:
+        fast.compile_layers(gemv=bool(variant))
     tokens = list(range(3, 23))
     with torch.inference_mode():
         cache = fast.new_cache()
@@ -92,6 +85,11 @@ def _ar_logits(gemv_layers: bool | None, device: str, dtype: torch.dtype = torch
 def test_compiled_layers_with_gemv_are_the_plain_layers_on_the_cpu() -> None:
     """On the CPU decode_linear is F.linear: the gemv variant compiles and gives the same bits."""
     assert torch.equal(_ar_logits(True, "cpu"), _ar_logits(False, "cpu"))
+
+
+def test_compiled_fused_layers_are_the_plain_layers_on_the_cpu() -> None:
+    """On the CPU the fused layer's kernels are their PyTorch compositions: it compiles and gives the same bits."""
+    assert torch.equal(_ar_logits("fused", "cpu"), _ar_logits(False, "cpu"))
 
 
 @pytest.mark.gpu
@@ -109,3 +107,141 @@ def test_compiled_layers_with_gemv_on_the_gpu_are_as_close_to_float32_as_bf16_wi
 
     assert (with_gemv.argmax(-1) == plain.argmax(-1)).float().mean() > 0.9
     assert error(with_gemv) <= 1.5 * max(error(plain), error(eager))
+
+
+def _operands(
+    n: int, k: int, dtype: torch.dtype, device: str = "cpu", seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """One decode row and the weights of the three fused GEMVs (``down`` reads ``gate_up``'s 2k columns)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+
+    def rand(*shape: int, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g, device=device) * scale + shift).to(dtype)
+
+    return {
+        "x": rand(1, 1, k, scale=3.0),
+        "norm": rand(k, scale=0.1, shift=1.0),
+        "w": rand(n, k, scale=k**-0.5),
+        "bias": rand(n),
+        "gate_up": rand(1, 1, 2 * k, scale=2.0),
+        "down": rand(n, k, scale=k**-0.5),
+        "residual": rand(1, 1, n),
+    }
+
+
+def _fused(ops: dict[str, torch.Tensor], eps: float = 1e-6) -> dict[str, torch.Tensor]:
+    """Each fused GEMV on ``ops`` (the kernel where Triton runs, else the composition)."""
+    return {
+        "norm_gemv": norm_gemv(ops["x"], ops["norm"], eps, ops["w"]),
+        "norm_gemv+bias": norm_gemv(ops["x"], ops["norm"], eps, ops["w"], ops["bias"]),
+        "gemv_residual": gemv_residual(ops["x"], ops["w"], ops["residual"]),
+        "swiglu_gemv_residual": swiglu_gemv_residual(ops["gate_up"], ops["down"], ops["residual"]),
+    }
+
+
+def _composed(ops: dict[str, torch.Tensor], eps: float = 1e-6) -> dict[str, torch.Tensor]:
+    """The same as decoder_layer composes them (eager PyTorch, in the operands' dtype)."""
+    normed = rms_norm(ops["x"], ops["norm"], eps)
+    return {
+        "norm_gemv": F.linear(normed, ops["w"]),
+        "norm_gemv+bias": F.linear(normed, ops["w"]) + ops["bias"],
+        "gemv_residual": ops["residual"] + F.linear(ops["x"], ops["w"]),
+        "swiglu_gemv_residual": ops["residual"] + F.linear(swiglu(ops["gate_up"]), ops["down"]),
+    }
+
+
+def _relative_errors(got: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {
+        name: ((got[name].float() - ref.float()).norm() / ref.float().norm()).item()
+        for name, ref in reference.items()
+    }
+
+
+def check_fused_gemvs(n: int, k: int, device: str = "cpu") -> dict[str, Any]:
+    """Float32: the composition's values (reduction order aside). Bf16: the eager composition's rounding points
+    (within a bf16 rounding of it) and the same bits on a second call."""
+    ops32 = _operands(n, k, torch.float32, device)
+    fused32, composed32 = _fused(ops32), _composed(ops32)
+    for name, ref in composed32.items():
+        assert torch.allclose(fused32[name], ref, rtol=1e-5, atol=1e-5), name
+    ops16 = {name: t.bfloat16() for name, t in ops32.items()}
+    fused16, composed16 = _fused(ops16), _composed(ops16)
+    for name, ref in composed16.items():
+        assert fused16[name].dtype == torch.bfloat16 and fused16[name].shape == ref.shape
+        assert torch.allclose(fused16[name].float(), ref.float(), rtol=2**-7, atol=2**-7), name
+        assert torch.equal(fused16[name], _fused(ops16)[name]), name
+    reference = _composed({name: t.float() for name, t in ops16.items()})
+    return {"fused": _relative_errors(fused16, reference), "eager": _relative_errors(composed16, reference)}
+
+
+def test_the_fused_gemvs_without_triton_on_the_cpu_are_their_compositions() -> None:
+    if gemv_runs_triton(torch.device("cpu")):
+        pytest.skip("TRITON_INTERPRET is set: the interpreter runs the kernel")
+    ops = _operands(37, 300, torch.bfloat16)
+    fused, composed = _fused(ops), _composed(ops)
+    for name in ("norm_gemv", "gemv_residual", "swiglu_gemv_residual"):
+        assert torch.equal(fused[name], composed[name]), name
+    x, w, b = ops["x"], ops["w"], ops["bias"]
+    assert torch.equal(fused["norm_gemv+bias"], F.linear(rms_norm(x, ops["norm"], 1e-6), w, b))
+
+
+def test_the_fused_gemvs_under_the_cpu_interpreter() -> None:
+    """Rows and columns no multiple of the blocks (masks); K over one block; float32 and bf16; the same bits twice."""
+    run_interpreted(
+        """
+        from tests.test_executor_gemv import check_fused_gemvs
+        for n, k in ((37, 300), (4, 256)):
+            errors = check_fused_gemvs(n, k)
+            for name, error in errors["fused"].items():
+                assert error <= 1.5 * errors["eager"][name] + 1e-3, (n, k, name, errors)
+        """
+    )
+
+
+def test_torch_compile_sees_every_gemv_variant_write_only_its_output() -> None:
+    """Lowered for sm_90 on the CPU: each flag set compiles, and writes ``y`` alone (else torch.compile would clone
+    the weight on every call)."""
+    pytest.importorskip("triton")
+    from executor.gemv import _gemv_tuned
+
+    n, k = 96, 512
+    tensors = {"x_ptr": torch.randn(2 * k), "w_ptr": torch.randn(n, k), "y_ptr": torch.empty(n)}
+    tensors |= {"norm_ptr": torch.randn(k), "add_ptr": torch.randn(n)}
+    for flags in (
+        {},
+        {"NORM": True},
+        {"ADD": True},
+        {"NORM": True, "ADD": True},
+        {"SWIGLU": True, "ADD": True},
+    ):
+        kwargs = {**tensors, "eps": 1e-6, "N": n, "stride_wn": k, "K": k}
+        kwargs |= {"NORM": False, "SWIGLU": False, "ADD": False, **flags}
+        assert written_arguments(_gemv_tuned, kwargs) == ["y_ptr"], flags
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_fused_gemvs_on_the_gpu_on_qwen3_4b_shapes() -> None:
+    """Against float32, the fused kernels' bf16 error is of the size of the eager bf16 composition's."""
+    pytest.importorskip("triton")
+    for n, k in ((6144, 2560), (2560, 4096), (19456, 2560), (2560, 9728)):
+        errors = check_fused_gemvs(n, k, "cuda")
+        for name, error in errors["fused"].items():
+            assert error <= 1.5 * errors["eager"][name] + 1e-4, (n, k, name, errors)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_fused_layers_on_the_gpu_are_as_close_to_float32_as_bf16_without_them() -> None:
+    """The fused one-token layer (GEMVs with their neighbours, the attention kernel) under torch.compile on the GPU:
+    against float32, its error is of the size of bf16's own (plain compiled or eager), as for the GEMV."""
+    pytest.importorskip("triton")
+    reference = _ar_logits(None, "cuda", torch.float32)
+    fused, plain, eager = _ar_logits("fused", "cuda"), _ar_logits(False, "cuda"), _ar_logits(None, "cuda")
+
+    def error(logits: torch.Tensor) -> float:
+        return ((logits - reference).norm() / reference.norm()).item()
+
+    assert (fused.argmax(-1) == plain.argmax(-1)).float().mean() > 0.9
+    assert error(fused) <= 1.5 * max(error(plain), error(eager))
+    assert torch.equal(fused, _ar_logits("fused", "cuda"))

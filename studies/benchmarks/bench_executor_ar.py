@@ -403,9 +403,13 @@ def main() -> int:
             if mode is not None:
                 base_mode, *extras = mode.split("+")
                 # "+cdt": inductor's coordinate-descent tuning of the generated kernels' launch configs;
-                # "+gemv": one-token matmuls through executor.gemv's Triton kernel
+                # "+gemv": one-token matmuls through executor.gemv's Triton kernel; "+fused": one-token steps through
+                # executor.fused_decode's layer (GEMVs with norms / SwiGLU / residuals folded in, one attention kernel)
                 torch._inductor.config.coordinate_descent_tuning = "cdt" in extras
-                model.compile_layers(None if base_mode == "default" else base_mode, gemv="gemv" in extras)
+                fused = {"fused": True} if "fused" in extras else {}
+                model.compile_layers(
+                    None if base_mode == "default" else base_mode, gemv="gemv" in extras, **fused
+                )
             new_tokens = args.new_tokens if graphs else min(args.new_tokens, 16)
             row = ar_variant(model, prompt, new_tokens, graphs, fixed_kv)
             row["setup_and_run_s"] = time.perf_counter() - started

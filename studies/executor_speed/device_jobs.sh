@@ -5,7 +5,8 @@
 #   q35:MODEL   bench_executor_ar.py (AR_S=0 skips it) + measure.py --chain-k "" --spec-layers 2,3,4 (issue 17, Qwen3.5)
 #   bench:MODEL studies/benchmarks/bench_chain.py (K = 3) and bench_spd.py (n = 4) at alpha 0.8, 4 prompts x 256 tokens
 #   gemv        studies/executor_speed/bench_gemv.py: the step's matmuls, cuBLAS / inductor / executor.gemv (Triton);
-#               then bench_executor_ar.py on qwen3-4b with and without the GEMV in the compiled layer
+#               then bench_executor_ar.py on qwen3-4b: the compiled layer plain, with the GEMV (+gemv), and as
+#               executor.fused_decode's one-token layer (+fused); the kernel breakdown in its JSON is the last one's
 #   tests       the GPU-marked executor tests
 # SEED_FROM: a committed campaign folder (studies/fidelity_1gpu/results/<campaign> for fid jobs,
 # studies/qwen35_h200/results/<session> for q35 jobs): the job starts from its model folder, so on the same GPU kind
@@ -67,7 +68,7 @@ for job in $JOBS; do
         > "$RES/bench_gemv.log" 2>&1
       tail -12 "$RES/bench_gemv.log"
       timeout "$(cap "${AR_S:-240}")" python3 studies/benchmarks/bench_executor_ar.py --model random:qwen3-4b \
-        --skip-hf --new-tokens 64 --compile-modes default,default+gemv --out-dir "$RES/ar_gemv" \
+        --skip-hf --new-tokens 64 --compile-modes default,default+gemv,default+fused --out-dir "$RES/ar_gemv" \
         > "$RES/ar_gemv.log" 2>&1
       grep -sE "of copy|Error" "$RES/ar_gemv.log" | tail -4 ;;
     tests)
