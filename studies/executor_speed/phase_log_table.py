@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from spdsim.scenario.memory import layer_weight_bytes  # noqa: E402
+from spdsim.scenario.memory import decode_step_weight_bytes, layer_weight_bytes  # noqa: E402
 from spdsim.scenario.presets import get_model  # noqa: E402
 
 LAYERS = re.compile(r"layers=(\d+) q=(\d+) kv=(\d+): ([\d.]+) us")
@@ -61,7 +61,7 @@ def table(phases: dict[str, dict], model: str, copy_gbps: float, provenance: str
         fraction = layers * layer_bytes / (us * 1e-6) / 1e9 / copy_gbps
         lines.append(f"| {layers} | {q} | {kv} | {us:.1f} | {fraction:.1%} |")
     lines += ["", "| phase | coordinate | median (us) |", "|---|---|---|"]
-    step_bytes = shape.num_layers * layer_bytes + shape.vocab_size * shape.hidden_size * shape.dtype_bytes
+    step_bytes = decode_step_weight_bytes(shape)
     lines += [
         f"| ar_step (weights + lm_head: {step_bytes / (us * 1e3) / copy_gbps:.1%} of copy BW) | kv_len {kv} | {us:.1f} |"
         for kv, us in sorted(phases["ar_step"].items())

@@ -86,8 +86,8 @@ def speed(folder: Path) -> dict:
         nearest = min(k3_runs, key=lambda r: abs((r["realised_alpha"] or 0.0) - 0.8))
         out["chain_k3_nearest_realised_0_8"] = nearest
     bundle = json.loads((folder / "profile.json").read_text())
-    shape, copy_gbps = bundle["model"], bundle["hardware"]["copy_bandwidth_gbps"]
-    per_layer = layer_weight_bytes(ModelShape(**shape), 1)
+    shape, copy_gbps = ModelShape(**bundle["model"]), bundle["hardware"]["copy_bandwidth_gbps"]
+    per_layer = layer_weight_bytes(shape, 1)
     one_token = [e for e in bundle["phases"]["layers"] if e["query_tokens"] == 1]
     kv_len = min(e["kv_len"] for e in one_token)  # the shortest window measured: the weights dominate
     fractions = {}
@@ -98,12 +98,11 @@ def speed(folder: Path) -> dict:
     out.update(
         copy_bandwidth_gbps=copy_gbps, stage_step_kv_len=kv_len, stage_step_fraction_of_copy_bw_q1=fractions
     )
+    # the graphed AR step (all layers + head) at the shortest window: weights only, like the stages
     ar_steps = bundle["phases"].get("ar_step", [])
-    if (
-        ar_steps
-    ):  # the graphed AR step (all layers + head) at the shortest window: weights only, like the stages
+    if ar_steps:
         step = min(ar_steps, key=lambda e: e["kv_len"])
-        gbps = decode_step_weight_bytes(ModelShape(**shape)) / (step["median_us"] * 1e-6) / 1e9
+        gbps = decode_step_weight_bytes(shape) / (step["median_us"] * 1e-6) / 1e9
         out.update(
             ar_step_bundle_us=step["median_us"],
             ar_step_bundle_kv_len=step["kv_len"],
