@@ -99,6 +99,9 @@ if triton is not None:
         cache's on a GPU; float32 under the interpreter, whose tl.dot mishandles bf16: the same exact products)."""
         GROUP: tl.constexpr = NUM_HEADS // KV_HEADS
         HALF: tl.constexpr = HEAD_DIM // 2
+        # inductor passes Python floats as float64 scalars; float32 keeps the loop-carried types fixed
+        eps = tl.full((), eps, tl.float32)
+        scale = tl.full((), scale, tl.float32)
         kvh = tl.program_id(0)
         split = tl.program_id(1)
         dtype = qkv_ptr.dtype.element_ty
@@ -140,26 +143,28 @@ if triton is not None:
         denom = tl.where(first, 1.0, 0.0) + tl.zeros_like(s_new)
         acc = v_new * tl.where(first, 1.0, 0.0) + tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
 
-        # this split's share of the slots before the position, BLOCK_S at a time (a static trip count, masked)
+        # this split's share of the slots before the position, BLOCK_S at a time (a static trip count); blocks past
+        # the position are skipped (one would add exp(-inf) = 0 and keep m: skipping gives the same bits)
         per = tl.cdiv(tl.cdiv(pos, SPLITS), BLOCK_S) * BLOCK_S
         lo = split * per
         hi = tl.minimum(lo + per, pos)
         q_in = q.to(DOT_DTYPE)
         for block in range(0, BLOCKS):
-            slots = lo + block * BLOCK_S + tl.arange(0, BLOCK_S)
-            s_ok = slots < hi
-            kv_ok = s_ok[:, None] & d_ok[None, :]
-            k = tl.load(k_head + slots[:, None] * stride_ks + d[None, :], mask=kv_ok, other=0.0)
-            scores = tl.dot(q_in, tl.trans(k.to(DOT_DTYPE)), input_precision=PRECISION) * scale
-            scores = tl.where(s_ok[None, :], scores, float("-inf"))
-            m_new = tl.maximum(m, tl.max(scores, axis=1))
-            alpha = tl.exp(m - m_new)
-            p = tl.exp(scores - m_new[:, None])
-            denom = denom * alpha + tl.sum(p, axis=1)
-            v = tl.load(v_head + slots[:, None] * stride_vs + d[None, :], mask=kv_ok, other=0.0)
-            p_in = p.to(v.dtype).to(DOT_DTYPE)
-            acc = acc * alpha[:, None] + tl.dot(p_in, v.to(DOT_DTYPE), input_precision=PRECISION)
-            m = m_new
+            if lo + block * BLOCK_S < hi:
+                slots = lo + block * BLOCK_S + tl.arange(0, BLOCK_S)
+                s_ok = slots < hi
+                kv_ok = s_ok[:, None] & d_ok[None, :]
+                k = tl.load(k_head + slots[:, None] * stride_ks + d[None, :], mask=kv_ok, other=0.0)
+                scores = tl.dot(q_in, tl.trans(k.to(DOT_DTYPE)), input_precision=PRECISION) * scale
+                scores = tl.where(s_ok[None, :], scores, float("-inf"))
+                m_new = tl.maximum(m, tl.max(scores, axis=1))
+                alpha = tl.exp(m - m_new)
+                p = tl.exp(scores - m_new[:, None])
+                denom = denom * alpha + tl.sum(p, axis=1)
+                v = tl.load(v_head + slots[:, None] * stride_vs + d[None, :], mask=kv_ok, other=0.0)
+                p_in = p.to(v.dtype).to(DOT_DTYPE)
+                acc = acc * alpha[:, None] + tl.dot(p_in, v.to(DOT_DTYPE), input_precision=PRECISION)
+                m = m_new
 
         if SPLITS == 1:
             tl.store(

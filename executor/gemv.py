@@ -95,7 +95,7 @@ if triton is not None:
                 cols = block * BLOCK_K + tl.arange(0, BLOCK_K)
                 x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
                 squares += x * x
-            inv_rms = tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
+            inv_rms = tl.rsqrt(tl.sum(squares, axis=0) / K + tl.full((), eps, tl.float32))  # inductor passes float64
         partial = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         for block in range(0, tl.cdiv(K, BLOCK_K)):
             cols = block * BLOCK_K + tl.arange(0, BLOCK_K)

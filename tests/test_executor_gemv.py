@@ -162,8 +162,8 @@ def check_fused_gemvs(n: int, k: int, device: str = "cpu") -> dict[str, Any]:
     (within a bf16 rounding of it) and the same bits on a second call."""
     ops32 = _operands(n, k, torch.float32, device)
     fused32, composed32 = _fused(ops32), _composed(ops32)
-    for name, ref in composed32.items():
-        assert torch.allclose(fused32[name], ref, rtol=1e-5, atol=1e-5), name
+    for name, ref in composed32.items():  # float32 sums of up to ~10k terms in another order: ~1e-5 apart
+        assert torch.allclose(fused32[name], ref, rtol=1e-4, atol=1e-4), name
     ops16 = {name: t.bfloat16() for name, t in ops32.items()}
     fused16, composed16 = _fused(ops16), _composed(ops16)
     for name, ref in composed16.items():

@@ -55,8 +55,27 @@ def run_interpreted(body: str, timeout: int = 600) -> None:
 def written_arguments(kernel: Any, kwargs: dict[str, Any]) -> list[str]:
     """The arguments torch.compile's analysis of the kernel's TTIR (lowered for an H100, sm_90, without a GPU)
     finds written. A kernel it cannot analyse counts as writing every tensor argument, which makes torch.compile
-    clone them all on every call (weights, caches): this catches that, and front-end compile errors, on the CPU."""
+    clone them all on every call (weights, caches): this catches that, and front-end compile errors, on the CPU.
+    The kernel is lowered twice: with Python floats as float32 scalars (Triton's own launch) and as float64 ones
+    (how inductor passed them in session 9, which broke a loop-carried float32 type)."""
     pytest.importorskip("triton")
+    import triton.runtime.jit as jit
+
+    mangle = jit.mangle_type
+    answers = []
+    for float_type in ("fp32", "fp64"):
+        jit.mangle_type = lambda arg, specialize=False, t=float_type: (  # type: ignore[assignment]
+            t if isinstance(arg, float) else mangle(arg, specialize)
+        )
+        try:
+            answers.append(_written_arguments(kernel, kwargs))
+        finally:
+            jit.mangle_type = mangle
+    assert answers[0] == answers[1], answers
+    return answers[0]
+
+
+def _written_arguments(kernel: Any, kwargs: dict[str, Any]) -> list[str]:
     import triton
     from triton.backends.compiler import GPUTarget
 

@@ -7,7 +7,7 @@
 #   gemv        studies/executor_speed/bench_gemv.py: the step's matmuls, cuBLAS / inductor / executor.gemv (Triton);
 #               then bench_executor_ar.py on qwen3-4b: the compiled layer plain, with the GEMV (+gemv), and as
 #               executor.fused_decode's one-token layer (+fused); the kernel breakdown in its JSON is the last one's
-#   tests       the GPU-marked executor tests
+#   tests       the GPU-marked executor tests, one pytest per file (TEST_FILE_S each)
 # SEED_FROM: a committed campaign folder (studies/fidelity_1gpu/results/<campaign> for fid jobs,
 # studies/qwen35_h200/results/<session> for q35 jobs): the job starts from its model folder, so on the same GPU kind
 # --resume keeps its bundle and runs and measures only what is missing (new phases, unfinished runs).
@@ -71,10 +71,16 @@ for job in $JOBS; do
         --skip-hf --new-tokens 64 --compile-modes default,default+gemv,default+fused --out-dir "$RES/ar_gemv" \
         > "$RES/ar_gemv.log" 2>&1
       grep -sE "of copy|Error" "$RES/ar_gemv.log" | tail -4 ;;
-    tests)
-      timeout "$(cap "${TESTS_S:-300}")" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_executor_*.py \
-        > "$RES/gpu_tests.log" 2>&1
-      grep -v "CUDAEvent\|Assertion" "$RES/gpu_tests.log" | tail -6 ;;
+    tests)  # one pytest per file, each under its own limit: a slow file cannot hide the others' results
+      : > "$RES/gpu_tests.log"
+      for file in tests/test_executor_*.py; do
+        grep -q "mark.gpu" "$file" || continue
+        [ "$(left)" -gt 10 ] || { echo "deadline: skipped $file" >> "$RES/gpu_tests.log"; continue; }
+        echo "== $file" >> "$RES/gpu_tests.log"
+        timeout "$(cap "${TEST_FILE_S:-150}")" python3 -m pytest -v -rfE --tb=short -p no:cacheprovider -m gpu -o faulthandler_timeout=100 \
+          --durations=3 "$file" >> "$RES/gpu_tests.log" 2>&1 || echo "exit $? for $file" >> "$RES/gpu_tests.log"
+      done
+      grep -E "^== | passed| failed| skipped|^exit|^FAILED|^ERROR|PASSED|FAILED|SKIPPED|Timeout" "$RES/gpu_tests.log" | cut -c1-160 ;;
   esac
   pack
 done
