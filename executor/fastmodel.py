@@ -350,17 +350,26 @@ class FastModel(DecoderAPI, nn.Module):
         return model
 
     def compile_layers(
-        self, mode: str | None = None, backend: Any = None, gemv: bool = False, fused: bool = False
+        self,
+        mode: str | None = None,
+        backend: Any = None,
+        gemv: bool = False,
+        fused: bool = False,
+        pdl: bool = False,
     ) -> None:
         """Compile the layer function once (all layers share its code: same shapes, weights are arguments).
         ``backend``: a torch.compile backend in place of inductor (tests count compiles with one). ``gemv``:
         one-token matmuls through ``executor.gemv``; ``fused``: one-token steps through
         ``executor.fused_decode.fused_decoder_layer`` (GEMVs with norms, SwiGLU and residuals folded in, one
-        attention kernel). Both are benchmark variants until measured faster."""
+        attention kernel); ``pdl`` (with ``fused``): one-token steps run the fused layer uncompiled (it is Triton
+        kernels only) as programmatic dependent launches, which inductor's launcher cannot make. All three are
+        benchmark variants until measured faster."""
         if gemv and fused:
             raise ValueError(
                 "gemv and fused are alternatives: the fused layer already runs its matmuls as GEMVs"
             )
+        if pdl and not fused:
+            raise ValueError("pdl launches the fused layer's kernels: it needs fused=True")
         raise_recompile_limits()
         # Default mode: inductor's coordinate-descent tuning, which also lowers the batch-1 matmuls to tuned
         # reductions fused with their norms; on an H200 it took the AR step from 54.7% to 59.6% (qwen3-4b) and from
@@ -378,6 +387,10 @@ class FastModel(DecoderAPI, nn.Module):
 
             layer = fused_decoder_layer
         self._compiled_fn = torch.compile(layer, dynamic=False, fullgraph=True, **kwargs)
+        if pdl:
+            from executor.fused_decode import pdl_one_token_steps
+
+            self._compiled_fn = pdl_one_token_steps(self._compiled_fn)
         self._compiled_inputs = compiled_step_inputs(**kwargs)
         self._compiled_head = torch.compile(head_logits, dynamic=False, fullgraph=True, **kwargs)
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from executor.gemv import gemv_residual, kernel_runs, launcher, norm_gemv, swiglu_gemv_residual
+from executor.gemv import gemv_residual, kernel_runs, launcher, launches_pdl, norm_gemv, swiglu_gemv_residual
 from executor.layer_fns import LayerShape, LayerWeights, attention, decoder_layer
 
 try:
@@ -94,6 +94,7 @@ if triton is not None:
         QK_NORM: tl.constexpr,
         DOT_DTYPE: tl.constexpr,
         PRECISION: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         """One (KV head, split) program: see the module docstring. ``DOT_DTYPE``: the products' operand type (the
         cache's on a GPU; float32 under the interpreter, whose tl.dot mishandles bf16: the same exact products)."""
@@ -104,6 +105,9 @@ if triton is not None:
         scale = tl.full((), scale, tl.float32)
         kvh = tl.program_id(0)
         split = tl.program_id(1)
+        if PDL:  # a programmatic dependent launch: wait for the previous kernel's qkv (see executor.gemv)
+            tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_wait()
         dtype = qkv_ptr.dtype.element_ty
         d = tl.arange(0, BLOCK_D)
         d_ok = d < HEAD_DIM
@@ -187,10 +191,14 @@ if triton is not None:
         SPLITS: tl.constexpr,
         BLOCK_G: tl.constexpr,
         BLOCK_D: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         """One KV head: the splits' partial softmax sums merged in split order."""
         GROUP: tl.constexpr = NUM_HEADS // KV_HEADS
         kvh = tl.program_id(0)
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_wait()
         g = tl.arange(0, BLOCK_G)
         d = tl.arange(0, BLOCK_D)
         m = tl.full((BLOCK_G,), -1.0e30, dtype=tl.float32)
@@ -223,16 +231,27 @@ if triton is not None:
         eps: float,
         splits: int,
         block_slots: int,
+        pdl: bool = False,
     ) -> torch.Tensor:
-        """The kernel(s) as a custom op that torch.compile traces and CUDA graphs capture; writes the caches."""
+        """The kernel(s) as a custom op that torch.compile traces and CUDA graphs capture; writes the caches.
+        ``pdl``: programmatic dependent launches, by Triton itself (``executor.gemv.launches_pdl``)."""
         _, kv_heads, window, head_dim = k_cache.shape
         block_g = max(16, triton.next_power_of_2(num_heads // kv_heads))  # tl.dot wants >= 16 rows
         block_d = max(16, triton.next_power_of_2(head_dim))
         out = torch.empty(num_heads * head_dim, device=qkv.device, dtype=qkv.dtype)
         part = torch.empty(kv_heads * splits * block_g * block_d, device=qkv.device, dtype=torch.float32)
         stats = torch.empty(kv_heads * splits * block_g * 2, device=qkv.device, dtype=torch.float32)
-        sizes = {"NUM_HEADS": num_heads, "KV_HEADS": kv_heads, "HEAD_DIM": head_dim, "SPLITS": splits}
-        launcher(_decode_attention_kernel, qkv.device)[(kv_heads, splits)](
+        sizes = {
+            "NUM_HEADS": num_heads,
+            "KV_HEADS": kv_heads,
+            "HEAD_DIM": head_dim,
+            "SPLITS": splits,
+            "PDL": pdl,
+        }
+        launch = {"launch_pdl": True} if pdl else {}
+        attention_kernel = _decode_attention_kernel if pdl else launcher(_decode_attention_kernel, qkv.device)
+        combine_kernel = _combine_splits_kernel if pdl else launcher(_combine_splits_kernel, qkv.device)
+        attention_kernel[(kv_heads, splits)](
             qkv,
             qkv if q_norm is None else q_norm,  # unread without the norms (QK_NORM off)
             qkv if k_norm is None else k_norm,
@@ -259,11 +278,10 @@ if triton is not None:
             DOT_DTYPE=_TL_DTYPES[qkv.dtype] if qkv.device.type == "cuda" else tl.float32,
             PRECISION="ieee" if qkv.dtype == torch.float32 or qkv.device.type != "cuda" else "tf32",
             num_warps=ATTENTION_WARPS,
+            **launch,
         )
         if splits > 1:
-            launcher(_combine_splits_kernel, qkv.device)[(kv_heads,)](
-                part, stats, out, **sizes, BLOCK_G=block_g, BLOCK_D=block_d
-            )
+            combine_kernel[(kv_heads,)](part, stats, out, **sizes, BLOCK_G=block_g, BLOCK_D=block_d, **launch)
         return out
 
 
@@ -295,9 +313,11 @@ def decode_attention(
     *,
     splits: int | None = None,
     block_slots: int = BLOCK_SLOTS,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """``layer_fns.attention`` for one query token in one kernel (two for a split window): the same arguments and
-    result (``[1, 1, nh hd]``), the same cache writes. ``splits``/``block_slots``: tests' overrides."""
+    result (``[1, 1, nh hd]``), the same cache writes. ``splits``/``block_slots``: tests' overrides; ``pdl``:
+    programmatic dependent launches where they can happen (``executor.gemv.launches_pdl``)."""
     if not _attention_kernel_fits(qkv, shape, k_cache, v_cache):
         return attention(qkv, w, shape, cos, sin, positions, mask, k_cache, v_cache)
     args = (
@@ -313,6 +333,7 @@ def decode_attention(
         shape.eps,
         attention_splits(k_cache.shape[2]) if splits is None else splits,
         block_slots,
+        launches_pdl(pdl, qkv.device),
     )
     return torch.ops.spdsim.decode_attention(*args).view(1, 1, -1)
 
@@ -329,14 +350,29 @@ def fused_decoder_layer(
     v_cache: torch.Tensor,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     attn_input: torch.Tensor | None = None,
+    *,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """``layer_fns.decoder_layer`` with the same arguments: a one-token step of batch 1 (no ``reduce``, no
     ``attn_input``) as GEMVs with their neighbours folded in and the attention kernel; any other step is
-    ``decoder_layer`` itself."""
+    ``decoder_layer`` itself. ``pdl``: its kernels as programmatic dependent launches (a GPU, not under
+    torch.compile): each starts loading weights while the previous one finishes."""
     if x.shape[0] * x.shape[1] != 1 or reduce is not None or attn_input is not None:
         return decoder_layer(x, w, shape, cos, sin, positions, mask, k_cache, v_cache, reduce, attn_input)
-    qkv = norm_gemv(x, w.input_norm, shape.eps, w.qkv, w.qkv_bias)
-    attn = decode_attention(qkv, w, shape, cos, sin, positions, mask, k_cache, v_cache)
-    x = gemv_residual(attn, w.o_proj, x)
-    gate_up = norm_gemv(x, w.post_norm, shape.eps, w.gate_up)
-    return swiglu_gemv_residual(gate_up, w.down, x)
+    qkv = norm_gemv(x, w.input_norm, shape.eps, w.qkv, w.qkv_bias, pdl=pdl)
+    attn = decode_attention(qkv, w, shape, cos, sin, positions, mask, k_cache, v_cache, pdl=pdl)
+    x = gemv_residual(attn, w.o_proj, x, pdl=pdl)
+    gate_up = norm_gemv(x, w.post_norm, shape.eps, w.gate_up, pdl=pdl)
+    return swiglu_gemv_residual(gate_up, w.down, x, pdl=pdl)
+
+
+def pdl_one_token_steps(layer: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``layer`` (a compiled ``decoder_layer``) with its one-token steps replaced by :func:`fused_decoder_layer`
+    launched eagerly with programmatic dependent launches (Triton kernels only: nothing for inductor to add)."""
+
+    def step(x: torch.Tensor, *args: torch.Tensor | None) -> torch.Tensor:
+        if x.shape[0] * x.shape[1] == 1 and len(args) == 8:  # no reduce, no attn_input
+            return fused_decoder_layer(x, *args, pdl=True)  # type: ignore[arg-type]
+        return layer(x, *args)
+
+    return step

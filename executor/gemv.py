@@ -84,18 +84,30 @@ if triton is not None:
         NORM: tl.constexpr = False,
         SWIGLU: tl.constexpr = False,
         ADD: tl.constexpr = False,
+        PDL: tl.constexpr = False,
     ):
-        """y = add + W @ f(x): f is RMSNorm(x) * norm (NORM), silu(x[:K]) * x[K:] (SWIGLU) or x itself."""
+        """y = add + W @ f(x): f is RMSNorm(x) * norm (NORM), silu(x[:K]) * x[K:] (SWIGLU) or x itself. PDL: launched
+        as a programmatic dependent launch; the first weight block is loaded before waiting for the previous kernel
+        (weights are never written), and the next kernel may launch once every program has started."""
         dtype = x_ptr.dtype.element_ty
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
+        cols = tl.arange(0, BLOCK_K)
+        # the weight block the loop multiplies next, loaded one iteration ahead (the same products, the same order)
+        w_ok = row_ok[:, None] & (cols < K)[None, :]
+        w = tl.load(w_ptr + rows[:, None] * stride_wn + cols[None, :], mask=w_ok, other=0.0)
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_wait()  # from here on, the previous kernel's writes (x, add) are visible
         if NORM:
             squares = tl.zeros((BLOCK_K,), dtype=tl.float32)
             for block in range(0, tl.cdiv(K, BLOCK_K)):
                 cols = block * BLOCK_K + tl.arange(0, BLOCK_K)
                 x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
                 squares += x * x
-            inv_rms = tl.rsqrt(tl.sum(squares, axis=0) / K + tl.full((), eps, tl.float32))  # inductor passes float64
+            inv_rms = tl.rsqrt(
+                tl.sum(squares, axis=0) / K + tl.full((), eps, tl.float32)
+            )  # inductor passes float64
         partial = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         for block in range(0, tl.cdiv(K, BLOCK_K)):
             cols = block * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -109,12 +121,10 @@ if triton is not None:
                 scale = tl.load(norm_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
                 x = (x * inv_rms).to(dtype).to(tl.float32)
                 x = (x * scale).to(dtype).to(tl.float32)
-            w = tl.load(
-                w_ptr + rows[:, None] * stride_wn + cols[None, :],
-                mask=row_ok[:, None] & col_ok[None, :],
-                other=0.0,
-            ).to(tl.float32)
-            partial += w * x[None, :]
+            partial += w.to(tl.float32) * x[None, :]
+            ahead = cols + BLOCK_K
+            w_ok = row_ok[:, None] & (ahead < K)[None, :]
+            w = tl.load(w_ptr + rows[:, None] * stride_wn + ahead[None, :], mask=w_ok, other=0.0)
         y = tl.sum(partial, axis=1).to(y_ptr.dtype.element_ty)
         if ADD:
             y = (y.to(tl.float32) + tl.load(add_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)).to(
@@ -124,7 +134,9 @@ if triton is not None:
 
     # tuned once per (N, K, prologue, epilogue) in a process, then fixed: every caller of a shape gets the same
     # reduction order
-    _gemv_tuned = triton.autotune(configs=_CONFIGS, key=["N", "K", "NORM", "SWIGLU", "ADD"])(_gemv_kernel)
+    _gemv_tuned = triton.autotune(configs=_CONFIGS, key=["N", "K", "NORM", "SWIGLU", "ADD", "PDL"])(
+        _gemv_kernel
+    )
 
     @torch.library.triton_op("spdsim::gemv", mutates_args=())
     def _gemv_op(
@@ -134,17 +146,22 @@ if triton is not None:
         add: torch.Tensor | None = None,
         eps: float = 0.0,
         swiglu: bool = False,
+        pdl: bool = False,
     ) -> torch.Tensor:
         """The kernel as a custom op that torch.compile traces and CUDA graphs capture: tuned on a GPU, a fixed
-        configuration under the interpreter (which cannot time configs)."""
+        configuration under the interpreter (which cannot time configs). ``pdl``: a programmatic dependent launch
+        (a GPU outside torch.compile: launched by Triton itself, which inductor's launcher does not do)."""
         n, k = weight.shape
         out = torch.empty(n, device=row.device, dtype=row.dtype)
         # an unused pointer gets the row (never read: its flag is off)
         args = (row, weight, out, row if norm_weight is None else norm_weight, row if add is None else add)
-        flags = {"NORM": norm_weight is not None, "SWIGLU": swiglu, "ADD": add is not None}
+        flags = {"NORM": norm_weight is not None, "SWIGLU": swiglu, "ADD": add is not None, "PDL": pdl}
         if row.device.type == "cuda":
             grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-            launcher(_gemv_tuned, row.device)[grid](*args, eps, n, weight.stride(0), K=k, **flags)
+            if pdl:
+                _gemv_tuned[grid](*args, eps, n, weight.stride(0), K=k, **flags, launch_pdl=True)
+            else:
+                launcher(_gemv_tuned, row.device)[grid](*args, eps, n, weight.stride(0), K=k, **flags)
         else:
             launcher(_gemv_kernel, row.device)[(triton.cdiv(n, 16),)](
                 *args, eps, n, weight.stride(0), K=k, BLOCK_N=16, BLOCK_K=256, **flags
@@ -160,6 +177,7 @@ def _one_row(
     add: torch.Tensor | None = None,
     eps: float = 0.0,
     swiglu: bool = False,
+    pdl: bool = False,
 ) -> torch.Tensor | None:
     """The kernel's ``add + W @ f(x)`` for one row ``x [..., K]`` (``[..., 2K]`` with ``swiglu``), shaped
     ``[..., N]``; None where the kernel does not run (the caller's PyTorch composition then does)."""
@@ -169,8 +187,13 @@ def _one_row(
         return None
     row = x.reshape(x.shape[-1]).contiguous()
     flat_add = None if add is None else add.reshape(n).contiguous()
-    out = torch.ops.spdsim.gemv(row, weight, norm_weight, flat_add, eps, swiglu)
+    out = torch.ops.spdsim.gemv(row, weight, norm_weight, flat_add, eps, swiglu, launches_pdl(pdl, x.device))
     return out.reshape(*x.shape[:-1], n)
+
+
+def launches_pdl(pdl: bool, device: torch.device) -> bool:
+    """A programmatic dependent launch is asked for and can happen: a GPU, outside torch.compile."""
+    return pdl and device.type == "cuda" and not torch.compiler.is_compiling()
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -185,22 +208,27 @@ def norm_gemv(
     eps: float,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """``F.linear(rms_norm(x, norm_weight, eps), weight, bias)`` for one row in one kernel (qkv, gate_up)."""
-    out = _one_row(x, weight, norm_weight=norm_weight, add=bias, eps=eps)
+    out = _one_row(x, weight, norm_weight=norm_weight, add=bias, eps=eps, pdl=pdl)
     return F.linear(rms_norm(x, norm_weight, eps), weight, bias) if out is None else out
 
 
-def gemv_residual(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def gemv_residual(
+    x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor, pdl: bool = False
+) -> torch.Tensor:
     """``residual + F.linear(x, weight)`` for one row in one kernel (o_proj)."""
-    out = _one_row(x, weight, add=residual)
+    out = _one_row(x, weight, add=residual, pdl=pdl)
     return residual + F.linear(x, weight) if out is None else out
 
 
-def swiglu_gemv_residual(gate_up: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def swiglu_gemv_residual(
+    gate_up: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor, pdl: bool = False
+) -> torch.Tensor:
     """``residual + F.linear(F.silu(gate) * up, weight)`` for one row ``gate_up = cat(gate, up)`` in one kernel
     (down)."""
-    out = _one_row(gate_up, weight, add=residual, swiglu=True)
+    out = _one_row(gate_up, weight, add=residual, swiglu=True, pdl=pdl)
     return residual + F.linear(swiglu(gate_up), weight) if out is None else out
 
 

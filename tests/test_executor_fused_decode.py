@@ -100,13 +100,30 @@ def test_torch_compile_sees_the_attention_kernels_write_only_the_caches_and_thei
             **{"stride_kh": cache.stride(1), "stride_ks": hd, "stride_vh": cache.stride(1), "stride_vs": hd},
             **{"eps": 1e-6, "scale": hd**-0.5, "NUM_HEADS": nh, "KV_HEADS": kv, "HEAD_DIM": hd},
             **{"SPLITS": splits, "BLOCKS": 4, "BLOCK_G": 16, "BLOCK_D": hd, "BLOCK_S": 64, "QK_NORM": True},
-            **{"DOT_DTYPE": tl_dtype, "PRECISION": "ieee" if dtype == torch.float32 else "tf32"},
+            **{
+                "DOT_DTYPE": tl_dtype,
+                "PRECISION": "ieee" if dtype == torch.float32 else "tf32",
+                "PDL": False,
+            },
         }
         outputs = ["out_ptr"] if splits == 1 else ["part_ptr", "stats_ptr"]
         assert written_arguments(_decode_attention_kernel, kwargs) == sorted(["k_ptr", "v_ptr", *outputs])
     combine = {"part_ptr": torch.zeros(8), "stats_ptr": torch.zeros(8), "out_ptr": torch.zeros(8)}
-    combine |= {"NUM_HEADS": nh, "KV_HEADS": kv, "HEAD_DIM": hd, "SPLITS": 4, "BLOCK_G": 16, "BLOCK_D": hd}
+    combine |= {
+        "NUM_HEADS": nh,
+        "KV_HEADS": kv,
+        "HEAD_DIM": hd,
+        "SPLITS": 4,
+        "BLOCK_G": 16,
+        "BLOCK_D": hd,
+        "PDL": False,
+    }
     assert written_arguments(_combine_splits_kernel, combine) == ["out_ptr"]
+    # the PDL variants lower too (launched outside torch.compile only: their inline asm is opaque to the analysis,
+    # which then counts every tensor argument written)
+    for kernel, arguments in ((_decode_attention_kernel, kwargs), (_combine_splits_kernel, combine)):
+        tensors = sorted(name for name, value in arguments.items() if isinstance(value, torch.Tensor))
+        assert written_arguments(kernel, {**arguments, "PDL": True}) == tensors
 
 
 def check_decode_attention(

@@ -62,7 +62,7 @@ def test_the_kernel_on_the_gpu_on_qwen3_4b_shapes() -> None:
 
 def _ar_logits(variant: bool | str | None, device: str, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """Teacher-forced decode logits of a tiny model: compiled layers with or without the GEMV (True / False), with the
-    fused one-token layer ("fused"), or eager (None)."""
+    fused one-token layer ("fused"; "pdl": uncompiled, as programmatic dependent launches), or eager (None)."""
     from executor.fastmodel import FastModel
     from executor.models import load_model
     from executor.schedules.base import forward_tokens
@@ -70,8 +70,8 @@ def _ar_logits(variant: bool | str | None, device: str, dtype: torch.dtype = tor
     fast = FastModel.from_hf(
         load_model("random:tiny-qwen3", seed=5).hf_model, device=device, dtype=dtype, max_seq_len=256
     )
-    if variant == "fused":
-        fast.compile_layers(fused=True)
+    if variant in ("fused", "pdl"):
+        fast.compile_layers(fused=True, pdl=variant == "pdl")
     elif variant is not None:
         fast.compile_layers(gemv=bool(variant))
     tokens = list(range(3, 23))
@@ -90,6 +90,13 @@ def test_compiled_layers_with_gemv_are_the_plain_layers_on_the_cpu() -> None:
 def test_compiled_fused_layers_are_the_plain_layers_on_the_cpu() -> None:
     """On the CPU the fused layer's kernels are their PyTorch compositions: it compiles and gives the same bits."""
     assert torch.equal(_ar_logits("fused", "cpu"), _ar_logits(False, "cpu"))
+
+
+def test_pdl_steps_are_the_eager_layers_on_the_cpu() -> None:
+    """On the CPU there is no dependent launch: one-token steps are the fused layer's compositions, run eagerly (in
+    float32, where the compiled prefill's other rounding stays small)."""
+    pdl, eager = _ar_logits("pdl", "cpu", torch.float32), _ar_logits(None, "cpu", torch.float32)
+    assert torch.allclose(pdl, eager, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.gpu
@@ -215,8 +222,12 @@ def test_torch_compile_sees_every_gemv_variant_write_only_its_output() -> None:
         {"SWIGLU": True, "ADD": True},
     ):
         kwargs = {**tensors, "eps": 1e-6, "N": n, "stride_wn": k, "K": k}
-        kwargs |= {"NORM": False, "SWIGLU": False, "ADD": False, **flags}
+        kwargs |= {"NORM": False, "SWIGLU": False, "ADD": False, "PDL": False, **flags}
         assert written_arguments(_gemv_tuned, kwargs) == ["y_ptr"], flags
+    # the PDL variant lowers too; its griddepcontrol inline asm is opaque to the analysis, which then counts every
+    # tensor written: why launches_pdl keeps it out of torch.compile
+    kwargs |= {"PDL": True}
+    assert written_arguments(_gemv_tuned, kwargs) == sorted(tensors)
 
 
 @pytest.mark.gpu
@@ -245,3 +256,19 @@ def test_compiled_fused_layers_on_the_gpu_are_as_close_to_float32_as_bf16_withou
     assert (fused.argmax(-1) == plain.argmax(-1)).float().mean() > 0.9
     assert error(fused) <= 1.5 * max(error(plain), error(eager))
     assert torch.equal(fused, _ar_logits("fused", "cuda"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pdl_fused_layers_on_the_gpu_are_as_close_to_float32_as_bf16_without_them() -> None:
+    """The fused layer's kernels as programmatic dependent launches (weights loaded before each waits): against
+    float32, its error is of the size of bf16's own, and a second run gives the same bits."""
+    pytest.importorskip("triton")
+    reference = _ar_logits(None, "cuda", torch.float32)
+    pdl, eager = _ar_logits("pdl", "cuda"), _ar_logits(None, "cuda")
+
+    def error(logits: torch.Tensor) -> float:
+        return ((logits - reference).norm() / reference.norm()).item()
+
+    assert error(pdl) <= 1.5 * error(eager)
+    assert torch.equal(pdl, _ar_logits("pdl", "cuda"))

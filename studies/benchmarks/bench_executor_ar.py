@@ -406,7 +406,8 @@ def main() -> int:
                 # "+gemv": one-token matmuls through executor.gemv's Triton kernel; "+fused": one-token steps through
                 # executor.fused_decode's layer (GEMVs with norms / SwiGLU / residuals folded in, one attention kernel)
                 torch._inductor.config.coordinate_descent_tuning = "cdt" in extras
-                fused = {"fused": True} if "fused" in extras else {}
+                # "+pdl" (with "+fused"): that layer uncompiled, its kernels as programmatic dependent launches
+                fused = {"fused": True, "pdl": "pdl" in extras} if "fused" in extras else {}
                 model.compile_layers(
                     None if base_mode == "default" else base_mode, gemv="gemv" in extras, **fused
                 )

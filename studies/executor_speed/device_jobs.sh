@@ -7,6 +7,7 @@
 #   gemv        studies/executor_speed/bench_gemv.py: the step's matmuls, cuBLAS / inductor / executor.gemv (Triton);
 #               then bench_executor_ar.py on qwen3-4b: the compiled layer plain, with the GEMV (+gemv), and as
 #               executor.fused_decode's one-token layer (+fused); the kernel breakdown in its JSON is the last one's
+#               (GEMV_S=0 skips the per-matrix bench; AR_MODES picks the compile modes)
 #   tests       the GPU-marked executor tests, one pytest per file (TEST_FILE_S each)
 # SEED_FROM: a committed campaign folder (studies/fidelity_1gpu/results/<campaign> for fid jobs,
 # studies/qwen35_h200/results/<session> for q35 jobs): the job starts from its model folder, so on the same GPU kind
@@ -63,12 +64,15 @@ for job in $JOBS; do
         --new-tokens 256 --prompts 4 --out "$RES/bench_spd_$tag.json" >> "$RES/bench_$tag.log" 2>&1
       tail -8 "$RES/bench_$tag.log" ;;
     gemv)
-      rm -rf "$RES/bench_gemv"
-      timeout "$(cap "${GEMV_S:-150}")" python3 studies/executor_speed/bench_gemv.py --out "$RES/bench_gemv" \
-        > "$RES/bench_gemv.log" 2>&1
-      tail -12 "$RES/bench_gemv.log"
+      if [ "${GEMV_S:-150}" != 0 ]; then
+        rm -rf "$RES/bench_gemv"
+        timeout "$(cap "${GEMV_S:-150}")" python3 studies/executor_speed/bench_gemv.py --out "$RES/bench_gemv" \
+          > "$RES/bench_gemv.log" 2>&1
+        tail -12 "$RES/bench_gemv.log"
+      fi
       timeout "$(cap "${AR_S:-240}")" python3 studies/benchmarks/bench_executor_ar.py --model random:qwen3-4b \
-        --skip-hf --new-tokens 64 --compile-modes default,default+gemv,default+fused --out-dir "$RES/ar_gemv" \
+        --skip-hf --new-tokens 64 --compile-modes "${AR_MODES:-default,default+gemv,default+fused}" \
+        --out-dir "$RES/ar_gemv" \
         > "$RES/ar_gemv.log" 2>&1
       grep -sE "of copy|Error" "$RES/ar_gemv.log" | tail -4 ;;
     tests)  # one pytest per file, each under its own limit: a slow file cannot hide the others' results
