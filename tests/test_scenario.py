@@ -287,3 +287,13 @@ def test_a_latency_kind_the_profile_cannot_give_a_tensor_parallel_run_is_one_lin
         SpdsimError, match=r"latency.kind: fitted for run 'ar-tp8 \[roofline\]'.*tensor-parallel"
     ):
         load_runs(methods=["ar"], profile="qwen3-4b_h200", overrides=["latency.kind=fitted"])
+
+
+def test_an_acceptance_preset_follows_the_measured_model_where_that_model_has_it():
+    """--profile of a Qwen3.5-9B bundle: the default's Qwen3.5-4B presets become the 9B ones of the same dataset and
+    knobs; a preset the 9B model lacks (EAGLE-3 K = 7) stays, as does one of an unrelated model."""
+    runs = load_runs(methods=["spd", "mtp"], profile="qwen3.5-9b_h100", overrides=["workload.new_tokens=256"])
+    presets = {named.scenario.method.name: named.scenario.acceptance.preset for named in runs}
+    assert presets == {"spd": "qwen3.5-9b/overall/spd-n8-l3", "mtp": "qwen3.5-9b/gsm8k/mtp-k3"}
+    kept = load_runs(methods=["ar"], profile="qwen3-4b_h100", overrides=["workload.new_tokens=256"])
+    assert kept[0].scenario.acceptance.preset == "qwen3.5-4b/overall/spd-n8-l3"  # no qwen3-4b presets

@@ -342,7 +342,7 @@ def load_runs(
             _apply_acceptance_preset(labelled[index][1], preset)
             labelled[index] = ("", labelled[index][1])  # its knobs changed: label it afresh
     if profile:
-        labelled = _apply_profile(labelled, profile)
+        labelled = _apply_profile(labelled, profile, presets)
     named = []
     for label, run in labelled:
         before = _label_of_knobs(run)
@@ -391,16 +391,23 @@ def _switch_dataset(
 
 
 def _apply_profile(
-    labelled: list[tuple[str, dict[str, Any]]], profile: str
+    labelled: list[tuple[str, dict[str, Any]]], profile: str, presets: dict[str, AcceptancePreset]
 ) -> list[tuple[str, dict[str, Any]]]:
     """Measured latencies (and the measured model's shape and GPU) for every run; a profile holds one GPU, so
-    tensor-parallel runs keep the roofline (of the same shape and GPU) and say so in their label."""
+    tensor-parallel runs keep the roofline (of the same shape and GPU) and say so in their label. An acceptance
+    preset of another model follows the measured one where it has the same preset (same dataset and knobs)."""
     bundle = load_profile(profile)
     shape = {k: v for k, v in bundle["model"].items() if k in {f.name for f in fields(ModelShape)}}
     hardware = hardware_of_profile(str(bundle.get("hardware", {}).get("name", "")))
+    measured_model = str(bundle["model"].get("name", "")).removeprefix("random:")
     updated = []
     for label, run in labelled:
         run["model"] = dict(shape)
+        acceptance = run.get("acceptance")
+        if isinstance(acceptance, dict) and isinstance(acceptance.get("preset"), str):
+            _, _, rest = acceptance["preset"].partition("/")
+            if f"{measured_model}/{rest}" in presets:
+                run["acceptance"] = {**acceptance, "preset": f"{measured_model}/{rest}"}
         if hardware is not None:  # the measured GPU, so rooflines beside it and the title name the same one
             run["hardware"] = hardware
         if run.get("method", {}).get("tensor_parallel", 1) > 1:
