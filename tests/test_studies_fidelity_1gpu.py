@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "studies" / "fidelity_1gpu"))
 
-from measure import held_out_order, measured_on  # noqa: E402
+from measure import _same_gpu, held_out_order, measured_on  # noqa: E402
 
 WIDTHS, ALPHAS = (2, 3, 5, 7), (0.6, 0.8, 0.9)
 
@@ -34,6 +34,18 @@ def test_measured_on_reads_only_finished_labelled_runs(tmp_path):
     assert measured_on(run) == "NVIDIA H200"
     (run / "config.json").write_text("{}")
     assert measured_on(run) is None
+
+
+def test_resume_needs_the_same_gpu_and_the_same_layers(tmp_path):
+    """A bundle measured with the fused layer is not resumed by a compiled campaign (and the reverse); a campaign
+    from before --layers existed counts as compiled."""
+    assert not _same_gpu(tmp_path, "NVIDIA H100")  # nothing measured
+    meta = tmp_path / "measure.json"
+    meta.write_text(json.dumps({"hardware": {"gpu": "NVIDIA H100"}}))
+    assert _same_gpu(tmp_path, "NVIDIA H100") and not _same_gpu(tmp_path, "NVIDIA H100", "fused")
+    assert not _same_gpu(tmp_path, "NVIDIA H200")
+    meta.write_text(json.dumps({"hardware": {"gpu": "NVIDIA H100"}, "layers": "fused+pdl"}))
+    assert _same_gpu(tmp_path, "NVIDIA H100", "fused+pdl") and not _same_gpu(tmp_path, "NVIDIA H100")
 
 
 def _measure(out: Path) -> str:

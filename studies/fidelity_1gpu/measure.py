@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import json
 import sys
 import time
@@ -41,6 +42,12 @@ from spdsim.contract.profile_schema import load_profile  # noqa: E402
 CHAIN_K = (2, 3, 5, 7)
 CHAIN_ALPHA = (0.6, 0.8, 0.9)
 SPD_STAGES = (2, 4)
+# --layers: FastModel.compile_layers' options for each variant (studies/executor_speed/README.md)
+LAYER_VARIANTS: dict[str, dict[str, bool]] = {
+    "compiled": {},
+    "fused": {"fused": True},
+    "fused+pdl": {"fused": True, "pdl": True},
+}
 
 
 def log(message: str) -> None:
@@ -62,13 +69,18 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
     dtype = "bfloat16" if device == "cuda" else "float32"
     model, loaded = load_fast_model(spec, device=device, dtype=dtype, seed=0, max_seq_len=4096)
     if device == "cuda":
-        model.compile_layers()
+        layers = LAYER_VARIANTS[args.layers]
+        if layers and "fused" not in inspect.signature(model.compile_layers).parameters:
+            raise SystemExit(
+                f"error: --layers {args.layers}: {spec} has no fused layer (FastModel models only)"
+            )
+        model.compile_layers(**layers)
     prompts = [
         (p.prompt_id, p.token_ids) for p in load_prompts(args.prompts, loaded.tokenizer, limit=args.limit)
     ]
     common = {"max_new_tokens": args.new_tokens, "seed": 0}
     gpu = hardware_info(device, 0.0)["gpu"]
-    extra = {"model": spec, "prompts": args.prompts, "dtype": dtype, "gpu": gpu}
+    extra = {"model": spec, "prompts": args.prompts, "dtype": dtype, "gpu": gpu, "layers": args.layers}
 
     def save(name: str, result) -> None:
         write_run_dir(result, folder / name, extra)
@@ -78,7 +90,7 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
             f"realised alpha {summary['realised_alpha']} (nominal {summary['nominal_alpha']})"
         )
 
-    resume = args.resume and _same_gpu(folder, gpu)
+    resume = args.resume and _same_gpu(folder, gpu, args.layers)
 
     def attempt(name: str, method: str, **opts) -> None:
         if resume and measured_on(folder / name) == gpu:
@@ -128,14 +140,18 @@ def measured_on(run: Path) -> str | None:
     return json.loads((run / "config.json").read_text()).get("gpu")
 
 
-def _same_gpu(folder: Path, gpu: str) -> bool:
-    """--resume keeps a folder's bundle (and its runs of this GPU) only if the bundle was measured on this GPU."""
+def _same_gpu(folder: Path, gpu: str, layers: str = "compiled") -> bool:
+    """--resume keeps a folder's bundle (and its runs of this GPU) only if the bundle was measured on this GPU, with
+    the same --layers (campaigns before it had no such field: compiled)."""
     meta = folder / "measure.json"
     if not meta.is_file():
         return False
-    bundle_gpu = json.loads(meta.read_text())["hardware"].get("gpu")
-    if bundle_gpu != gpu:
-        log(f"{folder.name}: measured on {bundle_gpu}, this is {gpu}: measuring again (no --resume)")
+    recorded = json.loads(meta.read_text())
+    bundle_gpu, bundle_layers = recorded["hardware"].get("gpu"), recorded.get("layers", "compiled")
+    if (bundle_gpu, bundle_layers) != (gpu, layers):
+        log(
+            f"{folder.name}: measured on {bundle_gpu} ({bundle_layers}), this is {gpu} ({layers}): measuring again"
+        )
         return False
     return True
 
@@ -198,6 +214,7 @@ def measure_bundle(spec: str, model, folder: Path, args, device: str) -> None:
     write_bundle(folder / "profile.json", bundle)
     meta = {
         "model": spec,
+        "layers": args.layers,
         "hardware": hardware,
         "software": software_info(),
         "date": _now(),
@@ -226,6 +243,13 @@ def main() -> int:
         "--resume",
         action="store_true",
         help="keep a model folder's bundle and finished runs (same GPU kind), measure only what is missing",
+    )
+    parser.add_argument(
+        "--layers",
+        choices=sorted(LAYER_VARIANTS),
+        default="compiled",
+        help="the layers on a GPU: compiled (inductor); fused: executor.fused_decode's one-token layer, compiled; "
+        "fused+pdl: that layer uncompiled, as programmatic dependent launches (FastModel.compile_layers)",
     )
     parser.add_argument("--spd-stages", default=",".join(map(str, SPD_STAGES)), help="SPD runs' n; '' skips")
     parser.add_argument(
