@@ -303,3 +303,37 @@ def test_gemv_routes_every_layer_matmul_through_decode_linear(hf_model, ids, mon
     assert seen == {
         tuple(getattr(layer, n).shape) for layer in model.layers for n in names if hasattr(layer, n)
     }
+
+
+def test_the_compiled_head_compiles_once_for_a_prefill_slice_and_a_step_row(hf_model):
+    """SPD's first token comes from the prefill's last position (a slice with a long row stride), AR's later
+    tokens from one-row steps: both reach one compiled head (as FastModel's), so no second compile, which on a
+    GPU may round the first token differently from the AR reference."""
+    from torch._dynamo.testing import CompileCounter
+
+    model = HybridModel.from_hf(hf_model, max_seq_len=256)
+    counter = CompileCounter()
+    model.compile_layers(backend=counter)
+    hidden = torch.randn(1, 30, model.cfg.hidden_size)
+    with torch.inference_mode():
+        sliced = model.head(hidden[:, -1:])
+        fresh = model.head(hidden[:, -1:].clone())
+    assert counter.frame_count == 1
+    assert torch.equal(sliced, fresh)
+
+
+def test_spd_on_the_compiled_hybrid_compiles_nothing_in_steady_state(prompt_set, reference):
+    """After one SPD run has met every shape (stage steps, draft rows, verify), cycles of another compile nothing:
+    a recompile per cycle (a guard on a cache, a ring slot or a position) would cost a compile on a GPU."""
+    from torch._dynamo.testing import CompileCounter
+
+    model = HybridModel.from_hf(hf_tiny(), max_seq_len=256)
+    counter = CompileCounter()
+    model.compile_layers(backend=counter)
+    options = {"max_new_tokens": NEW, "stages": 2, "synthetic_alpha": 0.6}
+    first = run_method("spd", model, prompt_set, **options)
+    frames = counter.frame_count
+    second = run_method("spd", model, prompt_set, **options)
+    assert frames > 0 and counter.frame_count == frames
+    assert_lossless(first, reference)
+    assert_lossless(second, reference)

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "studies" / "fidelity_1gpu"))
 
-from measure import _same_gpu, held_out_order, measured_on  # noqa: E402
+from measure import _same_gpu, held_out_order, measured_on, stack_dumps  # noqa: E402
 
 WIDTHS, ALPHAS = (2, 3, 5, 7), (0.6, 0.8, 0.9)
 
@@ -99,3 +99,19 @@ def test_resume_keeps_runs_of_this_gpu_only_and_analyze_holds_out_the_rest(tmp_p
     assert [row["run"] for row in overlap] == ["spd_n2_a0.80"]
     assert overlap[0]["saturated_phase_sum_us_median"] > 0 and overlap[0]["cycle_wall_us_mean"] > 0
     assert "spd_n2_a0.80 (one GPU, a stream per stage)" in report
+
+
+def test_stack_dumps_print_where_a_long_run_is_and_stop_after_it(tmp_path):
+    import time
+
+    log = tmp_path / "stacks.log"
+    with log.open("w") as file:
+        with stack_dumps(0.05, file=file):
+            time.sleep(0.3)
+        size = log.stat().st_size
+        time.sleep(0.2)
+    text = log.read_text()
+    assert "test_stack_dumps_print_where_a_long_run_is_and_stop_after_it" in text
+    assert log.stat().st_size == size  # cancelled with the block
+    with stack_dumps(0):
+        pass

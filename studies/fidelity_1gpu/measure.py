@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import faulthandler
 import inspect
 import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -52,6 +54,21 @@ LAYER_VARIANTS: dict[str, dict[str, bool]] = {
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+@contextmanager
+def stack_dumps(every_s: float, file=None):
+    """Print every thread's Python stack each ``every_s`` seconds while the block runs (0: never): a run cut
+    short by the call's time limit then shows where its time went (the Qwen3.5 SPD runs never finished and
+    left no clue, studies/qwen35_h200/README.md)."""
+    if every_s <= 0:
+        yield
+        return
+    faulthandler.dump_traceback_later(every_s, repeat=True, file=file or sys.stderr)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def run_name(method: str, width: int | None = None, alpha: float | None = None) -> str:
@@ -98,7 +115,9 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
             return
         log(f"{tag} {name}: started")  # with the line at its end: where a call's time went
         try:
-            save(name, run_method(method, model, prompts, **common, **opts))
+            with stack_dumps(args.stack_dump_s):
+                result = run_method(method, model, prompts, **common, **opts)
+            save(name, result)
         except Exception as exc:  # noqa: BLE001 - a measurement campaign logs a failed run and goes on
             log(f"{tag} {name}: FAILED {exc!r}"[:400])
 
@@ -256,6 +275,12 @@ def main() -> int:
         "--spec-layers",
         default="1",
         help="SPD drafter depths L_s of the profile bundle; '' skips the drafter phase",
+    )
+    parser.add_argument(
+        "--stack-dump-s",
+        type=float,
+        default=120.0,
+        help="print the Python stacks every this many seconds while a run is in flight (0: never)",
     )
     args = parser.parse_args()
     args.chain_k = tuple(int(k) for k in args.chain_k.split(",") if k)
