@@ -248,10 +248,7 @@ if triton is not None:
             "SPLITS": splits,
             "PDL": pdl,
         }
-        launch = {"launch_pdl": True} if pdl else {}
-        attention_kernel = _decode_attention_kernel if pdl else launcher(_decode_attention_kernel, qkv.device)
-        combine_kernel = _combine_splits_kernel if pdl else launcher(_combine_splits_kernel, qkv.device)
-        attention_kernel[(kv_heads, splits)](
+        launcher(_decode_attention_kernel, qkv.device, pdl)[(kv_heads, splits)](
             qkv,
             qkv if q_norm is None else q_norm,  # unread without the norms (QK_NORM off)
             qkv if k_norm is None else k_norm,
@@ -278,10 +275,11 @@ if triton is not None:
             DOT_DTYPE=_TL_DTYPES[qkv.dtype] if qkv.device.type == "cuda" else tl.float32,
             PRECISION="ieee" if qkv.dtype == torch.float32 or qkv.device.type != "cuda" else "tf32",
             num_warps=ATTENTION_WARPS,
-            **launch,
         )
         if splits > 1:
-            combine_kernel[(kv_heads,)](part, stats, out, **sizes, BLOCK_G=block_g, BLOCK_D=block_d, **launch)
+            launcher(_combine_splits_kernel, qkv.device, pdl)[(kv_heads,)](
+                part, stats, out, **sizes, BLOCK_G=block_g, BLOCK_D=block_d
+            )
         return out
 
 
@@ -357,7 +355,7 @@ def fused_decoder_layer(
     ``attn_input``) as GEMVs with their neighbours folded in and the attention kernel; any other step is
     ``decoder_layer`` itself. ``pdl``: its kernels as programmatic dependent launches (a GPU, not under
     torch.compile): each starts loading weights while the previous one finishes."""
-    if x.shape[0] * x.shape[1] != 1 or reduce is not None or attn_input is not None:
+    if not _fused_step(x, reduce, attn_input):
         return decoder_layer(x, w, shape, cos, sin, positions, mask, k_cache, v_cache, reduce, attn_input)
     qkv = norm_gemv(x, w.input_norm, shape.eps, w.qkv, w.qkv_bias, pdl=pdl)
     attn = decode_attention(qkv, w, shape, cos, sin, positions, mask, k_cache, v_cache, pdl=pdl)
@@ -370,9 +368,19 @@ def pdl_one_token_steps(layer: Callable[..., torch.Tensor]) -> Callable[..., tor
     """``layer`` (a compiled ``decoder_layer``) with its one-token steps replaced by :func:`fused_decoder_layer`
     launched eagerly with programmatic dependent launches (Triton kernels only: nothing for inductor to add)."""
 
-    def step(x: torch.Tensor, *args: torch.Tensor | None) -> torch.Tensor:
-        if x.shape[0] * x.shape[1] == 1 and len(args) == 8:  # no reduce, no attn_input
+    def step(
+        x: torch.Tensor,
+        *args: torch.Tensor,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        attn_input: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if _fused_step(x, reduce, attn_input):
             return fused_decoder_layer(x, *args, pdl=True)  # type: ignore[arg-type]
-        return layer(x, *args)
+        return layer(x, *args, reduce=reduce, attn_input=attn_input)
 
     return step
+
+
+def _fused_step(x: torch.Tensor, reduce: object, attn_input: object) -> bool:
+    """A step the fused layer runs: one token of batch 1, no tensor-parallel ``reduce``, no ``attn_input``."""
+    return x.shape[0] * x.shape[1] == 1 and reduce is None and attn_input is None

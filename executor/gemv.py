@@ -24,6 +24,7 @@ function is its plain PyTorch composition: the fallback.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -54,10 +55,23 @@ def kernel_runs(device: torch.device) -> bool:
     return device.type == "cuda" or not torch.compiler.is_compiling()
 
 
-def launcher(kernel: Any, device: torch.device) -> Any:
+def launcher(kernel: Any, device: torch.device, pdl: bool = False) -> Any:
     """How to launch a jitted kernel: through ``wrap_triton`` on a GPU (inside a ``triton_op``: torch.compile
-    traces it, CUDA graphs capture it), directly under the CPU interpreter."""
+    traces it, CUDA graphs capture it), directly under the CPU interpreter. ``pdl`` (where :func:`launches_pdl`):
+    by Triton itself as a programmatic dependent launch, which inductor's launcher does not make."""
+    if pdl:
+        return _DependentLaunch(kernel)
     return torch.library.wrap_triton(kernel) if device.type == "cuda" else kernel
+
+
+class _DependentLaunch:
+    """``kernel[grid](...)`` with ``launch_pdl=True``."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+
+    def __getitem__(self, grid: Any) -> Any:
+        return functools.partial(self.kernel[grid], launch_pdl=True)
 
 
 if triton is not None:
@@ -158,10 +172,7 @@ if triton is not None:
         flags = {"NORM": norm_weight is not None, "SWIGLU": swiglu, "ADD": add is not None, "PDL": pdl}
         if row.device.type == "cuda":
             grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-            if pdl:
-                _gemv_tuned[grid](*args, eps, n, weight.stride(0), K=k, **flags, launch_pdl=True)
-            else:
-                launcher(_gemv_tuned, row.device)[grid](*args, eps, n, weight.stride(0), K=k, **flags)
+            launcher(_gemv_tuned, row.device, pdl)[grid](*args, eps, n, weight.stride(0), K=k, **flags)
         else:
             launcher(_gemv_kernel, row.device)[(triton.cdiv(n, 16),)](
                 *args, eps, n, weight.stride(0), K=k, BLOCK_N=16, BLOCK_K=256, **flags

@@ -275,3 +275,23 @@ def test_the_fused_layer_on_the_gpu() -> None:
         errors = check_fused_layer(spec, device="cuda")
         assert errors["float32"] < 1e-5, (spec, errors)
         assert errors["bf16 fused"] <= 1.5 * errors["bf16 plain"], (spec, errors)
+
+
+def test_pdl_steps_route_what_the_fused_layer_cannot_take_to_the_compiled_layer() -> None:
+    """More than one token, a ``reduce`` or an ``attn_input`` (given by keyword, as the SPD drafter layer does)
+    reach the wrapped layer unchanged; a one-token step does not."""
+    from executor.fused_decode import pdl_one_token_steps
+
+    calls: list[tuple[int, object]] = []
+
+    def layer(
+        x: torch.Tensor, *args: object, reduce: object = None, attn_input: object = None
+    ) -> torch.Tensor:
+        calls.append((x.shape[1], attn_input))
+        return x
+
+    step = pdl_one_token_steps(layer)
+    rows, extra = torch.zeros(1, 3, 4), torch.ones(1, 1, 4)
+    assert step(rows, *[None] * 8) is rows
+    assert step(torch.zeros(1, 1, 4), *[None] * 8, attn_input=extra).shape == (1, 1, 4)
+    assert calls == [(3, None), (1, extra)]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import faulthandler
-import inspect
 import json
 import sys
 import time
@@ -25,6 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from executor.fastmodel import FastModel  # noqa: E402
 from executor.models import load_fast_model  # noqa: E402
 from executor.profile import (  # noqa: E402
     ProfileGrid,
@@ -87,7 +87,7 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
     model, loaded = load_fast_model(spec, device=device, dtype=dtype, seed=0, max_seq_len=4096)
     if device == "cuda":
         layers = LAYER_VARIANTS[args.layers]
-        if layers and "fused" not in inspect.signature(model.compile_layers).parameters:
+        if layers and not isinstance(model, FastModel):
             raise SystemExit(
                 f"error: --layers {args.layers}: {spec} has no fused layer (FastModel models only)"
             )
