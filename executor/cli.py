@@ -67,6 +67,12 @@ def run(
     compile_mode: str = typer.Option(
         "default", help="inductor mode, e.g. max-autotune-no-cudagraphs (fastest)"
     ),
+    layers: str = typer.Option(
+        "compiled",
+        help="GPU layer variant: compiled (inductor); fused (one-token steps as executor.fused_decode's Triton "
+        "layer, compiled); fused+pdl (those kernels as programmatic dependent launches: the fastest AR step, "
+        "studies/executor_speed/README.md). Qwen3 / Llama / Qwen2 models",
+    ),
     out: Path = typer.Option(None, help="write a new run directory (tokens, trace, cycles, summary)"),
     force: bool = typer.Option(False, "--force", help="rewrite a run directory spdsim made (its files only)"),
     distributed: bool = typer.Option(False, help="SPD: one process per stage (NCCL on GPUs, gloo on CPU)"),
@@ -77,6 +83,8 @@ def run(
     """Decode real prompts and print tokens/s, per-phase timings and the lossless check."""
     if tp is not None and not distributed:
         raise SpdsimError("--tp: tensor parallelism runs one process per rank, add --distributed")
+    if distributed and layers != "compiled":
+        raise SpdsimError(f"--layers {layers}: the distributed executor runs the compiled layer only")
     if out is not None:
         from spdsim.contract import check_out_dir
 
@@ -104,18 +112,23 @@ def run(
 def _run(**kw) -> None:
     for key in ("distributed", "drafter", "timeout_s", "tp"):
         kw.pop(key, None)
-    from executor.models import load_fast_model
+    from executor.fastmodel import LAYER_VARIANTS
+    from executor.models import compile_layer_variant, load_fast_model
     from executor.prompts import load_prompts
     from executor.schedules import METHODS, run_method
     from executor.stages import parse_stage_layers
 
     if kw["method"] not in METHODS:
         raise SpdsimError(f"method: unknown '{kw['method']}' (allowed: {', '.join(METHODS)})")
+    if kw["layers"] not in LAYER_VARIANTS:
+        raise SpdsimError(f"--layers: unknown '{kw['layers']}' (allowed: {', '.join(LAYER_VARIANTS)})")
     device = _device(kw["device"])
     dtype = kw["dtype"] if kw["dtype"] != "auto" else ("bfloat16" if device == "cuda" else "float32")
     fast, loaded = load_fast_model(kw["model"], device=device, dtype=dtype, seed=kw["seed"])
     if kw["compile_layers"] and device == "cuda":
-        fast.compile_layers(None if kw["compile_mode"] == "default" else kw["compile_mode"])
+        compile_layer_variant(
+            fast, kw["layers"], None if kw["compile_mode"] == "default" else kw["compile_mode"]
+        )
     prompt_set = load_prompts(kw["prompts"], loaded.tokenizer, limit=kw["limit"])
     _check_context(fast, prompt_set, kw)
     opts: dict = {
@@ -162,7 +175,14 @@ def _run(**kw) -> None:
         path = write_run_dir(
             result,
             kw["out"],
-            {"model": kw["model"], "prompts": kw["prompts"], "dtype": dtype},
+            {
+                "model": kw["model"],
+                "prompts": kw["prompts"],
+                "dtype": dtype,
+                "graphs": kw["graphs"],
+                "compile": kw["compile_layers"] and device == "cuda",
+                "layers": kw["layers"],
+            },
             force=kw["force"],
         )
         typer.echo(f"run directory: {path}")

@@ -40,6 +40,13 @@ SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 # Forwards of more new tokens than this (prefill) run the eager layer even after compile_layers(): every prompt
 # length would otherwise be one more static-shape compile.
 COMPILED_MAX_TOKENS = 16
+# The compiled layer variants by name (``--layers`` of ``spdsim exec run`` and the studies):
+# FastModel.compile_layers' options for each (studies/executor_speed/README.md measures them)
+LAYER_VARIANTS: dict[str, dict[str, bool]] = {
+    "compiled": {},
+    "fused": {"fused": True},
+    "fused+pdl": {"fused": True, "pdl": True},
+}
 
 
 @dataclass(frozen=True)

@@ -264,3 +264,16 @@ def load_fast_model(
     except ValueError as exc:
         raise SpdsimError(f"model '{spec}': {exc}") from None
     return fast, loaded
+
+
+def compile_layer_variant(model: Any, layers: str, mode: str | None = None) -> None:
+    """Compile ``model``'s layers as the named variant (``executor.fastmodel.LAYER_VARIANTS``); the fused
+    variants exist for FastModel models only (one-line error otherwise)."""
+    from executor.fastmodel import LAYER_VARIANTS, FastModel
+
+    options = LAYER_VARIANTS[layers]
+    if options and not isinstance(model, FastModel):
+        raise SpdsimError(
+            f"--layers {layers}: this model has no fused layer (Qwen3 / Llama / Qwen2 models only)"
+        )
+    model.compile_layers(mode, **options)

@@ -44,6 +44,9 @@ def test_run_out_writes_a_run_directory_and_only_force_rewrites_it(tmp_path: Pat
     assert result.exit_code == 0, result.output
     assert "run directory:" in result.output
     assert {"config.json", "tokens.csv", "summary.json", "trace.csv"} <= {p.name for p in out.iterdir()}
+    config = json.loads((out / "config.json").read_text())
+    # what ran: on the CPU nothing compiles, whatever --compile says
+    assert (config["graphs"], config["compile"], config["layers"]) == (True, False, "compiled")
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and again.output.startswith("error:") and again.output.count("\n") == 1
     assert CliRunner().invoke(app, [*args, "--force"]).exit_code == 0
@@ -72,6 +75,8 @@ def test_bad_inputs_exit_2_with_one_line() -> None:
         ["run", "--model", "random:qwen3.5-27b"],  # unknown preset
         ["run", "--model", "random:tiny-qwen3", "--method", "medusa"],
         ["run", "--model", "random:tiny-qwen3", "--prompts", "mmlu"],
+        ["run", "--model", "random:tiny-qwen3", "--layers", "fastest"],
+        ["run", "--method", "spd", "--distributed", "--layers", "fused", "--device", "cpu"],
         ["profile", "--model", "random:tiny-qwen3", "--kv-lens", "a,b"],
         ["fetch", "gpt-7"],
     ):

@@ -14,6 +14,21 @@ from executor.layer_fns import rms_norm, swiglu
 from tests.triton_interpreter import run_interpreted, written_arguments
 
 
+@pytest.fixture
+def two_gemv_configs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU numerics tests tune over two configurations, not all 24: the properties they check hold for every
+    block shape, and tuning every (shape, flags, dtype) key over all of them compiles for minutes (a GPU call cut
+    test_the_fused_gemvs_on_the_gpu_on_qwen3_4b_shapes at 200 s, inside the autotuner). Speed is the bench's."""
+    triton = pytest.importorskip("triton")
+    from executor.gemv import _gemv_tuned
+
+    configs = [
+        triton.Config({"BLOCK_N": 4, "BLOCK_K": 512}, num_warps=4),
+        triton.Config({"BLOCK_N": 16, "BLOCK_K": 256}, num_warps=8),
+    ]
+    monkeypatch.setattr(_gemv_tuned, "configs", configs)
+
+
 def _check(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
     """Within one bf16 rounding of the fp32 product (the kernel accumulates in fp32, rounds once)."""
     reference = F.linear(x.float(), w.float())
@@ -232,7 +247,7 @@ def test_torch_compile_sees_every_gemv_variant_write_only_its_output() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_the_fused_gemvs_on_the_gpu_on_qwen3_4b_shapes() -> None:
+def test_the_fused_gemvs_on_the_gpu_on_qwen3_4b_shapes(two_gemv_configs: None) -> None:
     """Against float32, the fused kernels' bf16 error is of the size of the eager bf16 composition's."""
     pytest.importorskip("triton")
     for n, k in ((6144, 2560), (2560, 4096), (19456, 2560), (2560, 9728)):
@@ -243,7 +258,9 @@ def test_the_fused_gemvs_on_the_gpu_on_qwen3_4b_shapes() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_compiled_fused_layers_on_the_gpu_are_as_close_to_float32_as_bf16_without_them() -> None:
+def test_compiled_fused_layers_on_the_gpu_are_as_close_to_float32_as_bf16_without_them(
+    two_gemv_configs: None,
+) -> None:
     """The fused one-token layer (GEMVs with their neighbours, the attention kernel) under torch.compile on the GPU:
     against float32, its error is of the size of bf16's own (plain compiled or eager), as for the GEMV."""
     pytest.importorskip("triton")
@@ -260,7 +277,9 @@ def test_compiled_fused_layers_on_the_gpu_are_as_close_to_float32_as_bf16_withou
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_pdl_fused_layers_on_the_gpu_are_as_close_to_float32_as_bf16_without_them() -> None:
+def test_pdl_fused_layers_on_the_gpu_are_as_close_to_float32_as_bf16_without_them(
+    two_gemv_configs: None,
+) -> None:
     """The fused layer's kernels as programmatic dependent launches (weights loaded before each waits): against
     float32, its error is of the size of bf16's own, and a second run gives the same bits."""
     pytest.importorskip("triton")

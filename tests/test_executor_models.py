@@ -100,3 +100,11 @@ def test_smollm2_generates_coherent_text() -> None:
         fast, prompt, GenerationConfig(max_new_tokens=24, stop_token_ids=(loaded.tokenizer.eos_token_id,))
     )
     assert "Paris" in loaded.tokenizer.decode(list(out.tokens))
+
+
+def test_a_fused_layer_variant_is_refused_for_a_hybrid_model_in_one_line() -> None:
+    from executor.models import compile_layer_variant, load_fast_model
+
+    hybrid, _ = load_fast_model("random:tiny-qwen3.5", max_seq_len=64)
+    with pytest.raises(SpdsimError, match="no fused layer"):
+        compile_layer_variant(hybrid, "fused+pdl")

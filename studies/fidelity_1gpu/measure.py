@@ -24,8 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from executor.fastmodel import FastModel  # noqa: E402
-from executor.models import load_fast_model  # noqa: E402
+from executor.fastmodel import LAYER_VARIANTS  # noqa: E402
+from executor.models import compile_layer_variant, load_fast_model  # noqa: E402
 from executor.profile import (  # noqa: E402
     ProfileGrid,
     build_bundle,
@@ -39,17 +39,12 @@ from executor.profile import (  # noqa: E402
 from executor.prompts import load_prompts  # noqa: E402
 from executor.rundir import write_run_dir  # noqa: E402
 from executor.schedules import run_method  # noqa: E402
+from spdsim.contract import SpdsimError  # noqa: E402
 from spdsim.contract.profile_schema import load_profile  # noqa: E402
 
 CHAIN_K = (2, 3, 5, 7)
 CHAIN_ALPHA = (0.6, 0.8, 0.9)
 SPD_STAGES = (2, 4)
-# --layers: FastModel.compile_layers' options for each variant (studies/executor_speed/README.md)
-LAYER_VARIANTS: dict[str, dict[str, bool]] = {
-    "compiled": {},
-    "fused": {"fused": True},
-    "fused+pdl": {"fused": True, "pdl": True},
-}
 
 
 def log(message: str) -> None:
@@ -86,12 +81,10 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
     dtype = "bfloat16" if device == "cuda" else "float32"
     model, loaded = load_fast_model(spec, device=device, dtype=dtype, seed=0, max_seq_len=4096)
     if device == "cuda":
-        layers = LAYER_VARIANTS[args.layers]
-        if layers and not isinstance(model, FastModel):
-            raise SystemExit(
-                f"error: --layers {args.layers}: {spec} has no fused layer (FastModel models only)"
-            )
-        model.compile_layers(**layers)
+        try:
+            compile_layer_variant(model, args.layers)
+        except SpdsimError as exc:
+            raise SystemExit(f"error: {spec}: {exc}") from None
     prompts = [
         (p.prompt_id, p.token_ids) for p in load_prompts(args.prompts, loaded.tokenizer, limit=args.limit)
     ]

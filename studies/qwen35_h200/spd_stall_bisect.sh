@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Where does single-process SPD on random:qwen3.5-4b stall on a GPU? (issue 17; session 10)
+# Sessions 9-10: measure.py's spd_n2_a0.80 waits in the verify's host read (executor/host_sync.py to_host) for
+# minutes: the GPU never finishes the cycle's work. This runs the same schedule from the CLI, one short prompt,
+# with graphs and compile switched off one at a time, each under its own limit; a run past its limit prints its
+# Python stacks (faulthandler) and is killed. Carry [".whl"]. Results: $OUT/spd_stall_bisect.log.
+set -u
+OUT=${OUT:-/tmp/out}
+LOG=$OUT/spd_stall_bisect.log
+RUN_S=${RUN_S:-70}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor TRITON_CACHE_DIR=$PWD/.cache/triton
+MODEL=${MODEL:-random:qwen3.5-4b}
+ARGS="--model $MODEL --method spd --stages 2 --synthetic-alpha 0.8 --limit 1 --max-new-tokens 24"
+IFS='|' read -r -a variants <<< "${VARIANTS:---no-graphs --no-compile|--no-graphs|--no-compile|--dtype float32 --no-graphs --no-compile}"
+for flags in "${variants[@]}"; do
+  echo "== spdsim exec run $ARGS $flags" | tee -a "$LOG"
+  # shellcheck disable=SC2086
+  timeout $((RUN_S + 10)) python3 -X faulthandler -c "
+import faulthandler, sys
+faulthandler.dump_traceback_later($RUN_S, exit=True)
+from spdsim.cli import main
+sys.argv = ['spdsim', 'exec', 'run'] + sys.argv[1:]
+main()
+" $ARGS $flags >> "$LOG" 2>&1
+  echo "exit $?" | tee -a "$LOG"
+  grep -E "tok/s|lossless|realised|Error" "$LOG" | tail -3
+done
