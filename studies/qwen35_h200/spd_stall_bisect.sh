@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Where does single-process SPD on random:qwen3.5-4b stall on a GPU? (issue 17; session 10)
 # Sessions 9-10: measure.py's spd_n2_a0.80 waits in the verify's host read (executor/host_sync.py to_host) for
-# minutes: the GPU never finishes the cycle's work. This runs the same schedule from the CLI, one short prompt,
-# with graphs and compile switched off one at a time, each under its own limit; a run past its limit prints its
-# Python stacks (faulthandler) and is killed. Carry [".whl"]. Results: $OUT/spd_stall_bisect.log.
+# minutes: the GPU never finishes the cycle's work. This runs the same schedule from the CLI, one short prompt, with
+# graphs and compile switched off one at a time, each under its own limit; a run past its limit prints its Python
+# stacks (faulthandler) and is killed. nvidia-smi samples ($OUT/smi.csv) say whether the GPU is busy or idle
+# meanwhile. Carry [".whl"]. Results: $OUT/spd_stall_bisect.log.
 set -u
 OUT=${OUT:-/tmp/out}
 LOG=$OUT/spd_stall_bisect.log
@@ -13,6 +14,10 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor TRITON_CACHE_DIR=$PWD/.cache/triton
 MODEL=${MODEL:-random:qwen3.5-4b}
 ARGS="--model $MODEL --method spd --stages 2 --synthetic-alpha 0.8 --limit 1 --max-new-tokens 24"
+# the GPU's load every 5 s: busy (a long kernel) or idle (work waiting on something) while a run stalls
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used,power.draw,clocks.sm --format=csv -l 5 > "$OUT/smi.csv" 2>&1 &
+SMI=$!
+trap 'kill $SMI 2>/dev/null' EXIT
 IFS='|' read -r -a variants <<< "${VARIANTS:---no-graphs --no-compile|--no-graphs|--no-compile|--dtype float32 --no-graphs --no-compile}"
 for flags in "${variants[@]}"; do
   echo "== spdsim exec run $ARGS $flags" | tee -a "$LOG"
