@@ -180,19 +180,30 @@ def _relative_errors(got: dict[str, torch.Tensor], reference: dict[str, torch.Te
 
 
 def check_fused_gemvs(n: int, k: int, device: str = "cpu") -> dict[str, Any]:
-    """Float32: the composition's values (reduction order aside). Bf16: the eager composition's rounding points
-    (within a bf16 rounding of it) and the same bits on a second call."""
+    """Float32: the composition's values (reduction order aside). Bf16: every output within a few bf16 roundings of
+    the float32 value, and the same bits on a second call; returns both bf16 paths' errors against float32.
+
+    Bf16 is not compared element by element with the eager bf16 composition: where the product and the residual
+    (or bias) cancel, one rounding of the product apart is many roundings of the result (an H100 run saw 0.19 on
+    a result near 0 for qwen3-4b's down projection), and the eager path is itself that far from float32."""
     ops32 = _operands(n, k, torch.float32, device)
     fused32, composed32 = _fused(ops32), _composed(ops32)
     for name, ref in composed32.items():  # float32 sums of up to ~10k terms in another order: ~1e-5 apart
         assert torch.allclose(fused32[name], ref, rtol=1e-4, atol=1e-4), name
     ops16 = {name: t.bfloat16() for name, t in ops32.items()}
     fused16, composed16 = _fused(ops16), _composed(ops16)
-    for name, ref in composed16.items():
-        assert fused16[name].dtype == torch.bfloat16 and fused16[name].shape == ref.shape
-        assert torch.allclose(fused16[name].float(), ref.float(), rtol=2**-7, atol=2**-7), name
-        assert torch.equal(fused16[name], _fused(ops16)[name]), name
     reference = _composed({name: t.float() for name, t in ops16.items()})
+    addends = {"norm_gemv+bias": ops16["bias"], "gemv_residual": ops16["residual"]}
+    addends["swiglu_gemv_residual"] = ops16["residual"]
+    for name, ref in reference.items():
+        assert fused16[name].dtype == torch.bfloat16 and fused16[name].shape == ref.shape
+        addend = addends[name].float().abs().reshape(ref.shape) if name in addends else 0.0
+        # a bf16 rounding is 2^-8 of what it rounds; the kernel rounds the row, the product and the sum. At
+        # qwen3-4b's shapes, under the interpreter, kernel and eager composition are both at most 1.9 such units
+        # of this scale from float32 (down projection); the bound is 4
+        scale = ref.abs() + addend + ref.pow(2).mean().sqrt()
+        assert ((fused16[name].float() - ref).abs() <= 2**-6 * scale).all(), name
+        assert torch.equal(fused16[name], _fused(ops16)[name]), name
     return {"fused": _relative_errors(fused16, reference), "eager": _relative_errors(composed16, reference)}
 
 
