@@ -9,6 +9,9 @@ set -u
 OUT=${OUT:-/tmp/out}
 LOG=$OUT/spd_stall_bisect.log
 RUN_S=${RUN_S:-70}
+# LAUNCH_BLOCKING=1: every kernel launch waits for the kernel, so an eager run's stack dump names the op whose
+# kernel does not end (session 10: eager runs stall too, the GPU 100% busy at ~258 W)
+[ "${LAUNCH_BLOCKING:-0}" = 1 ] && export CUDA_LAUNCH_BLOCKING=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor TRITON_CACHE_DIR=$PWD/.cache/triton
