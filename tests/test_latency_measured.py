@@ -81,7 +81,8 @@ def test_measured_interpolates_linearly_inside_the_grid(tmp_path):
     [
         (
             lambda m: m.layers_ns(4, 1, 5_000),
-            r"phases.layers: kv_len=5000 outside the measured range \[0, 4000\]",
+            r"phases.layers: kv_len=5000 outside the measured range \[0, 4000\] \(no extrapolation\); keep "
+            r"workload.prompt_tokens \+ workload.new_tokens within 4000",
         ),
         (lambda m: m.layers_ns(16, 1, 0), r"phases.layers: layers=16 outside the measured range \[2, 8\]"),
         (lambda m: m.layers_ns(4, 1, np.array([0, 9_000])), r"kv_len=\[0, 9000\] outside"),

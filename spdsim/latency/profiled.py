@@ -257,9 +257,16 @@ class _GridTable:
         for name, axis in zip(self.coords, self.axes, strict=True):
             query = np.asarray(coords[name], dtype=np.float64)
             if query.size and (query.min() < axis[0] or query.max() > axis[-1]):
+                # kv_len is the run's context: the usual way out of range is a workload longer than the bundle
+                hint = (
+                    f"; keep workload.prompt_tokens + workload.new_tokens within {axis[-1]:g} (--set "
+                    "workload.new_tokens=...) or measure longer windows (spdsim exec profile --kv-lens)"
+                    if name == "kv_len" and query.max() > axis[-1]
+                    else ""
+                )
                 raise ProfileError(
                     f"profile.phases.{self.phase}: {name}={_fmt_range(query)} outside the measured range "
-                    f"[{axis[0]:g}, {axis[-1]:g}] (no extrapolation)"
+                    f"[{axis[0]:g}, {axis[-1]:g}] (no extrapolation){hint}"
                 )
         return _to_ns(self._interpolate(self.values_ns, 0, coords))
 
