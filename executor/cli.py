@@ -142,8 +142,7 @@ def _run(**kw) -> None:
     for key in ("top_k", "top_p"):  # temperature-only sampling unless asked
         if kw[key] is not None:
             opts[key] = kw[key]
-    if kw["method"] == "ar":
-        opts["use_graphs"] = kw["graphs"]
+    opts["use_graphs"] = kw["graphs"]
     if kw["stages"] is not None:
         opts["stages"] = kw["stages"]
     if kw["stage_layers"]:

@@ -67,6 +67,7 @@ class GraphCache:
     """
 
     def __init__(self, enabled: bool = True, warmup_iters: int = WARMUP_ITERS) -> None:
+        self.requested = enabled  # the caller's choice; graphs run only where CUDA is (enabled)
         self.enabled = enabled and torch.cuda.is_available()
         self.warmup_iters = warmup_iters
         self._graphs: dict[Hashable, GraphedStep] = {}

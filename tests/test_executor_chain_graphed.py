@@ -68,9 +68,9 @@ def test_synthetic_reference_is_computed_in_the_verify_shape(target, head, monke
     asked = []
     original = base.greedy_continuation
 
-    def recording(model, prefix, count, rows=1):
+    def recording(model, prefix, count, rows=1, use_graphs=True):
         asked.append(rows)
-        return original(model, prefix, count, rows)
+        return original(model, prefix, count, rows, use_graphs)
 
     monkeypatch.setattr(base, "greedy_continuation", recording)
     options = DecodeOptions(max_new_tokens=NEW, synthetic_alpha=0.8)

@@ -73,7 +73,9 @@ def prefill(model, tokens: list[int], cache, collect=()) -> tuple[torch.Tensor, 
     return model.head(hidden[:, -1:])[0, 0], feats
 
 
-def greedy_continuation(model, prefix: list[int], num_tokens: int, rows: int = 1) -> list[int]:
+def greedy_continuation(
+    model, prefix: list[int], num_tokens: int, rows: int = 1, use_graphs: bool = True
+) -> list[int]:
     """The target's greedy continuation of `prefix`: the synthetic reference.
 
     ``rows = 1``: the AR schedule's (graph-captured on a GPU). ``rows > 1``: each token from the first row of a
@@ -81,7 +83,8 @@ def greedy_continuation(model, prefix: list[int], num_tokens: int, rows: int = 1
     overwritten by the next pass). In bf16 on a GPU the kernels of a K+1-row pass round differently from one-row
     steps, and with random weights' nearly flat logits that moves argmaxes: an AR reference then leaves the chain's
     committed tokens (24–33 re-anchors in 330 checks on an H200, each a planned accept the target refused, so
-    realised α fell ~0.1 below nominal). A reference of the verify's own shape shares its kernels."""
+    realised α fell ~0.1 below nominal). A reference of the verify's own shape shares its kernels.
+    ``use_graphs`` (``rows = 1``): the schedule's own choice, so a run without graphs captures none."""
     if num_tokens < 1:
         return []
     if rows == 1:
@@ -89,7 +92,9 @@ def greedy_continuation(model, prefix: list[int], num_tokens: int, rows: int = 1
 
         cache = model.new_cache(len(prefix) + num_tokens)
         return list(
-            generate_ar(model, prefix, GenerationConfig(max_new_tokens=num_tokens), cache=cache).tokens
+            generate_ar(
+                model, prefix, GenerationConfig(max_new_tokens=num_tokens, use_graphs=use_graphs), cache=cache
+            ).tokens
         )
     with torch.inference_mode():
         cache = model.new_cache(len(prefix) + num_tokens + rows)
@@ -103,7 +108,13 @@ def greedy_continuation(model, prefix: list[int], num_tokens: int, rows: int = 1
 
 
 def synthetic_drafts(
-    model, tokens: list[int], options: DecodeOptions, seed: int, lookahead: int, verify_rows: int = 1
+    model,
+    tokens: list[int],
+    options: DecodeOptions,
+    seed: int,
+    lookahead: int,
+    verify_rows: int = 1,
+    use_graphs: bool = True,
 ):
     """The prompt's synthetic-acceptance draft replacer (None without `synthetic_alpha`); it plans `lookahead`
     tokens past the generation length, because drafts run ahead of commits. ``verify_rows``: the query rows of the
@@ -116,7 +127,7 @@ def synthetic_drafts(
         options.max_new_tokens + lookahead,
         model.cfg.vocab_size,
         seed,
-        lambda prefix, count: greedy_continuation(model, prefix, count, verify_rows),
+        lambda prefix, count: greedy_continuation(model, prefix, count, verify_rows, use_graphs),
     )
 
 

@@ -6,6 +6,7 @@ from dataclasses import asdict, replace
 
 import torch
 
+from executor.graphs import GraphCache
 from executor.heads.checkpoint import load_spd_checkpoint
 from executor.heads.eagle3 import Eagle3Head, Eagle3HeadConfig, draft_vocabulary, load_eagle3
 from executor.heads.layers import base_config_of
@@ -45,23 +46,27 @@ def _dispatch(name: str, model, prompts, opts: dict) -> RunResult:
     fields["stop_token_ids"] = tuple(fields.get("stop_token_ids") or ())
     options = DecodeOptions(**fields)
     warmup = opts.pop("warmup", False)
+    use_graphs = bool(opts.pop("use_graphs", True))  # every method: a run without graphs captures none
     if name == "ar":
-        result = run_ar(model, prompts, options, use_graphs=opts.pop("use_graphs", True), warmup=warmup)
+        result = run_ar(model, prompts, options, use_graphs=use_graphs, warmup=warmup)
     elif name == "spd":
-        result = _spd(model, prompts, options, opts, warmup)
+        result = _spd(model, prompts, options, opts, warmup, use_graphs)
     elif name == "draft-model":
         draft = opts.pop("draft_model", None)
         if draft is None:
             raise SpdsimError("method draft-model needs a draft model (draft_model=...)")
-        result = run_chain(
-            model, draft, prompts, "draft-model", int(opts.pop("k", 3)), options, warmup=warmup
-        )
+        graphs = GraphCache(enabled=use_graphs)
+        k = int(opts.pop("k", 3))
+        result = run_chain(model, draft, prompts, "draft-model", k, options, graphs, warmup=warmup)
     elif name == "eagle3":
         head_path, vocab = opts.pop("head", None), opts.pop("draft_vocab_size", None)
         if head_path is not None and vocab is not None:
             raise SpdsimError("draft_vocab_size: a trained head's checkpoint fixes its draft vocabulary")
         head = _eagle3_head(model, head_path, options.seed, DRAFT_VOCAB_SIZE if vocab is None else int(vocab))
-        result = run_chain(model, head, prompts, "eagle3", int(opts.pop("k", 3)), options, warmup=warmup)
+        graphs = GraphCache(enabled=use_graphs)
+        result = run_chain(
+            model, head, prompts, "eagle3", int(opts.pop("k", 3)), options, graphs, warmup=warmup
+        )
         rows = int(head.lm_head.weight.shape[0])  # the head's draft vocabulary, trained or random
         result = replace(result, config={**result.config, "draft_vocab_size": rows})
     else:
@@ -71,7 +76,9 @@ def _dispatch(name: str, model, prompts, opts: dict) -> RunResult:
     return result
 
 
-def _spd(model, prompts, options: DecodeOptions, opts: dict, warmup: bool = False) -> RunResult:
+def _spd(
+    model, prompts, options: DecodeOptions, opts: dict, warmup: bool = False, use_graphs: bool = True
+) -> RunResult:
     stage_layers, stages = opts.pop("stage_layers", None), opts.pop("stages", None)
     head_path = opts.pop("head", None)
     base = base_config_of(model)
@@ -98,7 +105,7 @@ def _spd(model, prompts, options: DecodeOptions, opts: dict, warmup: bool = Fals
         lm_head = model.embed_tokens if model.lm_head_weight is None else model.lm_head_weight
         drafter.attach_base(model.norm.detach().cpu().float(), lm_head.detach().cpu().float())
     drafter = drafter.to(device=model.device, dtype=model.dtype).eval()
-    return run_spd(model, drafter, prompts, split, options, warmup=warmup, flush=flush)
+    return run_spd(model, drafter, prompts, split, options, use_graphs, warmup=warmup, flush=flush)
 
 
 def _eagle3_head(model, head_path, seed: int, draft_vocab_size: int = DRAFT_VOCAB_SIZE) -> Eagle3Head:
@@ -124,8 +131,6 @@ def run_ar(
     """The AR schedule of `executor.schedules.ar` (graph-captured on a GPU), as a RunResult. ``warmup``: decode
     the prompts of `warmup_prompts` (one per starting window) untimed first, on the cache and graphs the timed
     prompts use; the config's "warmup_prompts" counts them."""
-    from executor.graphs import GraphCache
-
     options.validate()
     prompts = as_prompts(prompts)
     # One cache and one set of captured graphs for all prompts: a capture per prompt costs ~80 ms on a GPU.

@@ -162,12 +162,14 @@ class SpdPrompt:
         self.verifier = Verifier(options.temperature, seed, model.device, options.top_k, options.top_p)
         self.timer = PhaseTimer(model.device)
         self.tokens = list(prompt.tokens)
-        self.synthetic = synthetic_drafts(model, self.tokens, options, seed, lookahead=num_stages + 1)
+        self.graphs = graphs if graphs is not None else GraphCache(enabled=False)
+        self.synthetic = synthetic_drafts(
+            model, self.tokens, options, seed, lookahead=num_stages + 1, use_graphs=self.graphs.requested
+        )
         capacity = max(min_spec_capacity, spec_capacity(len(self.tokens), options, num_stages))
         if fast is None or fast.capacity < capacity:
             fast = FastSpdDrafter(drafter, model, capacity)
         self.fast = fast
-        self.graphs = graphs if graphs is not None else GraphCache(enabled=False)
         fast.reset()
         fast.load_plan(self.synthetic)
         self.record = PromptRecorder(prompt.prompt_id, len(self.tokens), "spd")
