@@ -38,7 +38,12 @@ class GraphedStep:
         *,
         pool: Any = None,
         warmup_iters: int = WARMUP_ITERS,
+        capture_stream: Any = None,
     ) -> None:
+        """``capture_stream``: the stream the capture runs on (default: torch's one capture stream, shared by every
+        graph). cuBLAS keys its workspace by stream and a graph keeps the workspace address it was captured with,
+        so graphs that may replay at the same time on different streams need different capture streams, or their
+        matmuls share one workspace (pytorch/pytorch#193402 describes the sharing)."""
         self.fn = fn
         self.static_inputs = tuple(x.clone() for x in example_inputs)
         side = torch.cuda.Stream()
@@ -48,7 +53,8 @@ class GraphedStep:
                 fn(*self.static_inputs)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        self.capture_stream = capture_stream
+        with torch.cuda.graph(self.graph, pool=pool, stream=capture_stream):
             self.static_outputs = fn(*self.static_inputs)
 
     def __call__(self, *inputs: torch.Tensor) -> Any:
@@ -76,6 +82,9 @@ class GraphCache:
         # capture order (chain: draft, verify, draft0, draft, verify) then reads clobbered outputs (seen on the
         # H200 as garbage token ids in the verify's inputs, studies/executor_speed/README.md).
         self._pool = None
+        # One capture stream per stream the graphs replay on (GraphedStep: their matmuls' cuBLAS workspaces); the
+        # single-process SPD replays stage, draft and verify graphs concurrently, one stream each.
+        self._capture_streams: dict[int, Any] = {}
         # Every key run, captured or eager: the shapes a decode has met, so a test on the CPU can check that a
         # warm-up met every shape the timed prompts meet (on a GPU an unmet key is a capture inside the clock).
         self.seen: set[Hashable] = set()
@@ -90,7 +99,13 @@ class GraphCache:
             return fn(*inputs)
         step = self._graphs.get(key)
         if step is None:
-            step = GraphedStep(fn, inputs, pool=self._pool, warmup_iters=self.warmup_iters)
+            replay_stream = torch.cuda.current_stream().cuda_stream
+            if replay_stream not in self._capture_streams:
+                self._capture_streams[replay_stream] = torch.cuda.Stream()
+            capture = self._capture_streams[replay_stream]
+            step = GraphedStep(
+                fn, inputs, pool=self._pool, warmup_iters=self.warmup_iters, capture_stream=capture
+            )
             self._graphs[key] = step
         return step(*inputs)
 

@@ -72,7 +72,8 @@ def profile_stream_overlap(
 
             hidden = torch.randn(1, 1, model.cfg.hidden_size, device=model.device, dtype=model.dtype)
             if graphs:
-                steps.append(GraphedStep(member, (hidden, positions)))
+                # replayed concurrently, one stream each: one capture stream each (GraphedStep)
+                steps.append(GraphedStep(member, (hidden, positions), capture_stream=torch.cuda.Stream()))
                 members.append(steps[-1].graph.replay)
             else:
                 members.append(lambda _m=member, _h=hidden: _m(_h, positions))
