@@ -104,6 +104,7 @@ if triton is not None:
         as a programmatic dependent launch; the first weight block is loaded before waiting for the previous kernel
         (weights are never written), and the next kernel may launch once every program has started."""
         dtype = x_ptr.dtype.element_ty
+        eps = tl.full((), eps, tl.float32)  # inductor passes Python floats as float64 scalars
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
         cols = tl.arange(0, BLOCK_K)
@@ -119,9 +120,7 @@ if triton is not None:
                 cols = block * BLOCK_K + tl.arange(0, BLOCK_K)
                 x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
                 squares += x * x
-            inv_rms = tl.rsqrt(
-                tl.sum(squares, axis=0) / K + tl.full((), eps, tl.float32)
-            )  # inductor passes float64
+            inv_rms = tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
         partial = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         for block in range(0, tl.cdiv(K, BLOCK_K)):
             cols = block * BLOCK_K + tl.arange(0, BLOCK_K)
