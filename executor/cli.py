@@ -69,9 +69,10 @@ def run(
     ),
     layers: str = typer.Option(
         "compiled",
-        help="GPU layer variant: compiled (inductor); fused (one-token steps as executor.fused_decode's Triton "
-        "layer, compiled); fused+pdl (those kernels as programmatic dependent launches: the fastest AR step, "
-        "studies/executor_speed/README.md). Qwen3 / Llama / Qwen2 models",
+        help="GPU layer variant: compiled (inductor); gemv (one-token matmuls as executor.gemv's Triton GEMV); "
+        "fused (one-token steps as executor.fused_decode's Triton layer, compiled) and fused+pdl (those kernels "
+        "as programmatic dependent launches: the fastest AR step, studies/executor_speed/README.md), Qwen3 / "
+        "Llama / Qwen2 models only",
     ),
     out: Path = typer.Option(None, help="write a new run directory (tokens, trace, cycles, summary)"),
     force: bool = typer.Option(False, "--force", help="rewrite a run directory spdsim made (its files only)"),

@@ -41,12 +41,16 @@ SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 # length would otherwise be one more static-shape compile.
 COMPILED_MAX_TOKENS = 16
 # The compiled layer variants by name (``--layers`` of ``spdsim exec run`` and the studies):
-# FastModel.compile_layers' options for each (studies/executor_speed/README.md measures them)
+# FastModel.compile_layers' options for each (studies/executor_speed/README.md measures them). "compiled" and
+# "gemv" (one-token matmuls as executor.gemv's Triton GEMV, no cuBLAS call) serve the hybrid too; the fused ones
+# are FastModel's own (FUSED_VARIANTS)
 LAYER_VARIANTS: dict[str, dict[str, bool]] = {
     "compiled": {},
+    "gemv": {"gemv": True},
     "fused": {"fused": True},
     "fused+pdl": {"fused": True, "pdl": True},
 }
+FUSED_VARIANTS = ("fused", "fused+pdl")
 
 
 @dataclass(frozen=True)

@@ -269,11 +269,12 @@ def load_fast_model(
 def compile_layer_variant(model: Any, layers: str, mode: str | None = None) -> None:
     """Compile ``model``'s layers as the named variant (``executor.fastmodel.LAYER_VARIANTS``); the fused
     variants exist for FastModel models only (one-line error otherwise)."""
-    from executor.fastmodel import LAYER_VARIANTS, FastModel
+    from executor.fastmodel import FUSED_VARIANTS, LAYER_VARIANTS, FastModel
 
     options = LAYER_VARIANTS[layers]
-    if options and not isinstance(model, FastModel):
+    if layers in FUSED_VARIANTS and not isinstance(model, FastModel):
         raise SpdsimError(
-            f"--layers {layers}: this model has no fused layer (Qwen3 / Llama / Qwen2 models only)"
+            f"--layers {layers}: this model has no fused layer (Qwen3 / Llama / Qwen2 models only; "
+            "compiled and gemv serve every model)"
         )
     model.compile_layers(mode, **options)

@@ -7,7 +7,7 @@ import torch
 from executor_tiny import tiny_model
 
 from executor.heads.eagle3 import Eagle3Head, Eagle3HeadConfig, FastEagle3
-from executor.heads.fast_layer import layer_shape, new_head_cache, pack_decoder_layer
+from executor.heads.fast_layer import layer_shape, new_head_cache, pack_decoder_layer, run_head_layer
 from executor.heads.layers import base_config_of
 
 
@@ -60,3 +60,32 @@ def test_fast_step_matches_eagle3_head_step(pair):
     torch.testing.assert_close(torch.cat([logits_a, logits_b], 1), ref_logits.float(), rtol=1e-5, atol=1e-5)
     full = head.full_vocab_logits(ref_logits[0, -1]).argmax()
     assert int(fast.full_ids(logits_b[0, -1].argmax())) == int(full)
+
+
+@pytest.mark.parametrize("inference", [False, True])
+def test_a_packed_layer_reuses_the_targets_compiled_layer(inference):
+    """Packed in or out of inference mode, a head's layer has the target's weight types and dispatch keys, so the
+    target's compile of a shape serves it: no second compile per shape (each costs seconds on a GPU)."""
+    from executor_tiny import VOCAB, tiny_config_fields
+    from torch._dynamo.testing import CompileCounter
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from executor.fastmodel import FastModel
+
+    torch.manual_seed(0)
+    hf = Qwen3ForCausalLM(Qwen3Config(**tiny_config_fields(VOCAB, 2, 256))).eval()
+    model = FastModel.from_hf(hf, max_seq_len=256)
+    counter = CompileCounter()
+    model.compile_layers(backend=counter)
+    shape = layer_shape(hf.model.layers[0])
+    with torch.inference_mode():
+        hidden, positions = torch.randn(1, 1, model.cfg.hidden_size), torch.tensor([5])
+        target = model.forward_layers(hidden, positions, 0, 1, model.new_cache(16), kv_len=256)[0]
+        frames = counter.frame_count
+    with torch.inference_mode(inference):
+        packed = pack_decoder_layer(hf.model.layers[0])
+    with torch.inference_mode():
+        cache = new_head_cache(shape, 16, 256, "cpu", torch.float32)
+        head = run_head_layer(model, packed, shape, hidden, positions, cache, 256)
+    assert frames > 0 and counter.frame_count == frames
+    torch.testing.assert_close(head, target)

@@ -108,3 +108,15 @@ def test_a_fused_layer_variant_is_refused_for_a_hybrid_model_in_one_line() -> No
     hybrid, _ = load_fast_model("random:tiny-qwen3.5", max_seq_len=64)
     with pytest.raises(SpdsimError, match="no fused layer"):
         compile_layer_variant(hybrid, "fused+pdl")
+
+
+def test_the_gemv_layer_variant_serves_a_hybrid_model() -> None:
+    """Every one-token matmul of the hybrid's compiled layers goes through executor.gemv (no cuBLAS call on a GPU)."""
+    from unittest import mock
+
+    from executor.models import compile_layer_variant, load_fast_model
+
+    hybrid, _ = load_fast_model("random:tiny-qwen3.5", max_seq_len=64)
+    with mock.patch.object(type(hybrid), "compile_layers") as compile_layers:
+        compile_layer_variant(hybrid, "gemv")
+    compile_layers.assert_called_once_with(None, gemv=True)

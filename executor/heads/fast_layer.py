@@ -17,8 +17,9 @@ API (shared with the SPD head work):
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from executor.cache import KVCache, cache_slots
+from executor.cache import KVCache, cache_slots, persistent_buffers
 from executor.layer_fns import LayerShape, LayerWeights
 from spdsim.contract import SpdsimError
 
@@ -35,23 +36,28 @@ def pack_decoder_layer(layer, device=None, dtype=None) -> LayerWeights:
         raise SpdsimError("fast head layer: an o_proj bias is not supported by the fused decoder layer")
 
     def take(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.detach().to(device=device or tensor.device, dtype=dtype or tensor.dtype).contiguous()
+        # a Parameter and an ordinary tensor (persistent_buffers), as the target's fused weights are: dynamo guards
+        # on type and dispatch keys, so a plain or an inference tensor would compile every shape of the shared layer
+        # function a second time
+        moved = tensor.detach().to(device=device or tensor.device, dtype=dtype or tensor.dtype).contiguous()
+        return nn.Parameter(moved, requires_grad=False)
 
-    qkv_bias = None
-    if attn.q_proj.bias is not None:
-        qkv_bias = take(torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]))
     q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
-    return LayerWeights(
-        input_norm=take(layer.input_layernorm.weight),
-        qkv=take(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])),
-        qkv_bias=qkv_bias,
-        q_norm=None if q_norm is None else take(q_norm.weight),
-        k_norm=None if k_norm is None else take(k_norm.weight),
-        o_proj=take(attn.o_proj.weight),
-        post_norm=take(layer.post_attention_layernorm.weight),
-        gate_up=take(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
-        down=take(mlp.down_proj.weight),
-    )
+    with persistent_buffers():
+        qkv_bias = None
+        if attn.q_proj.bias is not None:
+            qkv_bias = take(torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]))
+        return LayerWeights(
+            input_norm=take(layer.input_layernorm.weight),
+            qkv=take(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])),
+            qkv_bias=qkv_bias,
+            q_norm=None if q_norm is None else take(q_norm.weight),
+            k_norm=None if k_norm is None else take(k_norm.weight),
+            o_proj=take(attn.o_proj.weight),
+            post_norm=take(layer.post_attention_layernorm.weight),
+            gate_up=take(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
+            down=take(mlp.down_proj.weight),
+        )
 
 
 def layer_shape(layer) -> LayerShape:
