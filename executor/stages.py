@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from spdsim.contract import SpdsimError
+from spdsim.formulas import uneven_counts  # re-exported: executor callers split stages through here
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,6 @@ def split_layers(
             f"(e.g. --stage-layers {','.join(map(str, uneven_counts(num_layers, num_stages)))})"
         )
     return StageSplit((num_layers // num_stages,) * num_stages)
-
-
-def uneven_counts(num_layers: int, num_stages: int) -> tuple[int, ...]:
-    """A balanced uneven split (earlier stages one layer more), offered as a suggestion."""
-    base, extra = divmod(num_layers, num_stages)
-    return tuple(base + (1 if s < extra else 0) for s in range(num_stages))
 
 
 def parse_stage_layers(text: str) -> tuple[int, ...]:

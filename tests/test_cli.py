@@ -169,6 +169,29 @@ BAD = [
         "method.num_stages: 6 does not divide model.num_layers = 32",
     ),
     (["simulate", "--set", "method.stage_layers=4,4,4,4,4,4,4,3"], "method.stage_layers: sums to 31"),
+    # a measured profile of a 36-layer model under the default scenario: each message names the way out
+    (
+        ["simulate", "--profile", "qwen3-4b_h100"],
+        "8 does not divide model.num_layers = 36; give method.stage_layers (8 layer counts summing to 36, e.g. "
+        "--set method.stage_layers=[5,5,5,5,4,4,4,4])",
+    ),
+    (
+        ["simulate", "--profile", "qwen3-4b_h100", "--set", "method.stage_layers=[5,5,5,5,4,4,4,4]"],
+        "kv_len=[128, 640] outside the measured range [256, 4096] (no extrapolation); give "
+        "workload.prompt_tokens >= 256",
+    ),
+    (
+        [
+            "simulate",
+            "--profile",
+            "qwen3-4b_h100",
+            "--set",
+            "method.num_stages=4",
+            "--set",
+            "workload.prompt_tokens=256",
+        ],
+        "needs phase 'drafter', which the profile lacks (it has ar_step, embed, head, layers, p2p)",
+    ),
     (
         ["simulate", "--set", "latency.kind=constant", "--set", "latency.layer_ns=-1"],
         "latency.layer_ns: must be >= 0",

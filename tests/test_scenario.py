@@ -150,7 +150,10 @@ BAD_OVERRIDES = [
     ),
     (["method.num_stages=4", "method.stage_layers=8,8,8,7"], "method.stage_layers: sums to 31; must sum to"),
     (["method.num_stages=4", "method.stage_layers=16,16"], "method.stage_layers: has 2 entries"),
-    (["model=qwen3-8b"], "method.num_stages: 8 does not divide model.num_layers = 36"),
+    (
+        ["model=qwen3-8b"],
+        "36; give method.stage_layers (8 layer counts summing to 36, e.g. --set method.stage_layers=[5,5,5,5,4,4,4,4])",
+    ),
     (["method.num_stages=abc"], "method.num_stages: expected an integer, got 'abc'"),
     (
         ["method.drafter_placement=cpu"],

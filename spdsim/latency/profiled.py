@@ -39,7 +39,9 @@ class MeasuredLatency(LatencyModel):
         table = self._tables.get(phase)
         if table is None:
             raise ProfileError(
-                f"profile.phases: this scenario needs phase '{phase}', which the profile lacks"
+                f"profile.phases: this scenario needs phase '{phase}', which the profile lacks (it has "
+                f"{', '.join(sorted(self._tables))}); measure it (spdsim exec profile) or compare only what it "
+                "prices (spdsim compare --method ar ...)"
             )
         return table
 
@@ -258,12 +260,18 @@ class _GridTable:
             query = np.asarray(coords[name], dtype=np.float64)
             if query.size and (query.min() < axis[0] or query.max() > axis[-1]):
                 # kv_len is the run's context: the usual way out of range is a workload longer than the bundle
-                hint = (
-                    f"; keep workload.prompt_tokens + workload.new_tokens within {axis[-1]:g} (--set "
-                    "workload.new_tokens=...) or measure longer windows (spdsim exec profile --kv-lens)"
-                    if name == "kv_len" and query.max() > axis[-1]
-                    else ""
-                )
+                # (its shortest is the prompt: a workload shorter than the bundle's first window)
+                hint = ""
+                if name == "kv_len" and query.max() > axis[-1]:
+                    hint = (
+                        f"; keep workload.prompt_tokens + workload.new_tokens within {axis[-1]:g} (--set "
+                        "workload.new_tokens=...) or measure longer windows (spdsim exec profile --kv-lens)"
+                    )
+                elif name == "kv_len":
+                    hint = (
+                        f"; give workload.prompt_tokens >= {axis[0]:g} (--set workload.prompt_tokens=...) or "
+                        "measure shorter windows (spdsim exec profile --kv-lens)"
+                    )
                 raise ProfileError(
                     f"profile.phases.{self.phase}: {name}={_fmt_range(query)} outside the measured range "
                     f"[{axis[0]:g}, {axis[-1]:g}] (no extrapolation){hint}"

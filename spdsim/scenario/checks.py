@@ -11,6 +11,7 @@ from dataclasses import fields
 
 from spdsim.contract.profile_schema import load_profile
 from spdsim.errors import SpdsimError
+from spdsim.formulas import uneven_counts
 from spdsim.scenario.config import (
     ACCEPTANCE_KINDS,
     DRAFTER_PLACEMENTS,
@@ -88,8 +89,9 @@ def _validate_method(method: MethodSpec, model: ModelShape | None) -> None:
         check(n <= layers, f"method.num_stages: {n} exceeds model.num_layers = {layers}")
         check(
             layers % n == 0,
-            f"method.num_stages: {n} does not divide model.num_layers = {layers}; "
-            f"give method.stage_layers ({n} layer counts summing to {layers})",
+            f"method.num_stages: {n} does not divide model.num_layers = {layers}; give method.stage_layers "
+            f"({n} layer counts summing to {layers}, e.g. --set "
+            f"method.stage_layers=[{','.join(map(str, uneven_counts(layers, n)))}])",
         )
 
 
