@@ -5,10 +5,15 @@ Torch and transformers are imported inside the commands, so ``spdsim --help`` st
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
+import traceback
 from pathlib import Path
 
 import typer
 
+from spdsim.boundary import EXIT_BUG, write_log
 from spdsim.contract import SpdsimError, user_errors
 
 app = typer.Typer(
@@ -80,6 +85,12 @@ def run(
     drafter: str = typer.Option("colocated", help="--distributed: drafter on stage 0's rank or its own"),
     timeout_s: float = typer.Option(60.0, help="--distributed: any one wait; a silent rank is named"),
     tp: int = typer.Option(None, "--tp", min=1, help="--distributed AR: tensor-parallel degree (ranks)"),
+    stall_s: float = typer.Option(
+        120.0,
+        min=0.0,
+        help="end the run in one line, with every thread's stack in a log, when one read of the device waits "
+        "longer than this (a kernel that does not end); 0: wait forever",
+    ),
 ) -> None:
     """Decode real prompts and print tokens/s, per-phase timings and the lossless check."""
     if tp is not None and not distributed:
@@ -111,8 +122,35 @@ def run(
 
 
 def _run(**kw) -> None:
+    from executor.host_sync import stall_watchdog
+
     for key in ("distributed", "drafter", "timeout_s", "tp"):
         kw.pop(key, None)
+    stall_s = kw.pop("stall_s")
+    with stall_watchdog(stall_s, functools.partial(_end_stalled_run, stall_s)):
+        _run_and_write(**kw)
+
+
+def _end_stalled_run(limit_s: float, waited_s: float) -> None:
+    """The watchdog's report: the main thread is blocked in a device read that Python cannot interrupt, so this
+    ends the process (before any run directory is written: nothing half-written is left)."""
+    stacks = "\n".join(
+        f"thread {ident}:\n{''.join(traceback.format_stack(frame))}"
+        for ident, frame in sys._current_frames().items()
+    )
+    log = write_log(f"one device read waited {waited_s:.1f} s (--stall-s {limit_s:g})\n\n{stacks}")
+    where = f"every thread's stack in {log}" if log else "no log file could be written"
+    typer.echo(
+        f"error: the device did not finish the decode work: one read of it waited {waited_s:.0f} s, past "
+        f"--stall-s {limit_s:g} (a kernel that does not end; {where}); nothing was written",
+        err=True,
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_BUG)
+
+
+def _run_and_write(**kw) -> None:
     from executor.fastmodel import LAYER_VARIANTS
     from executor.models import compile_layer_variant, load_fast_model
     from executor.prompts import load_prompts

@@ -68,18 +68,23 @@ def message_of(exc: BaseException) -> tuple[int, str] | None:
     return None
 
 
-def log_bug(exc: BaseException) -> Path | None:
-    """The traceback, in a log file under SPDSIM_LOG_DIR (default: the temporary directory)."""
+def write_log(text: str) -> Path | None:
+    """``text`` in a new log file under SPDSIM_LOG_DIR (default: the temporary directory); None if unwritable."""
     folder = Path(os.environ.get("SPDSIM_LOG_DIR") or tempfile.gettempdir())
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(prefix=f"spdsim-{stamp}-", suffix=".log", dir=folder)
         with os.fdopen(handle, "w") as log:
-            log.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+            log.write(text)
         return Path(name)
     except OSError:
         return None
+
+
+def log_bug(exc: BaseException) -> Path | None:
+    """The traceback, in a log file (``write_log``)."""
+    return write_log("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
 
 
 def fail(exc: BaseException) -> typer.Exit:

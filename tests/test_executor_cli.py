@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,50 @@ def test_eagle3_without_a_head_warns_before_anything_runs():
     )
     assert result.exit_code == 2
     assert "warning: eagle3 without --head" in result.stderr and "device: unknown 'tpu'" in result.stderr
+
+
+def test_a_device_read_that_never_returns_ends_the_run_in_one_line(tmp_path: Path) -> None:
+    """The CLI's stall watchdog: one line naming a log with every thread's stack (the blocked read among them),
+    exit 1, no run directory."""
+    code = """
+import sys, time
+import executor.host_sync as host_sync
+
+class Hang:  # a device tensor whose read never returns
+    def reshape(self, *shape): return self
+    def tolist(self): time.sleep(600)
+
+real = host_sync.to_host
+host_sync.to_host = lambda tensor, allowed=True: real(Hang(), allowed)
+from spdsim.cli import main
+main(sys.argv[1:])
+"""
+    out = tmp_path / "run"
+    args = [
+        "exec",
+        "run",
+        "--model",
+        "random:tiny-qwen3",
+        "--method",
+        "spd",
+        "--stages",
+        "2",
+        "--device",
+        "cpu",
+    ]
+    args += ["--limit", "1", "--max-new-tokens", "8", "--stall-s", "1", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "SPDSIM_LOG_DIR": str(tmp_path / "logs")},
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr[-2000:]
+    assert (
+        lines[0].startswith("error: the device did not finish the decode work") and "--stall-s 1" in lines[0]
+    )
+    (log,) = (tmp_path / "logs").iterdir()
+    assert log.name in lines[0] and "in tolist" in log.read_text() and "to_host" in log.read_text()
+    assert not out.exists()
