@@ -14,6 +14,7 @@ import argparse
 import datetime
 import faulthandler
 import json
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from executor.fastmodel import LAYER_VARIANTS  # noqa: E402
+from executor.host_sync import stall_watchdog  # noqa: E402
 from executor.models import compile_layer_variant, load_fast_model  # noqa: E402
 from executor.profile import (  # noqa: E402
     ProfileGrid,
@@ -107,8 +109,17 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
             log(f"{tag} {name}: kept (--resume)")
             return
         log(f"{tag} {name}: started")  # with the line at its end: where a call's time went
+
+        def stalled(
+            waited_s: float,
+        ) -> None:  # a blocked device read cannot be interrupted: end, let the next go
+            log(f"{tag} {name}: STALLED, one device read waited {waited_s:.0f} s (--stall-s); every stack:")
+            faulthandler.dump_traceback(file=sys.stdout, all_threads=True)
+            sys.stdout.flush()
+            os._exit(3)
+
         try:
-            with stack_dumps(args.stack_dump_s):
+            with stack_dumps(args.stack_dump_s), stall_watchdog(args.stall_s, stalled):
                 result = run_method(method, model, prompts, **common, **opts)
             save(name, result)
         except Exception as exc:  # noqa: BLE001 - a measurement campaign logs a failed run and goes on
@@ -274,6 +285,12 @@ def main() -> int:
         type=float,
         default=120.0,
         help="print the Python stacks every this many seconds while a run is in flight (0: never)",
+    )
+    parser.add_argument(
+        "--stall-s",
+        type=float,
+        default=120.0,
+        help="end the campaign (exit 3, stacks printed) when one device read waits longer (0: never)",
     )
     args = parser.parse_args()
     args.chain_k = tuple(int(k) for k in args.chain_k.split(",") if k)

@@ -16,7 +16,10 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor TRITON_CACHE_DIR=$PWD/.cache/triton
 MODEL=${MODEL:-random:qwen3.5-4b}
-ARGS="--model $MODEL --method spd --stages 2 --synthetic-alpha 0.8 --limit 1 --max-new-tokens 24"
+# --stall-s: a run whose device read waits STALL_S seconds ends in one line, its stacks in $OUT/logs (compiles and
+# captures happen between reads and never count), so a stalling variant costs seconds, not RUN_S
+export SPDSIM_LOG_DIR=$OUT/logs
+ARGS="--model $MODEL --method spd --stages 2 --synthetic-alpha 0.8 --limit 1 --max-new-tokens 24 --stall-s ${STALL_S:-30}"
 # the GPU's load every 5 s: busy (a long kernel) or idle (work waiting on something) while a run stalls
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used,power.draw,clocks.sm --format=csv -l 5 > "$OUT/smi.csv" 2>&1 &
 SMI=$!
