@@ -91,6 +91,9 @@ def run(
         help="end the run in one line, with every thread's stack in a log, when one read of the device waits "
         "longer than this (a kernel that does not end); 0: wait forever",
     ),
+    progress: bool = typer.Option(
+        True, "--progress/--no-progress", help="per-prompt progress bar on stderr (not with --distributed)"
+    ),
 ) -> None:
     """Decode real prompts and print tokens/s, per-phase timings and the lossless check."""
     if tp is not None and not distributed:
@@ -153,6 +156,7 @@ def _end_stalled_run(limit_s: float, waited_s: float) -> None:
 def _run_and_write(**kw) -> None:
     from executor.fastmodel import LAYER_VARIANTS
     from executor.models import compile_layer_variant, load_fast_model
+    from executor.prompt_bar import prompt_bar
     from executor.prompts import load_prompts
     from executor.schedules import METHODS, run_method
     from executor.stages import parse_stage_layers
@@ -199,12 +203,14 @@ def _run_and_write(**kw) -> None:
             kw["draft_model"], device=device, dtype=dtype, seed=kw["seed"] + 1
         )
     pairs = [(p.prompt_id, p.token_ids) for p in prompt_set]
-    result = run_method(kw["method"], fast, pairs, **opts)
+    with prompt_bar(kw["method"], kw["progress"]) as progress:
+        result = run_method(kw["method"], fast, pairs, **opts, progress=progress)
     _print_summary(result, loaded.tokenizer)
     if kw["method"] != "ar" and kw["temperature"] == 0.0:
         from executor.schedules import lossless_check
 
-        matches, total = lossless_check(fast, pairs, result)
+        with prompt_bar("lossless check, greedy ar", kw["progress"]) as progress:
+            matches, total = lossless_check(fast, pairs, result, progress)
         verdict = "lossless" if matches == total else "NOT token-identical (see bf16 note in README)"
         typer.echo(f"lossless check vs greedy AR: {matches}/{total} prompts identical — {verdict}")
     if kw["out"] is not None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from executor.cli import app
@@ -35,6 +36,25 @@ def test_run_ar_prints_summary() -> None:
     )
     assert result.exit_code == 0, result.output
     assert "tokens_per_s" in result.output
+
+
+@pytest.mark.parametrize("flag", ["--progress", "--no-progress"])
+def test_run_progress_bar_goes_to_stderr_and_the_summary_still_prints(flag: str) -> None:
+    """The bar (one row for the run's prompts, one for the lossless check's AR reference) is on stderr only,
+    finished before the summary table prints on stdout; --no-progress draws none."""
+    args = ["run", "--model", "random:tiny-qwen3", "--method", "spd", "--stages", "2", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--limit", "2", "--max-new-tokens", "6", flag])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.lstrip().startswith("spd on cpu")  # the table's title: nothing before it
+    assert "tokens_per_s" in result.stdout and "lossless check vs greedy AR: 2/2" in result.stdout
+    assert "timed prompts" not in result.stdout
+    bars = [line for line in result.stderr.splitlines() if "timed prompts" in line]
+    if flag == "--progress":
+        assert len(bars) == 2
+        assert bars[0].startswith("spd: timed prompts") and " 2/2 " in bars[0]
+        assert bars[1].startswith("lossless check, greedy ar: timed prompts") and " 2/2 " in bars[1]
+    else:
+        assert bars == [] and result.stderr == ""
 
 
 def test_run_out_writes_a_run_directory_and_only_force_rewrites_it(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ METHODS = tuple(m for m in ALL_METHODS if m in {"ar", "spd", "draft-model", "eag
 def run_method(name: str, model, prompts, **opts):
     """Decode `prompts` with method `name`; returns a `RunResult` (write it with `executor.rundir.write_run_dir`).
 
-    Common options: max_new_tokens, temperature, seed, synthetic_alpha, stop_token_ids.
+    Common options: max_new_tokens, temperature, seed, synthetic_alpha, stop_token_ids, warmup, use_graphs,
+    progress (a `base.PromptProgress` called between prompts, warm-up ones labelled; default None: silent).
     spd: stages, stage_layers, spec_layers (1), aggr_feature_bound ("auto"), head (v11 checkpoint; else an
     untrained drafter seeded from `seed`). draft-model: draft_model (a FastModel), k. eagle3: head (checkpoint
     from `save_eagle3`; else untrained), k.
@@ -21,8 +22,9 @@ def run_method(name: str, model, prompts, **opts):
     return dispatch(name, model, prompts, opts)
 
 
-def lossless_check(model, prompts, result) -> tuple[int, int]:
-    """(prompts whose tokens equal greedy AR's, prompts) for a temperature-0 `RunResult`."""
+def lossless_check(model, prompts, result, progress=None) -> tuple[int, int]:
+    """(prompts whose tokens equal greedy AR's, prompts) for a temperature-0 `RunResult`; ``progress`` hears the
+    AR reference's prompts."""
     from executor.schedules.dispatch import lossless_check as check
 
-    return check(model, prompts, result)
+    return check(model, prompts, result, progress)

@@ -1,16 +1,20 @@
 """Pieces the schedules share on top of the fast model: cache sizing, attention windows, the untimed warm-up
-prompts, a prefill that also returns anchor features, and the target's greedy reference continuation (synthetic
-acceptance)."""
+prompts, the per-prompt loop with its progress reports, a prefill that also returns anchor features, and the
+target's greedy reference continuation (synthetic acceptance)."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from executor.cache import kv_bucket
-from executor.schedules.common import DecodeOptions, Prompt, SyntheticDrafts
+from executor.schedules.common import DecodeOptions, Prompt, PromptRun, SyntheticDrafts
+
+# progress(phase, done, total): phase WARMUP (untimed decodes) or TIMED; `decode_each` says when it is called
+PromptProgress = Callable[[str, int, int], None]
+WARMUP, TIMED = "warm-up", "timed"
 
 
 def cache_length(model, prompt_len: int, options: DecodeOptions, lookahead: int = 0) -> int:
@@ -47,6 +51,26 @@ def warmup_prompts(prompts: Sequence[Prompt], lookahead: int = 0) -> tuple[Promp
         if key not in longest or len(prompt.tokens) > len(longest[key].tokens):
             longest[key] = prompt
     return tuple(longest.values())
+
+
+def decode_each(
+    prompts: Sequence[Prompt],
+    decode: Callable[[Prompt, int], PromptRun],
+    phase: str = TIMED,
+    progress: PromptProgress | None = None,
+) -> tuple[PromptRun, ...]:
+    """``decode(prompt, index)`` for each prompt in turn. ``progress`` hears (phase, 0, total) before the
+    first prompt and (phase, done, total) after each one: only between prompts, where no clock runs (a prompt
+    is timed inside ``decode``, from its prefill's end to its last commit), so a slow report never shows in
+    the timings."""
+    if progress is not None and prompts:
+        progress(phase, 0, len(prompts))
+    runs = []
+    for index, prompt in enumerate(prompts):
+        runs.append(decode(prompt, index))
+        if progress is not None:
+            progress(phase, index + 1, len(prompts))
+    return tuple(runs)
 
 
 def forward_tokens(

@@ -18,7 +18,11 @@ import torch
 from executor.graphs import GraphCache
 from executor.heads.eagle3 import FastEagle3
 from executor.schedules.base import (
+    TIMED,
+    WARMUP,
+    PromptProgress,
     cache_length,
+    decode_each,
     follow_synthetic,
     forward_tokens,
     prefill,
@@ -204,13 +208,15 @@ def run_chain(
     options: DecodeOptions = DecodeOptions(),
     graphs: GraphCache | None = None,
     warmup: bool = False,
+    progress: PromptProgress | None = None,
 ) -> RunResult:
     """Chain SD with `kind` "draft-model" (drafter: a fast model) or "eagle3" (drafter: an Eagle3Head).
 
     At T = 0 every iteration runs on the device path of `executor.schedules.chain_graphed` (graph-captured on a
     GPU, in `graphs` or a new GraphCache; one host sync per iteration); at T > 0 the eager loop below samples.
     ``warmup``: decode the prompts of `warmup_prompts` (one per starting window) untimed first, on the runtime and
-    graphs the timed prompts use; the config's "warmup_prompts" counts them."""
+    graphs the timed prompts use; the config's "warmup_prompts" counts them. ``progress``: see
+    `base.decode_each`."""
     options.validate()
     if kind not in ("draft-model", "eagle3"):
         raise SpdsimError(f"chain method {kind!r} unknown (allowed: draft-model, eagle3)")
@@ -234,11 +240,13 @@ def run_chain(
             source = GraphedEagle3(FastEagle3.from_head(drafter, model), runtime, max_prompt, options)
         else:
             source = GraphedDraftModel(drafter, runtime, max_prompt, options)
-        for prompt in warm:  # untimed, on the runtime and graphs the timed prompts use
-            run_graphed_prompt(model, prompt, 0, options, kind, source, collect)
-        runs = tuple(
-            run_graphed_prompt(model, p, i, options, kind, source, collect) for i, p in enumerate(prompts)
-        )
+
+        def graphed(prompt, index: int) -> PromptRun:
+            return run_graphed_prompt(model, prompt, index, options, kind, source, collect)
+
+        # untimed, on the runtime and graphs the timed prompts use
+        decode_each(warm, lambda p, _: graphed(p, 0), WARMUP, progress)
+        runs = decode_each(prompts, graphed, TIMED, progress)
         return RunResult(kind, config, runs, str(model.device))
 
     def make_drafter(tokens, feats):
@@ -246,9 +254,9 @@ def run_chain(
             return Eagle3Drafter(drafter, model, len(tokens), feats, options, k)
         return _DraftModel(drafter, tokens, options, k)
 
-    for prompt in warm:
-        run_chain_prompt(model, prompt, 0, options, kind, k, collect, make_drafter)
-    runs = tuple(
-        run_chain_prompt(model, p, i, options, kind, k, collect, make_drafter) for i, p in enumerate(prompts)
-    )
+    def decode(prompt, index: int) -> PromptRun:
+        return run_chain_prompt(model, prompt, index, options, kind, k, collect, make_drafter)
+
+    decode_each(warm, lambda p, _: decode(p, 0), WARMUP, progress)
+    runs = decode_each(prompts, decode, TIMED, progress)
     return RunResult(kind, config, runs, str(model.device))

@@ -12,9 +12,9 @@ from executor.heads.eagle3 import Eagle3Head, Eagle3HeadConfig, draft_vocabulary
 from executor.heads.layers import base_config_of
 from executor.heads.spd_v11 import SpdHeadConfig, SpeculationModuleV11
 from executor.schedules import METHODS
-from executor.schedules.base import warmup_prompts
+from executor.schedules.base import TIMED, WARMUP, PromptProgress, decode_each, warmup_prompts
 from executor.schedules.chain import run_chain
-from executor.schedules.common import CycleTiming, DecodeOptions, PromptRun, RunResult, as_prompts
+from executor.schedules.common import CycleTiming, DecodeOptions, Prompt, PromptRun, RunResult, as_prompts
 from executor.schedules.spd import run_spd
 from executor.stages import split_layers
 from spdsim.contract import SpdsimError
@@ -35,7 +35,9 @@ def dispatch(name: str, model, prompts, opts: dict) -> RunResult:
     """Every method is timed the same way: untimed warm-up decodes of `base.warmup_prompts` (one prompt per
     starting attention window, so captures, compiles and first-seen shapes happen off the clock; default on a GPU;
     the config's "warmup_prompts" counts them), then every prompt from its prefill's end (prefill excluded) to
-    its last commit on the host clock, after the iteration's sync that committed the token."""
+    its last commit on the host clock, after the iteration's sync that committed the token. "progress" (a
+    `base.PromptProgress`, default None: silent) hears each warm-up and each timed prompt end, between
+    prompts."""
     opts = dict(opts)
     warmup = bool(opts.pop("warmup", model.device.type == "cuda"))
     return _dispatch(name, model, prompts, {**opts, "warmup": warmup})
@@ -47,25 +49,29 @@ def _dispatch(name: str, model, prompts, opts: dict) -> RunResult:
     options = DecodeOptions(**fields)
     warmup = opts.pop("warmup", False)
     use_graphs = bool(opts.pop("use_graphs", True))  # every method: a run without graphs captures none
+    progress = opts.pop("progress", None)
     if name == "ar":
-        result = run_ar(model, prompts, options, use_graphs=use_graphs, warmup=warmup)
+        result = run_ar(model, prompts, options, use_graphs=use_graphs, warmup=warmup, progress=progress)
     elif name == "spd":
-        result = _spd(model, prompts, options, opts, warmup, use_graphs)
+        result = _spd(model, prompts, options, opts, warmup, use_graphs, progress)
     elif name == "draft-model":
         draft = opts.pop("draft_model", None)
         if draft is None:
             raise SpdsimError("method draft-model needs a draft model (draft_model=...)")
         graphs = GraphCache(enabled=use_graphs)
         k = int(opts.pop("k", 3))
-        result = run_chain(model, draft, prompts, "draft-model", k, options, graphs, warmup=warmup)
+        result = run_chain(
+            model, draft, prompts, "draft-model", k, options, graphs, warmup=warmup, progress=progress
+        )
     elif name == "eagle3":
         head_path, vocab = opts.pop("head", None), opts.pop("draft_vocab_size", None)
         if head_path is not None and vocab is not None:
             raise SpdsimError("draft_vocab_size: a trained head's checkpoint fixes its draft vocabulary")
         head = _eagle3_head(model, head_path, options.seed, DRAFT_VOCAB_SIZE if vocab is None else int(vocab))
         graphs = GraphCache(enabled=use_graphs)
+        k = int(opts.pop("k", 3))
         result = run_chain(
-            model, head, prompts, "eagle3", int(opts.pop("k", 3)), options, graphs, warmup=warmup
+            model, head, prompts, "eagle3", k, options, graphs, warmup=warmup, progress=progress
         )
         rows = int(head.lm_head.weight.shape[0])  # the head's draft vocabulary, trained or random
         result = replace(result, config={**result.config, "draft_vocab_size": rows})
@@ -77,7 +83,13 @@ def _dispatch(name: str, model, prompts, opts: dict) -> RunResult:
 
 
 def _spd(
-    model, prompts, options: DecodeOptions, opts: dict, warmup: bool = False, use_graphs: bool = True
+    model,
+    prompts,
+    options: DecodeOptions,
+    opts: dict,
+    warmup: bool = False,
+    use_graphs: bool = True,
+    progress: PromptProgress | None = None,
 ) -> RunResult:
     stage_layers, stages = opts.pop("stage_layers", None), opts.pop("stages", None)
     head_path = opts.pop("head", None)
@@ -105,7 +117,9 @@ def _spd(
         lm_head = model.embed_tokens if model.lm_head_weight is None else model.lm_head_weight
         drafter.attach_base(model.norm.detach().cpu().float(), lm_head.detach().cpu().float())
     drafter = drafter.to(device=model.device, dtype=model.dtype).eval()
-    return run_spd(model, drafter, prompts, split, options, use_graphs, warmup=warmup, flush=flush)
+    return run_spd(
+        model, drafter, prompts, split, options, use_graphs, warmup=warmup, flush=flush, progress=progress
+    )
 
 
 def _eagle3_head(model, head_path, seed: int, draft_vocab_size: int = DRAFT_VOCAB_SIZE) -> Eagle3Head:
@@ -126,11 +140,16 @@ def _eagle3_head(model, head_path, seed: int, draft_vocab_size: int = DRAFT_VOCA
 
 
 def run_ar(
-    model, prompts, options: DecodeOptions, use_graphs: bool = True, warmup: bool = False
+    model,
+    prompts,
+    options: DecodeOptions,
+    use_graphs: bool = True,
+    warmup: bool = False,
+    progress: PromptProgress | None = None,
 ) -> RunResult:
     """The AR schedule of `executor.schedules.ar` (graph-captured on a GPU), as a RunResult. ``warmup``: decode
     the prompts of `warmup_prompts` (one per starting window) untimed first, on the cache and graphs the timed
-    prompts use; the config's "warmup_prompts" counts them."""
+    prompts use; the config's "warmup_prompts" counts them. ``progress``: `base.decode_each`."""
     options.validate()
     prompts = as_prompts(prompts)
     # One cache and one set of captured graphs for all prompts: a capture per prompt costs ~80 ms on a GPU.
@@ -138,19 +157,26 @@ def run_ar(
     graphs = GraphCache(enabled=use_graphs)
     warm = warmup_prompts(prompts) if warmup else ()
     # untimed, on the cache and graphs the timed prompts use
-    ar_prompt_runs(model, warm, options, cache, graphs)
-    runs = ar_prompt_runs(model, prompts, options, cache, graphs)
+    ar_prompt_runs(model, warm, options, cache, graphs, WARMUP, progress)
+    runs = ar_prompt_runs(model, prompts, options, cache, graphs, TIMED, progress)
     config = {"method": "ar", **asdict(options), "warmup_prompts": len(warm)}
     return RunResult("ar", config, runs, str(model.device))
 
 
-def ar_prompt_runs(model, prompts, options: DecodeOptions, cache, graphs) -> tuple[PromptRun, ...]:
+def ar_prompt_runs(
+    model,
+    prompts,
+    options: DecodeOptions,
+    cache,
+    graphs,
+    phase: str = TIMED,
+    progress: PromptProgress | None = None,
+) -> tuple[PromptRun, ...]:
     """``generate_ar`` on each prompt in turn, sharing ``cache`` and ``graphs``; ``model`` is a FastModel or a
-    tensor-parallel shard (same API)."""
+    tensor-parallel shard (same API). ``phase``, ``progress``: `base.decode_each`."""
     from executor.schedules.ar import GenerationConfig, SamplingConfig, generate_ar
 
-    runs = []
-    for index, prompt in enumerate(prompts):
+    def decode(prompt: Prompt, index: int) -> PromptRun:
         sampling = SamplingConfig(
             temperature=options.temperature,
             top_k=options.top_k,
@@ -159,32 +185,36 @@ def ar_prompt_runs(model, prompts, options: DecodeOptions, cache, graphs) -> tup
         )
         gen = GenerationConfig(options.max_new_tokens, sampling, options.stop_token_ids, graphs.enabled)
         out = generate_ar(model, prompt.tokens, gen, cache=cache, graphs=graphs)
-        times = out.token_times_us
         cycles = tuple(CycleTiming(i, "ar", 1, {"step": us}) for i, us in enumerate(out.step_us))
-        runs.append(
-            PromptRun(
-                prompt.prompt_id,
-                len(prompt.tokens),
-                out.tokens,
-                tuple(times),
-                (-1, *range(len(out.step_us))),
-                (False,) * len(out.tokens),
-                cycles,
-                (),
-                0,
-                0,
-            )
+        return PromptRun(
+            prompt.prompt_id,
+            len(prompt.tokens),
+            out.tokens,
+            tuple(out.token_times_us),
+            (-1, *range(len(out.step_us))),
+            (False,) * len(out.tokens),
+            cycles,
+            (),
+            0,
+            0,
         )
-    return tuple(runs)
+
+    return decode_each(prompts, decode, phase, progress)
 
 
-def lossless_check(model, prompts, result: RunResult) -> tuple[int, int]:
-    """(prompts whose tokens equal greedy AR's, prompts); only meaningful for a temperature-0 run."""
+def lossless_check(
+    model, prompts, result: RunResult, progress: PromptProgress | None = None
+) -> tuple[int, int]:
+    """(prompts whose tokens equal greedy AR's, prompts); only meaningful for a temperature-0 run.
+    ``progress`` hears the AR reference's prompts (`base.decode_each`)."""
     if result.config.get("temperature", 0.0) != 0.0:
         raise SpdsimError("the lossless check compares with greedy AR: it needs a temperature-0 run")
     options = {key: result.config[key] for key in ("max_new_tokens", "stop_token_ids")}
     reference = run_ar(
-        model, prompts, DecodeOptions(**{**options, "stop_token_ids": tuple(options["stop_token_ids"])})
+        model,
+        prompts,
+        DecodeOptions(**{**options, "stop_token_ids": tuple(options["stop_token_ids"])}),
+        progress=progress,
     )
     matches = sum(a.tokens == b.tokens for a, b in zip(reference.prompts, result.prompts, strict=True))
     return matches, len(result.prompts)

@@ -39,7 +39,11 @@ from executor.graphs import GraphCache
 from executor.heads.fast_spd import FastSpdDrafter
 from executor.host_sync import HostSyncs, sync_allowed, to_host
 from executor.schedules.base import (
+    TIMED,
+    WARMUP,
+    PromptProgress,
     cache_length,
+    decode_each,
     follow_synthetic,
     prefill,
     synthetic_drafts,
@@ -423,11 +427,13 @@ def run_spd(
     use_graphs: bool = True,
     warmup: bool = False,
     flush: str = "flush",
+    progress: PromptProgress | None = None,
 ) -> RunResult:
     """Decode every prompt with SPD; the drafter must have been built for this split and model. ``warmup``: decode
     the prompts of `warmup_prompts` (one per starting window) untimed first, on the caches and graphs the timed
     prompts use, so their first cycles capture nothing new (the config's "warmup_prompts" counts them).
-    ``flush``: what a rejection does to the tokens in flight (module docstring)."""
+    ``flush``: what a rejection does to the tokens in flight (module docstring). ``progress``: see
+    `base.decode_each`."""
     options.validate()
     check_drafter(model, drafter, split)
     check_flush(model, flush)
@@ -436,9 +442,8 @@ def run_spd(
     decoder = _SpdDecoder(model, drafter, split, options, streams, prompt_list, use_graphs, flush)
     # The fill and the first saturated cycle reach n positions past the first decode position.
     warm = warmup_prompts(prompt_list, lookahead=split.num_stages) if warmup else ()
-    for prompt in warm:
-        decoder.run(prompt, 0)
-    runs = tuple(decoder.run(prompt, index) for index, prompt in enumerate(prompt_list))
+    decode_each(warm, lambda prompt, _: decoder.run(prompt, 0), WARMUP, progress)
+    runs = decode_each(prompt_list, decoder.run, TIMED, progress)
     head = drafter.head_config
     config = {
         "method": "spd",
