@@ -13,8 +13,7 @@ from pathlib import Path
 
 import typer
 
-from spdsim.boundary import EXIT_BUG, write_log
-from spdsim.contract import SpdsimError, user_errors
+from spdsim.contract import EXIT_BUG, SpdsimError, user_errors, write_log
 
 app = typer.Typer(
     help="Real PyTorch executor: decode with AR / SPD / chain SD, profile phases.", no_args_is_help=True

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from spdsim.contract import SpdsimError
-from spdsim.formulas import uneven_counts  # re-exported: executor callers split stages through here
+from spdsim.contract import SpdsimError, uneven_counts  # uneven_counts re-exported for the executor's callers
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,6 @@ def alpha_from_spd_speedup(num_stages: int, speedup: float) -> float:
     return 1.0 - (num_stages / speedup - 1.0) / (num_stages - 1)
 
 
-def uneven_counts(num_layers: int, num_stages: int) -> tuple[int, ...]:
-    """The most even split of L layers into n stages (earlier stages one layer more): the suggestion both the
-    simulator and the executor offer when n does not divide L."""
-    base, extra = divmod(num_layers, num_stages)
-    return tuple(base + (1 if s < extra else 0) for s in range(num_stages))
-
-
 def chain_acceptance_length(alpha: float, gamma: int) -> float:
     """τ(γ) = 1 + Σ_k α^k = (1 - α^{γ+1}) / (1 - α), bonus token included (F1, i.i.d.)."""
     if alpha >= 1.0:

@@ -6,9 +6,13 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 import spdsim.contract as contract
 from spdsim.contract import vocabulary
 from spdsim.contract.profile_schema import PHASE_COORDINATES
+from spdsim.contract.shape import uneven_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,3 +101,12 @@ def test_the_contract_names_everything_it_exports():
     assert sorted(contract.__all__) == sorted(set(contract.__all__))
     for name in contract.__all__:
         assert hasattr(contract, name), name
+
+
+@given(st.integers(1, 120), st.integers(1, 32))
+def test_uneven_counts_is_the_most_even_split_earlier_stages_first(num_layers: int, num_stages: int) -> None:
+    counts = uneven_counts(num_layers, num_stages)
+    assert len(counts) == num_stages and sum(counts) == num_layers
+    assert max(counts) - min(counts) <= 1 and list(counts) == sorted(counts, reverse=True)
+    if num_layers % num_stages == 0:
+        assert set(counts) == {num_layers // num_stages}

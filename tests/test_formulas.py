@@ -1,21 +1,10 @@
-"""spdsim.formulas: the closed forms' limits, and the most even layer split."""
+"""spdsim.formulas: the closed forms' limits and inverses."""
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from spdsim import formulas
-
-
-@given(st.integers(1, 120), st.integers(1, 32))
-def test_uneven_counts_is_the_most_even_split_earlier_stages_first(num_layers: int, num_stages: int) -> None:
-    counts = formulas.uneven_counts(num_layers, num_stages)
-    assert len(counts) == num_stages and sum(counts) == num_layers
-    assert max(counts) - min(counts) <= 1 and list(counts) == sorted(counts, reverse=True)
-    if num_layers % num_stages == 0:
-        assert set(counts) == {num_layers // num_stages}
 
 
 def test_spd_speedup_limits() -> None:

@@ -10,7 +10,7 @@
 - the run directory: its two kinds and their files (``rundir``), how files are written (``files``: checked paths, atomic writes) and how a run's realised
   acceptance is summarised (``realised``);
 - the error a user mistake raises and the CLI boundary that turns it into one line (``SpdsimError``,
-  ``user_errors``).
+  ``user_errors``; ``write_log`` and ``EXIT_BUG`` for a failure that is no user mistake).
 
 The simulator never imports the executor; the executor imports ``spdsim.contract`` only (a test checks both).
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from spdsim.boundary import user_errors
+from spdsim.boundary import EXIT_BUG, user_errors, write_log
 from spdsim.contract.files import (
     check_out_dir,
     check_out_file,
@@ -38,7 +38,7 @@ from spdsim.contract.rundir import (
     require_scenario,
     run_kind,
 )
-from spdsim.contract.shape import ModelShape
+from spdsim.contract.shape import ModelShape, uneven_counts
 from spdsim.contract.trace import TRACE_COLUMNS
 from spdsim.contract.vocabulary import (
     CYCLE_STATES,
@@ -72,6 +72,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "EXIT_BUG",
+    "write_log",
     "CYCLE_STATES",
     "DRAFTER_FROM_EXECUTOR",
     "DRAFTER_PLACEMENTS",
@@ -89,6 +91,7 @@ __all__ = [
     "SERVING_TRACE",
     "SIMULATED_FILES",
     "TRACE_COLUMNS",
+    "uneven_counts",
     "TRACE_STATES",
     "AcceptancePreset",
     "ModelShape",

@@ -65,3 +65,10 @@ def linear_layer_params(s: ModelShape, all_experts: bool = False) -> int:
         + nv * d * s.hidden_size
         + mlp_params(s, all_experts)
     )
+
+
+def uneven_counts(num_layers: int, num_stages: int) -> tuple[int, ...]:
+    """The most even split of L layers into n stages (earlier stages one layer more): the suggestion both the
+    simulator and the executor offer when n does not divide L."""
+    base, extra = divmod(num_layers, num_stages)
+    return tuple(base + (1 if s < extra else 0) for s in range(num_stages))

@@ -10,8 +10,8 @@ import math
 from dataclasses import fields
 
 from spdsim.contract.profile_schema import load_profile
+from spdsim.contract.shape import uneven_counts
 from spdsim.errors import SpdsimError
-from spdsim.formulas import uneven_counts
 from spdsim.scenario.config import (
     ACCEPTANCE_KINDS,
     DRAFTER_PLACEMENTS,
