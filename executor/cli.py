@@ -6,14 +6,11 @@ Torch and transformers are imported inside the commands, so ``spdsim --help`` st
 from __future__ import annotations
 
 import functools
-import os
-import sys
-import traceback
 from pathlib import Path
 
 import typer
 
-from spdsim.contract import EXIT_BUG, SpdsimError, user_errors, write_log
+from spdsim.contract import SpdsimError, user_errors
 
 app = typer.Typer(
     help="Real PyTorch executor: decode with AR / SPD / chain SD, profile phases.", no_args_is_help=True
@@ -124,38 +121,20 @@ def run(
 
 
 def _run(**kw) -> None:
+    from executor.console import end_stalled_run
     from executor.host_sync import stall_watchdog
 
     for key in ("distributed", "drafter", "timeout_s", "tp"):
         kw.pop(key, None)
     stall_s = kw.pop("stall_s")
-    with stall_watchdog(stall_s, functools.partial(_end_stalled_run, stall_s)):
+    with stall_watchdog(stall_s, functools.partial(end_stalled_run, stall_s)):
         _run_and_write(**kw)
 
 
-def _end_stalled_run(limit_s: float, waited_s: float) -> None:
-    """The watchdog's report: the main thread is blocked in a device read that Python cannot interrupt, so this
-    ends the process (before any run directory is written: nothing half-written is left)."""
-    stacks = "\n".join(
-        f"thread {ident}:\n{''.join(traceback.format_stack(frame))}"
-        for ident, frame in sys._current_frames().items()
-    )
-    log = write_log(f"one device read waited {waited_s:.1f} s (--stall-s {limit_s:g})\n\n{stacks}")
-    where = f"every thread's stack in {log}" if log else "no log file could be written"
-    typer.echo(
-        f"error: the device did not finish the decode work: one read of it waited {waited_s:.0f} s, past "
-        f"--stall-s {limit_s:g} (a kernel that does not end; {where}); nothing was written",
-        err=True,
-    )
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_BUG)
-
-
 def _run_and_write(**kw) -> None:
+    from executor.console import print_summary, prompt_bar
     from executor.fastmodel import LAYER_VARIANTS
     from executor.models import compile_layer_variant, load_fast_model
-    from executor.prompt_bar import prompt_bar
     from executor.prompts import load_prompts
     from executor.schedules import METHODS, run_method
     from executor.stages import parse_stage_layers
@@ -204,7 +183,7 @@ def _run_and_write(**kw) -> None:
     pairs = [(p.prompt_id, p.token_ids) for p in prompt_set]
     with prompt_bar(kw["method"], kw["progress"]) as progress:
         result = run_method(kw["method"], fast, pairs, **opts, progress=progress)
-    _print_summary(result, loaded.tokenizer)
+    print_summary(result, loaded.tokenizer)
     if kw["method"] != "ar" and kw["temperature"] == 0.0:
         from executor.schedules import lossless_check
 
@@ -251,36 +230,6 @@ def _stop_ids(tokenizer) -> tuple[int, ...]:
     if eos is None:
         return ()
     return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
-
-
-def _print_summary(result, tokenizer) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    summary = result.summary()
-    table = Table(title=f"{result.method} on {result.device}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in summary.items():
-        if isinstance(value, dict):
-            continue
-        table.add_row(escape(key), escape(f"{value:.4g}" if isinstance(value, float) else str(value)))
-    for group in ("realised_by_state", "realised_by_position"):
-        for label, rate in summary[group].items():
-            if rate["alpha"] is not None:
-                table.add_row(
-                    escape(f"realised alpha, {group[12:]} {label}"),
-                    f"{rate['alpha']:.4g} of {rate['checked']}",
-                )
-    for phase, by_state in result.phase_medians_us().items():
-        for state, median_us in by_state.items():
-            table.add_row(escape(f"phase {phase} [{state}] median us"), f"{median_us:.1f}")
-    console = Console()
-    console.print(table)
-    first = result.prompts[0]
-    text = escape(repr(tokenizer.decode(list(first.tokens))[:300]))
-    console.print(f"[bold]{escape(first.prompt_id)}[/bold]: {text}")
 
 
 @app.command()
