@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 STUDY = Path(__file__).resolve().parent.parent / "studies" / "distributed_prediction" / "predict.py"
 
 
@@ -44,3 +46,29 @@ def test_a_bundle_with_host_issue_prices_the_host_and_a_missing_one_falls_back(t
             r["speedup_vs_compiled_ar"] for r in rows_alpha
         )
         assert row["gpus"] == (n if placement == "colocated" else n + 1)
+
+
+def test_a_bundle_without_a_drafter_phase_gets_the_assumed_one_from_its_own_layers(tmp_path):
+    """The H100 qwen3-8b bundle measured no drafter: the prediction prices one from the bundle's own one-token
+    layer and head medians (not the committed H200 numbers), says so in each row's source, and names the GPU."""
+    module = load()
+    bundle = module.committed_bundle("qwen3-8b")
+    bundle["hardware"] = {"name": "nvidia-h100", "gpu": "NVIDIA H100 80GB HBM3"}
+    measured = bundle["phases"].pop("drafter")
+    completed, note = module.with_drafter(bundle)
+    assert "drafter" not in bundle["phases"]  # the input is left as it was
+    assert (
+        [e["median_us"] for e in completed["phases"]["drafter"]]
+        == pytest.approx([e["median_us"] for e in measured], rel=1e-3)
+    )  # the committed numbers' assumption (one mean layer, the head, the projection) from this bundle's medians
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(bundle))
+    rows = [r for r in module.predict({"qwen3-8b": path}) if r["model"] == "qwen3-8b"]
+    assert rows and all(
+        "drafter assumed" in r["source"] and r["gpu"] == "NVIDIA H100 80GB HBM3" for r in rows
+    )
+    assert module.markdown(rows, "NVIDIA H100 80GB HBM3").startswith(
+        "# Predicted distributed SPD on NVIDIA H100"
+    )
+    unchanged, none = module.with_drafter(module.committed_bundle("qwen3-8b"))
+    assert none == "" and unchanged["phases"]["drafter"] == measured
