@@ -171,9 +171,17 @@ class DecoderAPI:
     def num_layers(self) -> int:
         return self.cfg.num_layers
 
+    @property
+    def lm_head_matrix(self) -> torch.Tensor:
+        """The output projection: the untied ``lm_head_weight``, else the tied embedding."""
+        return self.embed_tokens if self.lm_head_weight is None else self.lm_head_weight
+
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids ``[B, T]`` -> hidden ``[B, T, H]`` (h_0)."""
         return F.embedding(tokens, self.embed_tokens)
+
+    def lm_head(self, normed: torch.Tensor) -> torch.Tensor:
+        return F.linear(normed, self.lm_head_matrix)
 
     def forward_layers(
         self,
@@ -256,6 +264,17 @@ class _Layer(nn.Module):
             self.gate_up,
             self.down,
         )
+
+
+def dense(hidden: torch.Tensor) -> torch.Tensor:
+    """``hidden`` with freshly allocated strides (a copy only if it has others): a compiled head or layer is
+    specialised on strides, so a slice (a prefill's last position) would compile it again, and on a GPU maybe with
+    other reductions than the decode steps' (other bf16 rounding)."""
+    return (
+        hidden
+        if hidden.stride() == dense_strides(hidden.shape)
+        else hidden.clone(memory_format=torch.contiguous_format)
+    )
 
 
 def dense_strides(shape) -> tuple[int, ...]:
@@ -436,18 +455,11 @@ class FastModel(DecoderAPI, nn.Module):
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return rms_norm(hidden, self.norm, self.cfg.rms_norm_eps)
 
-    def lm_head(self, normed: torch.Tensor) -> torch.Tensor:
-        weight = self.embed_tokens if self.lm_head_weight is None else self.lm_head_weight
-        return F.linear(normed, weight)
-
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + lm_head; logits in float32 ``[B, T, V]``."""
-        weight = self.embed_tokens if self.lm_head_weight is None else self.lm_head_weight
         compiled = self._compiled_head is not None and hidden.shape[1] <= COMPILED_MAX_TOKENS
-        if compiled and hidden.stride() != dense_strides(hidden.shape):
-            # one compiled head per shape: a slice's strides (the last position of a prefill) would compile it
-            # again, and on a GPU maybe with other reductions than the decode steps' head
-            hidden = hidden.clone(memory_format=torch.contiguous_format)
+        if compiled:
+            hidden = dense(hidden)
         return (self._compiled_head if compiled else head_logits)(
-            hidden, self.norm, weight, self.cfg.rms_norm_eps
+            hidden, self.norm, self.lm_head_matrix, self.cfg.rms_norm_eps
         )

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from executor.cache import KVCache, cache_slots, persistent_buffers
@@ -32,7 +31,7 @@ from executor.deltanet import (
     deltanet_layer,
     gated_attention_layer,
 )
-from executor.fastmodel import DecoderAPI, dense_strides
+from executor.fastmodel import DecoderAPI, dense
 from executor.layer_fns import compiled_step_inputs, raise_recompile_limits, step_inputs
 
 HYBRID_MODEL_TYPES = ("qwen3_5_text",)
@@ -447,14 +446,10 @@ class HybridModel(DecoderAPI, nn.Module):
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         return centred_rms_norm(hidden, self.norm, self.cfg.rms_norm_eps)
 
-    def lm_head(self, normed: torch.Tensor) -> torch.Tensor:
-        weight = self.embed_tokens if self.lm_head_weight is None else self.lm_head_weight
-        return F.linear(normed, weight)
-
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + lm_head; logits in float32 ``[B, T, V]``."""
-        weight = self.embed_tokens if self.lm_head_weight is None else self.lm_head_weight
-        if self._compiled is not None and hidden.stride() != dense_strides(hidden.shape):
-            # as FastModel.head: a prefill's last-position slice would compile the head again (other strides)
-            hidden = hidden.clone(memory_format=torch.contiguous_format)
-        return self._fn("head", hidden.shape[1])(hidden, self.norm, weight, self.cfg.rms_norm_eps)
+        if self._compiled is not None:
+            hidden = dense(hidden)
+        return self._fn("head", hidden.shape[1])(
+            hidden, self.norm, self.lm_head_matrix, self.cfg.rms_norm_eps
+        )

@@ -348,7 +348,7 @@ def profile_spd_drafter(
     from executor.heads.spd_v11 import SpdHeadConfig, SpeculationModuleV11, reachable_aggr_feature_bound
 
     base = base_config_of(model)
-    lm_head = model.embed_tokens if model.lm_head_weight is None else model.lm_head_weight
+    lm_head = model.lm_head_matrix
     timer = PhaseTimer(model.device, grid, use_graphs)
     entries = []
     for spec_layers in grid.spec_layers:

@@ -363,7 +363,7 @@ def build_drafter(model, split, config: DistributedConfig, seed: int, meta: bool
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             drafter = SpeculationModuleV11(base, head)
-        lm_head = model.embed_tokens if model.lm_head_weight is None else model.lm_head_weight
+        lm_head = model.lm_head_matrix
         drafter.attach_base(model.norm.detach().cpu().float(), lm_head.detach().cpu().float())
     from executor.schedules.spd import check_drafter
 

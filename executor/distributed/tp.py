@@ -110,7 +110,7 @@ class ShardedModel(DecoderAPI):
         self.layers = [shard_layer(model.layer_weights(i), cfg, rank, degree) for i in range(cfg.num_layers)]
         self.embed_tokens = model.embed_tokens
         self.norm = model.norm
-        self.lm_head_weight = model.embed_tokens if model.lm_head_weight is None else model.lm_head_weight
+        self.lm_head_weight = model.lm_head_matrix
         self.rope_cos, self.rope_sin = model.rope_cos, model.rope_sin
         self.max_seq_len = model.max_seq_len
         self.reduce = reduce

@@ -114,7 +114,7 @@ def _spd(
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
             torch.manual_seed(options.seed)
             drafter = SpeculationModuleV11(base, head)
-        lm_head = model.embed_tokens if model.lm_head_weight is None else model.lm_head_weight
+        lm_head = model.lm_head_matrix
         drafter.attach_base(model.norm.detach().cpu().float(), lm_head.detach().cpu().float())
     drafter = drafter.to(device=model.device, dtype=model.dtype).eval()
     return run_spd(

@@ -114,7 +114,7 @@ def build_spd_head(model, hf_config, options: TrainHeadOptions):
         base_model_path=options.model,
     )
     drafter = SpeculationModuleV11(hf_config, head_config)
-    lm_head = model.embed_tokens if model.lm_head_weight is None else model.lm_head_weight
+    lm_head = model.lm_head_matrix
     drafter.attach_base(model.norm.detach().float().cpu(), lm_head.detach().float().cpu())
     return drafter
 
@@ -123,7 +123,7 @@ def build_eagle3_head(model, hf_config):
     from executor.heads.eagle3 import Eagle3Head, Eagle3HeadConfig
 
     head = Eagle3Head(hf_config, Eagle3HeadConfig.build(hf_config))
-    lm_head = model.embed_tokens if model.lm_head_weight is None else model.lm_head_weight
+    lm_head = model.lm_head_matrix
     with torch.no_grad():  # start from the target's own output layer, as the SPD drafter does
         head.lm_head.weight.copy_(lm_head.detach().float().cpu()[head.draft_token_ids])
         head.norm.weight.copy_(model.norm.detach().float().cpu())
