@@ -4,6 +4,8 @@ but the verify's one read per saturated cycle, the run directory it writes repla
 or stalled rank ends the run with one line naming it."""
 
 import gc
+import queue
+import re
 import time
 import weakref
 
@@ -325,3 +327,44 @@ def test_a_watched_query_that_raises_ends_the_bound_with_its_message():
         "rank 1: no answer from rank 0 (control word) (RuntimeError: CUDA error: an illegal memory access)"
     ]
     assert watchdog.failure == failures[0] and watchdog.pending() == 1
+
+
+class _Exited:
+    """A rank process as the supervisor sees it: its exit code (None: still running; -6: SIGABRT)."""
+
+    def __init__(self, exitcode: int | None) -> None:
+        self.exitcode = exitcode
+
+
+def _reports(*messages: tuple) -> queue.Queue:
+    results: queue.Queue = queue.Queue()
+    for message in messages:
+        results.put(message)
+    return results
+
+
+def test_a_rank_that_aborts_tearing_down_after_reporting_leaves_the_payload_standing():
+    """Gloo's destructors aborted one rank after it had sent "done" (a full CPU suite run): the run is complete."""
+    from executor.distributed.launch import _supervise
+
+    results = _reports(("result", 0, {"runs": 1}), ("done", 1, None))
+    assert _supervise([_Exited(0), _Exited(-6)], results, Roles(2, colocated=True)) == {"runs": 1}
+
+
+def test_a_rank_that_dies_before_reporting_ends_the_run_naming_it():
+    from executor.distributed.launch import _supervise
+
+    roles = Roles(2, colocated=True)
+    with pytest.raises(DistributedError, match=re.escape(f"{roles.name(1)} died (signal SIGABRT)")):
+        _supervise([_Exited(0), _Exited(-6)], _reports(("result", 0, {"runs": 1})), roles, grace_s=0.1)
+
+
+def test_a_rank_still_tearing_down_after_reporting_is_not_waited_for():
+    from executor.distributed.launch import _supervise
+
+    results = _reports(("result", 0, {"runs": 1}), ("done", 1, None))
+    started = time.monotonic()
+    assert _supervise([_Exited(0), _Exited(None)], results, Roles(2, colocated=True), exit_s=0.2) == {
+        "runs": 1
+    }
+    assert time.monotonic() - started < 5.0

@@ -176,17 +176,22 @@ def launch_ranks(target, roles, args: tuple):
             process.join(timeout=5)
 
 
-def _supervise(processes, results, roles: Roles) -> dict:
-    """Wait for the controller's payload; the first death or error ends the run with one line."""
+def _supervise(processes, results, roles: Roles, grace_s: float = 0.5, exit_s: float = 10.0) -> dict:
+    """Wait for the controller's payload; the first death or error ends the run with one line. A rank that dies
+    after it reported its part ("result" or "done") crashed tearing down (gloo's destructors can abort: "terminate
+    called without an active exception", seen once in a CPU test run): its work is complete, so once every rank
+    has reported and exited, the payload stands."""
     payload = None
     errors: list[str] = []
-    deaths: list[str] = []
-    first_failure = None
+    deaths: dict[int, str] = {}
+    finished: set[int] = set()
+    first_failure = reported = None
     while True:
         try:
             kind, rank, body = results.get(timeout=0.05)
-            if kind == "result":
-                payload = body
+            if kind in ("result", "done"):
+                finished.add(rank)
+                payload = body if kind == "result" else payload
             elif kind == "error":
                 errors.append(body)
                 first_failure = first_failure or time.monotonic()
@@ -194,15 +199,20 @@ def _supervise(processes, results, roles: Roles) -> dict:
             pass
         for rank, process in enumerate(processes):
             code = process.exitcode
-            if code not in (None, 0) and not any(roles.name(rank) in d for d in deaths):
+            if code not in (None, 0) and rank not in deaths:
                 how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-                deaths.append(f"{roles.name(rank)} died ({how})")
+                deaths[rank] = f"{roles.name(rank)} died ({how})"
                 first_failure = first_failure or time.monotonic()
-        if first_failure is not None and time.monotonic() - first_failure > 0.5:
-            killed = [d for d in deaths if "signal" in d]
-            raise DistributedError((killed or errors or deaths)[0])
-        if payload is not None and all(p.exitcode == 0 for p in processes):
-            return payload
+        if len(finished) == len(processes) and payload is not None and not errors:
+            reported = reported or time.monotonic()
+            # every part is in: a rank still tearing down after exit_s is killed by the caller, not waited for
+            if all(p.exitcode is not None for p in processes) or time.monotonic() - reported > exit_s:
+                return payload
+        # (the grace lets a dead rank's last messages, read 0.05 s at a time, arrive before the verdict)
+        if first_failure is not None and time.monotonic() - first_failure > grace_s:
+            failed = [text for rank, text in deaths.items() if rank not in finished] or list(deaths.values())
+            killed = [d for d in failed if "signal" in d]
+            raise DistributedError((killed or errors or failed)[0])
 
 
 def _rank_main(rank, port, backend, source, prompts, config, jobs, results) -> None:
