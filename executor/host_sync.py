@@ -50,7 +50,9 @@ def to_host(tensor: torch.Tensor, allowed: bool = True) -> list:
 def stall_watchdog(limit_s: float, on_stall: Callable[[float], None], poll_s: float = 1.0) -> Iterator[None]:
     """While the block runs, a daemon thread calls ``on_stall(waited_s)`` once when one read has waited more than
     ``limit_s`` (compiles and captures happen between reads, so they never count). A blocked CUDA read cannot be
-    interrupted from Python: ``on_stall`` reports and ends the process (the CLI's does). ``limit_s <= 0``: off."""
+    interrupted from Python: ``on_stall`` reports and ends the process (the CLI's does). ``limit_s <= 0``: off.
+    The thread can run meanwhile because ``Tensor.tolist`` releases the GIL while it copies from the device
+    (torch/csrc/utils/tensor_list.cpp); it wakes once per ``poll_s``, so it costs a timed decode next to nothing."""
     if limit_s <= 0:
         yield
         return
