@@ -62,10 +62,13 @@ def test_fast_step_matches_eagle3_head_step(pair):
     assert int(fast.full_ids(logits_b[0, -1].argmax())) == int(full)
 
 
-@pytest.mark.parametrize("inference", [False, True])
-def test_a_packed_layer_reuses_the_targets_compiled_layer(inference):
-    """Packed in or out of inference mode, a head's layer has the target's weight types and dispatch keys, so the
-    target's compile of a shape serves it: no second compile per shape (each costs seconds on a GPU)."""
+@pytest.mark.parametrize("where", ["packed normally", "packed in inference mode", "loaded in inference mode"])
+def test_a_packed_layer_reuses_the_targets_compiled_layer(where):
+    """Packed in or out of inference mode, from weights loaded in or out of it, a head's layer has the target's
+    weight types and dispatch keys, so the target's compile of a shape serves it: no second compile per shape
+    (each costs seconds on a GPU)."""
+    import copy
+
     from executor_tiny import VOCAB, tiny_config_fields
     from torch._dynamo.testing import CompileCounter
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -82,8 +85,13 @@ def test_a_packed_layer_reuses_the_targets_compiled_layer(inference):
         hidden, positions = torch.randn(1, 1, model.cfg.hidden_size), torch.tensor([5])
         target = model.forward_layers(hidden, positions, 0, 1, model.new_cache(16), kv_len=256)[0]
         frames = counter.frame_count
-    with torch.inference_mode(inference):
-        packed = pack_decoder_layer(hf.model.layers[0])
+    layer = hf.model.layers[0]
+    if where == "loaded in inference mode":
+        with torch.inference_mode():
+            layer = copy.deepcopy(layer)
+        assert layer.self_attn.q_proj.weight.is_inference()
+    with torch.inference_mode(where == "packed in inference mode"):
+        packed = pack_decoder_layer(layer)
     with torch.inference_mode():
         cache = new_head_cache(shape, 16, 256, "cpu", torch.float32)
         head = run_head_layer(model, packed, shape, hidden, positions, cache, 256)

@@ -40,6 +40,8 @@ def pack_decoder_layer(layer, device=None, dtype=None) -> LayerWeights:
         # on type and dispatch keys, so a plain or an inference tensor would compile every shape of the shared layer
         # function a second time
         moved = tensor.detach().to(device=device or tensor.device, dtype=dtype or tensor.dtype).contiguous()
+        if moved.is_inference():  # a head loaded in inference mode: its weights need an ordinary copy
+            moved = moved.clone()
         return nn.Parameter(moved, requires_grad=False)
 
     q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
