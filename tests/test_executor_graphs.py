@@ -48,6 +48,8 @@ def test_graphs_replayed_on_different_streams_are_captured_on_different_streams(
     fns = [lambda x, _w=w: x @ _w.T for w in weights]
     streams = [torch.cuda.Stream(), torch.cuda.Stream()]
     expected = [rows[i] @ weights[i].T for i in range(2)]
+    for stream in streams:  # the inputs were made on the current stream
+        stream.wait_stream(torch.cuda.current_stream())
     outputs = []
     for _ in range(200):
         outputs = []
