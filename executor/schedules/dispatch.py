@@ -54,27 +54,16 @@ def _dispatch(name: str, model, prompts, opts: dict) -> RunResult:
         result = run_ar(model, prompts, options, use_graphs=use_graphs, warmup=warmup, progress=progress)
     elif name == "spd":
         result = _spd(model, prompts, options, opts, warmup, use_graphs, progress)
-    elif name == "draft-model":
-        draft = opts.pop("draft_model", None)
-        if draft is None:
-            raise SpdsimError("method draft-model needs a draft model (draft_model=...)")
+    elif name in ("draft-model", "eagle3"):
+        drafter = _chain_drafter(name, model, options, opts)
         graphs = GraphCache(enabled=use_graphs)
         k = int(opts.pop("k", 3))
         result = run_chain(
-            model, draft, prompts, "draft-model", k, options, graphs, warmup=warmup, progress=progress
+            model, drafter, prompts, name, k, options, graphs, warmup=warmup, progress=progress
         )
-    elif name == "eagle3":
-        head_path, vocab = opts.pop("head", None), opts.pop("draft_vocab_size", None)
-        if head_path is not None and vocab is not None:
-            raise SpdsimError("draft_vocab_size: a trained head's checkpoint fixes its draft vocabulary")
-        head = _eagle3_head(model, head_path, options.seed, DRAFT_VOCAB_SIZE if vocab is None else int(vocab))
-        graphs = GraphCache(enabled=use_graphs)
-        k = int(opts.pop("k", 3))
-        result = run_chain(
-            model, head, prompts, "eagle3", k, options, graphs, warmup=warmup, progress=progress
-        )
-        rows = int(head.lm_head.weight.shape[0])  # the head's draft vocabulary, trained or random
-        result = replace(result, config={**result.config, "draft_vocab_size": rows})
+        if name == "eagle3":
+            rows = int(drafter.lm_head.weight.shape[0])  # the head's draft vocabulary, trained or random
+            result = replace(result, config={**result.config, "draft_vocab_size": rows})
     else:
         raise SpdsimError(f"method {name!r} unknown (allowed: {', '.join(METHODS)})")
     if opts:
@@ -120,6 +109,19 @@ def _spd(
     return run_spd(
         model, drafter, prompts, split, options, use_graphs, warmup=warmup, flush=flush, progress=progress
     )
+
+
+def _chain_drafter(name: str, model, options: DecodeOptions, opts: dict):
+    """The chain's drafter: the given draft model, or the EAGLE-3 head (trained from ``head``, else random)."""
+    if name == "draft-model":
+        draft = opts.pop("draft_model", None)
+        if draft is None:
+            raise SpdsimError("method draft-model needs a draft model (draft_model=...)")
+        return draft
+    head_path, vocab = opts.pop("head", None), opts.pop("draft_vocab_size", None)
+    if head_path is not None and vocab is not None:
+        raise SpdsimError("draft_vocab_size: a trained head's checkpoint fixes its draft vocabulary")
+    return _eagle3_head(model, head_path, options.seed, DRAFT_VOCAB_SIZE if vocab is None else int(vocab))
 
 
 def _eagle3_head(model, head_path, seed: int, draft_vocab_size: int = DRAFT_VOCAB_SIZE) -> Eagle3Head:

@@ -77,7 +77,7 @@ def committed_bundle(tag: str) -> dict:
     shape = get_model(tag)
     kvs = (64, 256, 4096)
     stat = {"p10_us": 0.0, "p90_us": 0.0, "samples": 1}
-    per_layer = sum(s["median_us"] for s in data["stages"]) / sum(s["layers"] for s in data["stages"])
+    per_layer = mean_layer_us(data["stages"])
     layers = {}
     for s in data["stages"]:
         layers.setdefault(s["layers"], []).append(s["median_us"])
@@ -109,6 +109,11 @@ def committed_bundle(tag: str) -> dict:
     }
 
 
+def mean_layer_us(stages: list[dict]) -> float:
+    """One decoder layer's µs, from stage steps of several layer counts (their total time over their layers)."""
+    return sum(s["median_us"] for s in stages) / sum(s["layers"] for s in stages)
+
+
 def assumed_drafter(per_layer_us: float, head_us: float, kvs) -> list[dict]:
     """The "drafter" phase (L_s = 1) where none was measured: the aggregation projection, one mean target layer
     at one query row and the draft head (``ASSUMPTIONS``), flat in rows (3 to 9) and kv_len."""
@@ -130,7 +135,7 @@ def with_drafter(bundle: dict) -> tuple[dict, str]:
     one_token = [e for e in phases["layers"] if e["query_tokens"] == 1]
     shortest = min(e["kv_len"] for e in one_token)
     stages = [e for e in one_token if e["kv_len"] == shortest]
-    per_layer = sum(e["median_us"] for e in stages) / sum(e["layers"] for e in stages)  # as committed_bundle
+    per_layer = mean_layer_us(stages)
     head = next(e["median_us"] for e in phases["head"] if e["query_tokens"] == 1)
     kvs = {e["kv_len"] for e in phases["layers"]}
     note = f"; drafter assumed (no drafter phase): {per_layer:.1f} us a layer + head + projection"
