@@ -8,7 +8,8 @@
 #               then bench_executor_ar.py on qwen3-4b: the compiled layer plain, with the GEMV (+gemv), and as
 #               executor.fused_decode's one-token layer (+fused); the kernel breakdown in its JSON is the last one's
 #               (GEMV_S=0 skips the per-matrix bench; AR_MODES picks the compile modes)
-#   tests       the GPU-marked executor tests, one pytest per file (TEST_FILE_S each)
+#   tests       the GPU-marked executor tests, one pytest per file (TEST_FILE_S each; TEST_FILES: a space-separated
+#               list of files, in the order to run them, instead of every tests/test_executor_*.py)
 # SEED_FROM: a committed campaign folder (studies/fidelity_1gpu/results/<campaign> for fid jobs,
 # studies/qwen35_h200/results/<session> for q35 jobs): the job starts from its model folder, so on the same GPU kind
 # --resume keeps its bundle and runs and measures only what is missing (new phases, unfinished runs).
@@ -77,7 +78,7 @@ for job in $JOBS; do
       grep -sE "of copy|Error" "$RES/ar_gemv.log" | tail -4 ;;
     tests)  # one pytest per file, each under its own limit: a slow file cannot hide the others' results
       : > "$RES/gpu_tests.log"
-      for file in tests/test_executor_*.py; do
+      for file in ${TEST_FILES:-tests/test_executor_*.py}; do
         grep -q "mark.gpu" "$file" || continue
         [ "$(left)" -gt 10 ] || { echo "deadline: skipped $file" >> "$RES/gpu_tests.log"; continue; }
         echo "== $file" >> "$RES/gpu_tests.log"
