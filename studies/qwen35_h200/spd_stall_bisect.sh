@@ -10,7 +10,8 @@ OUT=${OUT:-/tmp/out}
 LOG=$OUT/spd_stall_bisect.log
 RUN_S=${RUN_S:-70}
 # LAUNCH_BLOCKING=1: every kernel launch waits for the kernel, so an eager run's stack dump names the op whose
-# kernel does not end (session 10: eager runs stall too, the GPU 100% busy at ~258 W)
+# kernel does not end (session 10: eager runs stall too, the GPU 100% busy at ~258 W); for one variant only, begin
+# it with CUDA_LAUNCH_BLOCKING=1 (see the loop)
 [ "${LAUNCH_BLOCKING:-0}" = 1 ] && export CUDA_LAUNCH_BLOCKING=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
@@ -26,15 +27,23 @@ SMI=$!
 trap 'kill $SMI 2>/dev/null' EXIT
 IFS='|' read -r -a variants <<< "${VARIANTS:---no-graphs --no-compile|--no-graphs|--no-compile|--dtype float32 --no-graphs --no-compile}"
 for flags in "${variants[@]}"; do
-  echo "== spdsim exec run $ARGS $flags" | tee -a "$LOG"
+  # a variant's leading NAME=VALUE words set its environment only (e.g. "CUDA_LAUNCH_BLOCKING=1 --no-graphs")
+  envs=(); opts=()
+  for word in $flags; do
+    if [ ${#opts[@]} = 0 ] && [[ $word =~ ^[A-Z_]+= ]]; then envs+=("$word"); else opts+=("$word"); fi
+  done
+  echo "== ${envs[*]} spdsim exec run $ARGS ${opts[*]}" | tee -a "$LOG"
   # shellcheck disable=SC2086
-  timeout $((RUN_S + 10)) python3 -X faulthandler -c "
+  env "${envs[@]}" timeout $((RUN_S + 10)) python3 -X faulthandler -c "
 import faulthandler, sys
 faulthandler.dump_traceback_later($RUN_S, exit=True)
 from spdsim.cli import main
 sys.argv = ['spdsim', 'exec', 'run'] + sys.argv[1:]
 main()
-" $ARGS $flags >> "$LOG" 2>&1
-  echo "exit $?" | tee -a "$LOG"
+" $ARGS "${opts[@]}" >> "$LOG" 2>&1
+  code=$?
+  echo "exit $code" | tee -a "$LOG"
   grep -E "tok/s|lossless|realised|Error" "$LOG" | tail -3
+  # STOP_AFTER_PASS=1: the first variant that finishes answers the call's question; the rest are not run
+  if [ "${STOP_AFTER_PASS:-0}" = 1 ] && [ $code = 0 ]; then echo "stopped after the first finished variant" | tee -a "$LOG"; break; fi
 done
