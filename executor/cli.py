@@ -87,9 +87,7 @@ def run(
         help="end the run in one line, with every thread's stack in a log, when one read of the device waits "
         "longer than this (a kernel that does not end); 0: wait forever",
     ),
-    progress: bool = typer.Option(
-        True, "--progress/--no-progress", help="per-prompt progress bar on stderr (not with --distributed)"
-    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="per-prompt progress bar on stderr"),
 ) -> None:
     """Decode real prompts and print tokens/s, per-phase timings and the lossless check."""
     if tp is not None and not distributed:
