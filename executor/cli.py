@@ -87,9 +87,7 @@ def run(
         help="end the run in one line, with every thread's stack in a log, when one read of the device waits "
         "longer than this (a kernel that does not end); 0: wait forever",
     ),
-    progress: bool = typer.Option(
-        True, "--progress/--no-progress", help="per-prompt progress bar on stderr (not with --distributed)"
-    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="per-prompt progress bar on stderr"),
 ) -> None:
     """Decode real prompts and print tokens/s, per-phase timings and the lossless check."""
     if tp is not None and not distributed:
@@ -408,6 +406,7 @@ def eval_head(
     dtype: str = typer.Option("auto"),
     device: str = typer.Option("auto"),
     seed: int = typer.Option(0),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="per-prompt progress bar on stderr"),
 ) -> None:
     """Decode the evaluation prompts with a trained head: acceptance tables, traces, lossless check vs AR."""
     _eval_head(**locals())
@@ -448,7 +447,9 @@ def _eval_head(**kw) -> None:
     fast, loaded = load_fast_model(kw["model"], device=device, dtype=dtype, seed=kw["seed"])
     out = kw["out"] or Path("studies/heads/results") / f"eval_{kw['head'].stem}"
     extra = {"model": kw["model"], "model_source": loaded.source, "dtype": dtype}
-    rows = evaluate_head(fast, loaded.tokenizer, kw["head"], config, out, kw["chain_head"], typer.echo, extra)
+    rows = evaluate_head(
+        fast, loaded.tokenizer, kw["head"], config, out, kw["chain_head"], typer.echo, extra, kw["progress"]
+    )
     bad = [r for r in rows if r["lossless_checked"] != "" and r["lossless_prompts"] != r["lossless_checked"]]
     typer.echo(f"eval: {len(rows)} rows -> {out}/acceptance.md; lossless failures: {len(bad)}")
 

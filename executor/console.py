@@ -1,7 +1,8 @@
 """What ``spdsim exec run`` shows: the per-prompt progress bar (rich on stderr, as ``exec train-head`` and
 ``spdsim sweep`` draw theirs; one row per phase the schedules report, ``base.WARMUP``: the untimed warm-up
 decodes, ``base.TIMED``: the prompts the summary measures), the summary table, and the one line that ends a
-stalled run (``executor.host_sync.stall_watchdog``).
+stalled run (``executor.host_sync.stall_watchdog``). The same bar serves ``exec run --distributed`` (fed by the
+launcher from the decoding rank's reports) and each run of ``exec eval``.
 
 Rich imports lazily, and this module never imports torch, so ``executor.cli`` stays light."""
 

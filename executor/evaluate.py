@@ -7,6 +7,8 @@ drafted), mean acceptance length (chains: 1 + accepted per verification, bonus i
 n·ρ), per-position unconditional r_k (chains), per-verification α split by saturated / refill state (SPD), ρ
 (tokens per decode-loop iteration) and n·ρ. Writes ``acceptance.csv``, ``acceptance.md`` (config, versions,
 device, date), ``eval.json`` and one acceptance trace per run under ``traces/`` (the team's TRACE format).
+A full evaluation decodes thousands of prompts: ``show_progress`` draws each run's per-prompt bar on stderr
+(``executor.console.prompt_bar``, as ``spdsim exec run``).
 """
 
 from __future__ import annotations
@@ -176,8 +178,11 @@ def evaluate_head(
     chain_head: Path | None = None,
     progress=print,
     extra: dict | None = None,
+    show_progress: bool = False,
 ) -> list[dict]:
-    """Run every configuration of the head over the datasets and temperatures; write tables and traces."""
+    """Run every configuration of the head over the datasets and temperatures; write tables and traces.
+    ``progress``: one line per run; ``show_progress``: also each run's per-prompt bar on stderr."""
+    from executor.console import prompt_bar
     from executor.prompts import load_prompts
     from executor.rundir import write_trace
     from executor.schedules import run_method
@@ -205,13 +210,22 @@ def evaluate_head(
                 "seed": eval_config.seed,
                 "stop_token_ids": stop_ids,
             }
-            reference = run_method("ar", model, prompts, **base) if temperature == 0.0 else None
+            reference = None
+            if temperature == 0.0:
+                with prompt_bar(f"ar reference {dataset} T=0", show_progress) as bar:
+                    reference = run_method("ar", model, prompts, **base, progress=bar)
             for label, method, opts in _runs_for_head(kind, head_config, eval_config):
-                progress(f"eval {label} {dataset} T={temperature:g}: {len(prompts)} prompts")
-                if method == "specdecpp":
-                    result = _run_specdecpp(model, chain, acceptance_head, prompts, base, opts, eval_config)
-                else:
-                    result = run_method(method, model, prompts, head=head_path, **base, **opts)
+                run = f"{label} {dataset} T={temperature:g}"
+                progress(f"eval {run}: {len(prompts)} prompts")
+                with prompt_bar(run, show_progress) as bar:
+                    if method == "specdecpp":
+                        result = _run_specdecpp(
+                            model, chain, acceptance_head, prompts, base, opts, eval_config, bar
+                        )
+                    else:
+                        result = run_method(
+                            method, model, prompts, head=head_path, **base, **opts, progress=bar
+                        )
                 name = f"{label}__{dataset}__t{temperature:g}.csv"
                 write_trace(result, traces / name)
                 rows.append(table_row(label, dataset, temperature, result, reference, f"traces/{name}"))
@@ -241,7 +255,9 @@ def _specdecpp_heads(model, folder: Path, chain_head: Path | None):
     return acceptance, chain
 
 
-def _run_specdecpp(model, chain, acceptance_head, prompts, base: dict, opts: dict, eval_config: EvalConfig):
+def _run_specdecpp(
+    model, chain, acceptance_head, prompts, base: dict, opts: dict, eval_config: EvalConfig, progress=None
+):
     from executor.schedules.common import DecodeOptions
     from executor.specdecpp_chain import run_specdecpp
 
@@ -255,6 +271,7 @@ def _run_specdecpp(model, chain, acceptance_head, prompts, base: dict, opts: dic
         eval_config.k_min,
         eval_config.k_max,
         options,
+        progress=progress,
     )
 
 

@@ -23,6 +23,7 @@ import torch
 from executor.graphs import GraphCache
 from executor.heads.eagle3 import FastEagle3
 from executor.heads.specdecpp import stop_length
+from executor.schedules.base import TIMED, PromptProgress, decode_each
 from executor.schedules.chain import Eagle3Drafter, run_chain_prompt
 from executor.schedules.chain_graphed import ChainRuntime, GraphedEagle3, run_graphed_prompt
 from executor.schedules.common import DecodeOptions, RunResult, as_prompts
@@ -54,8 +55,10 @@ def run_specdecpp(
     k_max: int = 10,
     options: DecodeOptions = DecodeOptions(),
     graphs: GraphCache | None = None,
+    progress: PromptProgress | None = None,
 ) -> RunResult:
-    """Decode with the EAGLE-3 head ``head`` and adaptive stopping by ``acceptance_head`` at threshold h."""
+    """Decode with the EAGLE-3 head ``head`` and adaptive stopping by ``acceptance_head`` at threshold h.
+    ``progress``: `base.decode_each` (every prompt is timed: no warm-up)."""
     options.validate()
     if options.synthetic_alpha is not None:
         raise SpdsimError(
@@ -68,7 +71,9 @@ def run_specdecpp(
 
     prompts = as_prompts(prompts)
     if options.temperature == 0.0:
-        return _run_graphed(model, head, acceptance_head, prompts, threshold, k_min, k_max, options, graphs)
+        return _run_graphed(
+            model, head, acceptance_head, prompts, threshold, k_min, k_max, options, graphs, progress
+        )
 
     def new_stop_rule():
         return _AcceptanceStop(acceptance_head, threshold, k_min)
@@ -77,10 +82,11 @@ def run_specdecpp(
         return Eagle3Drafter(head, model, len(tokens), feats, options, k_max, new_stop_rule)
 
     collect = head.head_config.feature_layers
-    runs = tuple(
-        run_chain_prompt(model, p, i, options, "specdecpp", k_max, collect, make_drafter)
-        for i, p in enumerate(prompts)
-    )
+
+    def decode(prompt, index):
+        return run_chain_prompt(model, prompt, index, options, "specdecpp", k_max, collect, make_drafter)
+
+    runs = decode_each(prompts, decode, TIMED, progress)
     return RunResult("specdecpp", _config(threshold, k_min, k_max, options), runs, str(model.device))
 
 
@@ -95,7 +101,7 @@ def _config(threshold: float, k_min: int, k_max: int, options: DecodeOptions) ->
 
 
 def _run_graphed(
-    model, head, acceptance_head, prompts, threshold, k_min, k_max, options, graphs
+    model, head, acceptance_head, prompts, threshold, k_min, k_max, options, graphs, progress
 ) -> RunResult:
     """T = 0: the chain's device path with k_max drafts, the acceptance head per draft, the stop rule on device."""
     max_prompt = max(len(p.tokens) for p in prompts)
@@ -112,8 +118,11 @@ def _run_graphed(
         return stop_length(probs, threshold, k_min)
 
     collect = head.head_config.feature_layers
-    runs = tuple(
-        run_graphed_prompt(model, p, i, options, "specdecpp", source, collect, accept_fn, stop)
-        for i, p in enumerate(prompts)
-    )
+
+    def decode(prompt, index):
+        return run_graphed_prompt(
+            model, prompt, index, options, "specdecpp", source, collect, accept_fn, stop
+        )
+
+    runs = decode_each(prompts, decode, TIMED, progress)
     return RunResult("specdecpp", _config(threshold, k_min, k_max, options), runs, str(model.device))

@@ -57,6 +57,20 @@ def test_run_progress_bar_goes_to_stderr_and_the_summary_still_prints(flag: str)
         assert bars == [] and result.stderr == ""
 
 
+@pytest.mark.parametrize("flag", ["--progress", "--no-progress"])
+def test_distributed_run_draws_the_controller_s_progress_on_stderr(flag: str) -> None:
+    """--distributed: the launcher draws the decoding rank's reports as the same bar, before the summary."""
+    args = ["run", "--model", "random:tiny-qwen3", "--method", "spd", "--stages", "2", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--limit", "2", "--max-new-tokens", "6", "--distributed", flag])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("spd distributed: 2 ranks (gloo)") and "tokens_per_s" in result.stdout
+    bars = [line for line in result.stderr.splitlines() if "timed prompts" in line]
+    if flag == "--progress":
+        assert len(bars) == 1 and bars[0].startswith("spd: timed prompts") and " 2/2 " in bars[0]
+    else:
+        assert bars == []
+
+
 def test_run_out_writes_a_run_directory_and_only_force_rewrites_it(tmp_path: Path) -> None:
     out = tmp_path / "spd"
     args = ["run", "--model", "random:tiny-qwen3", "--method", "spd", "--stages", "2", "--device", "cpu"]

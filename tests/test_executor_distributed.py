@@ -1,7 +1,8 @@
 """Multi-process SPD on the CPU (gloo): lossless against greedy AR in both drafter placements (2, 3 and 4
 processes), the same cycles as the single-process schedule, no host sync on the controller's steady-state path
-but the verify's one read per saturated cycle, the run directory it writes replays in the simulator, and a killed
-or stalled rank ends the run with one line naming it."""
+but the verify's one read per saturated cycle, the run directory it writes replays in the simulator, the controller's
+progress reaches the launcher's callback (a report finishes no rank), and a killed or stalled rank ends the run with
+one line naming it."""
 
 import gc
 import queue
@@ -16,6 +17,7 @@ from distributed_tiny import prompt_set, tiny_source
 from executor.distributed import DistributedConfig, DistributedError, run_distributed
 from executor.distributed.comm import NO_CROP, OP_END_PROMPT, OP_GO, OP_PREFILL, OP_SHUTDOWN, Control, Roles
 from executor.schedules.ar import GenerationConfig, generate_ar
+from executor.schedules.base import TIMED
 from executor.schedules.common import DecodeOptions
 
 SOURCE = tiny_source(layers=4)
@@ -62,7 +64,15 @@ def greedy(prompts):
     return [generate_ar(model, tokens, gen).tokens for _, tokens in prompts]
 
 
-def test_colocated_lossless_synthetic_and_replayable(tmp_path):
+def assert_one_timed_count(reports, total):
+    """The controller's reports, every prompt loop in one TIMED count: from 0 to ``total``, never backwards."""
+    assert reports[0] == (TIMED, 0, total) and reports[-1] == (TIMED, total, total)
+    assert {phase for phase, _, _ in reports} == {TIMED} and {t for _, _, t in reports} == {total}
+    done = [d for _, d, _ in reports]
+    assert done == sorted(done) and set(done) == set(range(total + 1))
+
+
+def test_colocated_lossless_synthetic_replayable_and_reporting_progress(tmp_path):
     from executor.rundir import write_run_dir
     from spdsim.scenario.acceptance import load_trace
 
@@ -72,7 +82,9 @@ def test_colocated_lossless_synthetic_and_replayable(tmp_path):
         DecodeOptions(max_new_tokens=NEW_TOKENS, synthetic_alpha=0.7),
     ]
     config = DistributedConfig(num_stages=2, timeout_s=90)
-    run = run_distributed(SOURCE, prompts, config, jobs)
+    reports: list[tuple] = []
+    run = run_distributed(SOURCE, prompts, config, jobs, progress=lambda *report: reports.append(report))
+    assert_one_timed_count(reports, len(jobs) * len(prompts))
     expected = greedy(prompts)
     assert_like_single_process(run, prompts, config, jobs)
     assert_steady_state_syncs(run)
@@ -97,12 +109,17 @@ def test_colocated_lossless_synthetic_and_replayable(tmp_path):
     assert len(trace.outcomes) == len(prompts)
 
 
-def test_own_drafter_rank_lossless_verifying_on_the_controller():
+def test_own_drafter_rank_lossless_verifying_on_the_controller_with_an_ar_baseline():
     prompts = prompt_set(2, seed=5)
-    config = DistributedConfig(num_stages=2, colocated=False, timeout_s=90, verify_on="controller")
+    config = DistributedConfig(
+        num_stages=2, colocated=False, timeout_s=90, verify_on="controller", with_ar=True
+    )
     jobs = [DecodeOptions(max_new_tokens=NEW_TOKENS, synthetic_alpha=0.8)]
-    run = run_distributed(SOURCE, prompts, config, jobs)
+    reports: list[tuple] = []
+    run = run_distributed(SOURCE, prompts, config, jobs, progress=lambda *report: reports.append(report))
     assert run.world_size == 3
+    assert run.ar is not None and [p.tokens for p in run.ar.prompts] == greedy(prompts)
+    assert_one_timed_count(reports, 2 * len(prompts))  # the AR baseline's prompts, then the job's
     for prompt_run, tokens in zip(run.spd[0].prompts, greedy(prompts), strict=True):
         assert prompt_run.tokens == tokens
     assert_like_single_process(run, prompts, config, jobs)
@@ -368,3 +385,33 @@ def test_a_rank_still_tearing_down_after_reporting_is_not_waited_for():
         "runs": 1
     }
     assert time.monotonic() - started < 5.0
+
+
+def test_a_progress_report_is_handed_on_and_finishes_no_rank():
+    """A rank that reported progress and then died has not done its part: the run fails, naming it."""
+    from executor.distributed.launch import _supervise
+
+    roles = Roles(2, colocated=True)
+    reports: list[tuple] = []
+    results = _reports(("progress", 1, (TIMED, 1, 2)), ("result", 0, {"runs": 1}))
+    with pytest.raises(DistributedError, match=re.escape(f"{roles.name(1)} died (signal SIGABRT)")):
+        _supervise(
+            [_Exited(0), _Exited(-6)],
+            results,
+            roles,
+            grace_s=0.1,
+            progress=lambda *report: reports.append(report),
+        )
+    assert reports == [(TIMED, 1, 2)]
+
+
+def test_progress_reports_without_a_listener_leave_the_payload_standing():
+    from executor.distributed.launch import _supervise
+
+    results = _reports(
+        ("progress", 0, (TIMED, 0, 1)),
+        ("progress", 0, (TIMED, 1, 1)),
+        ("result", 0, {"runs": 1}),
+        ("done", 1, None),
+    )
+    assert _supervise([_Exited(0), _Exited(0)], results, Roles(2, colocated=True)) == {"runs": 1}

@@ -1,6 +1,7 @@
 """Tensor-parallel AR on the CPU (gloo, 2 ranks, tiny float32 model): token-identical to single-process greedy
-AR, temperature sampling identical to the AR schedule's, a killed rank named within the timeout, and the run
-directory it writes replays in ``spdsim validate`` with a TP-aware profile."""
+AR, temperature sampling identical to the AR schedule's, rank 0's progress reaching the launcher's callback, a
+killed rank named within the timeout, and the run directory it writes replays in ``spdsim validate`` with a
+TP-aware profile."""
 
 import json
 import time
@@ -12,6 +13,7 @@ from distributed_tiny import prompt_set, tiny_source
 from executor.distributed import DistributedError
 from executor.distributed.comm import Watchdog
 from executor.distributed.tp import ShardedModel, check_tp_degree, run_tensor_parallel, step_watch
+from executor.schedules.base import TIMED
 from executor.schedules.common import DecodeOptions
 from executor.schedules.dispatch import run_ar
 from spdsim.errors import SpdsimError
@@ -74,9 +76,26 @@ JOBS = [
 
 
 @pytest.fixture(scope="module")
-def tp_runs():
+def tp_reports() -> list[tuple]:
+    """The progress reports of the `tp_runs` session."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def tp_runs(tp_reports):
     """One 2-rank session decoding the prompts greedily and sampled (launching ranks is the slow part)."""
-    return run_tensor_parallel(SOURCE, PROMPTS, 2, JOBS, timeout_s=60)
+    return run_tensor_parallel(
+        SOURCE, PROMPTS, 2, JOBS, timeout_s=60, progress=lambda *report: tp_reports.append(report)
+    )
+
+
+def test_rank_0_reports_every_job_s_prompts_in_one_count(tp_runs, tp_reports):
+    total = len(JOBS) * len(PROMPTS)
+    assert len(tp_runs) == len(JOBS)
+    assert tp_reports[0] == (TIMED, 0, total) and tp_reports[-1] == (TIMED, total, total)
+    done = [d for _, d, _ in tp_reports]
+    assert done == sorted(done) and set(done) == set(range(total + 1))
+    assert {(phase, t) for phase, _, t in tp_reports} == {(TIMED, total)}  # only rank 0 reports
 
 
 def test_two_ranks_decode_exactly_like_single_process_ar(tp_runs):

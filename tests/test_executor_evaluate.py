@@ -120,6 +120,25 @@ def test_eval_cli_rejects_bad_input(tmp_path):
     assert result.exit_code == 2 and "prompts" in result.output
 
 
+@pytest.mark.parametrize("flag", ["--progress", "--no-progress"])
+def test_eval_cli_draws_each_run_s_prompt_bar_on_stderr(evaluated, tmp_path, flag):
+    """SpecDec++ at T = 0: one bar for the greedy AR reference, one for the head's run, on stderr only."""
+    root, _ = evaluated
+    args = ["eval", "--head", str(root / "acc"), "--chain-head", str(root / "eagle3.pt")]
+    args += ["--model", "random:tiny-llama", "--prompts", "gsm8k", "--limit", "2", "--max-new-tokens", "6"]
+    args += ["--temperatures", "0", "--thresholds", "0.3", "--k-max", "4", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "eval"), flag])
+    assert result.exit_code == 0, result.output
+    assert "eval specdecpp-h0.3 gsm8k T=0: 2 prompts" in result.stdout and "eval: 1 rows" in result.stdout
+    assert "timed prompts" not in result.stdout
+    bars = [line for line in result.stderr.splitlines() if "timed prompts" in line]
+    if flag == "--progress":
+        assert [bar.split(":")[0] for bar in bars] == ["ar reference gsm8k T=0", "specdecpp-h0.3 gsm8k T=0"]
+        assert all(" 2/2 " in bar for bar in bars)
+    else:
+        assert result.stderr == ""
+
+
 def test_heads_report_draws_the_three_plots(evaluated, tmp_path):
     import importlib.util
     from pathlib import Path

@@ -1,5 +1,6 @@
 """SpecDec++ on the shared chain loop: the acceptance head's stop rule sets each iteration's length (closed form
-for a constant acceptance probability), the trace logs that length as `width`, and decoding stays lossless."""
+for a constant acceptance probability), the trace logs that length as `width`, decoding stays lossless, and each
+prompt's end is reported between prompts."""
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from executor_tiny import assert_lossless, greedy_ar, prompts, tiny_model
 from executor.heads.eagle3 import Eagle3Head, Eagle3HeadConfig
 from executor.heads.layers import base_config_of
 from executor.heads.specdecpp import AcceptanceHead
+from executor.schedules.base import TIMED
 from executor.schedules.common import DecodeOptions
 from executor.specdecpp_chain import run_specdecpp
 from spdsim.errors import SpdsimError
@@ -83,6 +85,23 @@ def test_varying_acceptance_gives_varying_lengths_and_stays_lossless(target, hea
             }  # width = the length this iteration stopped at
             lengths.add(len(rows))
     assert len(lengths) > 1 and lengths <= set(range(2, 7))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])  # the graphed path and the sampling path
+def test_each_prompt_s_end_is_reported(target, head, constant_head, temperature):
+    reports: list[tuple] = []
+    options = DecodeOptions(max_new_tokens=4, temperature=temperature)
+    result = run_specdecpp(
+        target,
+        head,
+        constant_head,
+        prompts(3),
+        0.5,
+        options=options,
+        progress=lambda *report: reports.append(report),
+    )
+    assert len(result.prompts) == 3
+    assert reports == [(TIMED, done, 3) for done in range(4)]
 
 
 @pytest.mark.parametrize("threshold,k_min,k_max", [(0.0, 2, 4), (1.0, 2, 4), (0.5, 0, 4), (0.5, 5, 4)])

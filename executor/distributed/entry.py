@@ -1,4 +1,7 @@
-"""``spdsim exec run --method spd --distributed``: the multi-process pipeline behind the executor CLI."""
+"""``spdsim exec run --method spd --distributed``: the multi-process pipeline behind the executor CLI.
+
+The ranks decode; this process draws the per-prompt bar (``executor.console.prompt_bar``, ``--progress``) from
+the reports the decoding rank sends between prompts, and prints the summary once the bar has stopped."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ DRAFTER_PLACEMENTS = ("colocated", "own")
 
 def run_from_cli(kw: dict) -> None:
     """Launch the distributed SPD for the CLI's options; prints the summary, writes the run directory."""
+    from executor.console import prompt_bar
     from executor.distributed.launch import DistributedConfig, ModelSource, run_distributed
     from executor.schedules.common import DecodeOptions
     from executor.stages import parse_stage_layers
@@ -45,7 +49,8 @@ def run_from_cli(kw: dict) -> None:
         top_p=kw.get("top_p") or 1.0,
     )
     source = ModelSource(kw["model"], dtype=dtype, seed=kw["seed"])
-    run = run_distributed(source, prompts, config, [job])
+    with prompt_bar(kw["method"], kw["progress"]) as progress:
+        run = run_distributed(source, prompts, config, [job], progress)
     result = run.spd[0]
     summary = result.summary()
     print(f"spd distributed: {run.world_size} ranks ({run.backend}), drafter {kw['drafter']}")
@@ -82,6 +87,7 @@ def _write(result, kw: dict, dtype: str) -> None:
 
 def _run_tensor_parallel(kw: dict) -> None:
     """``--method ar --tp N --distributed``: AR over N tensor-parallel ranks (``executor.distributed.tp``)."""
+    from executor.console import prompt_bar
     from executor.distributed.launch import ModelSource
     from executor.distributed.tp import run_tensor_parallel
     from executor.schedules.common import DecodeOptions
@@ -99,9 +105,17 @@ def _run_tensor_parallel(kw: dict) -> None:
     )
     source = ModelSource(kw["model"], dtype=dtype, seed=kw["seed"])
     backend = "gloo" if kw["device"] == "cpu" else "auto"
-    (result,) = run_tensor_parallel(
-        source, prompts, kw["tp"], [job], backend=backend, timeout_s=kw["timeout_s"], use_graphs=kw["graphs"]
-    )
+    with prompt_bar(kw["method"], kw["progress"]) as progress:
+        (result,) = run_tensor_parallel(
+            source,
+            prompts,
+            kw["tp"],
+            [job],
+            backend=backend,
+            timeout_s=kw["timeout_s"],
+            use_graphs=kw["graphs"],
+            progress=progress,
+        )
     summary = result.summary()
     print(f"ar tensor-parallel: {kw['tp']} ranks ({result.config['backend']})")
     for key in ("decode_tokens", "tokens_per_s", "tpot_ms"):

@@ -2,7 +2,9 @@
 
 NCCL with one GPU per rank when enough GPUs are visible, gloo on the CPU otherwise; the same code path. The
 parent watches its children: a rank that dies (or reports an error) ends the run with one line naming it, and the
-other ranks are stopped. Ranks bound every wait by ``timeout_s``, so a stuck rank is named by its peers.
+other ranks are stopped. Ranks bound every wait by ``timeout_s``, so a stuck rank is named by its peers. The rank
+that decodes the prompts can also report its progress between prompts (``rank_progress``); the parent hands it to
+a ``PromptProgress`` callback (the CLI's bar).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from executor.distributed.comm import DistributedError, Link, Roles
+from executor.schedules.base import TIMED, PromptProgress, decode_each
 from executor.schedules.common import DecodeOptions, RunResult, as_prompts
 from spdsim.contract import VERIFY_PLACEMENTS, SpdsimError
 
@@ -132,9 +135,15 @@ def free_port() -> int:
 
 
 def run_distributed(
-    source: ModelSource, prompts, config: DistributedConfig, jobs: list[DecodeOptions]
+    source: ModelSource,
+    prompts,
+    config: DistributedConfig,
+    jobs: list[DecodeOptions],
+    progress: PromptProgress | None = None,
 ) -> DistributedRun:
-    """Decode ``prompts`` once per job (e.g. one per synthetic α) on a freshly launched process group."""
+    """Decode ``prompts`` once per job (e.g. one per synthetic α) on a freshly launched process group.
+    ``progress`` hears the controller's prompts (`base.decode_each`; every job's, and the AR baseline's, in one
+    TIMED count), between prompts only; None: the ranks send no reports."""
     roles = config.roles
     if roles.num_stages < 2:
         raise SpdsimError(f"stages: the distributed pipeline needs n >= 2, got {roles.num_stages}")
@@ -148,15 +157,17 @@ def run_distributed(
         job.validate()
     prompt_list = as_prompts(prompts)
     backend = pick_backend(config.backend, roles.world_size)
-    payload = launch_ranks(_rank_main, roles, (backend, source, prompt_list, config, list(jobs)))
+    args = (backend, source, prompt_list, config, list(jobs), progress is not None)
+    payload = launch_ranks(_rank_main, roles, args, progress)
     return DistributedRun(
         payload["ar"], tuple(payload["spd"]), roles.world_size, backend, payload["cycle_syncs"]
     )
 
 
-def launch_ranks(target, roles, args: tuple):
+def launch_ranks(target, roles, args: tuple, progress: PromptProgress | None = None):
     """Spawn ``roles.world_size`` processes running ``target(rank, port, *args, results)`` and supervise them;
-    returns the payload one rank reports as "result". ``roles`` only needs ``world_size`` and ``name(rank)``."""
+    returns the payload one rank reports as "result". ``roles`` only needs ``world_size`` and ``name(rank)``;
+    ``progress`` hears the "progress" reports (`rank_progress`)."""
     import torch.multiprocessing as mp
 
     port = free_port()
@@ -168,7 +179,7 @@ def launch_ranks(target, roles, args: tuple):
         process.start()
         processes.append(process)
     try:
-        return _supervise(processes, results, roles)
+        return _supervise(processes, results, roles, progress=progress)
     finally:
         for process in processes:
             if process.is_alive():
@@ -176,11 +187,19 @@ def launch_ranks(target, roles, args: tuple):
             process.join(timeout=5)
 
 
-def _supervise(processes, results, roles: Roles, grace_s: float = 0.5, exit_s: float = 10.0) -> dict:
+def _supervise(
+    processes,
+    results,
+    roles: Roles,
+    grace_s: float = 0.5,
+    exit_s: float = 10.0,
+    progress: PromptProgress | None = None,
+) -> dict:
     """Wait for the controller's payload; the first death or error ends the run with one line. A rank that dies
     after it reported its part ("result" or "done") crashed tearing down (gloo's destructors can abort: "terminate
     called without an active exception", seen once in a CPU test run): its work is complete, so once every rank
-    has reported and exited, the payload stands."""
+    has reported and exited, the payload stands. A "progress" report goes to ``progress`` and finishes nothing:
+    a rank that dies after one is still a failure."""
     payload = None
     errors: list[str] = []
     deaths: dict[int, str] = {}
@@ -192,6 +211,9 @@ def _supervise(processes, results, roles: Roles, grace_s: float = 0.5, exit_s: f
             if kind in ("result", "done"):
                 finished.add(rank)
                 payload = body if kind == "result" else payload
+            elif kind == "progress":
+                if progress is not None:
+                    progress(*body)
             elif kind == "error":
                 errors.append(body)
                 first_failure = first_failure or time.monotonic()
@@ -215,8 +237,8 @@ def _supervise(processes, results, roles: Roles, grace_s: float = 0.5, exit_s: f
             raise DistributedError((killed or errors or failed)[0])
 
 
-def _rank_main(rank, port, backend, source, prompts, config, jobs, results) -> None:
-    """Entry point of one rank (a spawned process)."""
+def _rank_main(rank, port, backend, source, prompts, config, jobs, report, results) -> None:
+    """Entry point of one rank (a spawned process); ``report``: the controller sends its progress."""
     import torch.distributed as dist
 
     roles = config.roles
@@ -235,7 +257,8 @@ def _rank_main(rank, port, backend, source, prompts, config, jobs, results) -> N
             config.idle_timeout_s,
             on_stall=lambda message: _fail(results, rank, message),  # GPU: the watchdog thread's report
         )
-        payload = _serve(rank, roles, link, source, prompts, config, jobs, device)
+        progress = rank_progress(results, rank) if report else None
+        payload = _serve(rank, roles, link, source, prompts, config, jobs, device, progress)
         results.put(("result" if payload is not None else "done", rank, payload))
         dist.destroy_process_group()
     except DistributedError as exc:
@@ -293,6 +316,30 @@ def connect_all_pairs(rank: int, world_size: int, device) -> None:
     torch.cuda.synchronize(device)
 
 
+def rank_progress(results, rank: int) -> PromptProgress:
+    """A rank's `PromptProgress`: each report goes to the launcher as ("progress", rank, (phase, done, total)).
+    The put only queues it (the queue's feeder thread sends the few bytes), and the schedules report between
+    prompts, off the clock."""
+
+    def report(phase: str, done: int, total: int) -> None:
+        results.put(("progress", rank, (phase, done, total)))
+
+    return report
+
+
+def counted(progress: PromptProgress | None, before: int, total: int) -> PromptProgress | None:
+    """``progress`` for one of several prompt loops reported as one count: ``before`` of the ``total`` prompts
+    came in earlier loops."""
+    if progress is None:
+        return None
+    sink: PromptProgress = progress
+
+    def report(phase: str, done: int, _: int) -> None:
+        sink(phase, before + done, total)
+
+    return report
+
+
 def _fail(results, rank: int, message: str) -> None:
     """Report and leave at once (a broken process group can hang in its destructors)."""
     results.put(("error", rank, message))
@@ -301,7 +348,7 @@ def _fail(results, rank: int, message: str) -> None:
     os._exit(1)
 
 
-def _serve(rank, roles, link, source, prompts, config, jobs, device):
+def _serve(rank, roles, link, source, prompts, config, jobs, device, progress=None):
     import torch
 
     from executor.distributed.controller import Controller, run_cache_length
@@ -325,17 +372,24 @@ def _serve(rank, roles, link, source, prompts, config, jobs, device):
         drafter = build_drafter(model, split, config, seed)
         controller = Controller(model, drafter, split, link, runner, config.use_graphs, config.verify_on)
         ar = None
+        total = (len(jobs) + int(config.with_ar)) * len(prompts)  # every prompt loop in one TIMED count
         if config.with_ar:
             from executor.schedules.dispatch import run_ar
 
             base = dict(asdict(jobs[0]), synthetic_alpha=None)
-            ar = run_ar(model, prompts, DecodeOptions(**base), use_graphs=config.use_graphs)
+            options = DecodeOptions(**base)
+            ar = run_ar(
+                model, prompts, options, use_graphs=config.use_graphs, progress=counted(progress, 0, total)
+            )
         runs = []
         for job in jobs:
             cache_len = run_cache_length(model, prompts, job, split.num_stages)
-            prompt_runs = tuple(
-                controller.run_prompt(prompt, index, job, cache_len) for index, prompt in enumerate(prompts)
-            )
+
+            def decode(prompt, index, job=job, cache_len=cache_len):
+                return controller.run_prompt(prompt, index, job, cache_len)
+
+            before = (int(config.with_ar) + len(runs)) * len(prompts)
+            prompt_runs = decode_each(prompts, decode, TIMED, counted(progress, before, total))
             runs.append(
                 RunResult("spd", _run_config(split, drafter, config, job, roles), prompt_runs, str(device))
             )

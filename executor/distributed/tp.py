@@ -25,10 +25,20 @@ import torch
 
 from executor.cache import KVCache, window_capacity
 from executor.distributed.comm import OP_GO, Control, DistributedError, Watchdog
-from executor.distributed.launch import FAULTS, ModelSource, _fail, init_rank, launch_ranks, pick_backend
+from executor.distributed.launch import (
+    FAULTS,
+    ModelSource,
+    _fail,
+    counted,
+    init_rank,
+    launch_ranks,
+    pick_backend,
+    rank_progress,
+)
 from executor.fastmodel import DecoderAPI, FastModel
 from executor.graphs import GraphCache
 from executor.layer_fns import LayerShape, LayerWeights, decoder_layer, head_logits, step_inputs
+from executor.schedules.base import TIMED, PromptProgress
 from executor.schedules.common import DecodeOptions, PromptRun, RunResult, as_prompts
 from spdsim.contract import SpdsimError
 
@@ -197,13 +207,18 @@ class WatchedGraphCache(GraphCache):
 
 
 def decode_sharded(
-    shard: ShardedModel, prompts, options: DecodeOptions, graphs: GraphCache
+    shard: ShardedModel,
+    prompts,
+    options: DecodeOptions,
+    graphs: GraphCache,
+    progress: PromptProgress | None = None,
 ) -> tuple[PromptRun, ...]:
-    """The AR schedule (``generate_ar``) on a shard: one cache and one graph set for all prompts, as ``run_ar``."""
+    """The AR schedule (``generate_ar``) on a shard: one cache and one graph set for all prompts, as ``run_ar``;
+    ``progress``: `base.decode_each`."""
     from executor.schedules.dispatch import ar_prompt_runs
 
     cache = shard.new_cache(max(len(p.tokens) for p in prompts) + options.max_new_tokens)
-    return ar_prompt_runs(shard, prompts, options, cache, graphs)
+    return ar_prompt_runs(shard, prompts, options, cache, graphs, TIMED, progress)
 
 
 def run_tensor_parallel(
@@ -215,9 +230,11 @@ def run_tensor_parallel(
     timeout_s: float = 60.0,
     use_graphs: bool = True,
     fault: tuple[str, int, int] | None = None,
+    progress: PromptProgress | None = None,
 ) -> tuple[RunResult, ...]:
     """Decode ``prompts`` with AR on ``tp_degree`` tensor-parallel ranks, once per job; one RunResult per job
-    (method "ar", config with ``tp_degree``), the run-directory format of single-GPU AR."""
+    (method "ar", config with ``tp_degree``), the run-directory format of single-GPU AR. ``progress`` hears rank
+    0's prompts, every job's in one TIMED count (`base.decode_each`; None: the ranks send no reports)."""
     if tp_degree < 1:
         raise SpdsimError(f"--tp: the tensor-parallel degree must be >= 1, got {tp_degree}")
     if fault is not None and fault[0] not in FAULTS:
@@ -227,12 +244,12 @@ def run_tensor_parallel(
     config = TPConfig(tp_degree, backend, timeout_s, use_graphs, fault)
     prompt_list = as_prompts(prompts)
     chosen = pick_backend(backend, tp_degree)
-    payload = launch_ranks(_rank_main, TPRoles(tp_degree), (chosen, source, prompt_list, config, list(jobs)))
-    return tuple(payload)
+    args = (chosen, source, prompt_list, config, list(jobs), progress is not None)
+    return tuple(launch_ranks(_rank_main, TPRoles(tp_degree), args, progress))
 
 
-def _rank_main(rank, port, backend, source, prompts, config: TPConfig, jobs, results) -> None:
-    """One tensor-parallel rank (a spawned process)."""
+def _rank_main(rank, port, backend, source, prompts, config: TPConfig, jobs, report, results) -> None:
+    """One tensor-parallel rank (a spawned process); ``report``: rank 0 sends its progress."""
     import torch.distributed as dist
 
     roles = TPRoles(config.tp_degree)
@@ -253,9 +270,11 @@ def _rank_main(rank, port, backend, source, prompts, config: TPConfig, jobs, res
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             graphs = WatchedGraphCache(config.use_graphs, on_step, fault)
+            progress = rank_progress(results, rank) if report and rank == 0 else None
             runs = []
             for job in jobs:
-                prompt_runs = decode_sharded(shard, prompts, job, graphs)
+                done = counted(progress, len(runs) * len(prompts), len(jobs) * len(prompts))
+                prompt_runs = decode_sharded(shard, prompts, job, graphs, done)
                 run_config = {
                     "method": "ar",
                     **asdict(job),
