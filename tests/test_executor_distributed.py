@@ -17,8 +17,8 @@ from distributed_tiny import prompt_set, tiny_source
 from executor.distributed import DistributedConfig, DistributedError, run_distributed
 from executor.distributed.comm import NO_CROP, OP_END_PROMPT, OP_GO, OP_PREFILL, OP_SHUTDOWN, Control, Roles
 from executor.schedules.ar import GenerationConfig, generate_ar
-from executor.schedules.base import TIMED
-from executor.schedules.common import DecodeOptions
+from executor.schedules.base import TIMED, WARMUP, warmup_prompts
+from executor.schedules.common import DecodeOptions, as_prompts
 
 SOURCE = tiny_source(layers=4)
 NEW_TOKENS = 14
@@ -109,17 +109,27 @@ def test_colocated_lossless_synthetic_replayable_and_reporting_progress(tmp_path
     assert len(trace.outcomes) == len(prompts)
 
 
-def test_own_drafter_rank_lossless_verifying_on_the_controller_with_an_ar_baseline():
+def test_own_drafter_rank_lossless_verifying_on_the_controller_with_an_ar_baseline_after_a_warm_up():
     prompts = prompt_set(2, seed=5)
     config = DistributedConfig(
-        num_stages=2, colocated=False, timeout_s=90, verify_on="controller", with_ar=True
+        num_stages=2, colocated=False, timeout_s=90, verify_on="controller", with_ar=True, warmup=True
     )
     jobs = [DecodeOptions(max_new_tokens=NEW_TOKENS, synthetic_alpha=0.8)]
     reports: list[tuple] = []
     run = run_distributed(SOURCE, prompts, config, jobs, progress=lambda *report: reports.append(report))
     assert run.world_size == 3
     assert run.ar is not None and [p.tokens for p in run.ar.prompts] == greedy(prompts)
-    assert_one_timed_count(reports, 2 * len(prompts))  # the AR baseline's prompts, then the job's
+    # the AR baseline's prompts, then the job's, each loop after its untimed warm-up (as the single-GPU runs)
+    assert_one_timed_count([r for r in reports if r[0] == TIMED], 2 * len(prompts))
+    ar_warm, spd_warm = (len(warmup_prompts(as_prompts(prompts), lookahead)) for lookahead in (0, 2))
+    assert [r for r in reports if r[0] == WARMUP] == [
+        (WARMUP, done, count) for count in (ar_warm, spd_warm) for done in range(count + 1)
+    ]
+    assert (
+        run.ar.config["warmup_prompts"] == ar_warm >= 1
+        and run.spd[0].config["warmup_prompts"] == spd_warm >= 1
+    )
+    assert len(run.spd[0].prompts) == len(run.cycle_syncs) == len(prompts)  # timed prompts only
     for prompt_run, tokens in zip(run.spd[0].prompts, greedy(prompts), strict=True):
         assert prompt_run.tokens == tokens
     assert_like_single_process(run, prompts, config, jobs)

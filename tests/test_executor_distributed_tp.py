@@ -13,8 +13,8 @@ from distributed_tiny import prompt_set, tiny_source
 from executor.distributed import DistributedError
 from executor.distributed.comm import Watchdog
 from executor.distributed.tp import ShardedModel, check_tp_degree, run_tensor_parallel, step_watch
-from executor.schedules.base import TIMED
-from executor.schedules.common import DecodeOptions
+from executor.schedules.base import TIMED, WARMUP, warmup_prompts
+from executor.schedules.common import DecodeOptions, as_prompts
 from executor.schedules.dispatch import run_ar
 from spdsim.errors import SpdsimError
 
@@ -85,17 +85,29 @@ def tp_reports() -> list[tuple]:
 def tp_runs(tp_reports):
     """One 2-rank session decoding the prompts greedily and sampled (launching ranks is the slow part)."""
     return run_tensor_parallel(
-        SOURCE, PROMPTS, 2, JOBS, timeout_s=60, progress=lambda *report: tp_reports.append(report)
+        SOURCE,
+        PROMPTS,
+        2,
+        JOBS,
+        timeout_s=60,
+        progress=lambda *report: tp_reports.append(report),
+        warmup=True,  # as on a GPU: untimed warm-up decodes before each job
     )
 
 
-def test_rank_0_reports_every_job_s_prompts_in_one_count(tp_runs, tp_reports):
+def test_rank_0_reports_every_job_s_prompts_in_one_count_after_each_warm_up(tp_runs, tp_reports):
     total = len(JOBS) * len(PROMPTS)
     assert len(tp_runs) == len(JOBS)
-    assert tp_reports[0] == (TIMED, 0, total) and tp_reports[-1] == (TIMED, total, total)
-    done = [d for _, d, _ in tp_reports]
+    timed = [r for r in tp_reports if r[0] == TIMED]
+    assert timed[0] == (TIMED, 0, total) and timed[-1] == (TIMED, total, total)
+    done = [d for _, d, _ in timed]
     assert done == sorted(done) and set(done) == set(range(total + 1))
-    assert {(phase, t) for phase, _, t in tp_reports} == {(TIMED, total)}  # only rank 0 reports
+    assert {t for _, _, t in timed} == {total}  # only rank 0 reports
+    warm = len(warmup_prompts(as_prompts(PROMPTS)))
+    assert [r for r in tp_reports if r[0] != TIMED] == len(JOBS) * [
+        (WARMUP, d, warm) for d in range(warm + 1)
+    ]
+    assert all(result.config["warmup_prompts"] == warm >= 1 for result in tp_runs)
 
 
 def test_two_ranks_decode_exactly_like_single_process_ar(tp_runs):

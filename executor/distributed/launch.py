@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from executor.distributed.comm import DistributedError, Link, Roles
-from executor.schedules.base import TIMED, PromptProgress, decode_each
+from executor.schedules.base import TIMED, WARMUP, PromptProgress, decode_each, warmup_prompts
 from executor.schedules.common import DecodeOptions, RunResult, as_prompts
 from spdsim.contract import VERIFY_PLACEMENTS, SpdsimError
 
@@ -92,6 +92,9 @@ class DistributedConfig:
     head: str | None = None  # v11 checkpoint; None: an untrained drafter seeded from the job's seed
     use_graphs: bool = True  # CUDA graphs for stage steps (GPU only)
     with_ar: bool = False  # also decode the prompts with AR on the controller's device (same session)
+    # untimed warm-up decodes (`base.warmup_prompts`) before each timed loop, as the single-process schedules;
+    # None: on when the ranks run on CUDA (compiles and graph captures stay out of the timed prompts)
+    warmup: bool | None = None
     fault: tuple[str, int, int] | None = None  # ("kill" | "stall", rank, cycle): fault injection for tests
     # Greedy verification (final norm + lm_head + argmax + compare) on the last stage's rank ("last-stage": only the
     # int64 (accepted, target, drafted) travels back) or on the controller ("controller": the [1, 1, H] hidden
@@ -110,7 +113,7 @@ class DistributedRun:
     spd: tuple[RunResult, ...]
     world_size: int
     backend: str
-    # The controller's host syncs (device-to-host reads) per cycle: per prompt of every job in order, one
+    # The controller's host syncs (device-to-host reads) per cycle: per timed prompt of every job in order, one
     # (cycle state, count) per cycle (steady state: none in fill/refill cycles, the verify's one when saturated).
     cycle_syncs: tuple[tuple[tuple[str, int], ...], ...] = ()
 
@@ -328,16 +331,22 @@ def rank_progress(results, rank: int) -> PromptProgress:
 
 
 def counted(progress: PromptProgress | None, before: int, total: int) -> PromptProgress | None:
-    """``progress`` for one of several prompt loops reported as one count: ``before`` of the ``total`` prompts
-    came in earlier loops."""
+    """``progress`` for one of several timed prompt loops reported as one count: ``before`` of the ``total``
+    timed prompts came in earlier loops. Warm-up reports pass unchanged (each loop warms up on its own)."""
     if progress is None:
         return None
     sink: PromptProgress = progress
 
-    def report(phase: str, done: int, _: int) -> None:
-        sink(phase, before + done, total)
+    def report(phase: str, done: int, count: int) -> None:
+        sink(phase, before + done, total) if phase == TIMED else sink(phase, done, count)
 
     return report
+
+
+def warms_up(requested: bool | None, device) -> bool:
+    """The distributed runs' warm-up rule, the single-process one (`schedules.dispatch.run_method`): on for CUDA
+    unless asked otherwise."""
+    return device.type == "cuda" if requested is None else requested
 
 
 def _fail(results, rank: int, message: str) -> None:
@@ -373,15 +382,23 @@ def _serve(rank, roles, link, source, prompts, config, jobs, device, progress=No
         controller = Controller(model, drafter, split, link, runner, config.use_graphs, config.verify_on)
         ar = None
         total = (len(jobs) + int(config.with_ar)) * len(prompts)  # every prompt loop in one TIMED count
+        warmup = warms_up(config.warmup, device)
         if config.with_ar:
             from executor.schedules.dispatch import run_ar
 
             base = dict(asdict(jobs[0]), synthetic_alpha=None)
             options = DecodeOptions(**base)
             ar = run_ar(
-                model, prompts, options, use_graphs=config.use_graphs, progress=counted(progress, 0, total)
+                model,
+                prompts,
+                options,
+                use_graphs=config.use_graphs,
+                warmup=warmup,
+                progress=counted(progress, 0, total),
             )
-        runs = []
+        # the fill and the first saturated cycle reach n positions past the first decode position (`run_spd`)
+        warm = warmup_prompts(prompts, lookahead=split.num_stages) if warmup else ()
+        runs, timed_syncs = [], []
         for job in jobs:
             cache_len = run_cache_length(model, prompts, job, split.num_stages)
 
@@ -389,12 +406,14 @@ def _serve(rank, roles, link, source, prompts, config, jobs, device, progress=No
                 return controller.run_prompt(prompt, index, job, cache_len)
 
             before = (int(config.with_ar) + len(runs)) * len(prompts)
+            decode_each(warm, lambda prompt, _, decode=decode: decode(prompt, 0), WARMUP, progress)
+            first_timed = len(controller.cycle_syncs)
             prompt_runs = decode_each(prompts, decode, TIMED, counted(progress, before, total))
-            runs.append(
-                RunResult("spd", _run_config(split, drafter, config, job, roles), prompt_runs, str(device))
-            )
+            timed_syncs.extend(controller.cycle_syncs[first_timed:])
+            run_config = {**_run_config(split, drafter, config, job, roles), "warmup_prompts": len(warm)}
+            runs.append(RunResult("spd", run_config, prompt_runs, str(device)))
         controller.shutdown()
-        return {"ar": ar, "spd": runs, "cycle_syncs": tuple(controller.cycle_syncs)}
+        return {"ar": ar, "spd": runs, "cycle_syncs": tuple(timed_syncs)}
 
 
 def _anchor_indices(model, split, config, seed) -> tuple[int, ...]:

@@ -34,12 +34,13 @@ from executor.distributed.launch import (
     launch_ranks,
     pick_backend,
     rank_progress,
+    warms_up,
 )
 from executor.fastmodel import DecoderAPI, FastModel
 from executor.graphs import GraphCache
 from executor.layer_fns import LayerShape, LayerWeights, decoder_layer, head_logits, step_inputs
-from executor.schedules.base import TIMED, PromptProgress
-from executor.schedules.common import DecodeOptions, PromptRun, RunResult, as_prompts
+from executor.schedules.base import TIMED, WARMUP, PromptProgress, warmup_prompts
+from executor.schedules.common import DecodeOptions, Prompt, PromptRun, RunResult, as_prompts
 from spdsim.contract import SpdsimError
 
 
@@ -60,6 +61,7 @@ class TPConfig:
     timeout_s: float = 60.0
     use_graphs: bool = True
     fault: tuple[str, int, int] | None = None  # ("kill" | "stall", rank, decode step): test hook
+    warmup: bool | None = None  # untimed warm-up decodes first (`launch.warms_up`: None is on for CUDA)
 
 
 def check_tp_degree(cfg, degree: int) -> None:
@@ -212,12 +214,14 @@ def decode_sharded(
     options: DecodeOptions,
     graphs: GraphCache,
     progress: PromptProgress | None = None,
+    warm: tuple[Prompt, ...] = (),
 ) -> tuple[PromptRun, ...]:
     """The AR schedule (``generate_ar``) on a shard: one cache and one graph set for all prompts, as ``run_ar``;
-    ``progress``: `base.decode_each`."""
+    ``warm`` decoded untimed first (`base.warmup_prompts`); ``progress``: `base.decode_each`."""
     from executor.schedules.dispatch import ar_prompt_runs
 
     cache = shard.new_cache(max(len(p.tokens) for p in prompts) + options.max_new_tokens)
+    ar_prompt_runs(shard, warm, options, cache, graphs, WARMUP, progress)
     return ar_prompt_runs(shard, prompts, options, cache, graphs, TIMED, progress)
 
 
@@ -231,17 +235,19 @@ def run_tensor_parallel(
     use_graphs: bool = True,
     fault: tuple[str, int, int] | None = None,
     progress: PromptProgress | None = None,
+    warmup: bool | None = None,
 ) -> tuple[RunResult, ...]:
     """Decode ``prompts`` with AR on ``tp_degree`` tensor-parallel ranks, once per job; one RunResult per job
     (method "ar", config with ``tp_degree``), the run-directory format of single-GPU AR. ``progress`` hears rank
-    0's prompts, every job's in one TIMED count (`base.decode_each`; None: the ranks send no reports)."""
+    0's prompts, every job's in one TIMED count (`base.decode_each`; None: the ranks send no reports).
+    ``warmup``: untimed warm-up decodes before each job (None: on for CUDA, as single-GPU AR)."""
     if tp_degree < 1:
         raise SpdsimError(f"--tp: the tensor-parallel degree must be >= 1, got {tp_degree}")
     if fault is not None and fault[0] not in FAULTS:
         raise SpdsimError(f"fault: unknown '{fault[0]}' (allowed: {', '.join(FAULTS)})")
     for job in jobs:
         job.validate()
-    config = TPConfig(tp_degree, backend, timeout_s, use_graphs, fault)
+    config = TPConfig(tp_degree, backend, timeout_s, use_graphs, fault, warmup)
     prompt_list = as_prompts(prompts)
     chosen = pick_backend(backend, tp_degree)
     args = (chosen, source, prompt_list, config, list(jobs), progress is not None)
@@ -271,13 +277,15 @@ def _rank_main(rank, port, backend, source, prompts, config: TPConfig, jobs, rep
                 torch.cuda.empty_cache()
             graphs = WatchedGraphCache(config.use_graphs, on_step, fault)
             progress = rank_progress(results, rank) if report and rank == 0 else None
+            warm = warmup_prompts(prompts) if warms_up(config.warmup, device) else ()
             runs = []
             for job in jobs:
                 done = counted(progress, len(runs) * len(prompts), len(jobs) * len(prompts))
-                prompt_runs = decode_sharded(shard, prompts, job, graphs, done)
+                prompt_runs = decode_sharded(shard, prompts, job, graphs, done, warm)
                 run_config = {
                     "method": "ar",
                     **asdict(job),
+                    "warmup_prompts": len(warm),
                     "tp_degree": config.tp_degree,
                     "distributed": True,
                     "world_size": roles.world_size,

@@ -138,6 +138,7 @@ def part_dist(args, out: Path) -> None:
         spec_layers=args.spec_layers,
         head=args.head,
         use_graphs=graphs,
+        warmup=False,  # prompt_set's own warm-up prompt (module docstring), as in the committed campaigns
     )
     alphas = parse_alphas(args.alphas)
     jobs = [DecodeOptions(max_new_tokens=args.new_tokens, synthetic_alpha=a) for a in alphas]
@@ -176,6 +177,7 @@ def part_tp(args, out: Path) -> None:
         backend="nccl" if args.device == "cuda" else "gloo",
         timeout_s=args.timeout_s,
         use_graphs=graphs,
+        warmup=False,  # prompt_set's own warm-up prompt (module docstring)
     )
     print(f"tp session {time.perf_counter() - started:.1f} s, tp {args.tp}", flush=True)
     name = f"{args.name_prefix}_tp{args.tp}_ar"
