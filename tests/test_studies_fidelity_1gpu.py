@@ -11,9 +11,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "studies" / "fidelity_1gpu"))
 
-from measure import _same_gpu, held_out_order, measured_on, stack_dumps  # noqa: E402
+from measure import _same_gpu, held_out_order, measured_on, spd_spec_layers, stack_dumps  # noqa: E402
+
+from executor.profile import ProfileGrid  # noqa: E402
 
 WIDTHS, ALPHAS = (2, 3, 5, 7), (0.6, 0.8, 0.9)
+
+
+def test_spd_runs_take_the_bundle_s_shallowest_drafter_depth():
+    assert spd_spec_layers(ProfileGrid(spec_layers=(3, 2, 4))) == 2
+    assert spd_spec_layers(ProfileGrid(spec_layers=())) == 1  # no drafter phase: the executor's default
 
 
 def test_held_out_order_is_every_unfitted_pair_once_and_any_prefix_spreads():
@@ -66,6 +73,9 @@ def test_resume_keeps_runs_of_this_gpu_only_and_analyze_holds_out_the_rest(tmp_p
     assert runs == ["ar", "eagle3_k3_a0.60", "eagle3_k3_a0.80", "eagle3_k3_a0.90", "spd_n2_a0.80"]
     config = folder / "spd_n2_a0.80" / "config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "gpu": "another GPU"}))
+    assert json.loads(config.read_text())["spec_layers"] == 1  # the CPU bundle's one drafter depth
+    other_depth = folder / "eagle3_k3_a0.60" / "config.json"  # a run of other options than asked is redone
+    other_depth.write_text(json.dumps({**json.loads(other_depth.read_text()), "synthetic_alpha": 0.5}))
     bundle_path = folder / "profile.json"
     bundle = json.loads(bundle_path.read_text())
     layers_before = bundle["phases"]["layers"]
@@ -79,7 +89,7 @@ def test_resume_keeps_runs_of_this_gpu_only_and_analyze_holds_out_the_rest(tmp_p
     assert [entry["phases"] for entry in added] == [["stream_overlap"]]
     assert str(ROOT) not in added[0]["command"]
     kept = {line.split()[2].rstrip(":") for line in second.splitlines() if "kept (--resume)" in line}
-    assert kept == {"profile", *runs} - {"spd_n2_a0.80"}
+    assert kept == {"profile", *runs} - {"spd_n2_a0.80", "eagle3_k3_a0.60"}
     assert measured_on(folder / "spd_n2_a0.80") == measured_on(folder / "ar")
 
     analyze = [sys.executable, str(ROOT / "studies/fidelity_1gpu/analyze.py"), "--results", str(tmp_path)]

@@ -105,7 +105,7 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
     resume = args.resume and _same_gpu(folder, gpu, args.layers)
 
     def attempt(name: str, method: str, **opts) -> None:
-        if resume and measured_on(folder / name) == gpu:
+        if resume and measured_on(folder / name) == gpu and ran_with(folder / name, opts):
             log(f"{tag} {name}: kept (--resume)")
             return
         log(f"{tag} {name}: started")  # with the line at its end: where a call's time went
@@ -135,14 +135,29 @@ def measure_model(spec: str, out: Path, args, device: str) -> None:
     attempt("ar", "ar")
     for k, alpha in fitted:
         attempt(run_name("eagle3", k, alpha), "eagle3", k=k, synthetic_alpha=alpha)
+    drafter_depth = spd_spec_layers(campaign_grid(args, device))
     for n in args.spd_stages:
-        attempt(run_name("spd", n, 0.8), "spd", stages=n, synthetic_alpha=0.8)
+        attempt(run_name("spd", n, 0.8), "spd", stages=n, synthetic_alpha=0.8, spec_layers=drafter_depth)
     for k, alpha in held_out_order(args.chain_k, CHAIN_ALPHA, fitted):
         attempt(run_name("eagle3", k, alpha), "eagle3", k=k, synthetic_alpha=alpha)
     model = loaded = None  # free the GPU before the next model
     if device == "cuda":
         torch.cuda.empty_cache()
         torch._dynamo.reset()
+
+
+def spd_spec_layers(grid: ProfileGrid) -> int:
+    """The SPD runs' drafter depth L_s: the bundle's shallowest profiled one, so every run can be priced from the
+    bundle (the simulator does not extrapolate L_s). Session 12's Qwen3.5 runs took the executor's default 1
+    beside a bundle of L_s ∈ {2, 3, 4} and could not be priced (studies/qwen35_h200/README.md)."""
+    return min(grid.spec_layers, default=1)
+
+
+def ran_with(run: Path, opts: dict) -> bool:
+    """Whether a finished run's config holds every option this campaign asks of it (--resume keeps it only
+    then: a run of other options, e.g. another drafter depth, is measured again)."""
+    config = json.loads((run / "config.json").read_text())
+    return all(config.get(key) == value for key, value in opts.items())
 
 
 def held_out_order(
