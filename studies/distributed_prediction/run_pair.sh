@@ -37,6 +37,8 @@ case $MODE in
 esac
 
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+# a distributed step still running after this long prints every rank's Python stacks into its log (a hang's where)
+export SPDSIM_DIST_STACKS_AFTER_S=${SPDSIM_DIST_STACKS_AFTER_S:-170}
 OUT=${OUT:-/tmp/pair_out}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
