@@ -12,7 +12,6 @@ holds the hosts' issue of the ops, as the pipeline pays it per message (what ``p
 
 from __future__ import annotations
 
-import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -73,8 +72,7 @@ def profile_p2p(spec: P2PSpec, backend: str = "auto") -> list[dict[str, Any]]:
 def _p2p_rank(rank, port, backend, spec: P2PSpec, results) -> None:
     import torch.distributed as dist
 
-    from executor.distributed.comm import DistributedError
-    from executor.distributed.launch import _fail, init_rank
+    from executor.distributed.launch import fail_rank, init_rank
 
     name = PairRoles().name(rank)
     try:
@@ -83,12 +81,8 @@ def _p2p_rank(rank, port, backend, spec: P2PSpec, results) -> None:
         dist.barrier()
         results.put(("result", rank, entries) if rank == 0 else ("done", rank, None))
         dist.destroy_process_group()
-    except DistributedError as exc:
-        _fail(results, rank, str(exc))
     except Exception as exc:
-        traceback.print_exc()
-        message = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-        _fail(results, rank, f"{name} failed: {message}")
+        fail_rank(results, rank, name, exc)
 
 
 def _time_message(rank: int, device, message: Message, spec: P2PSpec) -> dict[str, Any]:

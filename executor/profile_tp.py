@@ -12,7 +12,6 @@ Both return phase entries (coordinates + median/p10/p90/samples) for ``executor.
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -113,8 +112,7 @@ def profile_allreduce(
 def _allreduce_rank(rank, port, backend, spec: AllReduceSpec, results) -> None:
     import torch.distributed as dist
 
-    from executor.distributed.comm import DistributedError
-    from executor.distributed.launch import _fail, init_rank
+    from executor.distributed.launch import fail_rank, init_rank
     from executor.distributed.tp import TPRoles, bounded_reduce
     from executor.graphs import GraphedStep
     from executor.models import _torch_dtype
@@ -140,9 +138,5 @@ def _allreduce_rank(rank, port, backend, spec: AllReduceSpec, results) -> None:
         dist.barrier()
         results.put(("result", rank, entries) if rank == 0 else ("done", rank, None))
         dist.destroy_process_group()
-    except DistributedError as exc:
-        _fail(results, rank, str(exc))
     except Exception as exc:
-        traceback.print_exc()
-        message = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-        _fail(results, rank, f"{name} failed: {message}")
+        fail_rank(results, rank, name, exc)

@@ -264,12 +264,8 @@ def _rank_main(rank, port, backend, source, prompts, config, jobs, report, resul
         payload = _serve(rank, roles, link, source, prompts, config, jobs, device, progress)
         results.put(("result" if payload is not None else "done", rank, payload))
         dist.destroy_process_group()
-    except DistributedError as exc:
-        _fail(results, rank, str(exc))
-    except Exception as exc:  # anything else: one line naming the rank, the traceback on stderr
-        traceback.print_exc()
-        message = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-        _fail(results, rank, f"{roles.name(rank)} failed: {message}")
+    except Exception as exc:
+        fail_rank(results, rank, roles.name(rank), exc)
 
 
 def init_rank(rank: int, port: int, backend: str, world_size: int, group_timeout_s: float):
@@ -347,6 +343,16 @@ def warms_up(requested: bool | None, device) -> bool:
     """The distributed runs' warm-up rule, the single-process one (`schedules.dispatch.run_method`): on for CUDA
     unless asked otherwise."""
     return device.type == "cuda" if requested is None else requested
+
+
+def fail_rank(results, rank: int, name: str, exc: Exception) -> None:
+    """End a rank on an exception with one line: a `DistributedError` as it is (it names the peer that failed),
+    anything else naming this rank (``name``), its traceback on stderr."""
+    if isinstance(exc, DistributedError):
+        _fail(results, rank, str(exc))
+    traceback.print_exc()
+    message = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    _fail(results, rank, f"{name} failed: {message}")
 
 
 def _fail(results, rank: int, message: str) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -30,6 +29,7 @@ from executor.distributed.launch import (
     ModelSource,
     _fail,
     counted,
+    fail_rank,
     init_rank,
     launch_ranks,
     pick_backend,
@@ -297,12 +297,8 @@ def _rank_main(rank, port, backend, source, prompts, config: TPConfig, jobs, rep
             watchdog.close()
         results.put(("result", rank, runs) if rank == 0 else ("done", rank, None))
         dist.destroy_process_group()
-    except DistributedError as exc:
-        _fail(results, rank, str(exc))
-    except Exception as exc:  # one line naming the rank, the traceback on stderr
-        traceback.print_exc()
-        message = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-        _fail(results, rank, f"{name} failed: {message}")
+    except Exception as exc:
+        fail_rank(results, rank, name, exc)
 
 
 def with_config(result: RunResult, **extra) -> RunResult:
