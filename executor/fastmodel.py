@@ -28,6 +28,7 @@ from executor.cache import KVCache, cache_slots
 from executor.layer_fns import (
     LayerShape,
     LayerWeights,
+    compile_options,
     compiled_step_inputs,
     decoder_layer,
     head_logits,
@@ -401,12 +402,7 @@ class FastModel(DecoderAPI, nn.Module):
         if pdl and not fused:
             raise ValueError("pdl launches the fused layer's kernels: it needs fused=True")
         raise_recompile_limits()
-        # Default mode: inductor's coordinate-descent tuning, which also lowers the batch-1 matmuls to tuned
-        # reductions fused with their norms; on an H200 it took the AR step from 54.7% to 59.6% (qwen3-4b) and from
-        # 70.5% to 82.2% (qwen3-8b) of copy bandwidth (studies/executor_speed/README.md).
-        kwargs: dict[str, Any] = {"mode": mode} if mode else {"options": {"coordinate_descent_tuning": True}}
-        if backend is not None:
-            kwargs = {"backend": backend}
+        kwargs = compile_options(mode, backend)
         layer: Callable[..., torch.Tensor] = decoder_layer
         if gemv:
             from executor.gemv import decode_linear

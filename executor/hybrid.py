@@ -32,7 +32,7 @@ from executor.deltanet import (
     gated_attention_layer,
 )
 from executor.fastmodel import DecoderAPI, dense
-from executor.layer_fns import compiled_step_inputs, raise_recompile_limits, step_inputs
+from executor.layer_fns import compile_options, compiled_step_inputs, raise_recompile_limits, step_inputs
 
 HYBRID_MODEL_TYPES = ("qwen3_5_text",)
 LINEAR, FULL = "linear_attention", "full_attention"
@@ -342,7 +342,9 @@ class HybridModel(DecoderAPI, nn.Module):
         ``backend`` and ``gemv`` as in ``FastModel.compile_layers``: a torch.compile backend in place of inductor
         (tests count compiles with one); the layers' one-token matmuls through ``executor.gemv.decode_linear``."""
         raise_recompile_limits()
-        kwargs: dict[str, Any] = {"mode": mode} if backend is None else {"backend": backend}
+        # untuned: every Qwen3.5 bundle and run so far was measured so; tuning is to be measured against --layers
+        # gemv first (studies/qwen35_h200/README.md, session 12)
+        kwargs = compile_options(mode, backend, tuned=False)
 
         def compiled(fn):
             return torch.compile(fn, dynamic=False, fullgraph=True, **kwargs)
