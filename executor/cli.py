@@ -75,7 +75,9 @@ def run(
         "as programmatic dependent launches: the fastest AR step, studies/executor_speed/README.md), Qwen3 / "
         "Llama / Qwen2 models only",
     ),
-    out: Path = typer.Option(None, help="write a new run directory (tokens, trace, cycles, summary)"),
+    out: Path = typer.Option(
+        None, help="write a new run directory (tokens, trace, cycles, timeline, summary)"
+    ),
     force: bool = typer.Option(False, "--force", help="rewrite a run directory spdsim made (its files only)"),
     distributed: bool = typer.Option(False, help="SPD: one process per stage (NCCL on GPUs, gloo on CPU)"),
     drafter: str = typer.Option("colocated", help="--distributed: drafter on stage 0's rank or its own"),

@@ -1,5 +1,6 @@
 """Run directory of a measured executor run: config.json, tokens.csv, summary.json, trace.csv (the acceptance
-TRACE format of the team brief, which spdsim's trace replay reads as is) and cycles.csv (per-cycle phase times).
+TRACE format of the team brief, which spdsim's trace replay reads as is), cycles.csv (per-cycle phase times) and
+timeline.json (the measured phases as a Chrome trace: open it in Perfetto; `timeline_json`).
 
 Written atomically (built in a temporary sibling, renamed into place): no half-written directory on failure.
 """
@@ -96,6 +97,68 @@ def cycles_csv(result: RunResult) -> str:
     return _csv(header, rows)
 
 
+# Track order of the phases in timeline.json; other phases come after, by name.
+PHASE_ORDER = ("draft", "acceptance_head", "stage", "verify", "step")
+
+
+def _phase_order(name: str) -> tuple[int, int, str]:
+    """Drafter first, then stages in numeric order, verify, AR step; a phase's number sorts numerically."""
+    for rank, prefix in enumerate(PHASE_ORDER):
+        if name.startswith(prefix):
+            digits = name[len(prefix) :]
+            return rank, int(digits) if digits.isdigit() else -1, name
+    return len(PHASE_ORDER), 0, name
+
+
+def timeline_json(result: RunResult) -> str:
+    """Chrome trace event JSON (Perfetto) of the measured phases, built from their measured start times.
+
+    One process per prompt (pid = request + 1, since pid 0 is special to Perfetto; named by its prompt_id), one
+    thread per phase (named; a phase has the same tid in every process), one "X" span per measured interval
+    (``PromptRun.phase_spans``: a phase timed twice in a cycle gives two spans) with ``args`` {cycle, state}.
+    ts and dur are µs from the prompt's earliest phase start, on the clock that timed the phases (CUDA events on
+    a GPU, perf_counter on the CPU), so every prompt starts at 0. Nothing is laid out: a prompt without spans (a
+    result made before they were kept) gets its process name and no spans, and phases not timed as intervals
+    here (the distributed controller's host phases and its remote stages' forward times) are in cycles.csv only.
+
+    Token commits are left out: ``token_times_us`` are host perf_counter times since the prefill started (with
+    synthetic re-anchors taken off), while on a GPU the spans are device-event times, and relating the two clocks
+    would need a host-device sync in the timed loop; tokens.csv has the commit times. The same result gives the
+    same bytes.
+    """
+    tids: dict[str, int] = {}
+    names = sorted({span[1] for run in result.prompts for span in run.phase_spans}, key=_phase_order)
+    for name in names:
+        tids[name] = len(tids) + 1
+    events: list[str] = []
+    for request, run in enumerate(result.prompts):
+        pid = request + 1
+        events.append(_meta("process_name", pid, 0, run.prompt_id))
+        events.append(
+            json.dumps(
+                {"name": "process_sort_index", "ph": "M", "pid": pid, "tid": 0, "args": {"sort_index": pid}}
+            )
+        )
+        for name in sorted({span[1] for span in run.phase_spans}, key=_phase_order):
+            events.append(_meta("thread_name", pid, tids[name], name))
+            sort = {"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": tids[name]}
+            events.append(json.dumps({**sort, "args": {"sort_index": tids[name]}}))
+        states = {cycle.index: cycle.state for cycle in run.cycles}
+        for cycle, name, start_us, dur_us in sorted(
+            run.phase_spans, key=lambda span: (span[2], tids[span[1]], span[0], span[3])
+        ):
+            args = f'"cycle":{cycle},"state":{json.dumps(states.get(cycle))}'
+            events.append(
+                f'{{"name":{json.dumps(name)},"cat":"phase","ph":"X","ts":{start_us:.3f},"dur":{dur_us:.3f},'
+                f'"pid":{pid},"tid":{tids[name]},"args":{{{args}}}}}'
+            )
+    return '{"displayTimeUnit":"ms","traceEvents":[\n' + ",\n".join(events) + "\n]}\n"
+
+
+def _meta(kind: str, pid: int, tid: int, name: str) -> str:
+    return json.dumps({"name": kind, "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}})
+
+
 def write_trace(result: RunResult, path: str | Path) -> Path:
     """The acceptance trace alone, as CSV or (by suffix .parquet) Parquet."""
     path = Path(path)
@@ -115,7 +178,7 @@ def write_trace(result: RunResult, path: str | Path) -> Path:
 def write_run_dir(
     result: RunResult, out_dir: str | Path, extra_config: dict | None = None, force: bool = True
 ) -> Path:
-    """Write the five run files for `result` into `out_dir`: a new directory, or (``force``) spdsim's own one,
+    """Write the six run files for `result` into `out_dir`: a new directory, or (``force``) spdsim's own one,
     whose run files are replaced (``spdsim.contract.files.write_dir``)."""
     lengths = {run.prompt_id: run.prompt_tokens for run in result.prompts}
     config = {**result.config, "device": result.device, "prompt_tokens": lengths, **(extra_config or {})}
@@ -127,6 +190,7 @@ def write_run_dir(
             "summary.json": lambda: _json(result.summary()),
             "trace.csv": lambda: trace_csv(result),
             "cycles.csv": lambda: cycles_csv(result),
+            "timeline.json": lambda: timeline_json(result),
         },
         force=force,
     )

@@ -72,6 +72,17 @@ class IntervalRecorder:
             return [start.elapsed_time(end) * 1000.0 for start, end in self._pending]
         return [(end - start) * 1e6 for start, end in self._pending]
 
+    def starts_us(self) -> list[float]:
+        """Start of every interval in µs from the first interval's start, on the timing clock (CUDA events on a
+        GPU, perf_counter on the CPU)."""
+        if not self._pending:
+            return []
+        first = self._pending[0][0]
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [first.elapsed_time(start) * 1000.0 for start, _ in self._pending]
+        return [(start - first) * 1e6 for start, _ in self._pending]
+
 
 def time_callable(
     fn: Callable[[], object], *, device: torch.device | str, warmup: int = 5, iters: int = 50

@@ -28,6 +28,9 @@ def test_greedy_equals_transformers_generate(spec: str) -> None:
         out = generate_ar(fast, prompt, GenerationConfig(max_new_tokens=16))
         assert list(out.tokens) == ref
         assert len(out.step_us) == 15 and out.prefill_us > 0
+        starts = out.step_start_us  # since the prefill's start: each step starts after the one before ends
+        assert len(starts) == 15 and starts[0] >= out.prefill_us
+        assert all(a + d <= b for a, d, b in zip(starts, out.step_us, starts[1:], strict=False))
 
 
 @pytest.fixture(scope="module")

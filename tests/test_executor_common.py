@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+import time
+
 import pytest
 import torch
 from executor_tiny import prompts, tiny_model
 
 from executor.schedules import run_method
-from executor.schedules.common import SyntheticDrafts
+from executor.schedules.common import PhaseTimer, PromptRecorder, SyntheticDrafts
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +67,31 @@ def test_plans_are_seeded_and_realise_alpha_per_position():
     assert plans[0] == plans[1] and plans[0] != plans[2]
     rate = sum(token == 7 for token in plans[0]) / len(plans[0])
     assert abs(rate - 0.7) < 0.015
+
+
+def test_phase_timer_spans_keep_every_interval_from_the_first_start_and_resolve_sums_them():
+    timer = PhaseTimer(torch.device("cpu"))
+    for cycle, name in [(0, "draft"), (0, "stage0"), (0, "stage0"), (1, "draft")]:
+        with timer.phase(cycle, name):
+            time.sleep(0.001)
+    spans = timer.spans()
+    assert [(c, n) for c, n, _, _ in spans] == [(0, "draft"), (0, "stage0"), (0, "stage0"), (1, "draft")]
+    assert spans[0][2] == 0.0 and all(dur >= 1000 for _, _, _, dur in spans)
+    for before, after in zip(spans, spans[1:], strict=False):  # serial on the CPU: one after the other
+        assert before[2] + before[3] <= after[2]
+    totals = timer.resolve()
+    assert totals[0]["stage0"] == pytest.approx(spans[1][3] + spans[2][3])
+    assert totals[1] == {"draft": spans[3][3]}
+    assert PhaseTimer(torch.device("cpu")).spans() == ()
+
+
+def test_a_frozen_prompt_run_keeps_the_spans_and_survives_pickling():
+    timer = PhaseTimer(torch.device("cpu"))
+    record = PromptRecorder("p", 3, "spd")
+    record.commit(5)
+    with timer.phase(0, "draft"):
+        pass
+    record.cycles.append((0, "fill", 0))
+    run = record.freeze(timer)
+    assert run.phase_spans == timer.spans() and run.cycles[0].phases_us == {"draft": run.phase_spans[0][3]}
+    assert pickle.loads(pickle.dumps(run)) == run

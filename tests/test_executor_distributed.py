@@ -5,6 +5,7 @@ progress reaches the launcher's callback (a report finishes no rank), and a kill
 one line naming it."""
 
 import gc
+import json
 import queue
 import re
 import time
@@ -103,7 +104,14 @@ def test_colocated_lossless_synthetic_replayable_and_reporting_progress(tmp_path
         assert all("stage1" in c.phases_us for c in prompt_run.cycles if c.state == "saturated")
         # the last stage verified (only its triple came back): no verify phase on the controller
         assert not any("verify" in c.phases_us for c in prompt_run.cycles)
+        # the controller's own timed intervals came through the result queue (pickled) as phase spans; the host
+        # phases and the remote stage's times are per-cycle sums only
+        assert {name for _, name, _, _ in prompt_run.phase_spans} == {"draft", "stage0"}
+        phases = {c.index: c.phases_us for c in prompt_run.cycles}
+        assert all(dur == phases[cycle][name] for cycle, name, _, dur in prompt_run.phase_spans)
     out = write_run_dir(synthetic, tmp_path / "run")
+    timeline = json.loads((out / "timeline.json").read_text())["traceEvents"]
+    assert {e["args"]["name"] for e in timeline if e["name"] == "thread_name"} == {"draft", "stage0"}
     trace = load_trace(out / "trace.csv")
     assert trace.accepted_total == synthetic.summary()["accepted"]
     assert len(trace.outcomes) == len(prompts)
@@ -136,6 +144,9 @@ def test_own_drafter_rank_lossless_verifying_on_the_controller_with_an_ar_baseli
     assert_steady_state_syncs(run)
     saturated = [c for p in run.spd[0].prompts for c in p.cycles if c.state == "saturated"]
     assert saturated and all("verify" in c.phases_us for c in saturated)
+    # spans of what the controller timed: it drafts and verifies, both stages are remote; AR's steps
+    assert {n for p in run.spd[0].prompts for _, n, _, _ in p.phase_spans} == {"draft", "verify"}
+    assert {n for p in run.ar.prompts for _, n, _, _ in p.phase_spans} == {"step"}
 
 
 def test_four_stages_four_processes_lossless_same_cycles_as_single_process():

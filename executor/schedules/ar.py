@@ -45,6 +45,8 @@ class ARResult:
     step_us: tuple[float, ...]  # device time of each decode step after the first token
     wall_s: float  # prefill + all steps, host clock
     token_times_us: tuple[float, ...] = ()  # host clock at each token's commit since the prefill started
+    # start of each step_us interval since the prefill's start, on the clock that timed them (device or host)
+    step_start_us: tuple[float, ...] = ()
 
     @property
     def tokens_per_s(self) -> float:
@@ -121,7 +123,13 @@ def generate_ar(
         tokens.append(int(token))
         commits.append((time.perf_counter() - start) * 1e6)
     wall_s = time.perf_counter() - start
-    intervals = recorder.intervals_us()
+    intervals, starts = recorder.intervals_us(), recorder.starts_us()
     return ARResult(
-        len(prompt_ids), tuple(tokens), intervals[0], tuple(intervals[1:]), wall_s, tuple(commits)
+        len(prompt_ids),
+        tuple(tokens),
+        intervals[0],
+        tuple(intervals[1:]),
+        wall_s,
+        tuple(commits),
+        tuple(starts[1:]),
     )

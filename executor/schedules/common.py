@@ -68,6 +68,10 @@ class PromptRun:
     verifications: int
     accepted: int
     reanchors: int = 0  # synthetic acceptance: reference rebuilds after a committed token left it
+    # Every measured phase interval (cycle, phase, start_us, dur_us), earliest first; start_us counts from the
+    # prompt's earliest recorded phase start, on the timing clock (`PhaseTimer.spans`; AR: its steps). Phases
+    # merged into `cycles` afterwards (the distributed controller's host and remote-stage times) have none.
+    phase_spans: tuple[tuple[int, str, float, float], ...] = ()
 
     @property
     def decode_steps(self) -> int:
@@ -205,7 +209,9 @@ class PromptRecorder:
         self.verifications += 1
 
     def freeze(self, timer: PhaseTimer) -> PromptRun:
-        phases = timer.resolve()
+        """The immutable run: per-cycle phase sums in ``cycles``, every single interval in ``phase_spans``."""
+        spans = timer.spans()
+        phases = PhaseTimer.totals(spans)
         cycles = tuple(
             CycleTiming(index, state, tokens, phases.get(index, {})) for index, state, tokens in self.cycles
         )
@@ -221,12 +227,13 @@ class PromptRecorder:
             self.verifications,
             self.accepted,
             self.reanchors,
+            spans,
         )
 
 
 class PhaseTimer:
-    """Per-cycle phase intervals: CUDA events recorded on the phase's stream on a GPU (no sync until `resolve`),
-    perf_counter on the CPU."""
+    """Per-cycle phase intervals: CUDA events recorded on the phase's stream on a GPU (no sync until `spans` or
+    `resolve`), perf_counter on the CPU."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
@@ -247,14 +254,39 @@ class PhaseTimer:
             end.record()
         self._marks.append((cycle, name, start, end))
 
-    def resolve(self) -> dict[int, dict[str, float]]:
+    def spans(self) -> tuple[tuple[int, str, float, float], ...]:
+        """Every recorded interval as (cycle, phase, start_us, dur_us), ordered by start (then cycle, phase).
+
+        ``start_us`` counts from the earliest recorded start of this timer (one prompt: the schedules make one
+        timer per prompt), on the clock that timed the phase: the GPU's (CUDA events, ``elapsed_time`` from a
+        reference event, so phases on different streams share the origin) or perf_counter's on the CPU. A phase
+        recorded twice in one cycle gives two spans (`totals` sums them)."""
+        if not self._marks:
+            return ()
         if self.cuda:
             torch.cuda.synchronize()
+        reference = self._marks[0][2]
+        if self.cuda:
+            raw = [
+                (c, n, reference.elapsed_time(s) * 1e3, s.elapsed_time(e) * 1e3) for c, n, s, e in self._marks
+            ]
+        else:
+            raw = [(c, n, (s - reference) * 1e6, (e - s) * 1e6) for c, n, s, e in self._marks]
+        origin = min(start for _, _, start, _ in raw)
+        spans = [(c, n, start - origin, dur) for c, n, start, dur in raw]
+        return tuple(sorted(spans, key=lambda span: (span[2], span[0], span[1])))
+
+    @staticmethod
+    def totals(spans) -> dict[int, dict[str, float]]:
+        """cycle -> phase -> summed duration (µs) of ``spans`` (a phase recorded twice in a cycle is summed)."""
         out: dict[int, dict[str, float]] = {}
-        for cycle, name, start, end in self._marks:
-            elapsed = start.elapsed_time(end) * 1e3 if self.cuda else (end - start) * 1e6
+        for cycle, name, _, elapsed in spans:
             out.setdefault(cycle, {})[name] = out.get(cycle, {}).get(name, 0.0) + elapsed
         return out
+
+    def resolve(self) -> dict[int, dict[str, float]]:
+        """cycle -> phase -> microseconds, summed over the phase's intervals in the cycle."""
+        return self.totals(self.spans())
 
 
 class Verifier:

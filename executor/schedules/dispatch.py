@@ -188,6 +188,12 @@ def ar_prompt_runs(
         gen = GenerationConfig(options.max_new_tokens, sampling, options.stop_token_ids, graphs.enabled)
         out = generate_ar(model, prompt.tokens, gen, cache=cache, graphs=graphs)
         cycles = tuple(CycleTiming(i, "ar", 1, {"step": us}) for i, us in enumerate(out.step_us))
+        # the trace's spans count from the first timed step (prefill excluded), as PhaseTimer's from the first phase
+        origin = out.step_start_us[0] if out.step_start_us else 0.0
+        spans = tuple(
+            (i, "step", start - origin, us)
+            for i, (start, us) in enumerate(zip(out.step_start_us, out.step_us, strict=True))
+        )
         return PromptRun(
             prompt.prompt_id,
             len(prompt.tokens),
@@ -199,6 +205,7 @@ def ar_prompt_runs(
             (),
             0,
             0,
+            phase_spans=spans,
         )
 
     return decode_each(prompts, decode, phase, progress)

@@ -1,10 +1,11 @@
 """Executor run directories as the simulator sees them (read-only): what was run, on which prompts, how long.
 
 A run directory (``executor/rundir.py``) holds ``config.json``, ``tokens.csv`` (commit time of every token),
-``cycles.csv`` (per decode-loop iteration phase times), ``trace.csv`` (accept/reject, the team's TRACE format) and
-``summary.json``. Decode time of a prompt runs from its first token (the prefill's) to its last, as the executor
-reports it; a prompt's length comes from ``config.json["prompt_tokens"]`` or, failing that, from the position
-of its first verified draft.
+``cycles.csv`` (per decode-loop iteration phase times), ``trace.csv`` (accept/reject, the team's TRACE format),
+``summary.json`` and, in runs written since it was added, ``timeline.json`` (Chrome trace; nothing here reads
+it). Decode time of a prompt runs from its first token (the prefill's) to its last, as the executor reports it;
+a prompt's length comes from ``config.json["prompt_tokens"]`` or, failing that, from the position of its first
+verified draft.
 """
 
 from __future__ import annotations

@@ -2,9 +2,12 @@
 
 Both halves write ``config.json``, ``tokens.csv`` (commit time of every token) and ``summary.json`` through
 ``spdsim.contract.files.write_dir`` (which adds the ``.spdsim`` marker). A *simulated* run adds ``trace.json``
-(Chrome trace; ``trace.json.gz`` for serving runs and large traces) and its ``config.json`` is a scenario file; a *measured* run (the executor) adds ``trace.csv``
-(every verification, ``spdsim.contract.trace``) and ``cycles.csv`` (per-cycle phase times), and its
-``config.json`` holds the executor's options. Every command reads both kinds: the ones that need the other kind
+(Chrome trace; ``trace.json.gz`` for serving runs and large traces) and its ``config.json`` is a scenario file;
+a *measured* run (the executor) adds ``trace.csv`` (every verification, ``spdsim.contract.trace``),
+``cycles.csv`` (per-cycle phase times) and ``timeline.json`` (Chrome trace of the measured phase intervals, one
+process per prompt, one thread per phase), and its ``config.json`` holds the executor's options. Measured runs
+written before ``timeline.json`` existed lack it: it is in ``MEASURED_FILES`` (what the executor writes), not in
+``MEASURED_REQUIRED`` (what a reader needs). Every command reads both kinds: the ones that need the other kind
 say so in one line, naming what is missing.
 """
 
@@ -17,7 +20,7 @@ from spdsim.errors import SpdsimError
 COMMON_FILES = ("config.json", "tokens.csv", "summary.json")
 SIMULATED_FILES = (*COMMON_FILES, "trace.json")
 SERVING_TRACE = "trace.json.gz"  # a simulated run's trace in place of trace.json: serving runs, large traces
-MEASURED_FILES = (*COMMON_FILES, "trace.csv", "cycles.csv")
+MEASURED_FILES = (*COMMON_FILES, "trace.csv", "cycles.csv", "timeline.json")
 MEASURED_REQUIRED = ("config.json", "tokens.csv", "cycles.csv")  # what a replay reads
 
 

@@ -2,8 +2,8 @@
 
 Per model, in one process (one load, one compile): a profile bundle of every phase, graph-captured; AR; EAGLE-3
 chain runs for K in {2, 3, 5, 7} x synthetic alpha in {0.6, 0.8, 0.9} (random head weights, T = 0); single-process
-SPD at n in {2, 4}. Every run is a run directory (config.json, tokens.csv, summary.json, trace.csv, cycles.csv)
-under ``OUT/<model tag>/``; `analyze.py` calibrates on AR + one chain run and validates the rest (held out).
+SPD at n in {2, 4}. Every run is a run directory (config.json, tokens.csv, summary.json, trace.csv, cycles.csv;
+timeline.json since it was added) under ``OUT/<model tag>/``; `analyze.py` calibrates on AR + one chain run and validates the rest (held out).
 
     python studies/fidelity_1gpu/measure.py --models random:qwen3-4b,random:qwen3-8b --out $OUT
 """
