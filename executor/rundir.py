@@ -22,6 +22,7 @@ from spdsim.contract import (
     write_file,
     write_text_file,
 )
+from spdsim.contract.chrome_trace import metadata_event, span_event, thread_events, trace_document
 from spdsim.contract.extras import is_parquet, require_parquet
 
 TOKEN_COLUMNS = (
@@ -126,37 +127,22 @@ def timeline_json(result: RunResult) -> str:
     would need a host-device sync in the timed loop; tokens.csv has the commit times. The same result gives the
     same bytes.
     """
-    tids: dict[str, int] = {}
     names = sorted({span[1] for run in result.prompts for span in run.phase_spans}, key=_phase_order)
-    for name in names:
-        tids[name] = len(tids) + 1
+    tids = {name: tid for tid, name in enumerate(names, start=1)}
     events: list[str] = []
     for request, run in enumerate(result.prompts):
         pid = request + 1
-        events.append(_meta("process_name", pid, 0, run.prompt_id))
-        events.append(
-            json.dumps(
-                {"name": "process_sort_index", "ph": "M", "pid": pid, "tid": 0, "args": {"sort_index": pid}}
-            )
-        )
+        events.append(metadata_event("process_name", pid, 0, {"name": run.prompt_id}))
+        events.append(metadata_event("process_sort_index", pid, 0, {"sort_index": pid}))
         for name in sorted({span[1] for span in run.phase_spans}, key=_phase_order):
-            events.append(_meta("thread_name", pid, tids[name], name))
-            sort = {"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": tids[name]}
-            events.append(json.dumps({**sort, "args": {"sort_index": tids[name]}}))
+            events.extend(thread_events(pid, tids[name], name))
         states = {cycle.index: cycle.state for cycle in run.cycles}
         for cycle, name, start_us, dur_us in sorted(
             run.phase_spans, key=lambda span: (span[2], tids[span[1]], span[0], span[3])
         ):
             args = f'"cycle":{cycle},"state":{json.dumps(states.get(cycle))}'
-            events.append(
-                f'{{"name":{json.dumps(name)},"cat":"phase","ph":"X","ts":{start_us:.3f},"dur":{dur_us:.3f},'
-                f'"pid":{pid},"tid":{tids[name]},"args":{{{args}}}}}'
-            )
-    return '{"displayTimeUnit":"ms","traceEvents":[\n' + ",\n".join(events) + "\n]}\n"
-
-
-def _meta(kind: str, pid: int, tid: int, name: str) -> str:
-    return json.dumps({"name": kind, "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}})
+            events.append(span_event(json.dumps(name), "phase", start_us, dur_us, pid, tids[name], args))
+    return trace_document(events)
 
 
 def write_trace(result: RunResult, path: str | Path) -> Path:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import spdsim.contract as contract
 from spdsim.contract import vocabulary
+from spdsim.contract.chrome_trace import metadata_event, span_event, thread_events, trace_document
 from spdsim.contract.profile_schema import PHASE_COORDINATES
 from spdsim.contract.shape import uneven_counts
 
@@ -110,3 +111,35 @@ def test_uneven_counts_is_the_most_even_split_earlier_stages_first(num_layers: i
     assert max(counts) - min(counts) <= 1 and list(counts) == sorted(counts, reverse=True)
     if num_layers % num_stages == 0:
         assert set(counts) == {num_layers // num_stages}
+
+
+def test_chrome_trace_events_make_one_json_document_with_process_wide_metadata_without_a_tid():
+    import json
+
+    events = [
+        metadata_event("process_name", 1, 0, {"name": "run"}),
+        metadata_event("process_sort_index", 1, None, {"sort_index": 1}),
+        *thread_events(1, 2, "stage0"),
+        span_event(json.dumps('a "quoted" name'), "phase", 1.23456, 2.0, 1, 2, '"cycle":3'),
+    ]
+    document = json.loads(trace_document(events))
+    assert document["displayTimeUnit"] == "ms"
+    meta = [(e["name"], e.get("tid"), e["args"]) for e in document["traceEvents"] if e["ph"] == "M"]
+    assert meta == [
+        ("process_name", 0, {"name": "run"}),
+        ("process_sort_index", None, {"sort_index": 1}),
+        ("thread_name", 2, {"name": "stage0"}),
+        ("thread_sort_index", 2, {"sort_index": 2}),
+    ]
+    (span,) = [e for e in document["traceEvents"] if e["ph"] == "X"]
+    assert span == {
+        "name": 'a "quoted" name',
+        "cat": "phase",
+        "ph": "X",
+        "ts": 1.235,
+        "dur": 2.0,
+        "pid": 1,
+        "tid": 2,
+        "args": {"cycle": 3},
+    }
+    assert json.loads(trace_document([])) == {"displayTimeUnit": "ms", "traceEvents": []}

@@ -6,11 +6,12 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 import executor.graphs
 from executor.models import load_fast_model
 from executor.schedules import run_method
-from executor.schedules.base import TIMED, WARMUP
+from executor.schedules.base import TIMED, WARMUP, warms_up
 
 
 @pytest.mark.parametrize(
@@ -76,3 +77,9 @@ def test_without_progress_a_run_reports_nothing(capfd):
     model, _ = load_fast_model("random:tiny-qwen3", max_seq_len=256)
     run_method("spd", model, [("p", list(range(3, 20)))], max_new_tokens=4, stages=2, warmup=True)
     assert capfd.readouterr() == ("", "")
+
+
+def test_every_schedule_warms_up_by_default_on_cuda_only_unless_asked():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # device objects only: no GPU needed
+    assert warms_up(None, cuda) and not warms_up(None, cpu)
+    assert warms_up(True, cpu) and not warms_up(False, cuda)

@@ -18,10 +18,10 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from executor.distributed.comm import DistributedError, Link, Roles
-from executor.schedules.base import TIMED, WARMUP, PromptProgress, decode_each, warmup_prompts
+from executor.schedules.base import TIMED, WARMUP, PromptProgress, decode_each, warms_up, warmup_prompts
 from executor.schedules.common import DecodeOptions, RunResult, as_prompts
 from spdsim.contract import VERIFY_PLACEMENTS, SpdsimError
 
@@ -334,15 +334,12 @@ def counted(progress: PromptProgress | None, before: int, total: int) -> PromptP
     sink: PromptProgress = progress
 
     def report(phase: str, done: int, count: int) -> None:
-        sink(phase, before + done, total) if phase == TIMED else sink(phase, done, count)
+        if phase == TIMED:
+            sink(phase, before + done, total)
+        else:
+            sink(phase, done, count)
 
     return report
-
-
-def warms_up(requested: bool | None, device) -> bool:
-    """The distributed runs' warm-up rule, the single-process one (`schedules.dispatch.run_method`): on for CUDA
-    unless asked otherwise."""
-    return device.type == "cuda" if requested is None else requested
 
 
 def fail_rank(results, rank: int, name: str, exc: Exception) -> None:
@@ -355,7 +352,7 @@ def fail_rank(results, rank: int, name: str, exc: Exception) -> None:
     _fail(results, rank, f"{name} failed: {message}")
 
 
-def _fail(results, rank: int, message: str) -> None:
+def _fail(results, rank: int, message: str) -> NoReturn:
     """Report and leave at once (a broken process group can hang in its destructors)."""
     results.put(("error", rank, message))
     results.close()

@@ -34,12 +34,11 @@ from executor.distributed.launch import (
     launch_ranks,
     pick_backend,
     rank_progress,
-    warms_up,
 )
 from executor.fastmodel import DecoderAPI, FastModel
 from executor.graphs import GraphCache
 from executor.layer_fns import LayerShape, LayerWeights, decoder_layer, head_logits, step_inputs
-from executor.schedules.base import TIMED, WARMUP, PromptProgress, warmup_prompts
+from executor.schedules.base import TIMED, WARMUP, PromptProgress, warms_up, warmup_prompts
 from executor.schedules.common import DecodeOptions, Prompt, PromptRun, RunResult, as_prompts
 from spdsim.contract import SpdsimError
 
@@ -61,7 +60,7 @@ class TPConfig:
     timeout_s: float = 60.0
     use_graphs: bool = True
     fault: tuple[str, int, int] | None = None  # ("kill" | "stall", rank, decode step): test hook
-    warmup: bool | None = None  # untimed warm-up decodes first (`launch.warms_up`: None is on for CUDA)
+    warmup: bool | None = None  # untimed warm-up decodes first (`base.warms_up`: None is on for CUDA)
 
 
 def check_tp_degree(cfg, degree: int) -> None:

@@ -53,6 +53,13 @@ def warmup_prompts(prompts: Sequence[Prompt], lookahead: int = 0) -> tuple[Promp
     return tuple(longest.values())
 
 
+def warms_up(requested: bool | None, device: torch.device) -> bool:
+    """Whether a run decodes `warmup_prompts` untimed first: as ``requested``, by default on CUDA (where compiles
+    and graph captures would otherwise fall in the first timed prompts). Every schedule, single- or
+    multi-process, follows this rule."""
+    return device.type == "cuda" if requested is None else bool(requested)
+
+
 def decode_each(
     prompts: Sequence[Prompt],
     decode: Callable[[Prompt, int], PromptRun],

@@ -12,7 +12,7 @@ from executor.heads.eagle3 import Eagle3Head, Eagle3HeadConfig, draft_vocabulary
 from executor.heads.layers import base_config_of
 from executor.heads.spd_v11 import SpdHeadConfig, SpeculationModuleV11
 from executor.schedules import METHODS
-from executor.schedules.base import TIMED, WARMUP, PromptProgress, decode_each, warmup_prompts
+from executor.schedules.base import TIMED, WARMUP, PromptProgress, decode_each, warms_up, warmup_prompts
 from executor.schedules.chain import run_chain
 from executor.schedules.common import CycleTiming, DecodeOptions, Prompt, PromptRun, RunResult, as_prompts
 from executor.schedules.spd import run_spd
@@ -39,7 +39,7 @@ def dispatch(name: str, model, prompts, opts: dict) -> RunResult:
     `base.PromptProgress`, default None: silent) hears each warm-up and each timed prompt end, between
     prompts."""
     opts = dict(opts)
-    warmup = bool(opts.pop("warmup", model.device.type == "cuda"))
+    warmup = warms_up(opts.pop("warmup", None), model.device)
     return _dispatch(name, model, prompts, {**opts, "warmup": warmup})
 
 

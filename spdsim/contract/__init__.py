@@ -7,7 +7,7 @@
 - the optional extras of the install and the one-line error naming a missing one (``extras``);
 - the profile bundle schema (``profile_schema``), the per-verification trace columns (``trace``) and the
   acceptance-presets file format (``read_preset_file``);
-- the run directory: its two kinds and their files (``rundir``), how files are written (``files``: checked paths, atomic writes) and how a run's realised
+- the run directory: its two kinds and their files (``rundir``), how files are written (``files``: checked paths, atomic writes), the Chrome trace both kinds write (``chrome_trace``) and how a run's realised
   acceptance is summarised (``realised``);
 - the error a user mistake raises and the CLI boundary that turns it into one line (``SpdsimError``,
   ``user_errors``; ``write_log`` and ``EXIT_BUG`` for a failure that is no user mistake).

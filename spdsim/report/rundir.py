@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from spdsim import __version__
+from spdsim.contract.chrome_trace import metadata_event, span_event, thread_events, trace_document
 from spdsim.contract.files import write_dir
 from spdsim.contract.rundir import SERVING_TRACE, SIMULATED_FILES, require_scenario
 from spdsim.errors import SpdsimError
@@ -101,16 +102,14 @@ def chrome_trace(outcomes: list[RunOutcome]) -> str:
     """
     events: list[str] = []
     for pid, outcome in enumerate(outcomes, start=1):
-        events.append(_meta("process_name", pid, 0, outcome.label))
-        events.append(
-            json.dumps({"name": "process_sort_index", "ph": "M", "pid": pid, "args": {"sort_index": pid}})
-        )
+        events.append(metadata_event("process_name", pid, 0, {"name": outcome.label}))
+        events.append(metadata_event("process_sort_index", pid, None, {"sort_index": pid}))
         traced = outcome.traced
         intervals = traced.intervals if traced is not None else ()
         tids: dict[str, int] = {}
         for resource in sorted({iv.resource for iv in intervals}, key=resource_order):
             tids[resource] = len(tids) + 1
-            _thread(events, pid, tids[resource], resource)
+            events.extend(thread_events(pid, tids[resource], resource))
         carried = _step_requests(traced)
         names: dict[str, str] = {}
         for iv in intervals:
@@ -118,20 +117,10 @@ def chrome_trace(outcomes: list[RunOutcome]) -> str:
             args = f'"request":{iv.request},"iteration":{iv.iteration}'
             if iv.request < 0 and iv.iteration in carried:
                 args = f'"requests":{carried[iv.iteration]},"step":{iv.iteration}'
-            events.append(
-                f'{{"name":{name},"cat":"{iv.kind}","ph":"X","ts":{iv.start_ns / 1000:.3f},'
-                f'"dur":{(iv.end_ns - iv.start_ns) / 1000:.3f},"pid":{pid},"tid":{tids[iv.resource]},'
-                f'"args":{{{args}}}}}'
-            )
+            events.append(_span(name, iv.kind, iv.start_ns, iv.end_ns, pid, tids[iv.resource], args))
         if traced is not None and outcome.scenario.workload.serving:
             _request_tracks(events, pid, len(tids), traced, outcome.traced_requests)
-    return '{"displayTimeUnit":"ms","traceEvents":[\n' + ",\n".join(events) + "\n]}\n"
-
-
-def _thread(events: list[str], pid: int, tid: int, name: str) -> None:
-    events.append(_meta("thread_name", pid, tid, name))
-    sort = {"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": tid}
-    events.append(json.dumps({**sort, "args": {"sort_index": tid}}))
+    return trace_document(events)
 
 
 def _step_requests(traced) -> dict[int, str]:
@@ -158,25 +147,19 @@ def _request_tracks(events: list[str], pid: int, first_tid: int, traced, request
     first, last, tokens = latencies["first"], latencies["last"], latencies["tokens"]
     for position, request in enumerate(requests):
         tid = first_tid + 1 + position
-        _thread(events, pid, tid, f"request {request}")
+        events.extend(thread_events(pid, tid, f"request {request}"))
         sent, start = traced.request_sent_ns[request], traced.request_start_ns[request]
         if start > sent:
-            events.append(_span("wait + prefill", "request", sent, start, pid, tid, f'"request":{request}'))
+            events.append(_span('"wait + prefill"', "request", sent, start, pid, tid, f'"request":{request}'))
         if tokens[request]:
             ttft = (int(first[request]) - sent) / 1e6
             args = f'"request":{request},"tokens":{int(tokens[request])},"ttft_ms":{ttft:.3f}'
-            events.append(_span("decode", "request", start, int(last[request]), pid, tid, args))
+            events.append(_span('"decode"', "request", start, int(last[request]), pid, tid, args))
 
 
-def _span(name: str, kind: str, start_ns: int, end_ns: int, pid: int, tid: int, args: str) -> str:
-    return (
-        f'{{"name":"{name}","cat":"{kind}","ph":"X","ts":{start_ns / 1000:.3f},'
-        f'"dur":{(end_ns - start_ns) / 1000:.3f},"pid":{pid},"tid":{tid},"args":{{{args}}}}}'
-    )
-
-
-def _meta(kind: str, pid: int, tid: int, name: str) -> str:
-    return json.dumps({"name": kind, "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}})
+def _span(name_json: str, kind: str, start_ns: int, end_ns: int, pid: int, tid: int, args: str) -> str:
+    """A span of the simulator's integer nanoseconds, in the trace's microseconds."""
+    return span_event(name_json, kind, start_ns / 1000, (end_ns - start_ns) / 1000, pid, tid, args)
 
 
 def trace_file(outcomes: list[RunOutcome]) -> tuple[str, bytes | str]:
